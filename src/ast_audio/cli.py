@@ -1,0 +1,129 @@
+"""The ``ast-audio`` command: thin subcommands over the library.
+
+Library errors (:class:`AstAudioError`) become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import AstAudioError, CheckpointError
+
+
+def _cmd_checkpoints(args: argparse.Namespace) -> int:
+    from .checkpoints import REGISTRY, cache_dir
+
+    home = cache_dir()
+    print(f"cache: {home}")
+    for entry in REGISTRY.values():
+        state = "cached" if (home / entry.filename).exists() else "-"
+        strides = f"{entry.fstride}/{entry.tstride}" if entry.layout == "ast" else entry.model_size
+        print(f"{entry.name:36s} {strides:9s} {state:7s} {entry.score}")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .checkpoints import REGISTRY, cache_dir, download, resolve
+
+    for name in args.names:
+        key = name.removesuffix(".pth")
+        if key not in REGISTRY:
+            raise CheckpointError("not a known checkpoint name (see `ast-audio checkpoints`)", name)
+        if args.url:
+            entry = REGISTRY[key]
+            path = download(args.url, cache_dir() / entry.filename, progress=not args.quiet)
+        else:
+            path = resolve(key, progress=not args.quiet)
+        print(path)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoints import load_model, read_checkpoint
+
+    raw = read_checkpoint(args.source)
+    model = load_model(args.source)
+    cfg, info = model.config, model.info
+    out = {
+        "path": str(raw.path),
+        "layout": raw.layout,
+        "config": cfg.to_dict(),
+        "patch_grid": list(cfg.grid),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "labels": len(info.labels) if info.labels else None,
+        "first_labels": (info.labels or [])[:5],
+        "dataset_mean": info.dataset_mean,
+        "dataset_std": info.dataset_std,
+        "multilabel": info.multilabel,
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import export_hf, export_original, load_model, save_checkpoint
+
+    model = load_model(
+        args.source, label_dim=args.label_dim, fstride=args.fstride, tstride=args.tstride,
+        input_tdim=args.input_tdim, input_fdim=args.input_fdim,
+    )  # fmt: skip
+    out = Path(args.out)
+    if args.format == "hf":
+        export_hf(model, out)
+    elif args.format == "original":
+        export_original(model, out)
+    else:
+        save_checkpoint(model, out)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ast-audio", description="Audio Spectrogram Transformer tools")
+    parser.add_argument("--version", action="version", version=f"ast-audio {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("checkpoints", help="list the published checkpoints and whether they are cached")
+    p.set_defaults(func=_cmd_checkpoints)
+
+    p = sub.add_parser("download", help="fetch published checkpoints into the cache")
+    p.add_argument("names", nargs="+", help="checkpoint names (see `ast-audio checkpoints`)")
+    p.add_argument("--url", help="fetch from this address instead (a mirror)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("info", help="describe a checkpoint (layout, config, labels)")
+    p.add_argument("source", help="file, Hugging Face folder or published name")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert", help="rewrite a checkpoint in another layout")
+    p.add_argument("source", help="file, Hugging Face folder or published name")
+    p.add_argument("out", help="output file (ast-audio, original) or folder (hf)")
+    p.add_argument("--format", choices=["ast-audio", "hf", "original"], default="ast-audio")
+    for flag in ("label-dim", "fstride", "tstride", "input-tdim", "input-fdim"):
+        p.add_argument(f"--{flag}", type=int, default=None, help="adapt the model (see load_model)")
+    p.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except AstAudioError as err:
+        print(f"ast-audio: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ast-audio: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The Audio Spectrogram Transformer (Gong, Chung and Glass, Interspeech 2021).
+
+A DeiT *distilled* ViT over a log-mel spectrogram: 16x16 patches cut with strides
+``(fstride, tstride)``, a ``cls`` and a ``dist`` token in front, learned absolute
+positions, pre-norm transformer blocks, and a head over the mean of the two tokens.
+
+Parameter names equal the original implementation's (``v.blocks.N.attn.qkv.weight``,
+``mlp_head.1.weight``...), so its checkpoints load after stripping ``module.``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PATCH = 16
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    embed_dim: int
+    num_heads: int
+    imagenet_grid: int  # side of the square position grid of the DeiT ImageNet weights
+
+
+SIZES: dict[str, SizeSpec] = {
+    "tiny224": SizeSpec(192, 3, 14),
+    "small224": SizeSpec(384, 6, 14),
+    "base224": SizeSpec(768, 12, 14),
+    "base384": SizeSpec(768, 12, 24),
+}
+
+
+def patch_grid(input_fdim: int, input_tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
+    """Number of patches along frequency and time: ``(dim - 16) // stride + 1``."""
+    return (input_fdim - PATCH) // fstride + 1, (input_tdim - PATCH) // tstride + 1
+
+
+@dataclass(frozen=True)
+class ASTConfig:
+    """Everything that fixes the architecture and the input it takes."""
+
+    label_dim: int = 527
+    fstride: int = 10
+    tstride: int = 10
+    input_fdim: int = 128
+    input_tdim: int = 1024
+    model_size: str = "base384"
+    depth: int = 12
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.model_size not in SIZES:
+            raise ConfigError(f"unknown model_size {self.model_size!r}; choose one of {', '.join(SIZES)}")
+        for name in ("label_dim", "fstride", "tstride", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("input_fdim", "input_tdim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < PATCH:
+                raise ConfigError(
+                    f"{name}={value!r} is shorter than one {PATCH}x{PATCH} patch; it must be an integer >= {PATCH}"
+                )
+
+    @property
+    def size(self) -> SizeSpec:
+        return SIZES[self.model_size]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.size.embed_dim
+
+    @property
+    def num_heads(self) -> int:
+        return self.size.num_heads
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid ``(f_dim, t_dim)``."""
+        return patch_grid(self.input_fdim, self.input_tdim, self.fstride, self.tstride)
+
+    @property
+    def num_patches(self) -> int:
+        f_dim, t_dim = self.grid
+        return f_dim * t_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ASTConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> ASTConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint says about its outputs and inputs, beyond the architecture."""
+
+    labels: list[str] | None = None  # display names, in output order
+    label_ids: list[str] | None = None  # e.g. AudioSet mids, in output order
+    dataset_mean: float | None = None
+    dataset_std: float | None = None
+    multilabel: bool = True  # sigmoid scores (True) or softmax (False)
+    sample_rate: int = 16000
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelInfo:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_maps: list | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = (
+            self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        )  # (3, B, H, N, hd)
+        q, k, v = qkv.unbind(0)
+        if attn_maps is None:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:  # explicit softmax so the weights can be returned for visualisation
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+            attn_maps.append(attn)
+            x = attn @ v
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, 4 * dim)
+
+    def forward(self, x: torch.Tensor, attn_maps: list | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_maps)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int, fstride: int, tstride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(1, dim, kernel_size=(PATCH, PATCH), stride=(fstride, tstride))
+
+
+class Backbone(nn.Module):
+    """The DeiT trunk, kept under the attribute ``v`` as in the original."""
+
+    def __init__(self, cfg: ASTConfig):
+        super().__init__()
+        dim = cfg.embed_dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 2, dim))
+        self.patch_embed = PatchEmbed(dim, cfg.fstride, cfg.tstride)
+        self.blocks = nn.ModuleList(Block(dim, cfg.num_heads, cfg.layer_norm_eps) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ASTModel(nn.Module):
+    """AST with the original constructor: ``ASTModel(label_dim, fstride, tstride, ...)``.
+
+    ``imagenet_pretrain`` / ``audioset_pretrain`` take ``True`` (the published default
+    weights: the DeiT file of ``model_size``, resp. ``audioset_10_10_0.4593``), ``False``,
+    a path to a local weights file, or a known checkpoint name. AudioSet weights take
+    precedence and need no ImageNet weights. ``depth`` and ``layer_norm_eps`` are extras
+    for small test models and for Hugging Face configs.
+
+    Input ``[batch, time, mel]`` normalised filterbanks; output ``[batch, label_dim]`` logits.
+    """
+
+    def __init__(
+        self,
+        label_dim: int = 527,
+        fstride: int = 10,
+        tstride: int = 10,
+        input_fdim: int = 128,
+        input_tdim: int = 1024,
+        imagenet_pretrain: bool | str = True,
+        audioset_pretrain: bool | str = False,
+        model_size: str = "base384",
+        verbose: bool = True,
+        *,
+        depth: int = 12,
+        layer_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        cfg = ASTConfig(
+            label_dim, fstride, tstride, input_fdim, input_tdim, model_size, depth, layer_norm_eps
+        )
+        self.config = cfg
+        self.info = ModelInfo()
+        self.v = Backbone(cfg)
+        self.mlp_head = nn.Sequential(nn.LayerNorm(cfg.embed_dim), nn.Linear(cfg.embed_dim, label_dim))
+        self.reset_parameters()
+
+        if audioset_pretrain:
+            from .checkpoints import init_from_audioset
+
+            init_from_audioset(self, audioset_pretrain)
+        elif imagenet_pretrain:
+            from .checkpoints import init_from_imagenet
+
+            init_from_imagenet(self, imagenet_pretrain)
+        if verbose:
+            f_dim, t_dim = cfg.grid
+            log.info(
+                "AST %s: %d layers, strides %d/%d, %dx%d patches (%d), %d outputs, %.1fM parameters",
+                model_size, depth, fstride, tstride, f_dim, t_dim, f_dim * t_dim, label_dim,
+                sum(p.numel() for p in self.parameters()) / 1e6,
+            )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, cfg: ASTConfig, info: ModelInfo | None = None) -> ASTModel:
+        """A randomly initialised model (no pretrained weights) for ``cfg``."""
+        model = cls(
+            cfg.label_dim, cfg.fstride, cfg.tstride, cfg.input_fdim, cfg.input_tdim,
+            imagenet_pretrain=False, audioset_pretrain=False, model_size=cfg.model_size, verbose=False,
+            depth=cfg.depth, layer_norm_eps=cfg.layer_norm_eps,
+        )  # fmt: skip
+        if info is not None:
+            model.info = info
+        return model
+
+    def reset_parameters(self) -> None:
+        """Initialise as DeiT does (truncated normal 0.02 for tokens and linears)."""
+        for name in ("cls_token", "dist_token", "pos_embed"):
+            nn.init.trunc_normal_(getattr(self.v, name), std=0.02)
+        for module in self.v.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        self.v.patch_embed.proj.reset_parameters()
+        for module in self.mlp_head:
+            module.reset_parameters()
+
+    def new_head(self, label_dim: int) -> None:
+        """Replace the classification head by a fresh one with ``label_dim`` outputs."""
+        dim = self.config.embed_dim
+        ref = self.mlp_head[1].weight
+        self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, label_dim)).to(ref.device, ref.dtype)
+        self.config = replace(self.config, label_dim=label_dim)
+        self.info = replace(self.info, labels=None, label_ids=None)
+
+    # ----------------------------------------------------------------- forward
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.dim() != 3 or x.shape[1] != cfg.input_tdim or x.shape[2] != cfg.input_fdim:
+            raise ConfigError(
+                f"model input must be [batch, {cfg.input_tdim} frames, {cfg.input_fdim} mel bins], "
+                f"got {list(x.shape)}"
+            )
+
+    def forward_tokens(self, x: torch.Tensor, attn_maps: list | None = None) -> torch.Tensor:
+        """All output tokens after the final norm: ``(B, 2 + f_dim * t_dim, D)``."""
+        self._check_input(x)
+        v = self.v
+        x = x.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
+        x = v.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, f*t, D): frequency rows, time fastest
+        B = x.shape[0]
+        x = torch.cat(
+            [v.cls_token.expand(B, -1, -1), v.dist_token.expand(B, -1, -1), x], dim=1
+        )  # (B, 2+N, D)
+        x = x + v.pos_embed
+        for block in v.blocks:
+            x = block(x, attn_maps)
+        return v.norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding: mean of the ``cls`` and ``dist`` outputs, ``(B, D)``."""
+        tokens = self.forward_tokens(x)
+        return (tokens[:, 0] + tokens[:, 1]) / 2
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp_head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def token_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch outputs laid out on the patch grid: ``(B, f_dim, t_dim, D)``."""
+        tokens = self.forward_tokens(x)[:, 2:]
+        f_dim, t_dim = self.config.grid
+        return tokens.reshape(tokens.shape[0], f_dim, t_dim, tokens.shape[-1])  # (B, f, t, D)
+
+    def attention_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and every layer's attention weights, each ``(B, heads, 2+N, 2+N)``."""
+        maps: list[torch.Tensor] = []
+        tokens = self.forward_tokens(x, attn_maps=maps)
+        logits = self.forward_head((tokens[:, 0] + tokens[:, 1]) / 2)
+        return logits, maps
+
+    def flops(self) -> int:
+        """Multiply-accumulates x2 of one forward pass on one clip (matmuls only)."""
+        cfg = self.config
+        n, d = cfg.num_patches + 2, cfg.embed_dim
+        per_block = 2 * n * d * (3 * d + d + 8 * d) + 2 * 2 * n * n * d
+        patch = 2 * cfg.num_patches * d * PATCH * PATCH
+        return int(cfg.depth * per_block + patch + 2 * d * cfg.label_dim)
+
+
+def size_for(embed_dim: int, num_heads: int | None = None) -> str:
+    """The ``model_size`` name for a trunk of this width (base384 for 768)."""
+    for name in ("tiny224", "small224", "base384"):
+        spec = SIZES[name]
+        if spec.embed_dim == embed_dim and (num_heads is None or spec.num_heads == num_heads):
+            return name
+    heads = "" if num_heads is None else f" and {num_heads} heads"
+    raise ConfigError(
+        f"no AST size has embedding dimension {embed_dim}{heads} "
+        f"(known: {', '.join(f'{k} {s.embed_dim}/{s.num_heads}' for k, s in SIZES.items())})"
+    )
