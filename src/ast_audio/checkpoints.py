@@ -34,6 +34,7 @@ from .errors import CheckpointError, ConfigError, DownloadError
 from .labels import read_label_csv
 from .model import SIZES, ASTConfig, ASTModel, ModelInfo, patch_grid, size_for
 from .pos_embed import adapt_pos_embed
+from .presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,6 @@ FORMAT_NAME = "ast-audio"
 FORMAT_VERSION = 1
 
 # --------------------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class DatasetDefaults:
-    label_table: str
-    input_tdim: int
-    mean: float
-    std: float
-    multilabel: bool
-
-
-DATASETS = {
-    "audioset": DatasetDefaults("audioset", 1024, -4.2677393, 4.5689974, True),
-    "esc50": DatasetDefaults("esc50", 512, -6.6268077, 5.358466, False),
-    "speechcommands": DatasetDefaults("speechcommands", 128, -6.845978, 5.5654526, False),
-}
 
 
 @dataclass(frozen=True)
@@ -476,7 +461,7 @@ def _hf_checkpoint(state: dict[str, torch.Tensor], path: Path, hf: dict | None) 
             info.dataset_mean, info.dataset_std = float(pre_cfg["mean"]), float(pre_cfg["std"])
         info.sample_rate = int(pre_cfg.get("sampling_rate", 16000))
     if config.label_dim == 527 and info.dataset_mean is None:
-        info.dataset_mean, info.dataset_std = DATASETS["audioset"].mean, DATASETS["audioset"].std
+        info.dataset_mean, info.dataset_std = PRESETS["audioset"].mean, PRESETS["audioset"].std
     return RawCheckpoint(state, "hf", path, config, info)
 
 
@@ -515,7 +500,7 @@ def _infer_config(
     label_dim = state["mlp_head.1.weight"].shape[0] if "mlp_head.1.weight" in state else 527
     if dataset is None and label_dim == 527:
         dataset = "audioset"
-    defaults = DATASETS.get(dataset)
+    defaults = PRESETS.get(dataset)
     fdim = input_fdim or 128
 
     if raw.layout == "deit":
@@ -534,7 +519,7 @@ def _infer_config(
             path,
         )
     t_dim = n_patches // f_dim
-    tdim = defaults.input_tdim if defaults else None
+    tdim = defaults.target_length if defaults else None
     if tdim is None or patch_grid(fdim, tdim, native_f, native_t)[1] != t_dim:
         if input_tdim is not None and patch_grid(fdim, input_tdim, native_f, native_t)[1] == t_dim:
             tdim = input_tdim
