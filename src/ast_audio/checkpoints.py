@@ -153,7 +153,10 @@ def download(
         tmp.unlink(missing_ok=True)
         if isinstance(err, DownloadError) or not isinstance(err, Exception):
             raise
-        reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
+        if isinstance(err, urllib.error.HTTPError):
+            reason = f"HTTP {err.code} {err.reason}"
+        else:
+            reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
         raise DownloadError(f"download failed: {reason}", url) from None
     return dest
 
@@ -543,28 +546,27 @@ def _infer_config(
 
 
 def load_state_strict(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike
+    module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, prefix: str = ""
 ) -> None:
-    """``load_state_dict(strict=True)`` with an error that names the parameter and shapes."""
+    """``load_state_dict(strict=True)`` with an error that names the parameter (with ``prefix``,
+    as the checkpoint spells it) and both shapes."""
     own = module.state_dict()
+
+    def listing(kind: str, keys: list[str]) -> str:
+        more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
+        return f"{kind} parameter {prefix + keys[0]!r}{more}"
+
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing:
-        raise CheckpointError(
-            f"missing parameter {missing[0]!r}"
-            + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""),
-            path,
-        )
+        raise CheckpointError(listing("missing", missing), path)
     if unexpected:
-        raise CheckpointError(
-            f"unexpected parameter {unexpected[0]!r}"
-            + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else ""),
-            path,
-        )
+        raise CheckpointError(listing("unexpected", unexpected), path)
     for key, tensor in own.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise CheckpointError(
-                f"parameter {key!r} has shape {list(state[key].shape)} in the checkpoint but the model needs {list(tensor.shape)}",
+                f"parameter {prefix + key!r} has shape {list(state[key].shape)} in the checkpoint "
+                f"but the model needs {list(tensor.shape)}",
                 path,
             )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
@@ -613,7 +615,7 @@ def init_from_imagenet(model: ASTModel, source: bool | str | os.PathLike) -> Non
         raise CheckpointError(
             f"the checkpoint has {src_cfg.depth} blocks but the model has {cfg.depth}", raw.path
         )
-    load_state_strict(model.v, _backbone_state(raw.state, src_cfg, cfg, raw.path), raw.path)
+    load_state_strict(model.v, _backbone_state(raw.state, src_cfg, cfg, raw.path), raw.path, "v.")
 
 
 def init_from_audioset(model: ASTModel, source: bool | str | os.PathLike) -> None:
@@ -633,7 +635,7 @@ def init_from_audioset(model: ASTModel, source: bool | str | os.PathLike) -> Non
         raise CheckpointError(
             f"the checkpoint has {src_cfg.depth} blocks but the model has {cfg.depth}", raw.path
         )
-    load_state_strict(model.v, _backbone_state(raw.state, src_cfg, cfg, raw.path), raw.path)
+    load_state_strict(model.v, _backbone_state(raw.state, src_cfg, cfg, raw.path), raw.path, "v.")
     model.info = replace(model.info, dataset_mean=info.dataset_mean, dataset_std=info.dataset_std)
 
 
@@ -670,11 +672,11 @@ def load_model(
     )
     wanted = native.replace(fstride=fstride, tstride=tstride, input_tdim=input_tdim, input_fdim=input_fdim)
     model = ASTModel.from_config(wanted, info)
-    load_state_strict(model.v, _backbone_state(raw.state, native, wanted, raw.path), raw.path)
+    load_state_strict(model.v, _backbone_state(raw.state, native, wanted, raw.path), raw.path, "v.")
     head = {k[len("mlp_head.") :]: v for k, v in raw.state.items() if k.startswith("mlp_head.")}
     if not head:
         raise CheckpointError("no classification head (mlp_head / classifier) in the checkpoint", raw.path)
-    load_state_strict(model.mlp_head, head, raw.path)
+    load_state_strict(model.mlp_head, head, raw.path, "mlp_head.")
     if label_dim is not None and label_dim != native.label_dim:
         log.info(
             "%s: new %d-class head in place of the checkpoint's %d classes",

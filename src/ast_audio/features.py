@@ -1,0 +1,291 @@
+"""Kaldi filterbanks, batched and on any device, and the one waveform -> model-input path.
+
+``fbank`` computes what ``torchaudio.compliance.kaldi.fbank`` computes with AST's
+arguments (``htk_compat=True, use_energy=False, window_type='hanning', dither=0``):
+snip-edges framing, per-frame DC removal, pre-emphasis 0.97, symmetric Hann window,
+zero padding to a power of two, power spectrum, triangular filters on the Kaldi mel
+scale ``1127 ln(1 + f / 700)`` from 20 Hz to Nyquist, log floored at float32 epsilon.
+Each Kaldi stage is a small function below, named after Kaldi's own option; the window
+and mel matrix are built once per (rate, sizes, device, dtype) and reused.
+
+``waveform_to_input`` is what AST's data loader does between the file and the model
+(remove the mean, fbank, pad or cut to ``target_length``, normalise); training,
+evaluation and inference all go through it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .presets import PRESETS
+
+__all__ = [
+    "FeatureConfig",
+    "fbank",
+    "file_to_input",
+    "frame_sizes",
+    "mel_banks",
+    "normalize",
+    "pad_or_cut",
+    "waveform_to_input",
+]
+
+# Kaldi's defaults that AST leaves alone.
+PREEMPHASIS = 0.97
+LOW_FREQ = 20.0
+HIGH_FREQ = 0.0  # <= 0 means Nyquist + high_freq
+EPSILON = torch.finfo(torch.float32).eps  # log floor, float32 epsilon whatever the dtype
+
+
+# ---------------------------------------------------------------------------------------
+# Kaldi stages
+# ---------------------------------------------------------------------------------------
+
+
+def frame_sizes(sample_rate: float, frame_length: float = 25.0, frame_shift: float = 10.0) -> tuple[int, int, int]:
+    """``(window_size, window_shift, fft_size)`` in samples, rounded as torchaudio's Kaldi does."""
+    window_size = int(sample_rate * frame_length * 0.001)
+    window_shift = int(sample_rate * frame_shift * 0.001)
+    if window_size < 2 or window_shift < 1:
+        raise ConfigError(
+            f"frame length {frame_length} ms / shift {frame_shift} ms at {sample_rate} Hz "
+            f"gives a window of {window_size} and a shift of {window_shift} samples"
+        )
+    fft_size = 1 << (window_size - 1).bit_length()  # round_to_power_of_two
+    return window_size, window_shift, fft_size
+
+
+def mel_scale(freq: torch.Tensor) -> torch.Tensor:
+    """Kaldi's mel scale ``1127 ln(1 + f / 700)``."""
+    return 1127.0 * torch.log1p(freq / 700.0)
+
+
+def hann_window(size: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Kaldi's "hanning" window: symmetric ``0.5 - 0.5 cos(2 pi n / (L - 1))``."""
+    n = torch.arange(size, dtype=torch.float64)
+    window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / (size - 1))
+    return window.to(device=device, dtype=dtype)
+
+
+def mel_banks(
+    num_mel_bins: int,
+    fft_size: int,
+    sample_rate: float,
+    low_freq: float = LOW_FREQ,
+    high_freq: float = HIGH_FREQ,
+) -> torch.Tensor:
+    """Triangular filters ``[fft_size // 2 + 1, num_mel_bins]`` (float64) as Kaldi builds them.
+
+    The triangles are straight in the mel domain, with ``num_mel_bins + 2`` equally spaced
+    edges between ``low_freq`` and ``high_freq``, evaluated at the FFT bin frequencies.
+    The Nyquist bin gets weight zero, as in Kaldi. No VTLN warping (AST uses none).
+    """
+    nyquist = 0.5 * sample_rate
+    if high_freq <= 0.0:
+        high_freq += nyquist
+    if num_mel_bins < 3:
+        raise ConfigError(f"num_mel_bins must be at least 3, got {num_mel_bins}")
+    if not 0.0 <= low_freq < high_freq <= nyquist:
+        raise ConfigError(f"need 0 <= low_freq < high_freq <= Nyquist, got {low_freq} and {high_freq} Hz")
+    mel_low, mel_high = mel_scale(torch.tensor([low_freq, high_freq], dtype=torch.float64)).tolist()
+    delta = (mel_high - mel_low) / (num_mel_bins + 1)
+    edges = mel_low + delta * torch.arange(num_mel_bins + 2, dtype=torch.float64)
+    left, center, right = edges[:-2], edges[1:-1], edges[2:]  # (M,) each
+    bin_freqs = torch.arange(fft_size // 2, dtype=torch.float64) * (sample_rate / fft_size)
+    mel = mel_scale(bin_freqs).unsqueeze(1)  # (K, 1)
+    up = (mel - left) / (center - left)
+    down = (right - mel) / (right - center)
+    banks = torch.clamp_min(torch.minimum(up, down), 0.0)  # (K, M)
+    return F.pad(banks, (0, 0, 0, 1))  # Nyquist row of zeros: (K + 1, M)
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(
+    sample_rate: float,
+    num_mel_bins: int,
+    window_size: int,
+    fft_size: int,
+    low_freq: float,
+    high_freq: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Window ``[L]``, the non-zero rows of the mel matrix ``[k1 - k0, M]``, and ``k0, k1``."""
+    window = hann_window(window_size, device=device, dtype=dtype)
+    banks = mel_banks(num_mel_bins, fft_size, sample_rate, low_freq, high_freq)
+    used = torch.nonzero(banks.abs().sum(1)).flatten()
+    k0, k1 = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+    # Rows outside [k0, k1) are all zero: skip them in the matmul.
+    return window, banks[k0:k1].to(device=device, dtype=dtype), k0, k1
+
+
+def frames_of(waveform: torch.Tensor, window_size: int, window_shift: int) -> torch.Tensor:
+    """Kaldi framing with ``snip_edges=True``: a strided view ``[..., frames, window_size]``."""
+    return waveform.unfold(-1, window_size, window_shift)  # (..., T, L)
+
+
+def remove_dc_and_preemphasize(frames: torch.Tensor, coefficient: float = PREEMPHASIS) -> torch.Tensor:
+    """Per-frame DC removal then pre-emphasis ``y[n] = x[n] - c x[n-1]``, ``y[0] = (1 - c) x[0]``.
+
+    Pre-emphasis commutes with subtracting a constant up to the constant's own
+    emphasis, so it runs on the raw frames and the DC term is removed once:
+    ``y = pre(x) - (1 - c) * mean(x)``.
+    """
+    mean = frames.mean(-1, keepdim=True)  # (..., T, 1)
+    out = torch.empty_like(frames)  # (..., T, L)
+    torch.sub(frames[..., 1:], frames[..., :-1], alpha=coefficient, out=out[..., 1:])
+    out[..., :1] = frames[..., :1] * (1.0 - coefficient)
+    return out.sub_(mean * (1.0 - coefficient))
+
+
+def power_spectrum(frames: torch.Tensor, fft_size: int) -> torch.Tensor:
+    """``|rfft|^2`` of frames zero-padded to ``fft_size``: ``[..., T, fft_size // 2 + 1]``."""
+    spectrum = torch.view_as_real(torch.fft.rfft(frames, n=fft_size))  # (..., T, K, 2)
+    return spectrum.square().sum(-1)  # (..., T, K)
+
+
+def fbank(
+    waveform: torch.Tensor,
+    sample_rate: float,
+    num_mel_bins: int = 128,
+    frame_shift: float = 10.0,
+    frame_length: float = 25.0,
+    *,
+    low_freq: float = LOW_FREQ,
+    high_freq: float = HIGH_FREQ,
+) -> torch.Tensor:
+    """Log mel filterbanks, equal to torchaudio's ``compliance.kaldi.fbank`` with AST's arguments.
+
+    ``waveform`` is ``[samples]`` or ``[batch, samples]``, scaled as loaded (float in
+    [-1, 1]; no int16 rescaling). Returns ``[frames, bins]`` or ``[batch, frames, bins]``
+    with ``frames = 1 + (samples - window) // shift`` (zero when the input is shorter
+    than one window). Runs on the waveform's device, in float64 for float64 input and
+    float32 otherwise (also under autocast). The waveform mean is *not* removed here;
+    ``waveform_to_input`` does that, as AST does.
+    """
+    if not isinstance(waveform, torch.Tensor):
+        raise TypeError(f"waveform must be a torch.Tensor, got {type(waveform).__name__}")
+    if waveform.dim() not in (1, 2):
+        raise ValueError(f"waveform must be [samples] or [batch, samples], got shape {tuple(waveform.shape)}")
+    if not waveform.is_floating_point():
+        raise ValueError(f"waveform must be floating point (scaled to [-1, 1]), got {waveform.dtype}")
+    if sample_rate <= 0:
+        raise ConfigError(f"sample rate must be positive, got {sample_rate}")
+    window_size, window_shift, fft_size = frame_sizes(sample_rate, frame_length, frame_shift)
+    dtype = torch.float64 if waveform.dtype == torch.float64 else torch.float32
+    window, banks, k0, k1 = _constants(
+        float(sample_rate), int(num_mel_bins), window_size, fft_size, float(low_freq), float(high_freq),
+        waveform.device, dtype,
+    )
+    x = waveform.to(dtype)
+    if x.shape[-1] < window_size:
+        return x.new_zeros((*x.shape[:-1], 0, num_mel_bins))
+    with torch.autocast(x.device.type, enabled=False):
+        frames = frames_of(x, window_size, window_shift)  # (..., T, L) view
+        frames = remove_dc_and_preemphasize(frames).mul_(window)  # (..., T, L)
+        power = power_spectrum(frames, fft_size)[..., k0:k1]  # (..., T, k1 - k0)
+        energies = torch.matmul(power, banks)  # (..., T, M)
+        return energies.clamp_min_(EPSILON).log_()
+
+
+# ---------------------------------------------------------------------------------------
+# From waveform to model input
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that turns a waveform into AST's input; defaults are AudioSet's."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    target_length: int = PRESETS["audioset"].target_length
+    mean: float = PRESETS["audioset"].mean
+    std: float = PRESETS["audioset"].std
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.num_mel_bins < 3 or self.target_length < 1:
+            raise ConfigError(
+                f"bad feature config: sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, "
+                f"target_length={self.target_length}"
+            )
+        if self.normalize and not self.std > 0:
+            raise ConfigError(f"normalisation std must be positive, got {self.std}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> FeatureConfig:
+        """The configuration of a dataset of the original recipes (``audioset``, ``esc50``, ``speechcommands``)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown feature preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        p = PRESETS[name]
+        fields = dict(
+            sample_rate=p.sample_rate, num_mel_bins=p.num_mel_bins, target_length=p.target_length,
+            mean=p.mean, std=p.std,
+        )
+        fields.update(overrides)
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+def pad_or_cut(features: torch.Tensor, target_length: int) -> torch.Tensor:
+    """Pad with zero frames or cut at the end so the time axis (``-2``) is ``target_length``."""
+    difference = target_length - features.shape[-2]
+    if difference > 0:
+        return F.pad(features, (0, 0, 0, difference))  # (..., target_length, F)
+    return features[..., :target_length, :]
+
+
+def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """AST's normalisation ``(x - mean) / (2 * std)``."""
+    return (features - mean) / (2.0 * std)
+
+
+def waveform_to_input(
+    waveform: torch.Tensor,
+    cfg: FeatureConfig | None = None,
+    *,
+    sample_rate: int | None = None,
+    normalized: bool | None = None,
+) -> torch.Tensor:
+    """AST's model input from ``[samples]`` -> ``[T, F]`` or ``[batch, samples]`` -> ``[batch, T, F]``.
+
+    Removes each clip's mean, computes ``fbank``, pads or cuts to ``cfg.target_length``
+    and normalises with ``cfg.mean``/``cfg.std`` (unless ``cfg.normalize`` is false or
+    ``normalized=False``: augmentation such as SpecAugment goes between the
+    un-normalised features and ``normalize``). A waveform at another ``sample_rate`` is
+    resampled first (on the CPU, with soxr).
+    """
+    cfg = cfg or FeatureConfig()
+    if sample_rate is not None and sample_rate != cfg.sample_rate:
+        from .audio import resample
+
+        waveform = resample(waveform, sample_rate, cfg.sample_rate)
+    waveform = waveform - waveform.mean(-1, keepdim=True)  # per clip
+    features = fbank(waveform, cfg.sample_rate, cfg.num_mel_bins)  # (..., frames, F)
+    features = pad_or_cut(features, cfg.target_length)  # (..., target_length, F)
+    do_normalize = cfg.normalize if normalized is None else normalized
+    return normalize(features, cfg.mean, cfg.std) if do_normalize else features
+
+
+def file_to_input(
+    path: str | os.PathLike,
+    cfg: FeatureConfig | None = None,
+    *,
+    device: torch.device | str | None = None,
+    normalized: bool | None = None,
+) -> torch.Tensor:
+    """``load_audio`` (mono, resampled to ``cfg.sample_rate``) then ``waveform_to_input``: ``[T, F]``."""
+    from .audio import load_audio
+
+    cfg = cfg or FeatureConfig()
+    waveform = load_audio(path, sample_rate=cfg.sample_rate)
+    if device is not None:
+        waveform = waveform.to(device)
+    return waveform_to_input(waveform, cfg, normalized=normalized)
