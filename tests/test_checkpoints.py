@@ -231,3 +231,12 @@ def test_hf_folder_without_weights(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "audio-spectrogram-transformer"}))
     with pytest.raises(CheckpointError, match="no model.safetensors or pytorch_model.bin"):
         load_model(tmp_path)
+
+
+def test_hf_weights_file_with_config_beside_it(tmp_path):
+    ref = hf_model(fstride=12, tstride=12, max_length=300)
+    ref.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf" / "model.safetensors")
+    assert (ours.config.fstride, ours.config.input_tdim) == (12, 300)
+    x = torch.randn(1, 300, 128)
+    assert (logits_of(ours, x) - logits_of(ref, x)).abs().max() <= 1e-4
