@@ -33,3 +33,7 @@ class DownloadError(CheckpointError):
 
 class AudioError(AstAudioError):
     """An audio file that is missing, empty, undecodable or otherwise unusable."""
+
+
+class DataError(AstAudioError):
+    """A datafile, label table or dataset layout with an entry at fault."""

@@ -1,0 +1,166 @@
+"""Datafiles and label tables of the original recipes, checked up front.
+
+A datafile is JSON ``{"data": [{"wav": "path/to/clip.wav", "labels": "mid1,mid2"}, ...]}``
+and its labels refer to the ``mid`` column of a label CSV (``index,mid,display_name``).
+Everything is checked when the file is read, so a run fails at start, naming the entry at
+fault, rather than after an hour on entry 51 000; ``skip_bad=True`` instead leaves bad
+entries out and reports them.
+
+A relative ``wav`` path is looked up next to the datafile first, then from the current
+directory (where the original looked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AstAudioError, DataError
+from .labels import LabelTable, read_label_csv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    wav: Path
+    labels: tuple[int, ...]  # indices into the label table
+
+    def target(self, num_classes: int) -> np.ndarray:
+        vector = np.zeros(num_classes, dtype=np.float32)
+        vector[list(self.labels)] = 1.0
+        return vector
+
+
+@dataclass
+class Datafile:
+    path: Path
+    labels: LabelTable
+    entries: list[Entry]
+    skipped: list[str] = field(default_factory=list)  # one line per entry left out
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def targets(self) -> np.ndarray:
+        """``[clips, classes]`` multi-hot label matrix."""
+        out = np.zeros((len(self.entries), len(self.labels)), dtype=np.float32)
+        for i, entry in enumerate(self.entries):
+            out[i, list(entry.labels)] = 1.0
+        return out
+
+
+def _resolve_wav(wav: str, base: Path) -> Path:
+    path = Path(wav).expanduser()
+    if path.is_absolute():
+        return path
+    beside = base / path
+    return beside if beside.exists() or not path.exists() else path
+
+
+def read_datafile(
+    path: str | os.PathLike,
+    label_csv: str | os.PathLike | LabelTable,
+    *,
+    check_files: bool = True,
+    skip_bad: bool = False,
+) -> Datafile:
+    """Read and check a datafile against a label table (a CSV path, built-in name or table)."""
+    path = Path(path)
+    labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError("datafile not found", path) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read datafile: {err}", path) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})", path) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise DataError('expected a JSON object {"data": [{"wav": ..., "labels": ...}, ...]}', path)
+    index = labels.index()
+    entries: list[Entry] = []
+    skipped: list[str] = []
+    for i, item in enumerate(doc["data"]):
+        try:
+            entries.append(_entry(i, item, index, path.parent, check_files))
+        except DataError as err:
+            if not skip_bad:
+                raise DataError(err.reason, path) from None
+            skipped.append(err.reason)
+    if skipped:
+        log.warning("%s: left out %d bad entries (first: %s)", path, len(skipped), skipped[0])
+    if not entries:
+        raise DataError("no usable entries", path)
+    return Datafile(path, labels, entries, skipped)
+
+
+def _entry(i: int, item: object, index: dict[str, int], base: Path, check_files: bool) -> Entry:
+    if not isinstance(item, dict):
+        raise DataError(f"entry {i}: expected an object with 'wav' and 'labels'")
+    for key in ("wav", "labels"):
+        if not isinstance(item.get(key), str) or not item[key].strip():
+            raise DataError(f"entry {i}: missing or empty '{key}'")
+    wav = _resolve_wav(item["wav"], base)
+    mids = [m.strip() for m in item["labels"].split(",") if m.strip()]
+    unknown = [m for m in mids if m not in index]
+    if unknown:
+        raise DataError(f"entry {i} ({item['wav']}): label {unknown[0]!r} is not in the label CSV")
+    if not mids:
+        raise DataError(f"entry {i} ({item['wav']}): no labels")
+    if check_files and not wav.is_file():
+        raise DataError(f"entry {i}: audio file not found: {wav}")
+    return Entry(wav, tuple(sorted({index[m] for m in mids})))
+
+
+def write_datafile(path: str | os.PathLike, rows: list[tuple[str | os.PathLike, list[str]]]) -> Path:
+    """Write ``[(wav, [mid, ...]), ...]`` as a datafile (atomically)."""
+    path = Path(path)
+    data = {"data": [{"wav": str(wav), "labels": ",".join(mids)} for wav, mids in rows]}
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- balanced sampling
+
+
+def balanced_weights(datafile: Datafile) -> np.ndarray:
+    """Per-clip sampling weights: class weight ``1000 / (count + 0.01)``, summed over a clip's labels."""
+    counts = datafile.targets().sum(0)  # (classes,)
+    class_weight = 1000.0 / (counts + 0.01)
+    return np.array([class_weight[list(e.labels)].sum() for e in datafile.entries], dtype=np.float64)
+
+
+def weight_file_for(datafile_path: str | os.PathLike) -> Path:
+    """Where the original put the weights: ``train.json`` -> ``train_weight.csv``."""
+    path = Path(datafile_path)
+    return path.with_name(path.stem + "_weight.csv")
+
+
+def write_weights(datafile: Datafile, out: str | os.PathLike | None = None) -> Path:
+    out = Path(out) if out is not None else weight_file_for(datafile.path)
+    weights = balanced_weights(datafile)
+    tmp = out.with_name(f".{out.name}.tmp")
+    np.savetxt(tmp, weights, delimiter=",")
+    os.replace(tmp, out)
+    return out
+
+
+def read_weights(path: str | os.PathLike, expected: int) -> np.ndarray:
+    try:
+        weights = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=1)
+    except (OSError, ValueError) as err:
+        raise AstAudioError(f"cannot read sampling weights: {err}", path) from None
+    if weights.shape != (expected,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise AstAudioError(f"expected {expected} finite non-negative weights, one per datafile entry", path)
+    return weights
