@@ -6,8 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
+# torchaudio has no CPU build here, but its compliance/kaldi.py is plain PyTorch: the tests
+# read it from the registry's wheel (not installed, nothing else used) as the reference
+# that AST's features were computed with.
+TORCHAUDIO_REF_VERSION := 2.11.0
+TORCHAUDIO_REF := $(VENV)/reference/torchaudio_kaldi.py
 
-.PHONY: install test lint clean
+.PHONY: install test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +23,24 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(TORCHAUDIO_REF): | $(BIN)/python
+	mkdir -p $(VENV)/reference
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: torchaudio==$(TORCHAUDIO_REF_VERSION) -d $(VENV)/reference
+	$(BIN)/python -c "import glob, pathlib, zipfile; \
+	  wheel = zipfile.ZipFile(glob.glob('$(VENV)/reference/torchaudio-*.whl')[0]); \
+	  pathlib.Path('$(TORCHAUDIO_REF)').write_bytes(wheel.read('torchaudio/compliance/kaldi.py'))"
+	rm -f $(VENV)/reference/torchaudio-*.whl
+
+install: $(STAMP) $(TORCHAUDIO_REF)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
-test: lint
+test: install lint
 	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/features.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -2,11 +2,13 @@
 
 Public API::
 
-    from ast_audio import ASTModel, load_model
+    from ast_audio import ASTModel, load_model, load_audio, fbank, FeatureConfig, waveform_to_input
 """
 
+from .audio import AudioInfo, audio_info, load_audio, resample
 from .checkpoints import REGISTRY, load_model, save_checkpoint
-from .errors import AstAudioError, AudioError, CheckpointError, ConfigError, DownloadError
+from .errors import AstAudioError, AudioError, CheckpointError, ConfigError, DataError, DownloadError
+from .features import FeatureConfig, fbank, file_to_input, normalize, pad_or_cut, waveform_to_input
 from .model import SIZES, ASTConfig, ASTModel, ModelInfo
 
 __version__ = "0.1.0"
@@ -16,12 +18,23 @@ __all__ = [
     "ASTModel",
     "AstAudioError",
     "AudioError",
+    "AudioInfo",
     "CheckpointError",
     "ConfigError",
+    "DataError",
     "DownloadError",
+    "FeatureConfig",
     "ModelInfo",
     "REGISTRY",
     "SIZES",
+    "audio_info",
+    "fbank",
+    "file_to_input",
+    "load_audio",
     "load_model",
+    "normalize",
+    "pad_or_cut",
+    "resample",
     "save_checkpoint",
+    "waveform_to_input",
 ]

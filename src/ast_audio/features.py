@@ -8,6 +8,12 @@ scale ``1127 ln(1 + f / 700)`` from 20 Hz to Nyquist, log floored at float32 eps
 Each Kaldi stage is a small function below, named after Kaldi's own option; the window
 and mel matrix are built once per (rate, sizes, device, dtype) and reused.
 
+Float32 results agree with a float64 computation to FFT rounding, which reaches ~1e-3
+(log units) in the weakest bins of a frame; the stages run in Kaldi's order with
+torchaudio's rounding, so the FFT sees the same float32 frames as torchaudio's does.
+Float64 input is computed in float64 (agrees with Hugging Face's float64 NumPy path to
+~1e-6). On the CPU, frames go through in cache-sized blocks; elsewhere in one batch.
+
 ``waveform_to_input`` is what AST's data loader does between the file and the model
 (remove the mean, fbank, pad or cut to ``target_length``, normalise); training,
 evaluation and inference all go through it.
@@ -15,14 +21,16 @@ evaluation and inference all go through it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .audio import load_audio, resample
 from .errors import ConfigError
 from .presets import PRESETS
 
@@ -49,7 +57,9 @@ EPSILON = torch.finfo(torch.float32).eps  # log floor, float32 epsilon whatever 
 # ---------------------------------------------------------------------------------------
 
 
-def frame_sizes(sample_rate: float, frame_length: float = 25.0, frame_shift: float = 10.0) -> tuple[int, int, int]:
+def frame_sizes(
+    sample_rate: float, frame_length: float = 25.0, frame_shift: float = 10.0
+) -> tuple[int, int, int]:
     """``(window_size, window_shift, fft_size)`` in samples, rounded as torchaudio's Kaldi does."""
     window_size = int(sample_rate * frame_length * 0.001)
     window_shift = int(sample_rate * frame_shift * 0.001)
@@ -67,11 +77,11 @@ def mel_scale(freq: torch.Tensor) -> torch.Tensor:
     return 1127.0 * torch.log1p(freq / 700.0)
 
 
-def hann_window(size: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def hann_window(
+    size: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Kaldi's "hanning" window: symmetric ``0.5 - 0.5 cos(2 pi n / (L - 1))``."""
-    n = torch.arange(size, dtype=torch.float64)
-    window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / (size - 1))
-    return window.to(device=device, dtype=dtype)
+    return torch.hann_window(size, periodic=False, device=device, dtype=dtype)
 
 
 def mel_banks(
@@ -131,24 +141,57 @@ def frames_of(waveform: torch.Tensor, window_size: int, window_shift: int) -> to
     return waveform.unfold(-1, window_size, window_shift)  # (..., T, L)
 
 
-def remove_dc_and_preemphasize(frames: torch.Tensor, coefficient: float = PREEMPHASIS) -> torch.Tensor:
-    """Per-frame DC removal then pre-emphasis ``y[n] = x[n] - c x[n-1]``, ``y[0] = (1 - c) x[0]``.
+def remove_dc_offset(frames: torch.Tensor) -> torch.Tensor:
+    """Subtract each frame's mean: a new tensor ``[..., T, L]``."""
+    return frames - frames.mean(-1, keepdim=True)
 
-    Pre-emphasis commutes with subtracting a constant up to the constant's own
-    emphasis, so it runs on the raw frames and the DC term is removed once:
-    ``y = pre(x) - (1 - c) * mean(x)``.
+
+def preemphasize(
+    frames: torch.Tensor, coefficient: float = PREEMPHASIS, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``y[n] = x[n] - c x[n-1]`` within each frame, the first sample using itself: ``y[0] = x[0] - c x[0]``.
+
+    ``out`` (same shape, may be a view into a larger buffer, must not overlap ``frames``)
+    receives the result. The rounding is that of torchaudio's ``x - c * shifted(x)``, so
+    the FFT sees the very same float32 frames.
     """
-    mean = frames.mean(-1, keepdim=True)  # (..., T, 1)
-    out = torch.empty_like(frames)  # (..., T, L)
-    torch.sub(frames[..., 1:], frames[..., :-1], alpha=coefficient, out=out[..., 1:])
-    out[..., :1] = frames[..., :1] * (1.0 - coefficient)
-    return out.sub_(mean * (1.0 - coefficient))
+    out = torch.empty_like(frames) if out is None else out  # (..., T, L)
+    torch.mul(frames[..., :-1], coefficient, out=out[..., 1:])
+    torch.mul(frames[..., :1], coefficient, out=out[..., :1])
+    return torch.sub(frames, out, out=out)
 
 
-def power_spectrum(frames: torch.Tensor, fft_size: int) -> torch.Tensor:
-    """``|rfft|^2`` of frames zero-padded to ``fft_size``: ``[..., T, fft_size // 2 + 1]``."""
-    spectrum = torch.view_as_real(torch.fft.rfft(frames, n=fft_size))  # (..., T, K, 2)
-    return spectrum.square().sum(-1)  # (..., T, K)
+def power_spectrum(frames: torch.Tensor, fft_size: int | None = None) -> torch.Tensor:
+    """``|rfft|^2`` of frames (zero-padded to ``fft_size`` if given): ``[..., T, fft_size // 2 + 1]``."""
+    spectrum = torch.fft.rfft(frames, n=fft_size)  # (..., T, K) complex
+    return torch.mul(spectrum.real, spectrum.real).addcmul_(spectrum.imag, spectrum.imag)
+
+
+def _fbank_block(
+    frames: torch.Tensor, window: torch.Tensor, banks: torch.Tensor, fft_size: int, k0: int, k1: int
+) -> torch.Tensor:
+    """All Kaldi stages on a block of frames ``[..., T, L]`` -> log mel energies ``[..., T, M]``."""
+    window_size = frames.shape[-1]
+    buffer = frames.new_empty((*frames.shape[:-1], fft_size))  # (..., T, N): zero-padded frames
+    buffer[..., window_size:] = 0.0
+    windowed = buffer[..., :window_size]
+    preemphasize(remove_dc_offset(frames), out=windowed).mul_(window)
+    power = power_spectrum(buffer)[..., k0:k1]  # (..., T, k1 - k0); other rows of the mel matrix are 0
+    energies = torch.matmul(power, banks)  # (..., T, M)
+    return energies.clamp_min_(EPSILON).log_()
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device_type`` (where it exists): the mel matmul stays in full precision."""
+    available = getattr(torch.amp, "is_autocast_available", lambda t: t in ("cpu", "cuda"))  # torch < 2.4
+    return torch.autocast(device_type, enabled=False) if available(device_type) else contextlib.nullcontext()
+
+
+# Padded samples per block on the CPU (2048 frames of 512): the FFT and its buffers stay
+# in cache, several times faster than one pass over a whole batch (measured on a 2-core
+# Xeon: 1400 vs 540 ten-second clips/s). A loop over blocks, not over frames or clips;
+# accelerators take the whole batch at once.
+CPU_BLOCK_SAMPLES = 2048 * 512
 
 
 def fbank(
@@ -180,19 +223,29 @@ def fbank(
         raise ConfigError(f"sample rate must be positive, got {sample_rate}")
     window_size, window_shift, fft_size = frame_sizes(sample_rate, frame_length, frame_shift)
     dtype = torch.float64 if waveform.dtype == torch.float64 else torch.float32
-    window, banks, k0, k1 = _constants(
-        float(sample_rate), int(num_mel_bins), window_size, fft_size, float(low_freq), float(high_freq),
-        waveform.device, dtype,
-    )
+    key = (float(sample_rate), int(num_mel_bins), window_size, fft_size, float(low_freq), float(high_freq))
+    window, banks, k0, k1 = _constants(*key, waveform.device, dtype)
     x = waveform.to(dtype)
-    if x.shape[-1] < window_size:
-        return x.new_zeros((*x.shape[:-1], 0, num_mel_bins))
-    with torch.autocast(x.device.type, enabled=False):
-        frames = frames_of(x, window_size, window_shift)  # (..., T, L) view
-        frames = remove_dc_and_preemphasize(frames).mul_(window)  # (..., T, L)
-        power = power_spectrum(frames, fft_size)[..., k0:k1]  # (..., T, k1 - k0)
-        energies = torch.matmul(power, banks)  # (..., T, M)
-        return energies.clamp_min_(EPSILON).log_()
+    batched = x.dim() == 2
+    x = x if batched else x.unsqueeze(0)  # (B, S)
+    frames = frames_of(x, window_size, window_shift) if x.shape[-1] >= window_size else None  # (B, T, L)
+    if frames is None or frames.shape[0] == 0:
+        out = x.new_zeros((x.shape[0], 0 if frames is None else frames.shape[1], num_mel_bins))
+        return out if batched else out[0]
+    with _autocast_off(x.device.type):
+        if x.device.type != "cpu":
+            out = _fbank_block(frames, window, banks, fft_size, k0, k1)  # (B, T, M)
+        else:
+            batch, num_frames = frames.shape[:2]
+            out = x.new_empty((batch, num_frames, num_mel_bins))  # (B, T, M)
+            block_frames = max(1, CPU_BLOCK_SAMPLES // fft_size)
+            clips = max(1, block_frames // num_frames)  # whole clips per block, or
+            step = min(num_frames, block_frames)  # a span of frames of one clip
+            for b in range(0, batch, clips):
+                for t in range(0, num_frames, step):
+                    block = frames[b : b + clips, t : t + step]  # (b, t, L) view
+                    out[b : b + clips, t : t + step] = _fbank_block(block, window, banks, fft_size, k0, k1)
+    return out if batched else out[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,8 +280,11 @@ class FeatureConfig:
             raise ConfigError(f"unknown feature preset {name!r}; known: {', '.join(sorted(PRESETS))}")
         p = PRESETS[name]
         fields = dict(
-            sample_rate=p.sample_rate, num_mel_bins=p.num_mel_bins, target_length=p.target_length,
-            mean=p.mean, std=p.std,
+            sample_rate=p.sample_rate,
+            num_mel_bins=p.num_mel_bins,
+            target_length=p.target_length,
+            mean=p.mean,
+            std=p.std,
         )
         fields.update(overrides)
         return cls(**fields)  # type: ignore[arg-type]
@@ -244,17 +300,19 @@ def pad_or_cut(features: torch.Tensor, target_length: int) -> torch.Tensor:
 
 def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """AST's normalisation ``(x - mean) / (2 * std)``."""
-    return (features - mean) / (2.0 * std)
+    return (features - mean).div_(2.0 * std)
 
 
 def waveform_to_input(
-    waveform: torch.Tensor,
+    waveform: torch.Tensor | np.ndarray,
     cfg: FeatureConfig | None = None,
     *,
     sample_rate: int | None = None,
     normalized: bool | None = None,
 ) -> torch.Tensor:
     """AST's model input from ``[samples]`` -> ``[T, F]`` or ``[batch, samples]`` -> ``[batch, T, F]``.
+
+    The one path from waveform to model for training, evaluation and inference.
 
     Removes each clip's mean, computes ``fbank``, pads or cuts to ``cfg.target_length``
     and normalises with ``cfg.mean``/``cfg.std`` (unless ``cfg.normalize`` is false or
@@ -263,9 +321,8 @@ def waveform_to_input(
     resampled first (on the CPU, with soxr).
     """
     cfg = cfg or FeatureConfig()
+    waveform = torch.as_tensor(waveform)
     if sample_rate is not None and sample_rate != cfg.sample_rate:
-        from .audio import resample
-
         waveform = resample(waveform, sample_rate, cfg.sample_rate)
     waveform = waveform - waveform.mean(-1, keepdim=True)  # per clip
     features = fbank(waveform, cfg.sample_rate, cfg.num_mel_bins)  # (..., frames, F)
@@ -282,8 +339,6 @@ def file_to_input(
     normalized: bool | None = None,
 ) -> torch.Tensor:
     """``load_audio`` (mono, resampled to ``cfg.sample_rate``) then ``waveform_to_input``: ``[T, F]``."""
-    from .audio import load_audio
-
     cfg = cfg or FeatureConfig()
     waveform = load_audio(path, sample_rate=cfg.sample_rate)
     if device is not None:
