@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {what} | {bins} | {rate:,.0f} | {1000 / rate:.2f} | {rate / hf_rate:.1f}x | "
             f"{rate / knf_rate:.1f}x | {diff} |"
         )
-    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = "\n".join([
         START,
         "## Features: Kaldi filterbanks (`bench/features.py`)",

@@ -69,3 +69,44 @@ def original_audioset_state(depth=2, label_dim=527, seed=1) -> dict[str, torch.T
     sd["module.v.head_dist.weight"] = torch.zeros(1000, 192)
     sd["module.v.head_dist.bias"] = torch.zeros(1000)
     return sd
+
+
+TOY_CLASSES = [("/m/low", "low tone"), ("/m/high", "high tone"), ("/m/noise", "noise")]
+
+
+def toy_clip(kind: int, rng, sample_rate: int = 16000, seconds: float = 1.0):
+    """A clip of class ``kind``: a 300 Hz tone, a 3 kHz tone, or white noise, at random level."""
+    import numpy as np
+
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    level = rng.uniform(0.1, 0.5)
+    if kind == 2:
+        x = rng.standard_normal(t.size) * level / 2
+    else:
+        freq = (300 if kind == 0 else 3000) * rng.uniform(0.9, 1.1)
+        x = level * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6.28))
+    return (x + 0.005 * rng.standard_normal(t.size)).astype("float32")
+
+
+def write_toy_dataset(root, per_class_train: int = 12, per_class_val: int = 4, seed: int = 0):
+    """Real wavs + ``train.json`` / ``val.json`` datafiles + ``labels.csv``, the original layout."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import soundfile as sf
+
+    root = Path(root)
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = ["index,mid,display_name"] + [f'{i},{mid},"{name}"' for i, (mid, name) in enumerate(TOY_CLASSES)]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    for split, count in (("train", per_class_train), ("val", per_class_val)):
+        data = []
+        for kind, (mid, _) in enumerate(TOY_CLASSES):
+            for i in range(count):
+                path = root / "audio" / f"{split}_{kind}_{i}.wav"
+                sf.write(path, toy_clip(kind, rng), 16000, subtype="PCM_16")
+                data.append({"wav": str(path), "labels": mid})
+        (root / f"{split}.json").write_text(json.dumps({"data": data}))
+    return root

@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("label-dim", "fstride", "tstride", "input-tdim", "input-fdim"):
         p.add_argument(f"--{flag}", type=int, default=None, help="adapt the model (see load_model)")
     p.set_defaults(func=_cmd_convert)
+
+    from . import cli_train
+
+    cli_train.add_commands(sub)
     return parser
 
 
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ast-audio: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ast-audio: interrupted", file=sys.stderr)
+        hint = "; run the same command to resume after the last completed epoch" if args.command == "train" else ""
+        print(f"ast-audio: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -1,0 +1,7 @@
+"""``python -m ast_audio``: the same as the ``ast-audio`` command (what ``torchrun -m`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

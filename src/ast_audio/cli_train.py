@@ -1,0 +1,198 @@
+"""``ast-audio train | evaluate | weights | stats``: the original ``run.py`` flags and friends."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from .errors import ConfigError
+
+_TRUE = {"true", "1", "yes", "y", "on", "bal"}
+_FALSE = {"false", "0", "no", "n", "off", "none"}
+
+
+def _flag(value: str) -> bool:
+    """The original passed booleans as ``True``/``False`` (and ``--bal bal``/``none``)."""
+    low = value.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def _flag_or_path(value: str) -> bool | str:
+    """``True``/``False`` as in the original, or a checkpoint file / published name."""
+    low = value.strip().lower()
+    return True if low in _TRUE else False if low in _FALSE else value
+
+
+# (flags, TrainConfig field, type); original names first, our spellings as aliases.
+_TRAIN_FLAGS = [
+    (["--data-train", "--data_train"], "data_train", str),
+    (["--data-val", "--data_val"], "data_val", str),
+    (["--data-eval", "--data_eval"], "data_eval", str),
+    (["--label-csv", "--label_csv"], "label_csv", str),
+    (["--n_class", "--n-class"], "n_class", int),
+    (["--exp-dir", "--exp_dir"], "exp_dir", str),
+    (["--lr"], "lr", float),
+    (["-b", "--batch-size", "--batch_size"], "batch_size", int),
+    (["-w", "--num-workers", "--num_workers"], "num_workers", int),
+    (["--n-epochs", "--n_epochs"], "n_epochs", int),
+    (["--freqm"], "freqm", int),
+    (["--timem"], "timem", int),
+    (["--mixup"], "mixup", float),
+    (["--bal"], "bal", _flag),
+    (["--fstride"], "fstride", int),
+    (["--tstride"], "tstride", int),
+    (["--imagenet_pretrain", "--imagenet-pretrain"], "imagenet_pretrain", _flag_or_path),
+    (["--audioset_pretrain", "--audioset-pretrain"], "audioset_pretrain", _flag_or_path),
+    (["--dataset_mean", "--dataset-mean"], "dataset_mean", float),
+    (["--dataset_std", "--dataset-std"], "dataset_std", float),
+    (["--audio_length", "--audio-length"], "audio_length", int),
+    (["--noise"], "noise", _flag),
+    (["--metrics"], "metrics", str),
+    (["--loss"], "loss", str),
+    (["--warmup"], "warmup", _flag),
+    (["--lrscheduler_start"], "lrscheduler_start", int),
+    (["--lrscheduler_step"], "lrscheduler_step", int),
+    (["--lrscheduler_decay"], "lrscheduler_decay", float),
+    (["--wa"], "wa", _flag),
+    (["--wa_start"], "wa_start", int),
+    (["--wa_end"], "wa_end", int),
+    (["--save_model", "--save-model"], "save_model", _flag),
+    (["--model-size", "--model_size"], "model_size", str),
+    (["--depth"], "depth", int),
+    (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", int),
+    (["--seed"], "seed", int),
+    (["--amp"], "amp", str),
+    (["--device"], "device", str),
+    (["--skip-bad", "--skip_bad"], "skip_bad", _flag),
+    (["--progress"], "progress", _flag),
+]
+# Accepted for compatibility with the original's scripts, without effect here.
+_IGNORED = ["--model", "--dataset", "--n-print-steps", "--lr_patience", "--lr-patience"]
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A recipe config: a TOML table of TrainConfig fields (original names, underscores)."""
+    from .train import TrainConfig
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable TOML config ({err})") from None
+    data = data.get("train", data)
+    unknown = sorted(set(data) - set(TrainConfig.field_names()))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
+    return data
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """Defaults <- ``--config`` file <- flags given on the command line."""
+    from .train import TrainConfig
+
+    values = load_config_file(args.config) if args.config else {}
+    values.update({name: getattr(args, name) for _, name, _ in _TRAIN_FLAGS if getattr(args, name) is not None})
+    try:
+        return TrainConfig(**values)
+    except TypeError as err:
+        raise ConfigError(f"bad training settings: {err}") from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = train_config_from_args(args)
+    state = train(cfg)
+    if state.rows:
+        print(f"done: {state.epoch} epochs, best {cfg.metrics} {state.best_metric:.4f} at epoch {state.best_epoch}; "
+              f"results in {cfg.exp_dir}")  # fmt: skip
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import STATS_COLUMNS, evaluate_checkpoints, stats_row, write_stats_csv
+
+    results = evaluate_checkpoints(
+        args.checkpoint, args.data, args.label_csv, batch_size=args.batch_size, num_workers=args.num_workers,
+        device=args.device, dataset_mean=args.dataset_mean, dataset_std=args.dataset_std,
+    )  # fmt: skip
+    print("\t".join(STATS_COLUMNS))
+    for name, stats in results:
+        row = stats_row(name, stats)
+        print("\t".join([row[0]] + [f"{v:.6f}" for v in row[1:]]))
+    if args.out:
+        write_stats_csv(args.out, results)
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from .data import read_datafile, write_weights
+
+    out = write_weights(read_datafile(args.datafile, args.label_csv), args.out)
+    print(out)
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .data import read_datafile
+    from .dataset import AudioConf, AudioDataset, norm_stats
+
+    datafile = read_datafile(args.datafile, args.label_csv)
+    conf = AudioConf(num_mel_bins=args.num_mel_bins, target_length=args.audio_length)
+    mean, std = norm_stats(AudioDataset(datafile, conf), num_workers=args.num_workers)
+    print(f"dataset_mean={mean:.7f} dataset_std={std:.7f}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    from .train import TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train or fine-tune (the original run.py flags; rerun the same command to resume)",
+        description="Train AST. Flags keep the original run.py names; booleans take True/False. "
+        "Settings: defaults < --config FILE (TOML) < flags. Running the same command again resumes.",
+    )  # fmt: skip
+    p.add_argument("--config", help="a recipe config (TOML) whose settings the flags override")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for flags, name, kind in _TRAIN_FLAGS:
+        nargs = "?" if kind in (_flag, _flag_or_path) else None
+        extra = {"const": True} if nargs else {}
+        p.add_argument(*flags, dest=name, type=kind, default=None, nargs=nargs,
+                       help=f"(default {defaults[name]!r})", **extra)  # fmt: skip
+    for flag in _IGNORED:
+        p.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="score checkpoints (and their ensemble) on a datafile")
+    p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints; several = ensemble")
+    p.add_argument("--data", required=True, help="datafile JSON")
+    p.add_argument("--label-csv", required=True)
+    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("-w", "--num-workers", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dataset-mean", type=float, default=None, help="override the checkpoint's statistics")
+    p.add_argument("--dataset-std", type=float, default=None)
+    p.add_argument("--out", help="write the rows as CSV here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("weights", help="balanced-sampling weights of a datafile (written next to it)")
+    p.add_argument("datafile")
+    p.add_argument("--label-csv", required=True)
+    p.add_argument("--out", help="default: <datafile>_weight.csv, as the original")
+    p.set_defaults(func=_cmd_weights)
+
+    p = sub.add_parser("stats", help="normalisation statistics (dataset_mean, dataset_std) of a datafile")
+    p.add_argument("datafile")
+    p.add_argument("--label-csv", required=True)
+    p.add_argument("--audio-length", type=int, default=1024, help="frames, as in training")
+    p.add_argument("--num-mel-bins", type=int, default=128)
+    p.add_argument("-w", "--num-workers", type=int, default=0)
+    p.set_defaults(func=_cmd_stats)

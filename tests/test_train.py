@@ -1,0 +1,192 @@
+"""The trainer on real files: learning, result files, weight averaging, resume after kill -9, DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from factories import write_toy_dataset
+
+from ast_audio import load_model
+from ast_audio.train import TrainConfig, train
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), per_class_train=12, per_class_val=4)
+
+
+def base_args(toy: Path, exp: Path, **overrides) -> dict:
+    args = dict(
+        data_train=str(toy / "train.json"), data_val=str(toy / "val.json"), label_csv=str(toy / "labels.csv"),
+        n_class=3, exp_dir=str(exp), lr=5e-4, batch_size=6, n_epochs=4, fstride=16, tstride=16,
+        imagenet_pretrain=False, audio_length=100, metrics="acc", loss="CE", model_size="tiny224", depth=2,
+        dataset_mean=-6.0, dataset_std=5.0, lrscheduler_start=10, progress=False,
+    )  # fmt: skip
+    args.update(overrides)
+    return args
+
+
+def as_flags(args: dict) -> list[str]:
+    flags = []
+    for key, value in args.items():
+        flag = {"data_train": "--data-train", "data_val": "--data-val", "data_eval": "--data-eval",
+                "label_csv": "--label-csv", "exp_dir": "--exp-dir", "batch_size": "-b", "n_epochs": "--n-epochs",
+                "model_size": "--model-size"}.get(key, f"--{key}")  # fmt: skip
+        flags += [flag, str(value)]
+    return flags
+
+
+def results(exp: Path) -> np.ndarray:
+    return np.loadtxt(exp / "result.csv", delimiter=",", ndmin=2)
+
+
+def test_tiny_model_learns_and_writes_the_original_outputs(toy, tmp_path):
+    exp = tmp_path / "exp"
+    state = train(TrainConfig(**base_args(toy, exp, n_epochs=5, data_eval=str(toy / "val.json"))))
+    rows = results(exp)
+    assert rows.shape == (5, 10)  # one row per epoch, the original's ten columns
+    assert rows[:, 0].max() >= 0.8  # accuracy well above chance (1/3)
+    assert state.best_epoch == int(rows[:, 0].argmax()) + 1
+    np.testing.assert_allclose(rows[:, 9], 5e-4)  # lr column (no decay before epoch 10)
+    best = load_model(exp / "models" / "best_audio_model.safetensors")
+    assert best.info.labels == ["low tone", "high tone", "noise"] and not best.info.multilabel
+    assert (exp / "curves.png").stat().st_size > 1000 and (exp / "log.txt").exists() and (exp / "config.json").exists()
+    val_acc, _, eval_acc, _ = np.loadtxt(exp / "eval_result.csv", delimiter=",")
+    assert val_acc == pytest.approx(rows[:, 0].max()) and eval_acc == val_acc  # eval set == val set here
+
+
+def test_weight_averaging_is_the_mean_of_the_epoch_weights(toy, tmp_path):
+    exp = tmp_path / "exp"
+    train(TrainConfig(**base_args(toy, exp, n_epochs=3, wa=True, wa_start=2, wa_end=3, save_model=True)))
+    models = exp / "models"
+    wa = load_model(models / "audio_model_wa.safetensors").state_dict()
+    e2 = load_model(models / "audio_model.2.safetensors").state_dict()
+    e3 = load_model(models / "audio_model.3.safetensors").state_dict()
+    for key in wa:
+        torch.testing.assert_close(wa[key], (e2[key].double() + e3[key].double()).div(2).float(), atol=1e-6, rtol=0)
+    assert np.loadtxt(exp / "wa_result.csv", delimiter=",").shape == (2,)
+
+
+def test_warmup_and_schedule_follow_the_original(toy, tmp_path):
+    exp = tmp_path / "exp"
+    # 36 clips / batch 6 = 6 steps per epoch; warm-up sets lr = step/1000 * lr at steps 0, 50, ...
+    train(TrainConfig(**base_args(toy, exp, n_epochs=3, warmup=True, lrscheduler_start=2, lrscheduler_decay=0.5)))
+    lrs = results(exp)[:, 9]
+    np.testing.assert_allclose(lrs, [0.0, 0.0, 0.0])  # still at step 0's warm-up lr: 0 * decay
+    exp2 = tmp_path / "exp2"
+    train(TrainConfig(**base_args(toy, exp2, n_epochs=4, lrscheduler_start=2, lrscheduler_step=1, lrscheduler_decay=0.5)))
+    # stepped after each epoch: milestone 2 is reached after epoch 2, so epoch 3 is the first decayed one
+    np.testing.assert_allclose(results(exp2)[:, 9], [5e-4, 5e-4, 2.5e-4, 1.25e-4])
+
+
+def run_cli(*args, timeout=240, **kw):
+    return subprocess.run([str(BIN / "ast-audio"), *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(toy, tmp_path):
+    args = base_args(toy, tmp_path / "a", n_epochs=3, mixup=0.5, freqm=10, timem=10)
+    done = run_cli("train", *as_flags(args))
+    assert done.returncode == 0, done.stderr
+
+    b = tmp_path / "b"
+    flags = as_flags({**args, "exp_dir": str(b)})
+    proc = subprocess.Popen([str(BIN / "ast-audio"), "train", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    resume_file = b / "models" / "last.pt"
+    deadline = time.time() + 180
+    while not resume_file.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # right after the first epoch's checkpoint appeared
+    proc.wait()
+    killed_at = torch.load(resume_file, weights_only=True)["state"]["epoch"]
+    assert 1 <= killed_at < 3, "the kill must land before the run finished"
+    assert not [p for p in (b / "models").iterdir() if p.name.startswith(".") and p.stat().st_size == 0]
+
+    resumed = run_cli("train", *flags)
+    assert resumed.returncode == 0, resumed.stderr
+    np.testing.assert_allclose(results(b), results(tmp_path / "a"), rtol=1e-6, atol=1e-7)
+    final_a = torch.load(tmp_path / "a" / "models" / "last.pt", weights_only=True)
+    final_b = torch.load(resume_file, weights_only=True)
+    assert final_b["state"]["global_step"] == final_a["state"]["global_step"]
+    for key, value in final_a["model"].items():
+        torch.testing.assert_close(final_b["model"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_two_process_ddp_metrics_equal_a_single_process_evaluation(toy, tmp_path):
+    exp = tmp_path / "ddp"
+    args = base_args(toy, exp, n_epochs=2, save_model=True)
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "ast_audio", "train", *as_flags(args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = results(exp)
+    assert rows.shape == (2, 10)
+    check = run_cli("evaluate", "--checkpoint", str(exp / "models" / "audio_model.2.safetensors"),
+                    "--data", str(toy / "val.json"), "--label-csv", str(toy / "labels.csv"), "--out", str(tmp_path / "e.csv"))  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    ev = np.genfromtxt(tmp_path / "e.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+    assert float(ev["acc"]) == pytest.approx(rows[1, 0], abs=1e-6)
+    assert float(ev["mAUC"]) == pytest.approx(rows[1, 1], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("json", r"train.json: not valid JSON"),
+        ("label", r"train.json: entry 0 .*label '/m/cow' is not in the label CSV"),
+        ("file", r"train.json: entry 0: audio file not found"),
+        ("n_class", r"--n_class is 5 but .*labels.csv has 3 labels"),
+        ("missing", r"--data-train is required"),
+    ],
+)
+def test_bad_datafiles_give_one_line_errors(toy, tmp_path, problem, message):
+    import json
+    import re
+
+    data = json.loads((toy / "train.json").read_text())
+    args = base_args(toy, tmp_path / "exp", n_epochs=1)
+    train_json = tmp_path / "train.json"
+    if problem == "json":
+        train_json.write_text('{"data": [')
+    elif problem == "label":
+        data["data"][0]["labels"] = "/m/cow"
+        train_json.write_text(json.dumps(data))
+    elif problem == "file":
+        data["data"][0]["wav"] = str(tmp_path / "gone.wav")
+        train_json.write_text(json.dumps(data))
+    else:
+        train_json.write_text(json.dumps(data))
+    args["data_train"] = str(train_json)
+    if problem == "n_class":
+        args["n_class"] = 5
+    if problem == "missing":
+        del args["data_train"]
+    out = run_cli("train", *as_flags(args), timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_resuming_with_other_settings_is_refused(toy, tmp_path):
+    exp = tmp_path / "exp"
+    train(TrainConfig(**base_args(toy, exp, n_epochs=1)))
+    out = run_cli("train", *as_flags(base_args(toy, exp, n_epochs=2, lr=1e-3)), timeout=60)
+    assert out.returncode == 2 and "holds a run with other settings (lr: 0.0005 there, 0.001 now)" in out.stderr
+
+
+def test_weights_and_stats_commands(toy, tmp_path):
+    out = run_cli("weights", str(toy / "train.json"), "--label-csv", str(toy / "labels.csv"), timeout=60)
+    assert out.returncode == 0 and Path(out.stdout.strip()) == toy / "train_weight.csv"
+    np.testing.assert_allclose(np.loadtxt(toy / "train_weight.csv"), 1000 / 12.01)
+    out = run_cli("stats", str(toy / "val.json"), "--label-csv", str(toy / "labels.csv"), "--audio-length", "100", timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("dataset_mean=")
