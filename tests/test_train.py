@@ -190,3 +190,38 @@ def test_weights_and_stats_commands(toy, tmp_path):
     np.testing.assert_allclose(np.loadtxt(toy / "train_weight.csv"), 1000 / 12.01)
     out = run_cli("stats", str(toy / "val.json"), "--label-csv", str(toy / "labels.csv"), "--audio-length", "100", timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("dataset_mean=")
+
+
+def test_bf16_balanced_sampling_and_skipped_entries(toy, tmp_path):
+    import json
+
+    data = json.loads((toy / "train.json").read_text())
+    data["data"].append({"wav": str(tmp_path / "missing.wav"), "labels": "/m/low"})
+    train_json = tmp_path / "train.json"
+    train_json.write_text(json.dumps(data))
+    exp = tmp_path / "exp"
+    args = base_args(toy, exp, n_epochs=2, amp="bf16", bal=True, skip_bad=True, data_train=str(train_json))
+    train(TrainConfig(**args))
+    assert results(exp).shape == (2, 10) and np.isfinite(results(exp)).all()
+    assert "entry 36: audio file not found" in (exp / "skipped_entries.txt").read_text()
+
+
+def test_evaluate_ensemble_row_scores_the_mean_of_the_members(toy, tmp_path):
+    from ast_audio.data import read_datafile
+    from ast_audio.dataset import AudioDataset
+    from ast_audio.evaluate import audio_conf_for, evaluate_checkpoints, predict_dataset
+    from ast_audio.metrics import calculate_stats
+
+    exp = tmp_path / "exp"
+    train(TrainConfig(**base_args(toy, exp, n_epochs=2, save_model=True)))
+    members = [exp / "models" / f"audio_model.{e}.safetensors" for e in (1, 2)]
+    rows = evaluate_checkpoints(members, toy / "val.json", toy / "labels.csv")
+    assert [name for name, _ in rows] == [str(m) for m in members] + ["ensemble"]
+    df = read_datafile(toy / "val.json", toy / "labels.csv")
+    scores = []
+    for member in members:
+        model = load_model(member)
+        scores.append(predict_dataset(model, AudioDataset(df, audio_conf_for(model))).scores)
+    want = calculate_stats(np.mean(scores, axis=0), df.targets())
+    assert rows[-1][1].mAUC == pytest.approx(want.mAUC) and rows[-1][1].acc == pytest.approx(want.acc)
+    assert rows[-1][1].mAP == pytest.approx(want.mAP)

@@ -318,6 +318,10 @@ def _run(cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path, models_di
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     state = _resume(cfg, models_dir, model, optimizer, scheduler, scaler)
     if ctx.main:
+        skipped = [f"{df.path}: {line}" for df in (train_df, val_df, eval_df) if df is not None for line in df.skipped]
+        if skipped:
+            (exp / "skipped_entries.txt").write_text("\n".join(skipped) + "\n")
+            log.warning("left out %d bad datafile entries (listed in %s)", len(skipped), exp / "skipped_entries.txt")
         (exp / "config.json").write_text(
             json.dumps({"config": dataclasses.asdict(cfg), "git_revision": _git_revision()}, indent=2) + "\n"
         )
