@@ -7,8 +7,17 @@ Public API::
 
 from .audio import AudioInfo, audio_info, load_audio, resample
 from .checkpoints import REGISTRY, load_model, save_checkpoint
-from .errors import AstAudioError, AudioError, CheckpointError, ConfigError, DataError, DownloadError
+from .errors import (
+    AstAudioError,
+    AudioError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DownloadError,
+    ExportError,
+)
 from .features import FeatureConfig, fbank, file_to_input, normalize, pad_or_cut, waveform_to_input
+from .infer import AudioTagger, Embedding, Event, Prediction, Timeline, Window, plot_attention
 from .model import SIZES, ASTConfig, ASTModel, ModelInfo
 
 __version__ = "0.1.0"
@@ -19,14 +28,21 @@ __all__ = [
     "AstAudioError",
     "AudioError",
     "AudioInfo",
+    "AudioTagger",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "DownloadError",
+    "Embedding",
+    "Event",
+    "ExportError",
     "FeatureConfig",
     "ModelInfo",
+    "Prediction",
     "REGISTRY",
     "SIZES",
+    "Timeline",
+    "Window",
     "audio_info",
     "fbank",
     "file_to_input",
@@ -34,6 +50,7 @@ __all__ = [
     "load_model",
     "normalize",
     "pad_or_cut",
+    "plot_attention",
     "resample",
     "save_checkpoint",
     "waveform_to_input",

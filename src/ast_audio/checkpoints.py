@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, ConfigError, DownloadError
+from .fileio import atomic_write
 from .labels import read_label_csv
 from .model import SIZES, ASTConfig, ASTModel, ModelInfo, patch_grid, size_for
 from .pos_embed import adapt_pos_embed
@@ -693,20 +694,6 @@ def load_model(
 # --------------------------------------------------------------------------- our format
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _cpu_state(model: ASTModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -728,17 +715,17 @@ def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | N
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        return _atomic_write(
+        return atomic_write(
             path,
             lambda tmp: save_file(state, str(tmp), metadata={FORMAT_NAME: json.dumps(meta), "format": "pt"}),
         )
-    return _atomic_write(path, lambda tmp: torch.save({**meta, **(extra or {}), "state_dict": state}, tmp))
+    return atomic_write(path, lambda tmp: torch.save({**meta, **(extra or {}), "state_dict": state}, tmp))
 
 
 def export_original(model: ASTModel, path: str | os.PathLike) -> Path:
     """The original AST layout: a plain state dict with ``module.`` prefixes (as DataParallel saved it)."""
     state = {f"module.{k}": v for k, v in _cpu_state(model).items()}
-    return _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def export_hf(model: ASTModel, folder: str | os.PathLike) -> Path:
@@ -785,11 +772,11 @@ def export_hf(model: ASTModel, folder: str | os.PathLike) -> Path:
     }
     state = original_to_hf(_cpu_state(model))
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
+    atomic_write(
         folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
     )
     for name, data in (("config.json", config), ("preprocessor_config.json", preprocessor)):
-        _atomic_write(
+        atomic_write(
             folder / name,
             lambda tmp, d=data: tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8"),
         )

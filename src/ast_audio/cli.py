@@ -110,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag}", type=int, default=None, help="adapt the model (see load_model)")
     p.set_defaults(func=_cmd_convert)
 
-    from . import cli_train
+    from . import cli_infer, cli_train
 
     cli_train.add_commands(sub)
+    cli_infer.add_commands(sub)
     return parser
 
 

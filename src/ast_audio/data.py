@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AstAudioError, DataError
+from .fileio import atomic_write
 from .labels import LabelTable, read_label_csv
 
 log = logging.getLogger(__name__)
@@ -122,13 +123,9 @@ def _entry(i: int, item: object, index: dict[str, int], base: Path, check_files:
 
 def write_datafile(path: str | os.PathLike, rows: list[tuple[str | os.PathLike, list[str]]]) -> Path:
     """Write ``[(wav, [mid, ...]), ...]`` as a datafile (atomically)."""
-    path = Path(path)
     data = {"data": [{"wav": str(wav), "labels": ",".join(mids)} for wav, mids in rows]}
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(data, indent=1) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- balanced sampling
@@ -150,10 +147,7 @@ def weight_file_for(datafile_path: str | os.PathLike) -> Path:
 def write_weights(datafile: Datafile, out: str | os.PathLike | None = None) -> Path:
     out = Path(out) if out is not None else weight_file_for(datafile.path)
     weights = balanced_weights(datafile)
-    tmp = out.with_name(f".{out.name}.tmp")
-    np.savetxt(tmp, weights, delimiter=",")
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda tmp: np.savetxt(tmp, weights, delimiter=","))
 
 
 def read_weights(path: str | os.PathLike, expected: int) -> np.ndarray:

@@ -37,3 +37,7 @@ class AudioError(AstAudioError):
 
 class DataError(AstAudioError):
     """A datafile, label table or dataset layout with an entry at fault."""
+
+
+class ExportError(AstAudioError):
+    """A model that could not be exported, or whose export does not match PyTorch."""

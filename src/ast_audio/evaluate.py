@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .data import read_datafile
 from .dataset import AudioConf, AudioDataset
 from .errors import ConfigError
+from .fileio import atomic_write
 from .labels import read_label_csv
 from .metrics import Stats, calculate_stats
 from .model import ASTModel
@@ -149,13 +150,10 @@ def evaluate_checkpoints(
 
 
 def write_stats_csv(path: str | os.PathLike, results: list[tuple[str, Stats]]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(STATS_COLUMNS)
-        for name, stats in results:
-            writer.writerow(stats_row(name, stats))
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(STATS_COLUMNS)
+            writer.writerows(stats_row(name, stats) for name, stats in results)
+
+    return atomic_write(path, write)

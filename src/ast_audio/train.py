@@ -45,6 +45,7 @@ from .data import balanced_weights, read_datafile, read_weights, weight_file_for
 from .dataset import AudioConf, AudioDataset
 from .errors import AstAudioError, ConfigError
 from .evaluate import loss_value, predict_dataset
+from .fileio import atomic_write
 from .labels import read_label_csv
 from .metrics import calculate_stats, d_prime
 from .model import ASTModel, ModelInfo
@@ -204,16 +205,9 @@ class EpochSampler(torch.utils.data.Sampler):
 # --------------------------------------------------------------------------- helpers
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, rows: list[list[float]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    np.savetxt(tmp, np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), delimiter=",")
-    os.replace(tmp, path)
+    table = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    atomic_write(path, lambda tmp: np.savetxt(tmp, table, delimiter=","))
 
 
 def _git_revision() -> str | None:
@@ -429,19 +423,17 @@ def _after_epoch(cfg, state, model, preds, targets, train_loss, lr, epoch, exp, 
 
 
 def _save_resume(models_dir, model, optimizer, scheduler, scaler, state, cfg) -> None:
-    _atomic_torch_save(
-        {
-            "format": "ast-audio-run",
-            "config": dataclasses.asdict(cfg),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "state": dataclasses.asdict(state),
-        },
-        models_dir / RESUME_FILE,
-    )
+    state_dict = {
+        "format": "ast-audio-run",
+        "config": dataclasses.asdict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "state": dataclasses.asdict(state),
+    }
+    atomic_write(models_dir / RESUME_FILE, lambda tmp: torch.save(state_dict, tmp))
 
 
 def _resume(cfg, models_dir, model, optimizer, scheduler, scaler) -> RunState:
@@ -520,7 +512,5 @@ def plot_curves(rows: list[list[float]], path: Path, metric: str) -> None:
     right.set_xlabel("epoch")
     right.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
