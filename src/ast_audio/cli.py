@@ -83,6 +83,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import write_dataset
+
+    out = write_dataset(args.out, per_class=args.per_class, classes=args.classes, seconds=args.seconds, seed=args.seed)
+    print(f"{args.classes * args.per_class} clips in ESC-50's layout under {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ast-audio", description="Audio Spectrogram Transformer tools")
     parser.add_argument("--version", action="version", version=f"ast-audio {__version__}")
@@ -109,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("label-dim", "fstride", "tstride", "input-tdim", "input-fdim"):
         p.add_argument(f"--{flag}", type=int, default=None, help="adapt the model (see load_model)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("synth", help="write a small labelled sound dataset (ESC-50 layout) for demos and tests")
+    p.add_argument("--out", required=True, help="folder to write audio/ and meta/esc50.csv into")
+    p.add_argument("--per-class", type=int, default=150, help="clips per class (spread over 5 folds)")
+    p.add_argument("--classes", type=int, default=10, help="how many of the 10 sound classes")
+    p.add_argument("--seconds", type=float, default=1.0, help="clip length")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
 
     from . import cli_infer, cli_train
 
