@@ -126,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
 
-    from . import cli_infer, cli_train
+    from . import cli_infer, cli_recipes, cli_train
 
     cli_train.add_commands(sub)
+    cli_recipes.add_commands(sub)
     cli_infer.add_commands(sub)
     return parser
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ast-audio: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "; run the same command to resume after the last completed epoch" if args.command == "train" else ""
+        hint = "; run the same command to resume after the last completed epoch" if args.command in ("train", "recipe") else ""
         print(f"ast-audio: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -39,6 +39,19 @@ def builtin_label_path(name: str) -> Path:
     return Path(str(resources.files("ast_audio") / "data" / BUILTIN[name]))
 
 
+def write_label_table(table: LabelTable, path: str | os.PathLike) -> Path:
+    """Write ``index,mid,display_name`` (atomically)."""
+    from .fileio import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, quoting=csv.QUOTE_MINIMAL)
+            writer.writerow(["index", "mid", "display_name"])
+            writer.writerows([i, mid, name] for i, (mid, name) in enumerate(zip(table.mids, table.names, strict=True)))
+
+    return atomic_write(path, write)
+
+
 def read_label_csv(source: str | os.PathLike) -> LabelTable:
     """Read a label CSV (``index,mid,display_name``) or a built-in table by name."""
     path = builtin_label_path(source) if source in BUILTIN else Path(source)

@@ -254,18 +254,21 @@ def train(cfg: TrainConfig) -> RunState:
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {ctx.world} processes")
     exp = Path(cfg.exp_dir)
     models_dir = exp / "models"
-    handler = None
-    if ctx.main:
+    package_log = logging.getLogger("ast_audio")
+    level, handler = package_log.level, None
+    if ctx.main:  # the run's log file gets INFO and up, whatever the console shows
         models_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(exp / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger("ast_audio").addHandler(handler)
-        logging.getLogger("ast_audio").setLevel(logging.INFO)
+        package_log.addHandler(handler)
+        if package_log.getEffectiveLevel() > logging.INFO:
+            package_log.setLevel(logging.INFO)
     try:
         return _run(cfg, device, ctx, exp, models_dir)
     finally:
+        package_log.setLevel(level)
         if handler is not None:
-            logging.getLogger("ast_audio").removeHandler(handler)
+            package_log.removeHandler(handler)
             handler.close()
 
 

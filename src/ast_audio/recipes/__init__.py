@@ -1,0 +1,269 @@
+"""Recipes: from a dataset as its authors distribute it to the numbers the paper reports.
+
+A recipe is three things (lhotse/icefall style): a ``prepare`` function that turns the
+distributed layout into datafiles + a label CSV (checking every clip once and reporting
+the bad ones), a config of hyper-parameters shipped with the package (``*.toml`` beside
+this file: the original's values, SPEC §5), and a step that trains and writes the
+recipe's deliverable:
+
+=================  =====================================  ==========================================
+recipe             config                                 deliverable (in the experiment folder)
+=================  =====================================  ==========================================
+``esc50``          ``esc50.toml``                         ``acc_fold.csv``: each fold's accuracy, mean
+``speechcommands`` ``speechcommands.toml``                ``eval_result.csv``: best-on-valid on test
+``audioset``       ``audioset_balanced.toml`` (default),  ``wa_result.csv`` + ``result.csv``;
+                   ``audioset_full.toml`` (``--set full``) sampling weights beside the datafile
+``csv``            ``csv.toml``                           ``submission.csv``: a label per test file
+=================  =====================================  ==========================================
+
+Settings, lowest to highest: :class:`~ast_audio.train.TrainConfig` defaults, the shipped
+config, ``--config FILE`` (a TOML with a ``[train]`` table of TrainConfig fields and a
+``[recipe]`` table of recipe options), then ``--set key=value`` (either kind; the string
+is coerced to the setting's type: ``true``/``false``, integers, floats, ``1,2`` lists,
+paths or names; ``none`` where a setting may be empty). The datafile, label and
+experiment settings belong to the recipe and cannot be set.
+
+Idempotence: prepared data goes to ``EXP/data`` (or ``--data-dir``) with a
+``prepared.json`` stamp of its inputs; running the recipe again reuses it when the inputs
+are unchanged, and training resumes in the same experiment folders (see
+:func:`ast_audio.train.train`), so an interrupted recipe is finished by running the same
+command again. ``EXP/recipe.json`` records the resolved settings and
+``EXP/recipe_result.json`` the deliverable's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from . import audioset, csvdata, esc50, speechcommands
+
+__all__ = ["RECIPES", "Recipe", "RecipeContext", "config_path", "resolve_config", "run_recipe"]
+
+
+@dataclass
+class RecipeContext:
+    """What a recipe's run step gets: where things are and the resolved settings."""
+
+    name: str
+    root: Path
+    exp_dir: Path
+    data_dir: Path
+    train: dict  # TrainConfig fields (without the recipe's own data/label/exp settings)
+    options: dict  # the [recipe] table
+    user_set: frozenset[str] = frozenset()  # keys given with --set or in --config
+    workers: int | None = None
+    force_prepare: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    prepare: Callable[..., dict]
+    run: Callable[[RecipeContext], dict]
+    configs: dict[str, str]  # variant -> shipped config file ("" when there is one)
+    default_variant: str = ""
+    variants: tuple[str, ...] = field(default=())
+
+    def config_file(self, variant: str = "") -> str:
+        variant = variant or self.default_variant
+        if variant not in self.configs:
+            raise ConfigError(f"the {self.name} recipe has no variant {variant!r}; choose {', '.join(self.variants)}")
+        return self.configs[variant]
+
+
+RECIPES: dict[str, Recipe] = {
+    "esc50": Recipe("esc50", "ESC-50, five-fold cross-validation", esc50.prepare, esc50.run, {"": "esc50.toml"}),
+    "speechcommands": Recipe(
+        "speechcommands", "Speech Commands V2, 35 words", speechcommands.prepare, speechcommands.run,
+        {"": "speechcommands.toml"},
+    ),  # fmt: skip
+    "audioset": Recipe(
+        "audioset", "AudioSet, balanced or full training set", audioset.prepare, audioset.run,
+        {"balanced": "audioset_balanced.toml", "full": "audioset_full.toml"}, "balanced", ("balanced", "full"),
+    ),  # fmt: skip
+    "csv": Recipe("csv", "any CSV-labelled dataset", csvdata.prepare, csvdata.run, {"": "csv.toml"}),
+}
+
+# Settings each recipe sets itself (from the prepared data and --exp-dir).
+RECIPE_OWNED = ("data_train", "data_val", "data_eval", "label_csv", "n_class", "exp_dir")
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"no recipe {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def config_path(name: str, variant: str = "") -> Path:
+    """The shipped config of a recipe (and variant)."""
+    return Path(str(resources.files(__name__) / get_recipe(name).config_file(variant)))
+
+
+def read_config(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(train settings, recipe options)`` of a recipe config TOML."""
+    from ..train import TrainConfig
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable TOML config ({err})") from None
+    options = data.get("recipe", {})
+    train = data["train"] if "train" in data else {k: v for k, v in data.items() if k != "recipe"}
+    if not isinstance(train, dict) or not isinstance(options, dict):
+        raise ConfigError(f"{path}: [train] and [recipe] must be tables")
+    unknown = sorted(set(train) - set(TrainConfig.field_names()))
+    if unknown:
+        raise ConfigError(f"{path}: unknown training setting {unknown[0]!r}")
+    owned = sorted(set(train) & set(RECIPE_OWNED))
+    if owned:
+        raise ConfigError(f"{path}: {owned[0]!r} is set by the recipe itself")
+    return train, options
+
+
+# --------------------------------------------------------------------------- --set
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _scalar(key: str, text: str, kinds: tuple) -> object:
+    low = text.strip().lower()
+    if type(None) in kinds and low in ("none", "null"):
+        return None
+    if bool in kinds:
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        if str in kinds:  # a checkpoint path or published name
+            return text
+        raise ConfigError(f"--set {key}={text}: expected true or false")
+    for kind, what in ((int, "an integer"), (float, "a number")):
+        if kind in kinds:
+            try:
+                return kind(text)
+            except ValueError:
+                if str not in kinds:
+                    raise ConfigError(f"--set {key}={text}: expected {what}") from None
+    return text
+
+
+def coerce(key: str, text: str, kind: object) -> object:
+    """The value of ``--set key=text`` for a setting of type ``kind`` (a type, a union, or,
+    for recipe options, the shipped default whose type it takes)."""
+    if not isinstance(kind, type) and not typing.get_args(kind):  # a default value
+        if isinstance(kind, list):
+            element = type(kind[0]) if kind else str
+            parts = [p.strip() for p in text.strip().strip("[]").split(",") if p.strip()]
+            try:
+                return [_scalar(key, p, (element,)) for p in parts]
+            except ConfigError:
+                raise ConfigError(f"--set {key}={text}: expected a comma-separated list like 1,2") from None
+        if isinstance(kind, float):
+            return float(_scalar(key, text, (float,)))
+        kind = type(kind)
+    return _scalar(key, text, typing.get_args(kind) or (kind,))
+
+
+def parse_sets(recipe: Recipe, sets: Iterable[str]) -> list[tuple[str, str]]:
+    """``key=value`` items (``-`` in keys read as ``_``); a bare variant name means ``variant=NAME``."""
+    pairs = []
+    for item in sets:
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq:
+            if key in recipe.variants:
+                pairs.append(("variant", key))
+                continue
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        if not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+def resolve_config(
+    name: str, sets: Iterable[str] = (), config: str | os.PathLike | None = None
+) -> tuple[dict, dict, frozenset[str]]:
+    """``(train settings, recipe options, keys the user set)``: shipped config < ``config`` < ``sets``.
+
+    The user's keys are those of ``config`` and ``sets``: a recipe derives a setting (the
+    ESC-50 lr without AudioSet pretraining, the csv statistics) only when the user did not."""
+    from ..train import TrainConfig
+
+    recipe = get_recipe(name)
+    pairs = parse_sets(recipe, sets)
+    variants = [value for key, value in pairs if key == "variant"]
+    user_train, user_options = read_config(config) if config else ({}, {})
+    variant = variants[-1] if variants else user_options.get("variant", "")
+    train, options = read_config(config_path(name, variant))
+    unknown = sorted(set(user_options) - set(options))
+    if unknown:
+        raise ConfigError(f"{config}: unknown option {unknown[0]!r} of the {name} recipe")
+    train.update(user_train)
+    options.update(user_options)
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in pairs:
+        if key in RECIPE_OWNED:
+            raise ConfigError(f"--set {key}: set by the {name} recipe itself (from the prepared data and --exp-dir)")
+        if key in hints:
+            train[key] = coerce(key, value, hints[key])
+        elif key in options:
+            options[key] = coerce(key, value, options[key])
+        else:
+            known = ", ".join(sorted(options)) or "none"
+            raise ConfigError(
+                f"--set {key}: unknown setting (training settings are TrainConfig's, as `ast-audio train` names them; "
+                f"options of the {name} recipe: {known})"
+            )
+    probe = TrainConfig(**{**train, "data_train": "-", "data_val": "-", "label_csv": "-"})
+    probe.check()
+    from ..model import SIZES
+
+    if probe.model_size not in SIZES:
+        raise ConfigError(f"unknown model_size {probe.model_size!r}; choose one of {', '.join(SIZES)}")
+    return train, options, frozenset([key for key, _ in pairs] + list(user_train) + list(user_options))
+
+
+def run_recipe(
+    name: str,
+    root: str | os.PathLike,
+    exp_dir: str | os.PathLike,
+    *,
+    sets: Iterable[str] = (),
+    config: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    force_prepare: bool = False,
+    workers: int | None = None,
+) -> dict:
+    """Prepare (if needed), train with the recipe's settings and write its deliverable;
+    returns the deliverable's path (``"deliverable"``) and numbers."""
+    sets = list(sets)
+    recipe = get_recipe(name)
+    train, options, user_set = resolve_config(name, sets, config)
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError("dataset folder not found", root)
+    exp = Path(exp_dir).expanduser().resolve()
+    exp.mkdir(parents=True, exist_ok=True)
+    data = Path(data_dir).expanduser().resolve() if data_dir else exp / "data"
+    (exp / "recipe.json").write_text(json.dumps({
+        "recipe": name, "root": str(root), "data_dir": str(data), "config": str(config) if config else None,
+        "set": sets, "options": options, "train": train,
+    }, indent=2) + "\n")  # fmt: skip
+    ctx = RecipeContext(name, root, exp, data, train, options, user_set, workers, force_prepare)
+    result = {"recipe": name, **recipe.run(ctx)}
+    (exp / "recipe_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,288 @@
+"""Any CSV-labelled dataset (the seed's "hack" recipe, done properly).
+
+Layout read: ``train.csv`` with a ``filename`` column and one label column (e.g.
+``emotion``; found by itself when it is the only other column), the files under a folder
+(``TrainAudioFiles/``: wav, mp3, flac, ogg mixed; a name without an extension is also
+looked up with each of them), and optionally ``test.csv`` with ``filename`` only under
+``TestAudioFiles/``.
+
+Prepare:
+- **labels from the data**: the distinct values of the label column among the usable
+  clips, sorted, become ``class_labels_indices.csv`` (``mid`` = ``display_name`` = the
+  value); no hand-written label table;
+- **every file checked** (decoded once, completely): missing, empty, undecodable or
+  truncated files, and rows without a label, are listed in ``bad_files.txt``
+  (``path: reason``) and left out; no hand-kept list of corrupt files;
+- **stratified validation split**: within each class (in label order) the clips are
+  shuffled by ``numpy.random.default_rng(seed)`` (one generator, drawn class after
+  class; ``seed`` = ``--seed``/``split_seed``, default 0) and ``round(n * valid_fraction)``
+  of them, at least one when the class has two clips or more and never all of them, go
+  to validation; both datafiles keep the order of ``train.csv``;
+- **normalisation statistics** of the training clips (mean and std of the un-normalised,
+  un-augmented fbanks padded/cut to ``audio_length`` frames, as ``ast-audio stats``) in
+  ``stats.json``; the recipe trains with them (unless ``dataset_mean``/``dataset_std``
+  are set);
+- **the test list kept unlabelled**: ``test_list.json`` holds ``filename``, ``wav`` and
+  ``error`` (``null``, or why the file cannot be read) for every row of ``test.csv``,
+  in order, duplicates included; unreadable test files are also in ``bad_files.txt``.
+
+The recipe trains on train, keeps the best model on valid (best-on-valid, by the main
+metric) and predicts every test file with it: ``EXP/submission.csv`` has the columns
+``filename,<label column>,note``, one row per row of ``test.csv`` in its order; ``note``
+is empty, or ``unreadable: <reason>`` with an empty label for a file that cannot be read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..data import read_datafile, write_datafile
+from ..errors import AudioError, ConfigError, DataError
+from ..labels import read_label_csv
+from .common import check_clips, ensure_prepared, fingerprint, write_report, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
+LABEL_CSV = "class_labels_indices.csv"
+
+
+def _read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = [(number, row) for number, row in enumerate(reader, start=2)]
+            columns = [c.strip() for c in reader.fieldnames or []]
+    except FileNotFoundError:
+        raise DataError(f"{what} not found", path) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read: {err}", path) from None
+    if "filename" not in columns:
+        raise DataError(f"expected a 'filename' column, found {columns}", path)
+    rows = [(n, {(k or "").strip(): (v or "").strip() for k, v in row.items()}) for n, row in rows]
+    return columns, rows
+
+
+def _label_column(columns: list[str], wanted: str | None, path: Path) -> str:
+    if wanted:
+        if wanted not in columns:
+            raise ConfigError(f"{path}: no column {wanted!r} (columns: {', '.join(columns)})")
+        return wanted
+    others = [c for c in columns if c != "filename"]
+    if len(others) != 1:
+        raise ConfigError(f"{path}: say which column holds the labels (--label-column); columns: {', '.join(columns)}")
+    return others[0]
+
+
+def _audio_path(folder: Path, filename: str) -> Path:
+    path = folder / filename
+    if path.suffix or path.exists():
+        return path
+    for ext in EXTENSIONS:
+        if path.with_name(path.name + ext).exists():
+            return path.with_name(path.name + ext)
+    return path
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> list[bool]:
+    """Which items go to validation: per class, ``round(n * fraction)`` drawn at random
+    (at least 1 if the class has 2 or more, never all); the same for the same input and seed."""
+    rng = np.random.default_rng(seed)
+    is_valid = [False] * len(labels)
+    for cls in sorted(set(labels)):
+        members = [i for i, c in enumerate(labels) if c == cls]
+        n = len(members)
+        take = min(max(round(n * fraction), 1 if n >= 2 else 0), n - 1)
+        for j in rng.permutation(n)[:take]:
+            is_valid[members[j]] = True
+    return is_valid
+
+
+def prepare(
+    train_csv: str | os.PathLike, audio_dir: str | os.PathLike, out: str | os.PathLike, *,
+    label_column: str | None = None, test_csv: str | os.PathLike | None = None,
+    test_audio_dir: str | os.PathLike | None = None, valid_fraction: float = 0.2, seed: int = 0,
+    audio_length: int = 512, num_mel_bins: int = 128, workers: int | None = None, force: bool = True,
+    progress: bool | None = None,
+) -> dict:  # fmt: skip
+    """A CSV-labelled dataset -> train / valid datafiles, label CSV, statistics and test list in ``out``."""
+    if not 0 < valid_fraction < 1:
+        raise ConfigError(f"valid_fraction must be between 0 and 1 (exclusive), got {valid_fraction}")
+    train_csv = Path(train_csv).expanduser().resolve()
+    audio_dir = Path(audio_dir).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    test_csv = Path(test_csv).expanduser().resolve() if test_csv else None
+    test_audio_dir = Path(test_audio_dir).expanduser().resolve() if test_audio_dir else audio_dir
+    inputs = {
+        "train_csv": fingerprint(train_csv), "audio_dir": str(audio_dir), "label_column": label_column or "",
+        "test_csv": fingerprint(test_csv) if test_csv else None, "test_audio_dir": str(test_audio_dir) if test_csv else None,
+        "valid_fraction": valid_fraction, "seed": seed, "audio_length": audio_length, "num_mel_bins": num_mel_bins,
+    }  # fmt: skip
+
+    def work() -> dict:
+        return _prepare(train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed,
+                        audio_length, num_mel_bins, workers, progress)  # fmt: skip
+
+    return ensure_prepared(out, "csv", inputs, work, force=force)
+
+
+def _prepare(
+    train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed, audio_length,
+    num_mel_bins, workers, progress,
+) -> dict:  # fmt: skip
+    from ..dataset import AudioConf, AudioDataset, norm_stats
+
+    if not audio_dir.is_dir():
+        raise DataError("audio folder not found", audio_dir)
+    columns, rows = _read_csv(train_csv, "training CSV")
+    column = _label_column(columns, label_column, train_csv)
+    items: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    unlabelled: dict[Path, str] = {}
+    for number, row in rows:
+        if not row.get("filename"):
+            raise DataError(f"line {number}: empty filename", train_csv)
+        path = _audio_path(audio_dir, row["filename"])
+        if path in seen:
+            log.warning("%s line %d: %s is listed again; the first row is used", train_csv, number, row["filename"])
+            continue
+        seen.add(path)
+        if not row.get(column):
+            unlabelled[path] = f"no label in column {column!r} (line {number} of {train_csv.name})"
+        elif "," in row[column]:
+            raise DataError(f"line {number}: label {row[column]!r} contains a comma", train_csv)
+        items.append((path, row.get(column, "")))
+    if not items:
+        raise DataError("no rows", train_csv)
+    checked = check_clips([p for p, _ in items if p not in unlabelled], workers, progress)
+    bad = {**checked, **unlabelled}
+    good = [(p, label) for p, label in items if p not in bad]
+    if not good:
+        raise DataError("no usable clip", train_csv)
+    names = sorted({label for _, label in good})
+    classes = {name: i for i, name in enumerate(names)}
+    is_valid = stratified_split([classes[label] for _, label in good], valid_fraction, seed)
+    if not any(is_valid):
+        raise DataError("too few clips per class for a validation split (a class needs at least 2)", train_csv)
+    with open(out / LABEL_CSV, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index", "mid", "display_name"])
+        writer.writerows([i, name, name] for i, name in enumerate(names))
+    train_path = write_datafile(out / "train.json", [(p, [lab]) for (p, lab), v in zip(good, is_valid, strict=True) if not v])
+    valid_path = write_datafile(out / "valid.json", [(p, [lab]) for (p, lab), v in zip(good, is_valid, strict=True) if v])
+
+    conf = AudioConf(num_mel_bins=num_mel_bins, target_length=audio_length)
+    mean, std = norm_stats(AudioDataset(read_datafile(train_path, out / LABEL_CSV), conf))
+    stats = {"dataset_mean": mean, "dataset_std": std, "audio_length": audio_length, "num_mel_bins": num_mel_bins}
+    write_text_atomic(out / "stats.json", json.dumps(stats, indent=2) + "\n")
+
+    report = [(p, bad[p]) for p, _ in items if p in bad]
+    test_summary = None
+    if test_csv is not None:
+        _, test_rows = _read_csv(test_csv, "test CSV")
+        tests = [(row.get("filename", ""), _audio_path(test_audio_dir, row.get("filename", ""))) for _, row in test_rows]
+        test_bad = check_clips([p for _, p in tests], workers, progress)
+        entries = [{"filename": name, "wav": str(p), "error": test_bad.get(p)} for name, p in tests]
+        write_text_atomic(out / "test_list.json", json.dumps({"data": entries}, indent=1) + "\n")
+        report += [(p, test_bad[p]) for p in dict.fromkeys(p for _, p in tests) if p in test_bad]
+        test_summary = {"path": str(out / "test_list.json"), "files": len(entries), "unreadable": len(test_bad)}
+    report_path = write_report(out, report)
+    return {
+        "label_csv": str(out / LABEL_CSV), "label_column": column, "labels": names,
+        "datafiles": {"train": str(train_path), "valid": str(valid_path)},
+        "clips": {"train": len(good) - sum(is_valid), "valid": sum(is_valid)}, "stats": stats, "test": test_summary,
+        "bad_files": len(report), "report": str(report_path),
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+def predict_files(checkpoint: Path, wavs: list[str], *, batch_size: int = 16, device: str | None = None):
+    """``[(label or None, error or None), ...]``: the model's top class for each file."""
+    import torch
+
+    from ..checkpoints import load_model
+    from ..features import FeatureConfig, file_to_input
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(checkpoint, device=device)
+    info, config = model.info, model.config
+    fcfg = FeatureConfig(num_mel_bins=config.input_fdim, target_length=config.input_tdim,
+                         mean=info.dataset_mean, std=info.dataset_std)  # fmt: skip
+    results: list[tuple[str | None, str | None]] = [(None, None)] * len(wavs)
+    for start in range(0, len(wavs), batch_size):
+        batch, where = [], []
+        for i in range(start, min(start + batch_size, len(wavs))):
+            try:
+                batch.append(file_to_input(wavs[i], fcfg))  # (T, F)
+                where.append(i)
+            except AudioError as err:
+                results[i] = (None, err.reason)
+        if not batch:
+            continue
+        with torch.inference_mode():
+            top = model(torch.stack(batch).to(device)).argmax(dim=1).tolist()  # (B, T, F) -> (B,)
+        for i, k in zip(where, top, strict=True):
+            results[i] = (info.labels[k], None)
+    return results
+
+
+def run(ctx) -> dict:
+    from ..train import TrainConfig, train
+
+    opts = ctx.options
+    test_csv = ctx.root / opts["test_csv"] if opts["test_csv"] else None
+    if test_csv is not None and not test_csv.is_file():
+        log.warning("%s not found: training without test predictions", test_csv)
+        test_csv = None
+    summary = prepare(
+        ctx.root / opts["train_csv"], ctx.root / opts["train_audio_dir"], ctx.data_dir,
+        label_column=opts["label_column"] or None, test_csv=test_csv, test_audio_dir=ctx.root / opts["test_audio_dir"],
+        valid_fraction=float(opts["valid_fraction"]), seed=int(opts["split_seed"]),
+        audio_length=ctx.train.get("audio_length", 1024), num_mel_bins=ctx.train.get("num_mel_bins", 128),
+        workers=ctx.workers, force=ctx.force_prepare,
+    )  # fmt: skip
+    values = dict(ctx.train)
+    for key in ("dataset_mean", "dataset_std"):
+        if key not in ctx.user_set:
+            values[key] = summary["stats"][key]
+    cfg = TrainConfig(**{
+        **values, "data_train": summary["datafiles"]["train"], "data_val": summary["datafiles"]["valid"],
+        "label_csv": summary["label_csv"], "n_class": len(read_label_csv(summary["label_csv"])),
+        "exp_dir": str(ctx.exp_dir),
+    })  # fmt: skip
+    state = train(cfg)
+    result = {"best_epoch": state.best_epoch, f"best_{cfg.metrics}": state.best_metric, "labels": summary["labels"],
+              "clips": summary["clips"]}  # fmt: skip
+    if summary["test"] is None:
+        result["deliverable"] = str(ctx.exp_dir / "models" / "best_audio_model.safetensors")
+        return result
+    entries = json.loads(Path(summary["test"]["path"]).read_text(encoding="utf-8"))["data"]
+    readable = [i for i, e in enumerate(entries) if not e["error"]]
+    predicted = predict_files(
+        ctx.exp_dir / "models" / "best_audio_model.safetensors", [entries[i]["wav"] for i in readable],
+        batch_size=max(1, cfg.batch_size), device=cfg.device,
+    )  # fmt: skip
+    predictions = [(None, None)] * len(entries)
+    for i, prediction in zip(readable, predicted, strict=True):
+        predictions[i] = prediction
+    submission = ctx.exp_dir / "submission.csv"
+    tmp = submission.with_name(".submission.csv.tmp")
+    unreadable = 0
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filename", summary["label_column"], "note"])
+        for entry, (label, error) in zip(entries, predictions, strict=True):
+            error = entry["error"] or error
+            unreadable += error is not None
+            writer.writerow([entry["filename"], "" if error else label, f"unreadable: {error}" if error else ""])
+    os.replace(tmp, submission)
+    result.update({"deliverable": str(submission), "test_files": len(entries), "unreadable": unreadable})
+    return result

@@ -1,0 +1,255 @@
+"""Miniature datasets in the exact layouts their authors distribute (real audio, right
+names, CSV and list formats), with a few bad files planted, and the ``ast-audio``
+command as a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ast_audio.labels import read_label_csv
+
+CLI = [str(Path(sys.executable).with_name("ast-audio"))]
+
+# A tiny model, one epoch: what every recipe test runs with (plus its own batch size / length).
+TINY = [
+    "model_size=tiny224", "depth=2", "imagenet_pretrain=false", "audioset_pretrain=false", "n_epochs=1",
+    "fstride=16", "tstride=16", "audio_length=100", "progress=false", "num_workers=0", "device=cpu",
+]  # fmt: skip
+
+
+def cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AST_AUDIO_OFFLINE": "1"}
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert out.returncode == 0, f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr[-3000:]}"
+    return out
+
+
+def tone(freq: float, rng, sample_rate: int, seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    x = rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * freq * rng.uniform(0.95, 1.05) * t + rng.uniform(0, 6.28))
+    return (x + 0.01 * rng.standard_normal(t.size)).astype("float32")
+
+
+def write_text_as_audio(path: Path) -> Path:
+    path.write_text("this is a text file, not audio\n")
+    return path
+
+
+def write_truncated_wav(path: Path, x: np.ndarray, sample_rate: int) -> Path:
+    sf.write(path, x, sample_rate, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def write_truncated_mp3(path: Path, x: np.ndarray, sample_rate: int) -> Path:
+    sf.write(path, x, sample_rate, format="MP3")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])
+    return path
+
+
+def report(out: Path) -> dict[str, str]:
+    """``{path: reason}`` of ``bad_files.txt``."""
+    lines = (out / "bad_files.txt").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines)
+
+
+# --------------------------------------------------------------------------- ESC-50
+
+
+def write_esc50(root: Path, targets=range(0, 50, 5), seconds: float = 1.0, seed: int = 0) -> dict:
+    """``ESC-50-master``: ``meta/esc50.csv`` + ``audio/{fold}-{clip}-{take}-{target}.wav``
+    (44.1 kHz mono; shorter than the real 5 s), one clip per fold for each target, plus a
+    0-byte clip, a text file named ``.wav`` and a listed clip that is absent."""
+    rng = np.random.default_rng(seed)
+    names = read_label_csv("esc50").names
+    audio = root / "audio"
+    audio.mkdir(parents=True)
+    (root / "meta").mkdir()
+    rows, bad = [], {}
+    clip_id = 100032
+    for target in targets:
+        for fold in range(1, 6):
+            clip_id += 7
+            name = f"{fold}-{clip_id}-A-{target}.wav"
+            sf.write(audio / name, tone(200 + 150 * target, rng, 44100, seconds), 44100, subtype="PCM_16")
+            rows.append((name, fold, target))
+    for fold, take, kind in ((2, "B", "empty"), (3, "A", "text"), (4, "C", "absent")):
+        target = targets[0]
+        name = f"{fold}-{clip_id + fold}-{take}-{target}.wav"
+        if kind == "empty":
+            (audio / name).write_bytes(b"")
+        elif kind == "text":
+            write_text_as_audio(audio / name)
+        bad[str((audio / name).resolve())] = kind
+        rows.append((name, fold, target))
+    with open(root / "meta" / "esc50.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        for name, fold, target in rows:
+            _, src, take, _ = name[:-4].split("-")
+            writer.writerow([name, fold, target, names[target], str(target in (0, 1, 10, 11)), src, take])
+    (root / "README.md").write_text("# ESC-50 (miniature)\n")
+    return {"rows": rows, "bad": bad}
+
+
+# --------------------------------------------------------------------------- Speech Commands
+
+
+def write_speechcommands(root: Path, per_word: int = 3, seed: int = 0) -> dict:
+    """``speech_commands_v0.02``: 35 word folders of 1 s 16 kHz wavs, ``_background_noise_``,
+    ``validation_list.txt``, ``testing_list.txt``, LICENSE/README; per word one clip in each
+    list and the rest training; plus a 0-byte training clip and a truncated validation clip."""
+    rng = np.random.default_rng(seed)
+    words = read_label_csv("speechcommands").names
+    splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for w, word in enumerate(words):
+        (root / word).mkdir(parents=True)
+        for i in range(per_word):
+            rel = f"{word}/{rng.integers(16**8):08x}_nohash_{i}.wav"
+            sf.write(root / rel, tone(150 + 60 * w, rng, 16000), 16000, subtype="PCM_16")
+            splits["test" if i == 0 else "valid" if i == 1 else "train"].append(rel)
+    noise = root / "_background_noise_"
+    noise.mkdir()
+    sf.write(noise / "white_noise.wav", (0.1 * rng.standard_normal(48000)).astype("float32"), 16000)
+    (noise / "README.md").write_text("background noise, not a class\n")
+    empty = f"{words[3]}/0badc0de_nohash_0.wav"
+    (root / empty).write_bytes(b"")
+    splits["train"].append(empty)
+    truncated = f"{words[5]}/0badc0de_nohash_1.wav"
+    write_truncated_wav(root / truncated, tone(440, rng, 16000), 16000)
+    splits["valid"].append(truncated)
+    (root / "validation_list.txt").write_text("".join(rel + "\n" for rel in splits["valid"]))
+    (root / "testing_list.txt").write_text("".join(rel + "\n" for rel in splits["test"]))
+    (root / "LICENSE").write_text("CC BY 4.0\n")
+    (root / "README.md").write_text("Speech Commands (miniature)\n")
+    bad = {str((root / rel).resolve()): kind for rel, kind in ((empty, "empty"), (truncated, "truncated"))}
+    return {"splits": splits, "bad": bad}
+
+
+# --------------------------------------------------------------------------- AudioSet
+
+AUDIOSET_MIDS = ["/m/09x0r", "/m/04rlf", "/m/0jbk", "/m/07yv9"]  # Speech, Music, Animal, Vehicle
+
+
+def ytid(rng) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return "".join(rng.choice(list(alphabet), 11))
+
+
+def write_audioset(root: Path, seed: int = 0) -> dict:
+    """Segment CSVs as Google distributes them (3 comment lines, then
+    ``YTID, start, end, "mid,mid"``), ``class_labels_indices.csv`` and downloaded clips
+    under ``audio/`` named in the usual ways (``ID.wav``, ``YID.wav``, ``ID_30.000.flac``,
+    ``YID_30.000_40.000.wav`` in a subfolder), some segments without a clip, one 0-byte clip."""
+    import shutil
+
+    from ast_audio.labels import builtin_label_path
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(builtin_label_path("audioset"), root / "class_labels_indices.csv")
+    audio = root / "audio"
+    (audio / "part2").mkdir(parents=True)
+    styles = [
+        lambda y: (audio / f"{y}.wav", 16000),
+        lambda y: (audio / f"Y{y}.wav", 44100),
+        lambda y: (audio / f"{y}_30.000.flac", 48000),
+        lambda y: (audio / "part2" / f"Y{y}_30.000_40.000.wav", 22050),
+    ]
+    sizes = {"balanced_train": (10, 2), "unbalanced_train": (6, 1), "eval": (6, 1)}  # (segments, missing)
+    segments: dict[str, list[tuple[str, list[str]]]] = {}
+    present: dict[str, dict[str, Path]] = {}
+    missing: dict[str, list[str]] = {}
+    bad = {}
+    n = 0
+    for name, (count, absent) in sizes.items():
+        rows = []
+        present[name], missing[name] = {}, []
+        for i in range(count):
+            y = ytid(rng)
+            k = n % len(AUDIOSET_MIDS)
+            mids = [AUDIOSET_MIDS[k]] + ([AUDIOSET_MIDS[(k + 1) % 4]] if i % 3 == 0 else [])
+            rows.append((y, mids))
+            n += 1
+            if i < absent:
+                missing[name].append(y)
+                continue
+            path, rate = styles[n % len(styles)](y)
+            if name == "unbalanced_train" and i == count - 1:
+                path.write_bytes(b"")
+                bad[str(path.resolve())] = "empty"
+                continue
+            sf.write(path, tone(300 * (k + 1), rng, rate), rate)
+            present[name][y] = path.resolve()
+        segments[name] = rows
+        lines = [
+            "# Segments csv created Sun Mar  5 10:54:25 2017",
+            f"# num_ytids={count}, num_segs={count}, num_unique_labels=4, num_positive_labels={count}",
+            "# YTID, start_seconds, end_seconds, positive_labels",
+        ] + [f'{y}, 30.000, 40.000, "{",".join(mids)}"' for y, mids in rows]
+        (root / f"{name}_segments.csv").write_text("\n".join(lines) + "\n")
+    sf.write(audio / "unrelated_clip.wav", tone(500, rng, 16000), 16000)  # names no listed id
+    (audio / "notes.txt").write_text("download log\n")
+    return {"segments": segments, "present": present, "missing": missing, "bad": bad}
+
+
+# --------------------------------------------------------------------------- CSV ("hack")
+
+EMOTIONS = ["angry", "happy", "sad"]
+
+
+def write_csv_dataset(root: Path, per_class: int = 6, seed: int = 0) -> dict:
+    """``train.csv`` (``filename,emotion``) + ``TrainAudioFiles/`` (wav and mp3 mixed, with a
+    0-byte file, a truncated mp3 and a text file named ``.wav``), ``test.csv`` (``filename``)
+    + ``TestAudioFiles/`` (one unreadable file)."""
+    rng = np.random.default_rng(seed)
+    train_dir, test_dir = root / "TrainAudioFiles", root / "TestAudioFiles"
+    train_dir.mkdir(parents=True)
+    test_dir.mkdir()
+    rows, bad = [], {}
+    n = 0
+    for c, emotion in enumerate(EMOTIONS):
+        for _ in range(per_class):
+            n += 1
+            x = tone(300 * 3**c, rng, 16000)
+            if n % 2:
+                name = f"clip_{n:03d}.mp3"
+                sf.write(train_dir / name, x, 16000, format="MP3")
+            else:
+                name = f"clip_{n:03d}.wav"
+                sf.write(train_dir / name, x, 16000, subtype="PCM_16")
+            rows.append((name, emotion))
+    (train_dir / "clip_900.wav").write_bytes(b"")
+    write_truncated_mp3(train_dir / "clip_901.mp3", tone(700, rng, 16000, 2.0), 16000)
+    write_text_as_audio(train_dir / "clip_902.wav")
+    for name, emotion, kind in (("clip_900.wav", "happy", "empty"), ("clip_901.mp3", "sad", "truncated"),
+                                ("clip_902.wav", "angry", "text")):  # fmt: skip
+        rows.insert(len(rows) // 2, (name, emotion))
+        bad[str((train_dir / name).resolve())] = kind
+    with open(root / "train.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["filename", "emotion"])
+        writer.writerows(rows)
+    tests = []
+    for i, c in enumerate([2, 0, 1, 0]):
+        name = f"test_{i:03d}.{'mp3' if i % 2 else 'wav'}"
+        x = tone(300 * 3**c, rng, 16000)
+        sf.write(test_dir / name, x, 16000, **({"format": "MP3"} if i % 2 else {"subtype": "PCM_16"}))
+        tests.append(name)
+    write_text_as_audio(test_dir / "test_broken.wav")
+    tests.insert(2, "test_broken.wav")
+    bad[str((test_dir / "test_broken.wav").resolve())] = "text"
+    (root / "test.csv").write_text("filename\n" + "".join(t + "\n" for t in tests))
+    return {"rows": rows, "tests": tests, "bad": bad}
