@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCHAUDIO_REF_VERSION := 2.11.0
 TORCHAUDIO_REF := $(VENV)/reference/torchaudio_kaldi.py
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: $(STAMP)
 
 test: install lint
 	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/ast-audio demo --out runs/demo
 
 bench: install
 	$(BIN)/python bench/features.py
