@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from test_infer import SR, chirp, loudness_model, multilabel_model, noise, single_label_model
 
 from ast_audio import ConfigError, cli_infer, save_checkpoint
@@ -23,13 +22,7 @@ from ast_audio.infer import AudioTagger
 CLI = [str(Path(sys.executable).with_name("ast-audio"))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and a busy machine cannot stall them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args):

@@ -15,14 +15,7 @@ from factories import perturb, tiny_ast
 from ast_audio import ModelInfo
 from ast_audio.export import ExportError, export_onnx, export_torchscript, verify_export
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and a busy machine cannot stall them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_with_labels(input_tdim=128, seed=0):

@@ -30,13 +30,7 @@ MEAN, STD = PRESETS["audioset"].mean, PRESETS["audioset"].std
 WINDOW_300 = 400 + 299 * 160  # samples of one 300-frame model input (3.015 s)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and a busy machine cannot stall them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def noise(seconds: float, level: float = 0.1, sample_rate: int = SR, seed: int = 0) -> np.ndarray:

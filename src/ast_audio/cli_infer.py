@@ -133,24 +133,34 @@ class _Output:
             print(json.dumps(self.objects, indent=2))
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+class _Failures:
+    """Reports each file that could not be read (one stderr line) and counts them."""
+
+    def __init__(self, errors=()):
+        self.count = 0
+        for err in errors:
+            self(err)
+
+    def __call__(self, err: AstAudioError) -> None:
+        self.count += 1
+        _report(err)
+
+
+def _files_and_tagger(args: argparse.Namespace):
+    """The audio files named by ``args.paths`` (folders searched), the tagger, the failure counter."""
     from .infer import AudioTagger
 
     files, missing = expand_paths(args.paths)
-    for err in missing:
-        _report(err)
+    failures = _Failures(missing)
     if not files:
         raise ConfigError(
             f"no audio files found in {', '.join(args.paths)} ({', '.join(sorted(AUDIO_EXTENSIONS))})"
         )
-    tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size)
-    failures = len(missing)
+    return files, AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size), failures
 
-    def on_error(err: AstAudioError) -> None:
-        nonlocal failures
-        failures += 1
-        _report(err)
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    files, tagger, on_error = _files_and_tagger(args)
     out = _Output(args.format, args.timeline)
     with _progress(len(files), args.quiet) as bar:
         for group in _groups(files, GROUP_FILES):
@@ -163,27 +173,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     out.prediction(p)
             bar.update(len(group))
     out.close()
-    return 1 if failures else 0
+    return 1 if on_error.count else 0
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .infer import AudioTagger
-
-    files, missing = expand_paths(args.paths)
-    for err in missing:
-        _report(err)
-    if not files:
-        raise ConfigError(f"no audio files found in {', '.join(args.paths)}")
-    tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size)
-    failures = len(missing)
-
-    def on_error(err: AstAudioError) -> None:
-        nonlocal failures
-        failures += 1
-        _report(err)
-
+    files, tagger, on_error = _files_and_tagger(args)
     results = []
     with _progress(len(files), args.quiet) as bar:
         for group in _groups(files, GROUP_FILES):
@@ -220,7 +216,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         f"{out}: {rows} {unit} x {dim} dims"
         + (f", token grids {list(arrays['tokens'].shape[1:])}" if args.tokens else "")
     )
-    return 1 if failures else 0
+    return 1 if on_error.count else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

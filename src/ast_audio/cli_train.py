@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tomllib
 from pathlib import Path
 
 from .errors import ConfigError
+from .fileio import read_toml
 
 _TRUE = {"true", "1", "yes", "y", "on", "bal"}
 _FALSE = {"false", "0", "no", "n", "off", "none"}
@@ -80,13 +80,7 @@ def load_config_file(path: str | Path) -> dict:
     """A recipe config: a TOML table of TrainConfig fields (original names, underscores)."""
     from .train import TrainConfig
 
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{path}: not a readable TOML config ({err})") from None
+    data = read_toml(path)
     data = data.get("train", data)
     unknown = sorted(set(data) - set(TrainConfig.field_names()))
     if unknown:

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import os
 import tempfile
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as a dict; a missing or malformed file is a one-line ``ConfigError``."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable TOML config ({err})") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..fileio import read_toml
 from . import audioset, csvdata, esc50, speechcommands
 
 __all__ = ["RECIPES", "Recipe", "RecipeContext", "config_path", "resolve_config", "run_recipe"]
@@ -113,12 +113,7 @@ def read_config(path: str | os.PathLike) -> tuple[dict, dict]:
     from ..train import TrainConfig
 
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{path}: not a readable TOML config ({err})") from None
+    data = read_toml(path)
     options = data.get("recipe", {})
     train = data["train"] if "train" in data else {k: v for k, v in data.items() if k != "recipe"}
     if not isinstance(train, dict) or not isinstance(options, dict):
