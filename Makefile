@@ -44,6 +44,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/features.py
+	$(BIN)/python bench/model.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -223,12 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between the markers (or append it), keeping the rest of the file."""
+def write_section(path: Path, section: str, start: str = START, end: str = END) -> None:
+    """Replace the text between the markers (or append it), keeping the rest of the file;
+    ``section`` starts with ``start`` and ends with ``end``."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     tmp = path.with_suffix(".tmp")
