@@ -11,7 +11,7 @@ resumed run repeats exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -48,10 +48,7 @@ class AudioConf:
 
     def for_evaluation(self) -> AudioConf:
         """The same features without any augmentation."""
-        return AudioConf(
-            self.num_mel_bins, self.target_length, 0, 0, 0.0, self.mean, self.std, False, self.skip_norm,
-            self.sample_rate,
-        )  # fmt: skip
+        return replace(self, freqm=0, timem=0, mixup=0.0, noise=False)
 
 
 class AudioDataset(torch.utils.data.Dataset):
@@ -98,7 +95,7 @@ class AudioDataset(torch.utils.data.Dataset):
 def norm_stats(dataset: AudioDataset, batch_size: int = 32, num_workers: int = 0) -> tuple[float, float]:
     """Mean and standard deviation of the un-normalised, un-augmented model inputs of a dataset
     (padding frames included, as the original's statistics were taken from the loader)."""
-    plain = AudioDataset(dataset.datafile, AudioConf(**{**dataset.conf.for_evaluation().__dict__, "skip_norm": True}))
+    plain = AudioDataset(dataset.datafile, replace(dataset.conf.for_evaluation(), skip_norm=True))
     loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, num_workers=num_workers)
     total, total_sq, count = 0.0, 0.0, 0
     for features, _ in loader:
