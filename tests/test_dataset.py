@@ -1,4 +1,7 @@
+import os
+
 import numpy as np
+import pytest
 import torch
 from factories import write_toy_dataset
 
@@ -51,3 +54,79 @@ def test_epoch_sampler_shards_and_weights():
     assert abs(np.mean(np.array(drawn) == 9) - 0.91) < 0.02
     sampler.set_epoch(0)
     assert list(sampler) != drawn[10:20]  # epochs differ
+
+
+def batches(dataset: AudioDataset, batch_size: int = 3):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    return [dataset.model_input(batch, "cpu") for batch in loader]
+
+
+@pytest.mark.parametrize("target_length", [80, 120])  # one-second clips: cut (98 > 80) and padded
+def test_device_features_equal_loader_features(tmp_path, target_length):
+    root = write_toy_dataset(tmp_path, 3, 1)
+    df = read_datafile(root / "train.json", root / "labels.csv")
+    conf = AudioConf(target_length=target_length, freqm=30, timem=40, mixup=0.5, mean=-5.0, std=3.0)
+    loader_side = AudioDataset(df, conf, seed=7)
+    device_side = AudioDataset(df, conf, seed=7, fbank_on="device")
+    for ds in (loader_side, device_side):
+        ds.set_epoch(2)
+    item = device_side[0]
+    assert item["waveform"].shape == (device_side.samples,) and set(item) >= {"frames", "masks", "target"}
+    want, got = batches(loader_side), batches(device_side)
+    masked = 0
+    for (x, y), (x2, y2) in zip(want, got, strict=True):
+        torch.testing.assert_close(x2, x, atol=2e-5, rtol=0)
+        torch.testing.assert_close(y2, y)
+        masked += int((x == (0 - conf.mean) / (2 * conf.std)).sum())
+    assert masked > 0  # SpecAugment (and, at 120 frames, padding) did act on these batches
+
+
+def test_device_noise_is_seeded_bounded_and_rolled(tmp_path):
+    root = write_toy_dataset(tmp_path, 2, 1)
+    df = read_datafile(root / "train.json", root / "labels.csv")
+    clean = AudioDataset(df, AudioConf(target_length=100, freqm=10, timem=10), seed=1, fbank_on="device")
+    noisy = AudioDataset(df, AudioConf(target_length=100, freqm=10, timem=10, noise=True), seed=1, fbank_on="device")
+    loader = torch.utils.data.DataLoader(noisy, batch_size=len(noisy))
+    raw = next(iter(loader))
+    x, _ = noisy.model_input(raw, "cpu")
+    again, _ = noisy.model_input(raw, "cpu")
+    torch.testing.assert_close(again, x)  # the noise comes from per-clip seeds
+    (plain, _), = batches(clean, len(clean))
+    for b, shift in enumerate(raw["roll"][:, 0].tolist()):
+        diff = torch.roll(x[b], -shift, dims=0) - plain[b]
+        scale = float(raw["noise"][b, 0])
+        assert 0 <= scale <= 0.1 and diff.min() >= -1e-6 and diff.max() <= scale + 1e-6
+        assert diff.std() > 0.1 * scale  # noise, not a constant offset
+
+
+def test_waveform_cache_gives_the_same_samples_without_decoding(tmp_path, monkeypatch, caplog):
+    import soundfile as sf
+
+    import ast_audio.cache as cache_module
+    from ast_audio.audio import load_audio
+
+    root = write_toy_dataset(tmp_path, 2, 1)
+    df = read_datafile(root / "train.json", root / "labels.csv")
+    rng = np.random.default_rng(0)
+    sf.write(df.entries[0].wav, rng.uniform(-0.5, 0.5, 44100).astype(np.float32), 44100)  # resampled on load
+    conf = AudioConf(target_length=100, mixup=0.5)
+    plain = [AudioDataset(df, conf, seed=2)[i] for i in range(len(df))]
+    cached = AudioDataset(df, conf, seed=2, cache_dir=str(tmp_path / "cache"))
+    first = [cached[i] for i in range(len(df))]
+    entries = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert len(entries) == len(df)
+    calls = []
+    monkeypatch.setattr(cache_module, "load_audio", lambda *a, **k: calls.append(a) or load_audio(*a, **k))
+    second = [cached[i] for i in range(len(df))]
+    assert calls == []  # every clip came from the cache
+    for a, b, c in zip(plain, first, second, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+    # a replaced file is decoded again; a damaged entry is decoded again and rewritten
+    sf.write(df.entries[1].wav, np.zeros(16000, dtype=np.float32), 16000)
+    os.utime(df.entries[1].wav, ns=(1, 1))
+    assert float(cached._waveform(1).abs().max()) == 0.0 and len(calls) == 1
+    entry = cached._cache.entry(df.entries[0].wav, 16000)
+    entry.write_bytes(b"not numpy")
+    torch.testing.assert_close(cached._waveform(0), load_audio(df.entries[0].wav, 16000), rtol=0, atol=0)
+    assert len(calls) == 2 and "unreadable cache entry" in caplog.text
+    assert np.load(entry).shape == (16000,)  # rewritten

@@ -225,3 +225,20 @@ def test_evaluate_ensemble_row_scores_the_mean_of_the_members(toy, tmp_path):
     want = calculate_stats(np.mean(scores, axis=0), df.targets())
     assert rows[-1][1].mAUC == pytest.approx(want.mAUC) and rows[-1][1].acc == pytest.approx(want.acc)
     assert rows[-1][1].mAP == pytest.approx(want.mAP)
+
+
+def test_fbank_on_device_and_waveform_cache_train_as_the_loader_does(toy, tmp_path):
+    augment = dict(n_epochs=2, freqm=20, timem=30, mixup=0.5)
+    train(TrainConfig(**base_args(toy, tmp_path / "loader", fbank_on="loader", **augment)))
+    cache = tmp_path / "cache"
+    train(TrainConfig(**base_args(toy, tmp_path / "device", fbank_on="device", cache_dir=str(cache), **augment)))
+    assert len(list(cache.rglob("*.npy"))) == 3 * 16  # every train and validation clip, once
+    np.testing.assert_allclose(results(tmp_path / "device"), results(tmp_path / "loader"), rtol=0, atol=1e-4)
+
+
+def test_compiled_training_matches_eager(toy, tmp_path):
+    train(TrainConfig(**base_args(toy, tmp_path / "eager", n_epochs=1)))
+    out = run_cli("train", *as_flags(base_args(toy, tmp_path / "compiled", n_epochs=1)), "--compile", "True")
+    assert out.returncode == 0, out.stderr
+    assert '"compile": true' in (tmp_path / "compiled" / "config.json").read_text()
+    np.testing.assert_allclose(results(tmp_path / "compiled"), results(tmp_path / "eager"), rtol=0, atol=1e-4)

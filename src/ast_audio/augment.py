@@ -23,21 +23,37 @@ def mask_bounds(rng: np.random.Generator, size: int, max_width: int, count: int)
     return start, start + width
 
 
+def draw_masks(rng: np.random.Generator, frames: int, bins: int, freqm: int, timem: int, count: int) -> np.ndarray:
+    """SpecAugment's masks for ``count`` clips: ``[count, 4]`` int64 rows ``(f0, f1, t0, t1)``
+    (an empty ``[0, 0)`` mask where ``freqm`` or ``timem`` is 0). Frequency first, then time:
+    the order in which the generator is drawn from is part of a run's reproducibility."""
+    out = np.zeros((count, 4), dtype=np.int64)
+    if freqm > 0:
+        out[:, 0], out[:, 1] = mask_bounds(rng, bins, freqm, count)
+    if timem > 0:
+        out[:, 2], out[:, 3] = mask_bounds(rng, frames, timem, count)
+    return out
+
+
+def apply_masks(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Zero ``[f0, f1)`` bins and ``[t0, t1)`` frames of ``[B, T, F]`` features, per clip
+    (``masks`` ``[B, 4]``, see :func:`draw_masks`). Returns a new tensor."""
+    _, frames, bins = features.shape
+    masks = masks.to(features.device)
+    f = torch.arange(bins, device=features.device)
+    t = torch.arange(frames, device=features.device)
+    in_f = (f >= masks[:, 0:1]) & (f < masks[:, 1:2])  # (B, F)
+    in_t = (t >= masks[:, 2:3]) & (t < masks[:, 3:4])  # (B, T)
+    keep = ~(in_t[:, :, None] | in_f[:, None, :])  # (B, T, F)
+    return features * keep
+
+
 def spec_augment(features: torch.Tensor, freqm: int, timem: int, rng: np.random.Generator) -> torch.Tensor:
     """One frequency mask (width < ``freqm``) and one time mask (width < ``timem``) per clip,
     filled with 0, on ``[T, F]`` or ``[B, T, F]`` features. Returns a new tensor."""
     x = features.unsqueeze(0) if features.dim() == 2 else features  # (B, T, F)
     batch, frames, bins = x.shape
-    keep = torch.ones_like(x, dtype=torch.bool)
-    if freqm > 0:
-        f0, f1 = (torch.from_numpy(a).to(x.device) for a in mask_bounds(rng, bins, freqm, batch))
-        f = torch.arange(bins, device=x.device)
-        keep &= ~((f >= f0[:, None]) & (f < f1[:, None]))[:, None, :]  # (B, 1, F)
-    if timem > 0:
-        t0, t1 = (torch.from_numpy(a).to(x.device) for a in mask_bounds(rng, frames, timem, batch))
-        t = torch.arange(frames, device=x.device)
-        keep &= ~((t >= t0[:, None]) & (t < t1[:, None]))[:, :, None]  # (B, T, 1)
-    out = x * keep
+    out = apply_masks(x, torch.from_numpy(draw_masks(rng, frames, bins, freqm, timem, batch)))
     return out[0] if features.dim() == 2 else out
 
 
@@ -68,11 +84,18 @@ def noise_and_roll(features: torch.Tensor, rng: np.random.Generator) -> torch.Te
     add ``uniform(0,1) * u / 10`` per bin (``u`` uniform per clip), then roll the time
     axis by a shift uniform in [-10, 10)."""
     x = features.unsqueeze(0) if features.dim() == 2 else features  # (B, T, F)
-    batch, frames, _ = x.shape
+    batch = x.shape[0]
     scale = torch.from_numpy(rng.random(batch) / 10).to(x)  # (B,)
     noise = torch.from_numpy(rng.random(tuple(x.shape))).to(x)  # (B, T, F)
-    x = x + noise * scale[:, None, None]
-    shift = torch.from_numpy(rng.integers(-10, 10, size=batch)).to(x.device)  # (B,)
-    index = (torch.arange(frames, device=x.device)[None, :] - shift[:, None]) % frames  # (B, T)
-    out = torch.gather(x, 1, index[:, :, None].expand_as(x))  # torch.roll per clip
+    shift = torch.from_numpy(rng.integers(-10, 10, size=batch))  # (B,)
+    out = add_noise_and_roll(x, noise, scale, shift)
     return out[0] if features.dim() == 2 else out
+
+
+def add_noise_and_roll(x: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x + noise * scale`` rolled along time by ``shift`` per clip (``x``, ``noise``
+    ``[B, T, F]``; ``scale``, ``shift`` ``[B]``)."""
+    frames = x.shape[1]
+    x = x + noise * scale.to(x)[:, None, None]
+    index = (torch.arange(frames, device=x.device)[None, :] - shift.to(x.device)[:, None]) % frames  # (B, T)
+    return torch.gather(x, 1, index[:, :, None].expand_as(x))  # torch.roll per clip

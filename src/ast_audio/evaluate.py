@@ -67,8 +67,8 @@ def predict_dataset(
     model.eval()
     parts, loss_sum = [], 0.0
     with torch.inference_mode():
-        for features, targets in loader:
-            features, targets = features.to(device), targets.to(device)
+        for batch in loader:
+            features, targets = dataset.model_input(batch, device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 logits = model(features)
             logits = logits.float()
