@@ -156,7 +156,11 @@ def _files_and_tagger(args: argparse.Namespace):
         raise ConfigError(
             f"no audio files found in {', '.join(args.paths)} ({', '.join(sorted(AUDIO_EXTENSIONS))})"
         )
-    return files, AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size), failures
+    tagger = AudioTagger(
+        args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision,
+        compile=args.compile,
+    )  # fmt: skip
+    return files, tagger, failures
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -264,6 +268,10 @@ def add_commands(sub) -> None:
             "-b", "--batch-size", type=_positive_int, default=8, help="model windows per batch (8)"
         )
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+        p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                       help="fp32; bf16 autocast; int8: dynamically quantised Linear layers, CPU only (fp32)")  # fmt: skip
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the model: slow start, batches padded to --batch-size")  # fmt: skip
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("predict", help="tag audio files: top labels, or a timeline of long recordings",

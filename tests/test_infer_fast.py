@@ -1,0 +1,159 @@
+"""Fast inference paths of AudioTagger: bf16 and int8 precision, torch.compile, and their CLI flags.
+
+Every fast path is compared with the fp32 eager path on real files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import test_cli_infer
+import test_infer
+import torch
+from test_cli_infer import main, run
+from test_infer import single_label_model
+
+from ast_audio import ConfigError
+from ast_audio.infer import AudioTagger
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+files, checkpoints = test_infer.files, test_infer.checkpoints  # module fixtures, shared helpers
+folder, ck = test_cli_infer.folder, test_cli_infer.ck
+
+QuantLinear = torch.ao.nn.quantized.dynamic.Linear
+BOUND = {"bf16": 0.02, "int8": 0.06}  # max |probability - fp32| (seen: 0.004 and 0.023)
+
+
+def clips(files) -> list:
+    return [files[k] for k in ("wav", "flac", "mp3", "short", "long")]
+
+
+@pytest.fixture(scope="module")
+def fp32(files, checkpoints):
+    """The reference: fp32 eager probabilities, pooled embeddings and attention grid."""
+    tagger = AudioTagger(checkpoints["single"], device="cpu", batch_size=4)
+    probs = np.stack([p.scores for p in tagger.predict(clips(files))])
+    embeddings = np.stack([e.embedding for e in tagger.embed(clips(files))])
+    return probs, embeddings, tagger.attention(files["wav"]).grid
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precision_keeps_the_fp32_top1_and_probabilities(files, checkpoints, fp32, precision):
+    probs, embeddings, grid = fp32
+    assert len(set(probs.argmax(1))) > 1  # the clips do not all share one top label
+    tagger = AudioTagger(checkpoints["single"], device="cpu", batch_size=4, precision=precision)
+    assert tagger.precision == precision and tagger.autocast == (precision == "bf16")
+    linears = [m for m in tagger.members[0].model.modules() if isinstance(m, QuantLinear)]
+    assert len(linears) == (2 * 4 + 1 if precision == "int8" else 0)  # qkv, proj, fc1, fc2 per block; head
+    got = np.stack([p.scores for p in tagger.predict(clips(files))])
+    np.testing.assert_array_equal(got.argmax(1), probs.argmax(1))
+    diff = np.abs(got - probs).max()
+    assert 0 < diff < BOUND[precision]  # close, yet really another computation
+    tl = tagger.timeline(files["long"], window=5.0, hop=5.0)
+    assert tl.scores.shape == (2, 3) and np.all(np.isfinite(tl.scores))
+    emb = np.stack([e.embedding for e in tagger.embed(clips(files))])
+    cos = (emb * embeddings).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(embeddings, axis=1)
+    assert emb.dtype == np.float32 and cos.min() > 0.99
+    att = tagger.attention(files["wav"])
+    assert att.map.dtype == att.grid.dtype == np.float32 and att.map.shape == (300, 128)
+    np.testing.assert_allclose(att.grid, grid, atol=1e-3)
+
+
+def test_int8_leaves_the_callers_model_alone(files):
+    model = single_label_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tagger = AudioTagger(model, device="cpu", precision="int8")
+    tagger.predict(files["short"])
+    assert tagger.members[0].model is not model
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+    assert all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
+               for m in model.modules() if isinstance(m, torch.nn.Linear))  # fmt: skip
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_precision_errors_and_the_autocast_synonym(recwarn):
+    model = single_label_model()
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'; choose one of fp32, bf16, int8"):
+        AudioTagger(model, device="cpu", precision="fp16")
+    with pytest.raises(ConfigError, match="autocast=True means precision 'bf16'"):
+        AudioTagger(model, device="cpu", precision="int8", autocast=True)
+    with pytest.raises(ConfigError, match="CPU only, not on 'meta'") as err:
+        AudioTagger(model, device="meta", precision="int8")
+    assert "\n" not in str(err.value)
+    assert AudioTagger(model, device="cpu", autocast=True).precision == "bf16"
+    assert AudioTagger(model, device="cpu", precision="bf16", autocast=True).precision == "bf16"
+    assert AudioTagger(model, device="cpu").precision == "fp32"
+    assert AudioTagger(model, precision="int8").device == torch.device("cpu")  # device=None: the CPU
+    assert not [w for w in recwarn if "quantiz" in str(w.message)]  # torch's deprecation notes silenced
+
+
+@pytest.mark.slow  # 10-20 s of inductor compilation (cold cache)
+def test_compile_equals_eager_on_a_ragged_batch_and_compiles_once(files, checkpoints, fp32):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    tagger = AudioTagger(checkpoints["single"], device="cpu", batch_size=4, compile=True)
+    preds = tagger.predict(clips(files))  # 1 + 1 + 1 + 1 + 6 windows: batches of 4, 4 and 2
+    assert [len(p.spans) for p in preds] == [1, 1, 1, 1, 6]
+    np.testing.assert_allclose(np.stack([p.scores for p in preds]), fp32[0], atol=1e-5)
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # the last batch of 2 was padded, not recompiled
+    tagger.predict(files["short"])  # one window alone: still the same graph
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    embeddings = np.stack([e.embedding for e in tagger.embed(clips(files))])
+    np.testing.assert_allclose(embeddings, fp32[1], atol=1e-5)
+    assert counters["stats"]["unique_graphs"] - graphs == 2  # forward_tokens: compiled once, on first use
+    assert set(tagger.members[0].compiled) == {"forward", "tokens"}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_predict_int8(folder, ck):
+    _, good, _ = folder
+    out = run("predict", *good, "--checkpoint", ck["single"], "--precision", "int8", "--format", "json")
+    assert out.returncode == 0 and out.stderr == "", out.stderr  # no deprecation warnings either
+    got = {r["path"]: r["labels"] for r in json.loads(out.stdout)}
+    for p in AudioTagger(ck["single"], device="cpu").predict(good):
+        labels = got[p.path]
+        assert labels[0]["label"] == p.labels[0][0]
+        assert labels[0]["score"] == pytest.approx(p.labels[0][1], abs=BOUND["int8"])
+        assert labels[0]["score"] != pytest.approx(p.labels[0][1], abs=1e-6)  # int8 really ran
+
+
+def test_cli_embed_bf16(folder, ck, tmp_path):
+    _, good, _ = folder
+    out = run(
+        "embed", *good, "--checkpoint", ck["single"], "--precision", "bf16", "--out", tmp_path / "e.npz"
+    )
+    assert out.returncode == 0, out.stderr
+    data = np.load(tmp_path / "e.npz")
+    assert data["embeddings"].shape == (3, 192) and data["embeddings"].dtype == np.float32
+    expected = np.stack([e.embedding for e in AudioTagger(ck["single"], device="cpu").embed(good)])
+    got = data["embeddings"]
+    cos = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cos.min() > 0.99 and not np.allclose(got, expected, atol=1e-6)
+
+
+def test_cli_flags_reach_the_tagger(folder, ck, tmp_path, monkeypatch):
+    _, good, _ = folder
+    seen = []
+
+    class Spy(AudioTagger):
+        def __init__(self, *args, **kwargs):
+            seen.append((kwargs["precision"], kwargs["compile"]))
+            super().__init__(*args, **{**kwargs, "compile": False})  # the plumbing, not a slow compile
+
+    monkeypatch.setattr("ast_audio.infer.AudioTagger", Spy)
+    assert main("predict", good[0], "--checkpoint", ck["single"]) == 0
+    assert main("predict", good[0], "--checkpoint", ck["single"], "--precision", "bf16", "--compile") == 0
+    assert main("embed", good[0], "--checkpoint", ck["single"], "--out", tmp_path / "e.npz",
+                "--precision", "int8") == 0  # fmt: skip
+    assert seen == [("fp32", False), ("bf16", True), ("int8", False)]
+    with pytest.raises(SystemExit) as exit_:
+        main("predict", good[0], "--checkpoint", ck["single"], "--precision", "fp16")
+    assert exit_.value.code == 2
