@@ -7,10 +7,16 @@ their logits are compared before anything is timed.
 
 1. Tagging, file to probabilities, on ten-second 16 kHz wav files: Hugging Face =
    soundfile + ``ASTFeatureExtractor`` + ``ASTForAudioClassification``; ours =
-   ``AudioTagger.predict`` on the paths (decode, fbank, model, batched). fp32, and bf16
-   autocast for both. The cost of bf16 is measured against our fp32 probabilities:
-   top-1 agreement and the largest probability difference.
-2. A training step (forward, BCE loss, backward, Adam) on one 1024-frame clip, fp32.
+   ``AudioTagger.predict`` on the paths (decode, fbank, model, batched). fp32 and bf16
+   autocast for both; ours also int8 (dynamic quantisation of the linear layers) and
+   bf16 under ``torch.compile``. Each fast path's cost is measured against our fp32
+   probabilities: top-1 agreement and the largest probability difference.
+2. A training step (forward, BCE loss, backward, fused Adam) on two 1024-frame clips,
+   fp32 and bf16 autocast, both models.
+3. With ``--trained CHECKPOINT --trained-data DATAFILE`` (``make bench`` passes the
+   model ``make demo`` trains and its held-out fold): the same fast paths on a trained
+   model and real clips, where top-1 agreement means something (random weights give
+   near-ties), plus each path's accuracy against the labels.
 
 Writes its table between the ``bench:model`` markers of BENCHMARKS.md.
 """
@@ -38,9 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:model:start -->", "<!-- bench:model:end -->"
 
 
-def timed(fn, repeats: int) -> float:
-    """Best of ``repeats`` wall-clock runs of ``fn`` (after one warm-up run), in seconds."""
-    fn()
+def timed(fn, repeats: int, warm: bool = True) -> float:
+    """Best of ``repeats`` wall-clock runs of ``fn`` (after one warm-up run unless ``warm=False``), in seconds."""
+    if warm:
+        fn()
     best = float("inf")
     for _ in range(repeats):
         begin = time.perf_counter()
@@ -53,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=4, help="ten-second files tagged per timing")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--trained", type=Path, help="a trained checkpoint for the accuracy check (3)")
+    parser.add_argument("--trained-data", type=Path, help="its held-out datafile (labels from the checkpoint)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ours.info.dataset_mean, ours.info.dataset_std = -4.2677393, 4.5689974
     export_hf(ours, work / "hf")
     hf = ASTForAudioClassification.from_pretrained(work / "hf").eval()
-    ours = load_model(work / "hf")
+    ours_loaded = load_model(work / "hf")
     extractor = ASTFeatureExtractor()
 
     rng = np.random.default_rng(0)
@@ -89,36 +98,50 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(torch.sigmoid(hf(**inputs).logits.float())[0].numpy())
         return np.stack(out)
 
-    taggers = {False: AudioTagger(ours, device="cpu", batch_size=args.clips),
-               True: AudioTagger(ours, device="cpu", batch_size=args.clips, autocast=True)}  # fmt: skip
+    def ours(**kw) -> AudioTagger:
+        return AudioTagger(ours_model, device="cpu", batch_size=args.clips, **kw)
 
-    def our_probs(autocast: bool) -> np.ndarray:
-        return np.stack([p.scores for p in taggers[autocast].predict(paths, top_k=1)])
+    ours_model = ours_loaded
+    paths_ours = {
+        "ours, AudioTagger, fp32": ours(),
+        "ours, AudioTagger, bf16 autocast": ours(precision="bf16"),
+        "ours, AudioTagger, int8 dynamic": ours(precision="int8"),
+        "ours, AudioTagger, bf16 + torch.compile": ours(precision="bf16", compile=True),
+    }
 
-    reference = our_probs(False)
+    def tagger_probs(tagger: AudioTagger) -> np.ndarray:
+        return np.stack([p.scores for p in tagger.predict(paths, top_k=1)])
+
+    reference = tagger_probs(paths_ours["ours, AudioTagger, fp32"])
     parity = float(np.abs(hf_probs(False) - reference).max())
+    candidates = [
+        ("Hugging Face extractor + model, fp32", lambda: hf_probs(False)),
+        ("Hugging Face extractor + model, bf16 autocast", lambda: hf_probs(True)),
+        *[(name, lambda t=tagger: tagger_probs(t)) for name, tagger in paths_ours.items()],
+    ]
     rows = []
-    for name, fn, autocast in [
-        ("Hugging Face extractor + model, fp32", hf_probs, False),
-        ("Hugging Face extractor + model, bf16 autocast", hf_probs, True),
-        ("ours, AudioTagger, fp32", our_probs, False),
-        ("ours, AudioTagger, bf16 autocast", our_probs, True),
-    ]:
-        seconds = timed(lambda fn=fn, autocast=autocast: fn(autocast), args.repeats)
-        probs = fn(autocast)
+    compile_seconds = None
+    for name, fn in candidates:
+        begin = time.perf_counter()
+        probs = fn()  # also the warm-up (and, for compile, the compilation)
+        if "compile" in name:
+            compile_seconds = time.perf_counter() - begin
+        seconds = timed(fn, args.repeats, warm=False)
         agree = float(np.mean(probs.argmax(1) == reference.argmax(1)))
         rows.append((name, args.clips / seconds, agree, float(np.abs(probs - reference).max())))
         print(f"{name}: {args.clips / seconds:.3f} clips/s", flush=True)
 
-    x = torch.randn(1, 1024, 128)
-    target = torch.zeros(1, 527)
-    target[0, :3] = 1.0
+    x = torch.randn(2, 1024, 128)
+    target = torch.zeros(2, 527)
+    target[:, :3] = 1.0
 
-    def step_of(model, logits_of):
-        optimizer = torch.optim.Adam(model.parameters(), 1e-5)
+    def step_of(model, logits_of, dtype):
+        optimizer = torch.optim.Adam(model.parameters(), 1e-5, fused=True)
 
         def step():
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits_of(x), target)
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = logits_of(x)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -127,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ours_train = load_model(work / "hf").train()
     hf_train = ASTForAudioClassification.from_pretrained(work / "hf").train()
-    step_ours = timed(step_of(ours_train, ours_train), args.repeats)
-    step_hf = timed(step_of(hf_train, lambda v: hf_train(input_values=v).logits), args.repeats)
-    print(f"training step: ours {step_ours:.2f} s, Hugging Face {step_hf:.2f} s", flush=True)
+    steps = {}
+    for label, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
+        steps[("Hugging Face", label)] = timed(step_of(hf_train, lambda v: hf_train(input_values=v).logits, dtype),
+                                               args.repeats)  # fmt: skip
+        steps[("ours", label)] = timed(step_of(ours_train, ours_train, dtype), args.repeats)
+        print(f"training step {label}: ours {steps[('ours', label)]:.2f} s, "
+              f"Hugging Face {steps[('Hugging Face', label)]:.2f} s", flush=True)  # fmt: skip
+    trained = trained_rows(args.trained, args.trained_data) if args.trained else []
 
     hf_rate = rows[0][1]
     table = ["| path | clips/s | vs HF fp32 | top-1 agreement with our fp32 | max prob diff |",
@@ -148,16 +176,59 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *table,
         "",
-        f"Training step (forward, BCE, backward, Adam; one 1024-frame clip, fp32): ours {step_ours:.2f} s, "
-        f"Hugging Face {step_hf:.2f} s ({step_hf / step_ours:.2f}x).",
+        f"torch.compile's first call (compilation) took {compile_seconds:.0f} s; the row times later calls.",
         "",
-        "Not measured yet (issue 9): int8 and torch.compile paths, the data pipeline with workers, GPU figures.",
+        "Training step (forward, BCE, backward, fused Adam; two 1024-frame clips; the same optimiser for both "
+        "models, so the difference is the model):",
+        "",
+        "| model | precision | s/step | clips/s | vs HF fp32 |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *[f"| {who} | {label} | {sec:.2f} | {2 / sec:.2f} | {steps[('Hugging Face', 'fp32')] / sec:.2f}x |"
+          for (who, label), sec in steps.items()],
+        *trained,
         END,
     ])  # fmt: skip
     print(section)
     if not args.no_write:
         write_section(args.output, section, START, END)
     return 0
+
+
+def trained_rows(checkpoint: Path, datafile: Path) -> list[str]:
+    """Markdown lines: each fast path on a trained model over a held-out datafile."""
+    from ast_audio.data import read_datafile
+
+    model = load_model(checkpoint)
+    df = read_datafile(datafile, _labels_of(model))
+    paths = [e.wav for e in df.entries]
+    truth = df.targets().argmax(1)
+    settings = {"fp32": {}, "bf16 autocast": {"precision": "bf16"}, "int8 dynamic": {"precision": "int8"},
+                "bf16 + torch.compile": {"precision": "bf16", "compile": True}}  # fmt: skip
+    probs = {}
+    for name, kw in settings.items():
+        tagger = AudioTagger(model, device="cpu", batch_size=32, **kw)
+        probs[name] = np.stack([p.scores for p in tagger.predict(paths, top_k=1)])
+        print(f"trained model, {name}: accuracy {np.mean(probs[name].argmax(1) == truth):.1%}", flush=True)
+    ref = probs["fp32"]
+    lines = [
+        "",
+        f"Fast paths on a trained model: `{checkpoint}` ({model.config.model_size}, depth {model.config.depth}, "
+        f"{model.config.input_tdim} frames), {len(paths)} held-out clips of `{datafile}`.",
+        "",
+        "| path | accuracy | top-1 agreement with fp32 | max prob diff |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, p in probs.items():
+        lines.append(f"| {name} | {np.mean(p.argmax(1) == truth):.1%} | {np.mean(p.argmax(1) == ref.argmax(1)):.1%} "
+                     f"| {np.abs(p - ref).max():.1e} |")  # fmt: skip
+    return lines
+
+
+def _labels_of(model):
+    from ast_audio.labels import LabelTable
+
+    info = model.info
+    return LabelTable(list(info.label_ids), list(info.labels))
 
 
 if __name__ == "__main__":
