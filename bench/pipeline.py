@@ -36,6 +36,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
+from common import timed, training_step
 from features import machine, write_section
 
 from ast_audio.audio import load_audio
@@ -60,7 +61,8 @@ def write_clips(folder: Path, count: int, rate: int, fmt: str) -> Path:
     folder.mkdir(parents=True)
     rows = []
     for i in range(count):
-        clip = np.concatenate([make_clip(int(rng.integers(10)), rng, 2.0) for _ in range(5)])  # 10 s at 16 kHz
+        # ten seconds at 16 kHz: a few of the synthetic sounds one after another
+        clip = np.concatenate([make_clip(int(rng.integers(10)), rng, 2.0) for _ in range(5)])
         if rate != SAMPLE_RATE:
             clip = soxr.resample(clip, SAMPLE_RATE, rate)
         path = folder / f"clip{i}.{fmt.lower()}"
@@ -116,7 +118,8 @@ def loader_rate(dataset: AudioDataset, workers: int, epochs: int = 2) -> tuple[f
         clips, batches, finish = 0, 0, 0.0
         begin = time.perf_counter()
         for batch in loader:
-            if dataset.fbank_on == "device":  # the device's part, timed apart (not counted in the loader's rate)
+            # the device's part, timed apart (not counted in the loader's rate)
+            if dataset.fbank_on == "device":
                 mark = time.perf_counter()
                 dataset.model_input(batch, "cpu")
                 finish += time.perf_counter() - mark
@@ -133,7 +136,6 @@ def training_rates() -> tuple[dict[str, float], float]:
 
     torch.manual_seed(0)
     model = ASTModel(label_dim=527, imagenet_pretrain=False, verbose=False).train()
-    optimizer = torch.optim.Adam(model.parameters(), 1e-5, fused=True)
     x, target = torch.randn(2, 1024, 128), torch.zeros(2, 527)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -143,29 +145,14 @@ def training_rates() -> tuple[dict[str, float], float]:
     forward_flops = float(counter.get_total_flops())
     rates = {}
     for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
-
-        def step(dtype=dtype):
-            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = model(x)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        step()
-        best = float("inf")
-        for _ in range(2):
-            begin = time.perf_counter()
-            step()
-            best = min(best, time.perf_counter() - begin)
-        rates[name] = len(x) / best
+        rates[name] = len(x) / timed(training_step(model, model, x, target, dtype), 2)
         print(f"training step {name}: {rates[name]:.2f} clips/s", flush=True)
     return rates, forward_flops
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=48, help="ten-second files per layout (48)")
+    parser.add_argument("--clips", type=int, default=96, help="ten-second files per layout (96)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -224,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "The `DataLoader` (clips/s out of the loader; for `fbank_on=device` the batch's features are then made "
         "by `model_input` on the model's device, whose time on this CPU is the last column and is not part of "
-        "the loader's rate; on a GPU it runs there). \"warm\": the second epoch over the waveform cache.",
+        'the loader\'s rate; on a GPU it runs there). "warm": the second epoch over the waveform cache.',
         "",
         "| layout | fbank on | cache | workers | loader clips/s | model_input ms/batch (CPU) |",
         "| --- | --- | --- | ---: | ---: | ---: |",
@@ -244,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({train_flops / 1e9:.0f} GFLOP). An H200 at {TARGET_MFU:.0%} of its {H200_BF16_PEAK / 1e12:.0f} TFLOP/s "
         f"bf16 peak trains {gpu_need:.0f} clips/s. Cores that many clips need, at one worker's rate above: "
         + ", ".join(
-            f"{layout}, fbank on {fbank_on}: {gpu_need / rate:.0f}" for (layout, fbank_on), rate in best.items()
+            f"{layout}, fbank on {fbank_on}: {gpu_need / rate:.1f}"
+            for (layout, fbank_on), rate in best.items()
         )
         + " (the H200 machine has 16).",
         END,

@@ -1,0 +1,42 @@
+"""What the benchmarks share: timing and one training step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def timed(fn: Callable[[], object], repeats: int, warm: bool = True) -> float:
+    """Best of ``repeats`` wall-clock runs of ``fn`` (after one warm-up run unless ``warm=False``), in seconds."""
+    if warm:
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - begin)
+    return best
+
+
+def training_step(
+    model: torch.nn.Module,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    dtype: torch.dtype | None = None,
+) -> Callable[[], None]:
+    """One step as ``train`` takes it: forward (under ``dtype`` autocast), BCE on float32
+    logits, backward, fused Adam over ``model``'s parameters."""
+    optimizer = torch.optim.Adam(model.parameters(), 1e-5, fused=True)
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = logits_of(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
