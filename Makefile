@@ -48,6 +48,9 @@ bench: demo
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/model.py --trained runs/demo/exp/models/best_audio_model.safetensors \
 	  --trained-data runs/demo/prepared/demo_test.json
+	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	  $(BIN)/python bench/device.py; \
+	else echo "bench/device.py: no CUDA device here, skipped"; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -20,18 +20,14 @@ def timed(fn: Callable[[], object], repeats: int, warm: bool = True) -> float:
     return best
 
 
-def training_step(
-    model: torch.nn.Module,
-    logits_of: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    target: torch.Tensor,
-    dtype: torch.dtype | None = None,
-) -> Callable[[], None]:
-    """One step as ``train`` takes it: forward (under ``dtype`` autocast), BCE on float32
-    logits, backward, fused Adam over ``model``'s parameters."""
+def train_step_fn(
+    model: torch.nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """``step(x, target)`` as ``train`` takes it: forward (under ``dtype`` autocast), BCE on
+    float32 logits, backward, fused Adam over ``model``'s parameters (one optimiser)."""
     optimizer = torch.optim.Adam(model.parameters(), 1e-5, fused=True)
 
-    def step() -> None:
+    def step(x: torch.Tensor, target: torch.Tensor) -> None:
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = logits_of(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
@@ -40,3 +36,15 @@ def training_step(
         optimizer.step()
 
     return step
+
+
+def training_step(
+    model: torch.nn.Module,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    dtype: torch.dtype | None = None,
+) -> Callable[[], None]:
+    """:func:`train_step_fn` on fixed inputs, as a call without arguments."""
+    step = train_step_fn(model, logits_of, dtype)
+    return lambda: step(x, target)

@@ -1,0 +1,167 @@
+"""Training throughput on an accelerator: model FLOP utilisation, and whether the loader keeps up.
+
+    .venv/bin/python bench/device.py                 # CUDA if present; writes BENCHMARKS.md
+    .venv/bin/python bench/device.py --device cpu --model-size tiny224 --depth 2 --clips 24 --no-write
+
+Measured in one run, on the same device and model (base384, 1024 frames, bf16 autocast,
+fused Adam, as ``ast-audio train --amp bf16`` runs it):
+
+1. the training step alone, on random inputs already on the device: seconds per step,
+   clips per second and model FLOP utilisation (FLOPs per clip counted on the real model
+   by ``torch.utils.flop_counter``, three times the forward for a training step, over the
+   device's dense bf16 peak: ``--peak-tflops``, known for H100/H200);
+2. the loader alone: ten-second 44.1 kHz FLAC files (decode, resample, mixup) with
+   ``fbank_on="device"``, ``--workers`` processes, batches moved to the device and
+   finished by ``model_input`` (filterbanks, SpecAugment, normalisation on the device);
+3. the whole loop, 2 and 1 together: if its rate is that of 1, the data pipeline is not
+   the bottleneck. The second epoch reads the waveform cache, the first decodes.
+
+``make bench`` runs it only where CUDA is available (on the CPU, 1 is what
+``bench/model.py`` measures); the CPU invocation above is its smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from common import train_step_fn
+from features import machine, write_section
+from pipeline import CONF, write_clips
+
+from ast_audio.data import read_datafile
+from ast_audio.dataset import AudioDataset
+from ast_audio.labels import LabelTable, write_label_table
+from ast_audio.model import ASTModel
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench:device:start -->", "<!-- bench:device:end -->"
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense, datasheet
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_flops(model: ASTModel, frames: int, bins: int, device: torch.device) -> float:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, frames, bins, device=device)
+    # the math backend decomposes attention into matmuls, which the counter sees
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model-size", default="base384")
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=48, help="clips per step (48)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of the step-alone measurement (10)")
+    parser.add_argument("--clips", type=int, default=960, help="FLAC files for the loader and the loop (960)")
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    batch = args.batch_size
+
+    torch.manual_seed(0)
+    model = ASTModel(
+        label_dim=527, imagenet_pretrain=False, verbose=False, model_size=args.model_size, depth=args.depth
+    ).to(device)
+    flops = 3 * forward_flops(model, CONF.target_length, CONF.num_mel_bins, device)  # per training clip
+    model.train()
+    x = torch.randn(batch, CONF.target_length, CONF.num_mel_bins, device=device)
+    target = torch.zeros(batch, 527, device=device)
+    target[:, :3] = 1.0
+    step = train_step_fn(model, model, torch.bfloat16)
+    for _ in range(3):  # warm-up: kernels, allocator, autotuning
+        step(x, target)
+    sync(device)
+    begin = time.perf_counter()
+    for _ in range(args.steps):
+        step(x, target)
+    sync(device)
+    step_seconds = (time.perf_counter() - begin) / args.steps
+    step_rate = batch / step_seconds
+    mfu = flops * step_rate / (peak * 1e12) if peak else None
+    print(f"step alone: {step_seconds * 1000:.1f} ms/step, {step_rate:.1f} clips/s"
+          + (f", MFU {mfu:.1%}" if mfu is not None else ""), flush=True)  # fmt: skip
+
+    work = Path(tempfile.mkdtemp(prefix="ast-device-"))
+    try:
+        labels = write_label_table(
+            LabelTable([f"/m/{i}" for i in range(527)], [f"class {i}" for i in range(527)]), work / "labels.csv"
+        )
+        df = read_datafile(write_clips(work / "flac", args.clips, 44100, "FLAC"), labels)
+        dataset = AudioDataset(df, CONF, seed=0, fbank_on="device", cache_dir=str(work / "cache"))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch, shuffle=True, num_workers=args.workers, drop_last=True,
+            pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+        )  # fmt: skip
+        rates: dict[str, float] = {}
+        for epoch, label in ((1, "first epoch (decoding)"), (2, "second epoch (waveform cache)")):
+            dataset.set_epoch(epoch)
+            loader_clips, begin = 0, time.perf_counter()
+            for raw in loader:  # the loader alone, batches finished on the device
+                features, targets = dataset.model_input(raw, device)
+                loader_clips += len(targets)
+            sync(device)
+            rates[f"loader alone, {label}"] = loader_clips / (time.perf_counter() - begin)
+        dataset.set_epoch(3)
+        loop_clips, begin = 0, time.perf_counter()
+        for raw in loader:  # the whole loop over cached clips
+            features, targets = dataset.model_input(raw, device)
+            step(features, targets)
+            loop_clips += len(targets)
+        sync(device)
+        rates["loader + training step, cached clips"] = loop_clips / (time.perf_counter() - begin)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for label, rate in rates.items():
+        print(f"{label}: {rate:.1f} clips/s", flush=True)
+
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    loop = rates["loader + training step, cached clips"]
+    lines = [
+        START,
+        "## Training on an accelerator (`bench/device.py`)",
+        "",
+        f"Run {now} on {name} ({machine()}). {args.model_size}, depth {args.depth}, 1024 frames, bf16 autocast, "
+        f"fused Adam, batch {batch}; {args.workers} loader workers; {args.clips} ten-second 44.1 kHz FLAC files, "
+        f"`fbank_on=device`, SpecAugment and mixup as the AudioSet recipe. {flops / 1e9:.0f} GFLOP per training "
+        "clip (three times the counted forward).",
+        "",
+        "| measurement | clips/s |",
+        "| --- | ---: |",
+        f"| training step alone (inputs on the device) | {step_rate:.1f} |",
+        *[f"| {label} | {rate:.1f} |" for label, rate in rates.items()],
+        "",
+        f"Model FLOP utilisation of the step: {f'{mfu:.1%} of {peak:.0f} TFLOP/s' if mfu is not None else 'n/a'}. "
+        f"The whole loop runs at {loop / step_rate:.0%} of the step alone.",
+        END,
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if not args.no_write:
+        write_section(args.output, section, START, END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The accelerator benchmark's code path, run on the CPU with a tiny model (no timing checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_device_bench_runs_end_to_end_and_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\nkept\n")
+    args = ["--device", "cpu", "--model-size", "tiny224", "--depth", "1", "--clips", "12", "--batch-size", "6",
+            "--workers", "1", "--steps", "1", "--peak-tflops", "1", "--output", str(out)]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "device.py"), *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT / "bench",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    assert "kept" in text and "<!-- bench:device:start -->" in text and "<!-- bench:device:end -->" in text
+    for row in ("training step alone", "loader alone, first epoch", "second epoch (waveform cache)",
+                "loader + training step, cached clips", "Model FLOP utilisation of the step: "):  # fmt: skip
+        assert row in text
+    assert "n/a" not in text  # --peak-tflops given: an MFU figure is computed
