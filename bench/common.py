@@ -21,7 +21,9 @@ def timed(fn: Callable[[], object], repeats: int, warm: bool = True) -> float:
 
 
 def train_step_fn(
-    model: torch.nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None
+    model: torch.nn.Module,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    dtype: torch.dtype | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """``step(x, target)`` as ``train`` takes it: forward (under ``dtype`` autocast), BCE on
     float32 logits, backward, fused Adam over ``model``'s parameters (one optimiser)."""
@@ -48,3 +50,15 @@ def training_step(
     """:func:`train_step_fn` on fixed inputs, as a call without arguments."""
     step = train_step_fn(model, logits_of, dtype)
     return lambda: step(x, target)
+
+
+def publish(lines: list[str], args, start: str, end: str) -> int:
+    """Print a benchmark's section (``lines`` from ``start`` to ``end`` markers) and, unless
+    ``--no-write``, put it between those markers of ``--output``; the script's exit status."""
+    from features import write_section
+
+    section = "\n".join(lines)
+    print(section)
+    if not args.no_write:
+        write_section(args.output, section, start, end)
+    return 0

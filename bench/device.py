@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from common import train_step_fn
-from features import machine, write_section
+from common import publish, train_step_fn
+from features import machine
 from pipeline import CONF, write_clips
 
 from ast_audio.data import read_datafile
@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-size", default="base384")
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=48, help="clips per step (48)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps of the step-alone measurement (10)")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed steps of the step-alone measurement (10)"
+    )
     parser.add_argument("--clips", type=int, default=960, help="FLAC files for the loader and the loop (960)")
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU")
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ast-device-"))
     try:
         labels = write_label_table(
-            LabelTable([f"/m/{i}" for i in range(527)], [f"class {i}" for i in range(527)]), work / "labels.csv"
+            LabelTable([f"/m/{i}" for i in range(527)], [f"class {i}" for i in range(527)]),
+            work / "labels.csv",
         )
         df = read_datafile(write_clips(work / "flac", args.clips, 44100, "FLAC"), labels)
         dataset = AudioDataset(df, CONF, seed=0, fbank_on="device", cache_dir=str(work / "cache"))
@@ -156,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         f"The whole loop runs at {loop / step_rate:.0%} of the step alone.",
         END,
     ]
-    section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(args.output, section, START, END)
-    return 0
+    return publish(lines, args, START, END)
 
 
 if __name__ == "__main__":

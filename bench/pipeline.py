@@ -36,8 +36,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from common import timed, training_step
-from features import machine, write_section
+from common import publish, timed, training_step
+from features import machine
 
 from ast_audio.audio import load_audio
 from ast_audio.data import read_datafile, write_datafile
@@ -237,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         + " (the H200 machine has 16).",
         END,
     ]
-    section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(args.output, section, START, END)
-    return 0
+    return publish(lines, args, START, END)
 
 
 if __name__ == "__main__":
