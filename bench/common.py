@@ -4,8 +4,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+from ast_audio.labels import LabelTable, write_label_table
+
+# Dense bf16 peak of the datasheets (TFLOP/s), the usual denominator of model FLOP utilisation.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+
+
+def forward_flops(
+    model: torch.nn.Module, frames: int, bins: int, device: torch.device | str = "cpu"
+) -> float:
+    """FLOPs of one clip's forward pass, counted by ``torch.utils.flop_counter`` on the real model."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, frames, bins, device=device)
+    # the math backend decomposes attention into matmuls, which the counter sees
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def write_labels(path: Path, count: int) -> Path:
+    """A label CSV of ``count`` classes ``/m/0``, ``/m/1``..."""
+    return write_label_table(
+        LabelTable([f"/m/{i}" for i in range(count)], [f"class {i}" for i in range(count)]), path
+    )
 
 
 def timed(fn: Callable[[], object], repeats: int, warm: bool = True) -> float:

@@ -32,34 +32,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from common import publish, train_step_fn
+from common import PEAK_BF16_TFLOPS, forward_flops, publish, train_step_fn, write_labels
 from features import machine
 from pipeline import CONF, write_clips
 
 from ast_audio.data import read_datafile
 from ast_audio.dataset import AudioDataset
-from ast_audio.labels import LabelTable, write_label_table
 from ast_audio.model import ASTModel
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:device:start -->", "<!-- bench:device:end -->"
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense, datasheet
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def forward_flops(model: ASTModel, frames: int, bins: int, device: torch.device) -> float:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, frames, bins, device=device)
-    # the math backend decomposes attention into matmuls, which the counter sees
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(x)
-    return float(counter.get_total_flops())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="ast-device-"))
     try:
-        labels = write_label_table(
-            LabelTable([f"/m/{i}" for i in range(527)], [f"class {i}" for i in range(527)]),
-            work / "labels.csv",
-        )
+        labels = write_labels(work / "labels.csv", 527)  # the files use the first ten
         df = read_datafile(write_clips(work / "flac", args.clips, 44100, "FLAC"), labels)
         dataset = AudioDataset(df, CONF, seed=0, fbank_on="device", cache_dir=str(work / "cache"))
         loader = torch.utils.data.DataLoader(

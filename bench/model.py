@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from common import timed, training_step
-from features import machine, write_section
+from common import publish, timed, training_step
+from features import machine
 
 from ast_audio import AudioTagger, load_model
 from ast_audio.checkpoints import export_hf
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
              "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     table += [f"| {n} | {r:.3f} | {r / hf_rate:.2f}x | {a:.0%} | {d:.1e} |" for n, r, a, d in rows]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = "\n".join([
+    lines = [
         START,
         "## Model: tagging and training step (`bench/model.py`)",
         "",
@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *table,
         "",
-        f"torch.compile's first call took {' and '.join(f'{c:.0f}' for c in compile_seconds)} s (compiling, or loading what an earlier run "
-        "left in torch's compile cache; 10-40 s from scratch on this machine); the row times later calls.",
+        f"torch.compile's first call took {' and '.join(f'{c:.0f}' for c in compile_seconds)} s (compiling, "
+        "or loading what an earlier run left in torch's compile cache; 10-40 s from scratch on this machine); "
+        "the row times later calls.",
         "",
         "Training step (forward, BCE, backward, fused Adam; two 1024-frame clips; the same optimiser for both "
         "models, so the difference is the model):",
@@ -174,11 +175,8 @@ def main(argv: list[str] | None = None) -> int:
           for (who, label), sec in steps.items()],
         *trained,
         END,
-    ])  # fmt: skip
-    print(section)
-    if not args.no_write:
-        write_section(args.output, section, START, END)
-    return 0
+    ]  # fmt: skip
+    return publish(lines, args, START, END)
 
 
 def trained_rows(checkpoint: Path, datafile: Path) -> list[str]:

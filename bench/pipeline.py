@@ -36,14 +36,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from common import publish, timed, training_step
+from common import PEAK_BF16_TFLOPS, forward_flops, publish, timed, training_step, write_labels
 from features import machine
 
 from ast_audio.audio import load_audio
+from ast_audio.augment import spec_augment
 from ast_audio.data import read_datafile, write_datafile
 from ast_audio.dataset import AudioConf, AudioDataset
-from ast_audio.features import waveform_to_input
-from ast_audio.labels import LabelTable, write_label_table
+from ast_audio.features import normalize, waveform_to_input
 from ast_audio.model import ASTModel
 from ast_audio.synth import SAMPLE_RATE, make_clip
 
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
 CONF = AudioConf(target_length=1024, freqm=48, timem=192, mixup=0.5)  # the AudioSet recipe
 BATCH = 12
-H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s of the H100/H200 SXM datasheet, the usual MFU denominator
+H200_BF16_PEAK = PEAK_BF16_TFLOPS["H200"] * 1e12
 TARGET_MFU = 0.4
 
 
@@ -89,9 +89,6 @@ def stages(datafile: Path, labels: Path) -> dict[str, float]:
     waves = [load_audio(p) for p in paths]
     feats = [waveform_to_input(w, CONF.features()) for w in waves]
     rng = np.random.default_rng(0)
-    from ast_audio.augment import spec_augment
-    from ast_audio.features import normalize
-
     out = {"decode": per_clip(lambda p: sf.read(p, dtype="float32"), paths)}
     if rate != SAMPLE_RATE:
         out["resample"] = per_clip(lambda x: soxr.resample(x, rate, SAMPLE_RATE, quality="HQ"), raw)
@@ -132,22 +129,15 @@ def loader_rate(dataset: AudioDataset, workers: int, epochs: int = 2) -> tuple[f
 
 def training_rates() -> tuple[dict[str, float], float]:
     """(clips/s of a base384 training step on this CPU per precision, forward FLOPs per clip)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch.manual_seed(0)
     model = ASTModel(label_dim=527, imagenet_pretrain=False, verbose=False).train()
     x, target = torch.randn(2, 1024, 128), torch.zeros(2, 527)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    # the math backend decomposes attention into matmuls, which the counter sees
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(x[:1])
-    forward_flops = float(counter.get_total_flops())
+    flops = forward_flops(model, 1024, 128)
     rates = {}
     for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
         rates[name] = len(x) / timed(training_step(model, model, x, target, dtype), 2)
         print(f"training step {name}: {rates[name]:.2f} clips/s", flush=True)
-    return rates, forward_flops
+    return rates, flops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the loader's arithmetic, one core per worker; the model below gets both
     work = Path(tempfile.mkdtemp(prefix="ast-pipeline-"))
     try:
-        labels = write_label_table(
-            LabelTable([f"/m/{i}" for i in range(10)], [f"class {i}" for i in range(10)]), work / "labels.csv"
-        )
+        labels = write_labels(work / "labels.csv", 10)
         layouts = {
             "16 kHz WAV": write_clips(work / "wav16k", args.clips, SAMPLE_RATE, "WAV"),
             "44.1 kHz FLAC": write_clips(work / "flac44k", args.clips, 44100, "FLAC"),
@@ -184,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                 loader_rows.append((layout, fbank_on, "warm", 2, rate, finish))
                 print(f"{layout}, fbank on {fbank_on}, warm cache, 2 workers: {rate:.1f} clips/s", flush=True)
         torch.set_num_threads(threads)
-        rates, forward_flops = training_rates()
+        rates, flops_per_clip = training_rates()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    train_flops = 3 * forward_flops  # backward ~ twice the forward
+    train_flops = 3 * flops_per_clip  # backward ~ twice the forward
     gpu_need = TARGET_MFU * H200_BF16_PEAK / train_flops
     best = {}
     for layout, fbank_on, cached, workers, rate, _ in loader_rows:
@@ -226,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         + f". On this CPU even one loader worker outpaces the training step "
         f"{min(best.values()) / max(rates.values()):.0f}-fold.",
         "",
-        f"GPU demand, computed (no GPU in this run): the forward pass is {forward_flops / 1e9:.0f} GFLOP per clip "
+        f"GPU demand, computed (no GPU in this run): the forward pass is {flops_per_clip / 1e9:.0f} GFLOP per clip "
         f"(`torch.utils.flop_counter` on the real model), a training step about three times that "
         f"({train_flops / 1e9:.0f} GFLOP). An H200 at {TARGET_MFU:.0%} of its {H200_BF16_PEAK / 1e12:.0f} TFLOP/s "
         f"bf16 peak trains {gpu_need:.0f} clips/s. Cores that many clips need, at one worker's rate above: "

@@ -9,8 +9,8 @@ the very same features and augmentation) as a decoded one.
 Why a folder and not memory: ``DataLoader`` workers are separate processes and each
 epoch sends a clip to whichever worker is free, so a per-process memory cache would miss
 most of the time; files in a folder are shared by every worker, every rank of a
-``torchrun`` job on the machine, and the next run. Reads are memory-mapped, so the page
-cache keeps hot clips in RAM for free.
+``torchrun`` job on the machine, and the next run; the operating system's page cache
+keeps hot clips in RAM.
 
 An entry's name is a hash of the file's absolute path, size, modification time and the
 target sample rate: an edited or replaced file is decoded again. Entries are written
@@ -60,9 +60,9 @@ class WaveformCache:
             return load_audio(path, sample_rate=sample_rate)
         if entry.exists():
             try:
-                data = np.load(entry, mmap_mode="r", allow_pickle=False)
+                data = np.load(entry, allow_pickle=False)
                 if data.dtype == np.float32 and data.ndim == 1:
-                    return torch.from_numpy(np.array(data))  # a private, writable copy
+                    return torch.from_numpy(data)
             except (OSError, ValueError) as err:
                 log.warning("%s: unreadable cache entry (%s); decoding %s again", entry, err, path)
         waveform = load_audio(path, sample_rate=sample_rate)
