@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
-
-from .errors import ConfigError
-from .fileio import read_toml
 
 _TRUE = {"true", "1", "yes", "y", "on", "bal"}
 _FALSE = {"false", "0", "no", "n", "off", "none"}
@@ -63,6 +59,7 @@ _TRAIN_FLAGS = [
     (["--wa_start"], "wa_start", int),
     (["--wa_end"], "wa_end", int),
     (["--save_model", "--save-model"], "save_model", _flag),
+    (["--dataset"], "dataset", str),
     (["--model-size", "--model_size"], "model_size", str),
     (["--depth"], "depth", int),
     (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", int),
@@ -76,31 +73,16 @@ _TRAIN_FLAGS = [
     (["--progress"], "progress", _flag),
 ]
 # Accepted for compatibility with the original's scripts, without effect here.
-_IGNORED = ["--model", "--dataset", "--n-print-steps", "--lr_patience", "--lr-patience"]
-
-
-def load_config_file(path: str | Path) -> dict:
-    """A recipe config: a TOML table of TrainConfig fields (original names, underscores)."""
-    from .train import TrainConfig
-
-    data = read_toml(path)
-    data = data.get("train", data)
-    unknown = sorted(set(data) - set(TrainConfig.field_names()))
-    if unknown:
-        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
-    return data
+_IGNORED = ["--model", "--n-print-steps", "--lr_patience", "--lr-patience"]
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """Defaults <- ``--config`` file <- flags given on the command line."""
-    from .train import TrainConfig
+    """Defaults <- ``--dataset``'s settings <- ``--config`` file <- flags given on the command line."""
+    from .config import load_config_file, resolve_train_config
 
     values = load_config_file(args.config) if args.config else {}
-    values.update({name: getattr(args, name) for _, name, _ in _TRAIN_FLAGS if getattr(args, name) is not None})
-    try:
-        return TrainConfig(**values)
-    except TypeError as err:
-        raise ConfigError(f"bad training settings: {err}") from None
+    flags = {name: getattr(args, name) for _, name, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
+    return resolve_train_config(values, flags)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -140,17 +122,18 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     from .data import read_datafile
-    from .dataset import AudioConf, AudioDataset, norm_stats
+    from .dataset import AudioDataset, norm_stats
+    from .features import InputContract
 
     datafile = read_datafile(args.datafile, args.label_csv)
-    conf = AudioConf(num_mel_bins=args.num_mel_bins, target_length=args.audio_length)
+    conf = InputContract(num_mel_bins=args.num_mel_bins, target_length=args.audio_length)
     mean, std = norm_stats(AudioDataset(datafile, conf), num_workers=args.num_workers)
     print(f"dataset_mean={mean:.7f} dataset_std={std:.7f}")
     return 0
 
 
 def add_commands(sub) -> None:
-    from .train import TrainConfig
+    from .config import DATASETS, TrainConfig
 
     p = sub.add_parser(
         "train", help="train or fine-tune (the original run.py flags; rerun the same command to resume)",
@@ -162,8 +145,12 @@ def add_commands(sub) -> None:
     for flags, name, kind in _TRAIN_FLAGS:
         nargs = "?" if kind in (_flag, _flag_or_path) else None
         extra = {"const": True} if nargs else {}
-        p.add_argument(*flags, dest=name, type=kind, default=None, nargs=nargs,
-                       help=f"(default {defaults[name]!r})", **extra)  # fmt: skip
+        text = f"(default {defaults[name]!r})"
+        if name == "dataset":
+            extra["choices"] = list(DATASETS)
+            text = "the older run.py flag: fill in that dataset's length, statistics, noise, loss, metric, warm-up, "
+            text += "schedule (and AudioSet's weight averaging) where no flag or --config sets them"
+        p.add_argument(*flags, dest=name, type=kind, default=None, nargs=nargs, help=text, **extra)
     for flag in _IGNORED:
         p.add_argument(flag, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)

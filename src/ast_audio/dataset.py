@@ -1,24 +1,26 @@
-"""The training/evaluation dataset with the original data loader's audio configuration.
+"""The training/evaluation dataset: one kind of item, randomness per draw.
 
-Per clip: load (mono, resampled) -> [mixup with a random partner] -> fbank, pad or cut
-(``waveform_to_input``, the one feature path) -> SpecAugment -> normalise -> [noise + roll].
+Per draw of a clip: load (mono, resampled; from the waveform cache when asked) ->
+[mixup with a random partner] -> :func:`~ast_audio.pipeline.fit_waveform` -> the
+augmentation drawn for it. Each item is a dict of the fitted ``waveform``, its real
+``frames``, the ``target`` and the drawn ``masks``/``noise``/``roll``; the one batched
+feature pipeline (:func:`~ast_audio.pipeline.batch_input`) turns a batch of them into
+model input, either
 
-Where the filterbank is computed (``fbank_on``):
+- in the loader's ``collate`` on the CPU (``fbank_on="loader"``, the original's way: the
+  workers return finished ``features``), or
+- on the model's device in :meth:`AudioDataset.model_input` (``fbank_on="device"``: the
+  workers only decode and mix, a GPU does the filterbanks).
 
-- ``"loader"`` (the original's way): each item is ``(features [T, F], target [C])``,
-  all of the above done in the ``DataLoader`` workers;
-- ``"device"``: the workers only decode (and mix); each item is a dict with the mean-
-  removed waveform cut or padded to exactly ``T`` frames' worth of samples, its number of
-  real frames, the target and the augmentation drawn for it. :meth:`AudioDataset.model_input`
-  then computes fbank, padding, SpecAugment, normalisation and noise for the whole batch
-  on the model's device, so that a GPU, not the loader's CPU cores, does the filterbanks
-  (see BENCHMARKS.md for what each stage costs per core). Same features as ``"loader"`` (to float
-  rounding) for the same seed; the one difference is ``noise``: its per-bin noise is
-  drawn on the device from a per-clip seed, the same distribution with other numbers.
+Both give the same features for the same draws.
 
-Randomness: each item draws from ``numpy.random.default_rng([seed, epoch, index])``, so
-an epoch's augmentation is the same whatever the number of workers or processes, and a
-resumed run repeats exactly what an uninterrupted one would have done.
+Randomness: a clip's generator is ``numpy.random.default_rng([seed, epoch, position,
+index])`` where ``(index, epoch, position)`` is the :class:`Draw` the sampler hands to the
+dataset: the clip, the epoch and the draw's place in that epoch's sampling order. So every
+draw is augmented afresh (a clip drawn twice in an epoch by balanced sampling gets two
+draws, as in the original), and the augmentation is the same for any number of loader
+workers or processes and after a resume: nothing depends on state kept in a worker's copy
+of the dataset. A plain integer index (evaluation) is the draw ``(index, 0, index)``.
 
 ``cache_dir`` keeps decoded, resampled waveforms on disk (:mod:`ast_audio.cache`): epochs
 after the first read them instead of decoding again, with identical samples.
@@ -27,69 +29,72 @@ after the first read them instead of decoding again, with identical samples.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .audio import load_audio
-from .augment import (
-    add_noise_and_roll,
-    apply_masks,
-    draw_masks,
-    mix_targets,
-    mix_waveforms,
-    mixup_lambda,
-    noise_and_roll,
-    spec_augment,
-)
+from .augment import mix_targets, mix_waveforms, mixup_lambda
 from .cache import WaveformCache
 from .data import Datafile
 from .errors import ConfigError
-from .features import FeatureConfig, fbank, frame_sizes, normalize, waveform_to_input
-from .presets import PRESETS
+from .features import InputContract
+from .pipeline import NONE, Augmentation, batch_input, draw_augmentation, fit_waveform
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AudioConf:
-    """The original's ``audio_conf`` (same names and meaning)."""
-
-    num_mel_bins: int = 128
-    target_length: int = 1024
-    freqm: int = 0
-    timem: int = 0
-    mixup: float = 0.0
-    mean: float = PRESETS["audioset"].mean
-    std: float = PRESETS["audioset"].std
-    noise: bool = False
-    skip_norm: bool = False
-    sample_rate: int = 16000
-
-    def features(self) -> FeatureConfig:
-        return FeatureConfig(
-            sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins, target_length=self.target_length,
-            mean=self.mean, std=self.std, normalize=False,
-        )  # fmt: skip
-
-    def for_evaluation(self) -> AudioConf:
-        """The same features without any augmentation."""
-        return replace(self, freqm=0, timem=0, mixup=0.0, noise=False)
-
 
 FBANK_ON = ("loader", "device")
 
 
+class Draw(NamedTuple):
+    """One draw of a clip: what the sampler hands to the dataset."""
+
+    index: int  # the clip, in datafile order
+    epoch: int
+    position: int  # the draw's place in the epoch's sampling order (over all processes)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The draws of one epoch: shuffled indices (or, with weights, drawn with replacement),
+    the same on every rank for a given (seed, epoch), then split ``rank::world`` (wrapped
+    so every rank gets the same number of draws). Yields :class:`Draw` tuples."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, weights: np.ndarray | None = None):
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.epoch = 0
+        self.per_rank = math.ceil(size / world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=gen)
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=gen)
+        order = order.tolist()
+        order += order[: self.per_rank * self.world - len(order)]
+        mine = range(self.rank, len(order), self.world)
+        return iter(Draw(order[p], self.epoch, p) for p in mine)
+
+
 class AudioDataset(torch.utils.data.Dataset):
-    """Items are ``(features [target_length, num_mel_bins], target [classes])`` float32
-    (``fbank_on="loader"``) or dicts of waveforms to finish with :meth:`model_input`
-    (``fbank_on="device"``); see the module notes."""
+    """Items are dicts for :func:`~ast_audio.pipeline.batch_input` (see the module notes);
+    batch them with :meth:`loader` (or ``collate_fn=dataset.collate``) and turn a batch into
+    ``(features [B, T, F], targets [B, C])`` with :meth:`model_input`."""
 
     def __init__(
         self,
         datafile: Datafile,
-        conf: AudioConf,
+        contract: InputContract,
+        augmentation: Augmentation = NONE,
         *,
         seed: int = 0,
         fbank_on: str = "loader",
@@ -98,18 +103,12 @@ class AudioDataset(torch.utils.data.Dataset):
         if fbank_on not in FBANK_ON:
             raise ConfigError(f"fbank_on must be one of {', '.join(FBANK_ON)}, got {fbank_on!r}")
         self.datafile = datafile
-        self.conf = conf
+        self.contract = contract
+        self.augmentation = augmentation
         self.seed = seed
-        self.epoch = 0
         self.fbank_on = fbank_on
         self.num_classes = len(datafile.labels)
-        self._features = conf.features()
         self._cache = WaveformCache(cache_dir) if cache_dir else None
-        self._window, self._shift, _ = frame_sizes(conf.sample_rate)
-        self.samples = self._window + (conf.target_length - 1) * self._shift  # one model input
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.datafile)
@@ -117,92 +116,70 @@ class AudioDataset(torch.utils.data.Dataset):
     def _waveform(self, index: int) -> torch.Tensor:
         path = self.datafile.entries[index].wav
         if self._cache is not None:
-            return self._cache.load(path, self.conf.sample_rate)
-        return load_audio(path, sample_rate=self.conf.sample_rate)
+            return self._cache.load(path, self.contract.sample_rate)
+        return load_audio(path, sample_rate=self.contract.sample_rate)
 
     def _mixed(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The clip's waveform and target, mixed with a random partner's with probability ``mixup``."""
         waveform = self._waveform(index)
         target = self.datafile.entries[index].target(self.num_classes)
-        if self.conf.mixup > 0 and rng.random() < self.conf.mixup:
+        if self.augmentation.mixup > 0 and rng.random() < self.augmentation.mixup:
             partner = int(rng.integers(len(self)))
             lam = mixup_lambda(rng)
             waveform = mix_waveforms(waveform, self._waveform(partner), lam)
             target = mix_targets(target, self.datafile.entries[partner].target(self.num_classes), lam)
         return waveform, torch.from_numpy(np.asarray(target, dtype=np.float32))
 
-    def __getitem__(self, index: int):
-        conf = self.conf
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        waveform, target = self._mixed(index, rng)
-        if self.fbank_on == "device":
-            return self._raw_item(waveform, target, rng)
-        features = waveform_to_input(waveform, self._features)  # (T, F) un-normalised
-        if conf.freqm > 0 or conf.timem > 0:
-            features = spec_augment(features, conf.freqm, conf.timem, rng)
-        if not conf.skip_norm:
-            features = normalize(features, conf.mean, conf.std)
-        if conf.noise:
-            features = noise_and_roll(features, rng)
-        return features.float(), target
-
-    def _raw_item(self, waveform: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> dict:
-        """What ``model_input`` needs, drawing from ``rng`` in the order ``__getitem__`` does."""
-        conf = self.conf
-        waveform = waveform - waveform.mean()  # over the whole clip, as waveform_to_input
-        length = waveform.shape[-1]
-        frames = 0 if length < self._window else 1 + (length - self._window) // self._shift
-        if length < self.samples:
-            waveform = torch.nn.functional.pad(waveform, (0, self.samples - length))
-        masks = draw_masks(rng, conf.target_length, conf.num_mel_bins, conf.freqm, conf.timem, 1)[0]
-        scale, shift, seed = 0.0, 0, 0
-        if conf.noise:
-            scale = float(rng.random()) / 10
-            shift = int(rng.integers(-10, 10))
-            seed = int(rng.integers(2**62))
+    def __getitem__(self, key: int | Draw) -> dict:
+        draw = Draw(*key) if isinstance(key, tuple) else Draw(int(key), 0, int(key))
+        rng = np.random.default_rng([self.seed, draw.epoch, draw.position, draw.index])
+        waveform, target = self._mixed(draw.index, rng)
+        waveform, frames = fit_waveform(waveform, self.contract)
         return {
-            "waveform": waveform[: self.samples].float(),  # (S,)
-            "frames": torch.tensor(min(frames, conf.target_length)),
+            "waveform": waveform,  # (S,)
+            "frames": torch.tensor(frames),
             "target": target,
-            "masks": torch.from_numpy(masks),  # (4,) f0, f1, t0, t1
-            "noise": torch.tensor([scale], dtype=torch.float64),
-            "roll": torch.tensor([shift, seed]),
+            **draw_augmentation(rng, self.contract, self.augmentation),
         }
 
-    def model_input(self, batch, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    def collate(self, items: list[dict]) -> dict:
+        """Stack items; with ``fbank_on="loader"`` also compute the features here (in the
+        loader worker), so the batch carries ``features`` instead of ``waveform``."""
+        batch = torch.utils.data.default_collate(items)
+        if self.fbank_on == "loader":
+            batch["features"] = self._features(batch)
+            del batch["waveform"]
+        return batch
+
+    def _features(self, batch: dict) -> torch.Tensor:
+        return batch_input(
+            batch["waveform"], batch["frames"], self.contract, self.augmentation,
+            masks=batch["masks"], noise=batch["noise"], roll=batch["roll"],
+        )  # fmt: skip
+
+    def loader(self, batch_size: int, sampler=None, num_workers: int = 0, **kwargs) -> torch.utils.data.DataLoader:
+        """A ``DataLoader`` over this dataset with its :meth:`collate`."""
+        return torch.utils.data.DataLoader(
+            self, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=self.collate, **kwargs
+        )
+
+    def model_input(self, batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """A collated batch as ``(features [B, T, F], targets [B, C])`` on ``device``, in either mode."""
-        if not isinstance(batch, dict):
-            features, targets = batch
-            return features.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        conf = self.conf
         device = torch.device(device)
-        wave = batch["waveform"].to(device, non_blocking=True)  # (B, S)
-        x = fbank(wave, conf.sample_rate, conf.num_mel_bins)  # (B, T, F): S holds exactly T frames
-        frames = torch.arange(conf.target_length, device=device)
-        real = frames[None, :] < batch["frames"].to(device)[:, None]  # (B, T): the rest is padding
-        x = torch.where(real[:, :, None], x, 0.0)
-        if conf.freqm > 0 or conf.timem > 0:
-            x = apply_masks(x, batch["masks"])
-        if not conf.skip_norm:
-            x = normalize(x, conf.mean, conf.std)
-        if conf.noise:
-            seeds = batch["roll"][:, 1].tolist()
-            noise = torch.stack([
-                torch.rand(x.shape[1:], generator=torch.Generator(device).manual_seed(s), device=device)
-                for s in seeds
-            ])  # fmt: skip
-            x = add_noise_and_roll(x, noise, batch["noise"][:, 0], batch["roll"][:, 0])
-        return x.float(), batch["target"].to(device, non_blocking=True)
+        targets = batch["target"].to(device, non_blocking=True)
+        if "features" in batch:
+            return batch["features"].to(device, non_blocking=True), targets
+        moved = {k: batch[k].to(device, non_blocking=True) for k in ("waveform", "frames", "masks")}
+        return self._features({**batch, **moved}), targets
 
 
 def norm_stats(dataset: AudioDataset, batch_size: int = 32, num_workers: int = 0) -> tuple[float, float]:
     """Mean and standard deviation of the un-normalised, un-augmented model inputs of a dataset
     (padding frames included, as the original's statistics were taken from the loader)."""
-    plain = AudioDataset(dataset.datafile, replace(dataset.conf.for_evaluation(), skip_norm=True))
-    loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, num_workers=num_workers)
+    plain = AudioDataset(dataset.datafile, dataset.contract.replace(normalize=False))
     total, total_sq, count = 0.0, 0.0, 0
-    for features, _ in loader:
-        x = features.double()
+    for batch in plain.loader(batch_size, num_workers=num_workers):
+        x = batch["features"].double()
         total += float(x.sum())
         total_sq += float((x * x).sum())
         count += x.numel()

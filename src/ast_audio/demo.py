@@ -85,8 +85,9 @@ def run_demo(
 ) -> DemoResult:
     """Run (or finish, or just report) the demo in ``out``."""
     from .checkpoints import load_model
-    from .dataset import AudioConf, AudioDataset, norm_stats
-    from .evaluate import audio_conf_for, predict_dataset
+    from .dataset import AudioDataset, norm_stats
+    from .evaluate import predict_dataset
+    from .features import InputContract
     from .infer import AudioTagger
     from .recipes.esc50 import prepare
     from .synth import write_dataset
@@ -110,7 +111,7 @@ def run_demo(
     stats_file = prepared / "demo_stats.json"
     if not stats_file.exists():
         train_df = read_datafile(splits["train"], label_csv)
-        mean, std = norm_stats(AudioDataset(train_df, AudioConf(target_length=100)))
+        mean, std = norm_stats(AudioDataset(train_df, InputContract(target_length=100)))
         atomic_write(stats_file, lambda tmp: tmp.write_text(json.dumps({"mean": mean, "std": std})))
     stats = json.loads(stats_file.read_text())
 
@@ -128,7 +129,7 @@ def run_demo(
     best = exp / "models" / "best_audio_model.safetensors"
     test_df = read_datafile(splits["test"], label_csv)
     model = load_model(best)
-    scores = predict_dataset(model, AudioDataset(test_df, audio_conf_for(model))).scores
+    scores = predict_dataset(model, AudioDataset(test_df, model.input_contract)).scores
     truth = test_df.targets().argmax(1)
     guess = scores.argmax(1)
     accuracy = float(np.mean(truth == guess))

@@ -20,12 +20,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .data import read_datafile
-from .dataset import AudioConf, AudioDataset
+from .dataset import AudioDataset
 from .errors import ConfigError
 from .fileio import atomic_write
 from .labels import read_label_csv
 from .metrics import Stats, calculate_stats
-from .model import ASTModel
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,9 @@ def predict_dataset(
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     indices = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers
-    )
+        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=dataset.collate,
+    )  # fmt: skip
     device = torch.device(device)
     model.eval()
     parts, loss_sum = [], 0.0
@@ -92,17 +92,6 @@ def predict_dataset(
 
 
 # --------------------------------------------------------------------------- ast-audio evaluate
-
-
-def audio_conf_for(model: ASTModel) -> AudioConf:
-    """The evaluation features a checkpoint expects (its length, bins and statistics)."""
-    info, cfg = model.info, model.config
-    if info.dataset_mean is None or info.dataset_std is None:
-        raise ConfigError("the checkpoint has no normalisation statistics; pass --dataset-mean and --dataset-std")
-    return AudioConf(
-        num_mel_bins=cfg.input_fdim, target_length=cfg.input_tdim, mean=info.dataset_mean, std=info.dataset_std,
-        sample_rate=info.sample_rate,
-    )  # fmt: skip
 
 
 STATS_COLUMNS = ["model", "mAP", "mAUC", "acc", "d_prime", "avg_precision", "avg_recall"]
@@ -140,7 +129,7 @@ def evaluate_checkpoints(
             raise ConfigError(f"{source}: the model has {model.config.label_dim} outputs, the label CSV {len(labels)}")
         if dataset_mean is not None:
             model.info = replace(model.info, dataset_mean=dataset_mean, dataset_std=dataset_std)
-        dataset = AudioDataset(datafile, audio_conf_for(model))
+        dataset = AudioDataset(datafile, model.input_contract)
         preds = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device)
         members.append(preds.scores)
         results.append((str(source), calculate_stats(preds.scores, targets)))

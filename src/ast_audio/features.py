@@ -22,6 +22,7 @@ evaluation and inference all go through it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from .presets import PRESETS
 
 __all__ = [
     "FeatureConfig",
+    "InputContract",
     "fbank",
     "file_to_input",
     "frame_sizes",
@@ -253,16 +255,30 @@ def fbank(
 # ---------------------------------------------------------------------------------------
 
 
+MONO_POLICIES = ("mean",)  # how channels become one: their mean (the original took channel 0)
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
 @dataclass(frozen=True)
-class FeatureConfig:
-    """Everything that turns a waveform into AST's input; defaults are AudioSet's."""
+class InputContract:
+    """Everything that turns audio into a model's input and its outputs into scores.
+
+    A checkpoint carries one (the way Hugging Face keeps ``preprocessor_config.json``
+    beside the weights): training writes it, and evaluation, the tagger, every recipe's
+    prediction step and export read it back instead of deciding again. Defaults are
+    AudioSet's. ``FeatureConfig`` is the older name of the same class.
+    """
 
     sample_rate: int = 16000
+    mono: str = "mean"
     num_mel_bins: int = 128
-    target_length: int = PRESETS["audioset"].target_length
-    mean: float = PRESETS["audioset"].mean
+    frame_length: float = 25.0  # ms
+    frame_shift: float = 10.0  # ms
+    target_length: int = PRESETS["audioset"].target_length  # frames fed to the model
+    mean: float = PRESETS["audioset"].mean  # normalisation: (x - mean) / (2 * std)
     std: float = PRESETS["audioset"].std
-    normalize: bool = True
+    activation: str = "sigmoid"  # sigmoid (multi-label) | softmax (single-label)
+    normalize: bool = True  # a usage switch, not part of the saved contract
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.num_mel_bins < 3 or self.target_length < 1:
@@ -272,10 +288,15 @@ class FeatureConfig:
             )
         if self.normalize and not self.std > 0:
             raise ConfigError(f"normalisation std must be positive, got {self.std}")
+        if self.mono not in MONO_POLICIES:
+            raise ConfigError(f"mono policy must be one of {', '.join(MONO_POLICIES)}, got {self.mono!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        frame_sizes(self.sample_rate, self.frame_length, self.frame_shift)  # raises on a degenerate frame
 
     @classmethod
-    def preset(cls, name: str, **overrides: object) -> FeatureConfig:
-        """The configuration of a dataset of the original recipes (``audioset``, ``esc50``, ``speechcommands``)."""
+    def preset(cls, name: str, **overrides: object) -> InputContract:
+        """The contract of a dataset of the original recipes (``audioset``, ``esc50``, ``speechcommands``)."""
         if name not in PRESETS:
             raise ConfigError(f"unknown feature preset {name!r}; known: {', '.join(sorted(PRESETS))}")
         p = PRESETS[name]
@@ -285,9 +306,42 @@ class FeatureConfig:
             target_length=p.target_length,
             mean=p.mean,
             std=p.std,
+            activation="sigmoid" if p.multilabel else "softmax",
         )
         fields.update(overrides)
         return cls(**fields)  # type: ignore[arg-type]
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """``(window_size, window_shift)`` in samples."""
+        size, shift, _ = frame_sizes(self.sample_rate, self.frame_length, self.frame_shift)
+        return size, shift
+
+    @property
+    def samples(self) -> int:
+        """Samples that make exactly ``target_length`` frames (one model input)."""
+        size, shift = self.window
+        return size + (self.target_length - 1) * shift
+
+    def to_dict(self) -> dict:
+        """The saved form (``normalize`` is a usage switch and is left out)."""
+        out = dataclasses.asdict(self)
+        del out["normalize"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputContract:
+        known = {f.name for f in dataclasses.fields(cls)} - {"normalize"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown input contract keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: object) -> InputContract:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+FeatureConfig = InputContract
 
 
 def pad_or_cut(features: torch.Tensor, target_length: int) -> torch.Tensor:
@@ -305,7 +359,7 @@ def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 def waveform_to_input(
     waveform: torch.Tensor | np.ndarray,
-    cfg: FeatureConfig | None = None,
+    cfg: InputContract | None = None,
     *,
     sample_rate: int | None = None,
     normalized: bool | None = None,
@@ -320,12 +374,12 @@ def waveform_to_input(
     un-normalised features and ``normalize``). A waveform at another ``sample_rate`` is
     resampled first (on the CPU, with soxr).
     """
-    cfg = cfg or FeatureConfig()
+    cfg = cfg or InputContract()
     waveform = torch.as_tensor(waveform)
     if sample_rate is not None and sample_rate != cfg.sample_rate:
         waveform = resample(waveform, sample_rate, cfg.sample_rate)
     waveform = waveform - waveform.mean(-1, keepdim=True)  # per clip
-    features = fbank(waveform, cfg.sample_rate, cfg.num_mel_bins)  # (..., frames, F)
+    features = fbank(waveform, cfg.sample_rate, cfg.num_mel_bins, cfg.frame_shift, cfg.frame_length)  # (..., T', F)
     features = pad_or_cut(features, cfg.target_length)  # (..., target_length, F)
     do_normalize = cfg.normalize if normalized is None else normalized
     return normalize(features, cfg.mean, cfg.std) if do_normalize else features
@@ -333,13 +387,13 @@ def waveform_to_input(
 
 def file_to_input(
     path: str | os.PathLike,
-    cfg: FeatureConfig | None = None,
+    cfg: InputContract | None = None,
     *,
     device: torch.device | str | None = None,
     normalized: bool | None = None,
 ) -> torch.Tensor:
     """``load_audio`` (mono, resampled to ``cfg.sample_rate``) then ``waveform_to_input``: ``[T, F]``."""
-    cfg = cfg or FeatureConfig()
+    cfg = cfg or InputContract()
     waveform = load_audio(path, sample_rate=cfg.sample_rate)
     if device is not None:
         waveform = waveform.to(device)

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .features import InputContract
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class ModelInfo:
     dataset_std: float | None = None
     multilabel: bool = True  # sigmoid scores (True) or softmax (False)
     sample_rate: int = 16000
+    mono: str = "mean"  # channels -> one: their mean
+    frame_length: float = 25.0  # ms
+    frame_shift: float = 10.0  # ms
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -127,6 +131,20 @@ class ModelInfo:
     def from_dict(cls, data: dict) -> ModelInfo:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def missing_statistics(info: ModelInfo, source: object = None) -> ModelInfo:
+    """The one policy for a checkpoint without normalisation statistics: use AudioSet's
+    (what every published AST was trained with) and say so once, naming the values."""
+    if info.dataset_mean is not None and info.dataset_std is not None:
+        return info
+    default = InputContract()
+    where = f"{source}: " if source is not None else ""
+    log.warning(
+        "%sthe checkpoint records no normalisation statistics; using AudioSet's (mean %s, std %s). "
+        "Pass the statistics it was trained with if they differ", where, default.mean, default.std,
+    )  # fmt: skip
+    return replace(info, dataset_mean=default.mean, dataset_std=default.std)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -290,6 +308,18 @@ class ASTModel(nn.Module):
         self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, label_dim)).to(ref.device, ref.dtype)
         self.config = replace(self.config, label_dim=label_dim)
         self.info = replace(self.info, labels=None, label_ids=None)
+
+    @property
+    def input_contract(self) -> InputContract:
+        """What this model takes: its input size (config) and the audio, features,
+        statistics and score activation its checkpoint carries (info). Statistics that no
+        one recorded are AudioSet's, with a warning (:func:`missing_statistics`)."""
+        cfg, info = self.config, missing_statistics(self.info)
+        return InputContract(
+            sample_rate=info.sample_rate, mono=info.mono, num_mel_bins=cfg.input_fdim,
+            frame_length=info.frame_length, frame_shift=info.frame_shift, target_length=cfg.input_tdim,
+            mean=info.dataset_mean, std=info.dataset_std, activation="sigmoid" if info.multilabel else "softmax",
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- forward
 

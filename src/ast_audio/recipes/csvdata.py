@@ -136,7 +136,8 @@ def _prepare(
     train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed, audio_length,
     num_mel_bins, workers, progress,
 ) -> dict:  # fmt: skip
-    from ..dataset import AudioConf, AudioDataset, norm_stats
+    from ..dataset import AudioDataset, norm_stats
+    from ..features import InputContract
 
     if not audio_dir.is_dir():
         raise DataError("audio folder not found", audio_dir)
@@ -177,7 +178,7 @@ def _prepare(
     train_path = write_datafile(out / "train.json", [(p, [lab]) for (p, lab), v in zip(good, is_valid, strict=True) if not v])
     valid_path = write_datafile(out / "valid.json", [(p, [lab]) for (p, lab), v in zip(good, is_valid, strict=True) if v])
 
-    conf = AudioConf(num_mel_bins=num_mel_bins, target_length=audio_length)
+    conf = InputContract(num_mel_bins=num_mel_bins, target_length=audio_length)
     mean, std = norm_stats(AudioDataset(read_datafile(train_path, out / LABEL_CSV), conf))
     stats = {"dataset_mean": mean, "dataset_std": std, "audio_length": audio_length, "num_mel_bins": num_mel_bins}
     write_text_atomic(out / "stats.json", json.dumps(stats, indent=2) + "\n")
@@ -209,13 +210,11 @@ def predict_files(checkpoint: Path, wavs: list[str], *, batch_size: int = 16, de
     import torch
 
     from ..checkpoints import load_model
-    from ..features import FeatureConfig, file_to_input
+    from ..features import file_to_input
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(checkpoint, device=device)
-    info, config = model.info, model.config
-    fcfg = FeatureConfig(num_mel_bins=config.input_fdim, target_length=config.input_tdim,
-                         mean=info.dataset_mean, std=info.dataset_std)  # fmt: skip
+    fcfg = model.input_contract  # rate, bins, length and statistics: what the checkpoint was trained with
     results: list[tuple[str | None, str | None]] = [(None, None)] * len(wavs)
     for start in range(0, len(wavs), batch_size):
         batch, where = [], []
@@ -230,7 +229,7 @@ def predict_files(checkpoint: Path, wavs: list[str], *, batch_size: int = 16, de
         with torch.inference_mode():
             top = model(torch.stack(batch).to(device)).argmax(dim=1).tolist()  # (B, T, F) -> (B,)
         for i, k in zip(where, top, strict=True):
-            results[i] = (info.labels[k], None)
+            results[i] = (model.info.labels[k], None)
     return results
 
 

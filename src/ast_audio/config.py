@@ -1,0 +1,160 @@
+"""Training settings: the one home of ``TrainConfig``, its file form and its checks.
+
+``TrainConfig`` keeps the original ``run.py`` option names. Settings come, lowest to
+highest, from the dataclass defaults, the older ``run.py``'s ``--dataset`` (see
+:data:`DATASETS`), a TOML file (a ``[train]`` table of these names) and the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .fileio import read_toml
+from .presets import PRESETS
+
+# What the older run.py/traintest.py (the one the "hack" fork's run.sh drives) derived from
+# ``--dataset``: input length, statistics, noise, loss, metric, warm-up, schedule and, for
+# AudioSet, weight averaging. MultiStepLR milestones there were [10, 15, 20, 25] (balanced
+# AudioSet), [2, 3, 4, 5] (full AudioSet, over 200k clips) and range(5, 26); here they are
+# ``range(start, 1000, step)``, which is the same list up to the number of epochs the original
+# recipes ran (25 and 5).
+DATASETS: dict[str, dict] = {
+    "audioset": dict(
+        audio_length=PRESETS["audioset"].target_length, dataset_mean=PRESETS["audioset"].mean,
+        dataset_std=PRESETS["audioset"].std, noise=False, loss="BCE", metrics="mAP", warmup=True,
+        lrscheduler_start=10, lrscheduler_step=5, lrscheduler_decay=0.5, wa=True, wa_start=6, wa_end=25,
+    ),
+    "esc50": dict(
+        audio_length=PRESETS["esc50"].target_length, dataset_mean=PRESETS["esc50"].mean,
+        dataset_std=PRESETS["esc50"].std, noise=False, loss="CE", metrics="acc", warmup=False,
+        lrscheduler_start=5, lrscheduler_step=1, lrscheduler_decay=0.85,
+    ),
+    "speechcommands": dict(
+        audio_length=PRESETS["speechcommands"].target_length, dataset_mean=PRESETS["speechcommands"].mean,
+        dataset_std=PRESETS["speechcommands"].std, noise=True, loss="BCE", metrics="acc", warmup=False,
+        lrscheduler_start=5, lrscheduler_step=1, lrscheduler_decay=0.85,
+    ),
+}  # fmt: skip
+FULL_AUDIOSET = 200_000  # more training clips than this: the full-AudioSet schedule and averaging
+_FULL_AUDIOSET = dict(lrscheduler_start=2, lrscheduler_step=1, lrscheduler_decay=0.5, wa_start=1, wa_end=5)
+
+
+def dataset_defaults(name: str, data_train: str | None = None) -> dict:
+    """The settings the older ``run.py --dataset NAME`` implied; for AudioSet, the full-set
+    schedule when the training datafile has more than 200k clips, as ``traintest.py`` chose."""
+    if name not in DATASETS:
+        raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    values = dict(DATASETS[name])
+    if name == "audioset" and data_train:
+        try:
+            clips = len(json.loads(Path(data_train).read_text(encoding="utf-8")).get("data", []))
+        except (OSError, ValueError, AttributeError):
+            clips = 0  # an unreadable datafile is reported by the trainer, with its name
+        if clips > FULL_AUDIOSET:
+            values.update(_FULL_AUDIOSET)
+    return values
+
+
+def resolve_train_config(*layers: dict) -> TrainConfig:
+    """A ``TrainConfig`` from layers of settings, lowest first; a ``dataset`` named in any
+    layer fills in its settings below every layer (only where no layer sets them)."""
+    values: dict = {}
+    for layer in layers:
+        values.update(layer)
+    if values.get("dataset"):
+        values = {**dataset_defaults(values["dataset"], values.get("data_train")), **values}
+    unknown = sorted(set(values) - set(TrainConfig.field_names()))
+    if unknown:
+        raise ConfigError(f"unknown training setting {unknown[0]!r}")
+    try:
+        return TrainConfig(**values)
+    except TypeError as err:
+        raise ConfigError(f"bad training settings: {err}") from None
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A config file: a TOML ``[train]`` table (or a bare table) of TrainConfig fields."""
+    data = read_toml(path)
+    data = data.get("train", data)
+    unknown = sorted(set(data) - set(TrainConfig.field_names()))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
+    return data
+
+
+@dataclass
+class TrainConfig:
+    """The original ``run.py`` options (same names), plus ours at the end."""
+
+    data_train: str = ""
+    data_val: str = ""
+    data_eval: str | None = None
+    label_csv: str = ""
+    n_class: int = 527
+    exp_dir: str = "exp"
+    lr: float = 0.001
+    batch_size: int = 12
+    num_workers: int = 0
+    n_epochs: int = 1
+    freqm: int = 0
+    timem: int = 0
+    mixup: float = 0.0
+    bal: bool = False
+    fstride: int = 10
+    tstride: int = 10
+    imagenet_pretrain: bool | str = True
+    audioset_pretrain: bool | str = False
+    dataset_mean: float = PRESETS["audioset"].mean
+    dataset_std: float = PRESETS["audioset"].std
+    audio_length: int = 1024
+    noise: bool = False
+    metrics: str = "mAP"
+    loss: str = "BCE"
+    warmup: bool = False
+    lrscheduler_start: int = 2
+    lrscheduler_step: int = 1
+    lrscheduler_decay: float = 0.5
+    wa: bool = False
+    wa_start: int = 1
+    wa_end: int = 10
+    save_model: bool = False
+    dataset: str | None = None  # the older run.py flag: fills in a dataset's settings (see DATASETS)
+    # ours
+    model_size: str = "base384"
+    depth: int = 12
+    num_mel_bins: int = 128
+    seed: int = 0
+    amp: str = "auto"  # auto | off | bf16 | fp16
+    fbank_on: str = "auto"  # auto (device on CUDA, else loader) | loader | device
+    cache_dir: str | None = None  # decoded, resampled waveforms kept here for later epochs
+    compile: bool = False  # torch.compile the model
+    device: str | None = None
+    skip_bad: bool = False
+    progress: bool | None = None  # None: a bar only on a terminal
+
+    def check(self) -> None:
+        for name in ("data_train", "data_val", "label_csv"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} is required")
+        if self.metrics not in ("mAP", "acc"):
+            raise ConfigError(f"metrics must be 'mAP' or 'acc', got {self.metrics!r}")
+        if self.loss not in ("BCE", "CE"):
+            raise ConfigError(f"loss must be 'BCE' or 'CE', got {self.loss!r}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ConfigError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.fbank_on not in ("auto", "loader", "device"):
+            raise ConfigError(f"fbank_on must be auto, loader or device, got {self.fbank_on!r}")
+        if self.n_epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("n_epochs and batch_size must be positive and lr > 0")
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.wa and not 1 <= self.wa_start <= self.wa_end:
+            raise ConfigError(f"weight averaging needs 1 <= wa_start <= wa_end, got {self.wa_start}..{self.wa_end}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
