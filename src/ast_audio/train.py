@@ -1,5 +1,8 @@
 """Training AST as the original recipes did, without losing work, on one CPU or many GPUs.
 
+(Over 400 lines: one :class:`Run` keeps the epoch loop, the end-of-run evaluations, the
+run's files and its resume together, so the whole of a run reads top to bottom here.)
+
 What matches the original (``run.py`` / ``traintest.py``): Adam with weight decay 5e-7
 and betas (0.95, 0.999); optional warm-up (first 1000 steps, every 50 steps
 ``lr = step / 1000 * lr``); MultiStepLR with milestones ``range(start, 1000, step)``
@@ -44,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ from .checkpoints import load_model, save_checkpoint
 from .config import TrainConfig
 from .data import Datafile, balanced_weights, read_datafile, read_weights, weight_file_for
 from .dataset import AudioDataset, EpochSampler
+from .distributed import Dist, init_distributed
 from .errors import AstAudioError, ConfigError
 from .evaluate import Predictions, loss_value, predict_dataset
 from .features import InputContract
@@ -95,44 +98,6 @@ class RunState:
     ensemble_sum: torch.Tensor | None = None  # sum of every epoch's validation scores
     wa_sum: dict | None = None
     wa_count: int = 0
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def from_main(self, values: list) -> list:
-        """``values`` as rank 0 has them, on every rank."""
-        if self.enabled:
-            dist.broadcast_object_list(values, src=0)
-        return values
-
-
-def init_distributed(device_type: str) -> Dist:
-    """Join the process group ``torchrun`` describes in the environment (if any)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 # --------------------------------------------------------------------------- helpers
