@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="make data, train a tiny AST on the CPU, evaluate and tag files (offline)")
     p.add_argument("--out", default="runs/demo", help="where the data, the run and the plots go")
     p.add_argument("--per-class", type=int, default=200, help="synthetic clips per class")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None, help="default: recipes/demo.toml's (20)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 

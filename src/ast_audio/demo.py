@@ -30,6 +30,7 @@ from .fileio import atomic_write
 log = logging.getLogger(__name__)
 
 TRAIN_FOLDS, VALID_FOLD, TEST_FOLD = (1, 2, 3), 4, 5
+DEMO_CONFIG = Path(__file__).parent / "recipes" / "demo.toml"  # the training settings, shipped as data
 
 
 @dataclass
@@ -78,20 +79,21 @@ def run_demo(
     out: str | os.PathLike = "runs/demo",
     *,
     per_class: int = 200,
-    epochs: int = 20,
+    epochs: int | None = None,  # default: demo.toml's n_epochs
     seed: int = 0,
     progress: bool | None = None,
     workers: int | None = None,
 ) -> DemoResult:
     """Run (or finish, or just report) the demo in ``out``."""
     from .checkpoints import load_model
+    from .config import load_config_file, resolve_train_config
     from .dataset import AudioDataset, norm_stats
     from .evaluate import predict_dataset
     from .features import InputContract
     from .infer import AudioTagger
     from .recipes.esc50 import prepare
     from .synth import write_dataset
-    from .train import TrainConfig, train
+    from .train import train
 
     out = Path(out)
     data = out / "data"
@@ -108,22 +110,21 @@ def run_demo(
         name: _fold_datafile(prepared, folds, prepared / f"demo_{name}.json", label_csv)
         for name, folds in (("train", TRAIN_FOLDS), ("valid", (VALID_FOLD,)), ("test", (TEST_FOLD,)))
     }
+    shipped = load_config_file(DEMO_CONFIG)
     stats_file = prepared / "demo_stats.json"
     if not stats_file.exists():
         train_df = read_datafile(splits["train"], label_csv)
-        mean, std = norm_stats(AudioDataset(train_df, InputContract(target_length=100)))
+        mean, std = norm_stats(AudioDataset(train_df, InputContract(target_length=shipped["audio_length"])))
         atomic_write(stats_file, lambda tmp: tmp.write_text(json.dumps({"mean": mean, "std": std})))
     stats = json.loads(stats_file.read_text())
 
     exp = out / "exp"
-    cfg = TrainConfig(
+    cfg = resolve_train_config(shipped, dict(
         data_train=str(splits["train"]), data_val=str(splits["valid"]), data_eval=str(splits["test"]),
-        label_csv=label_csv, n_class=summary["n_class"], exp_dir=str(exp), lr=1e-3, batch_size=32,
-        n_epochs=epochs, fstride=16, tstride=16, imagenet_pretrain=False, audioset_pretrain=False,
-        dataset_mean=stats["mean"], dataset_std=stats["std"], audio_length=100, metrics="acc", loss="CE",
-        lrscheduler_start=10, lrscheduler_step=5, lrscheduler_decay=0.5, model_size="tiny224", depth=2,
-        seed=seed, progress=progress,
-    )  # fmt: skip
+        label_csv=label_csv, n_class=summary["n_class"], exp_dir=str(exp), dataset_mean=stats["mean"],
+        dataset_std=stats["std"], seed=seed, progress=progress,
+        **({} if epochs is None else {"n_epochs": epochs}),
+    ))  # fmt: skip
     train(cfg)
 
     best = exp / "models" / "best_audio_model.safetensors"
