@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from . import model as _model
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DownloadError  # noqa: F401 (DownloadError re-exported)
 from .fileio import atomic_write
 from .hub import (  # noqa: F401 (re-exported: ast_audio.checkpoints has always offered them)
     DEFAULT_AUDIOSET,
@@ -48,6 +48,7 @@ from .hub import (  # noqa: F401 (re-exported: ast_audio.checkpoints has always 
     register_checkpoint,
     resolve,
 )
+from .labels import read_label_csv  # noqa: F401 (re-exported, as before the split)
 from .layouts import (  # noqa: F401 (hf_to_original / original_to_hf re-exported)
     DEIT,
     ORIGINAL,
@@ -60,8 +61,9 @@ from .layouts import (  # noqa: F401 (hf_to_original / original_to_hf re-exporte
     original_to_hf,
     to_ours,
 )
-from .model import ASTConfig, ASTModel, ModelInfo
+from .model import SIZES, ASTConfig, ASTModel, ModelInfo, patch_grid, size_for  # noqa: F401 (re-exported)
 from .pos_embed import adapt_pos_embed
+from .presets import PRESETS  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
