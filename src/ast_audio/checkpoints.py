@@ -20,6 +20,10 @@ This module gives :class:`~ast_audio.model.ASTModel` its pretrained weights: on 
 hands :func:`init_from_pretrained` and :func:`_load` to :func:`ast_audio.model.provide_weights`,
 which the constructor's ``imagenet_pretrain`` / ``audioset_pretrain`` and
 ``ASTModel.from_pretrained`` call (the model file never imports this one).
+
+About 450 lines, over the project's ~400: reading and loading stay together because
+``load_model`` is exactly "read safely, infer the config, adapt, load strictly", and the
+registry and rename tables already live apart (:mod:`~ast_audio.hub`, :mod:`~ast_audio.layouts`).
 """
 
 from __future__ import annotations
