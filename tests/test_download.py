@@ -11,7 +11,7 @@ import torch
 from factories import deit_state, original_audioset_state
 
 from ast_audio import ASTModel, DownloadError, load_model
-from ast_audio.checkpoints import REGISTRY, PublishedCheckpoint, register_checkpoint
+from ast_audio.hub import REGISTRY, PublishedCheckpoint, register_checkpoint
 
 
 class Server:
@@ -143,3 +143,19 @@ def test_audioset_pretrain_true_uses_the_default_published_file(ast_home):
     assert model.config.grid == (12, 12)
     with torch.no_grad():
         assert model(torch.randn(2, 128, 128)).shape == (2, 35)
+
+
+def test_the_old_import_paths_still_work():
+    """The registry and download moved to ast_audio.hub, the rename tables to ast_audio.layouts;
+    every name ast_audio.checkpoints offered before the split is still there, the same object."""
+    from ast_audio import checkpoints, hub, layouts
+
+    for name in ("REGISTRY", "PublishedCheckpoint", "register_checkpoint", "DEFAULT_AUDIOSET", "IMAGENET_FOR_SIZE",
+                 "cache_dir", "download", "resolve"):  # fmt: skip
+        assert getattr(checkpoints, name) is getattr(hub, name), name
+    for name in ("hf_to_original", "original_to_hf"):
+        assert getattr(checkpoints, name) is getattr(layouts, name), name
+    for name in ("FORMAT_NAME", "FORMAT_VERSION", "RawCheckpoint", "read_checkpoint", "load_state_strict",
+                 "init_from_imagenet", "init_from_audioset", "load_model", "save_checkpoint", "export_hf",
+                 "export_original", "DownloadError", "ASTModel", "ASTConfig", "ModelInfo", "SIZES"):  # fmt: skip
+        assert hasattr(checkpoints, name), name

@@ -92,3 +92,89 @@ def test_backward_runs_and_reaches_every_parameter():
     model = tiny_ast(input_tdim=48).train()
     model(torch.randn(2, 48, 128)).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- surgery and layering
+
+
+def test_model_file_imports_no_checkpoint_code():
+    """Arrows point down: model.py and pos_embed.py import neither hub, layouts nor checkpoints,
+    not even inside a function."""
+    import ast
+    from pathlib import Path
+
+    import ast_audio
+
+    for name in ("model.py", "pos_embed.py"):
+        tree = ast.parse((Path(ast_audio.__file__).parent / name).read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        assert not {m.rsplit(".", 1)[-1] for m in imported} & {"hub", "layouts", "checkpoints"}, (name, imported)
+
+
+def test_pretrained_without_the_checkpoint_code_is_a_clear_error(monkeypatch):
+    import ast_audio.model as model_module
+
+    monkeypatch.setattr(model_module, "_WEIGHTS", {})
+    with pytest.raises(ConfigError, match="pretrained weights need the checkpoint code"):
+        ASTModel(input_tdim=32, model_size="tiny224", verbose=False, depth=1)
+    ASTModel(input_tdim=32, imagenet_pretrain=False, model_size="tiny224", verbose=False, depth=1)  # no weights: fine
+
+
+def test_from_pretrained_equals_load_model(tmp_path):
+    from ast_audio import load_model
+    from ast_audio.checkpoints import export_original
+
+    path = export_original(tiny_ast(label_dim=527, input_tdim=1024), tmp_path / "audioset_10_10_0.4593.pth")
+    a = ASTModel.from_pretrained(path, input_tdim=300, label_dim=4)
+    b = load_model(path, input_tdim=300, label_dim=4)
+    assert type(a) is ASTModel and a.config == b.config and not a.training
+    for (name, x), (_, y) in zip(a.v.state_dict().items(), b.v.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("changes", [{"input_tdim": 300}, {"input_tdim": 2000}, {"fstride": 12, "tstride": 12},
+                                     {"input_fdim": 64}])  # fmt: skip
+def test_set_input_size_equals_loading_with_that_size(tmp_path, changes):
+    from ast_audio import load_model, save_checkpoint
+
+    source = tiny_ast(label_dim=527, input_tdim=1024)
+    path = save_checkpoint(source, tmp_path / "model.safetensors")
+    loaded = load_model(path, **changes)
+    regridded = source.set_input_size(**changes)
+    assert regridded is source and regridded.config == loaded.config
+    x = torch.randn(2, loaded.config.input_tdim, loaded.config.input_fdim)
+    with torch.no_grad():
+        torch.testing.assert_close(regridded(x), loaded(x), atol=0, rtol=0)
+
+
+def test_reset_classifier_and_pre_logits():
+    model = tiny_ast(label_dim=5, input_tdim=64)
+    model.info.labels = list("abcde")
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(feats, pre_logits=True), feats, atol=0, rtol=0)
+        model.reset_classifier(9)
+        assert model(x).shape == (2, 9) and model.config.label_dim == 9 and model.info.labels is None
+        torch.testing.assert_close(model.forward_features(x), feats, atol=0, rtol=0)  # the trunk is untouched
+    assert ASTModel.new_head is ASTModel.reset_classifier
+
+
+def test_any_length_equals_the_model_set_to_that_length():
+    import copy
+
+    model = tiny_ast(label_dim=3, input_tdim=300)
+    for length in (300, 217, 128, 16):
+        x = torch.randn(2, length, 128)
+        with torch.no_grad():
+            got = model.forward_head(model.forward_features(x, any_length=True))
+            want = copy.deepcopy(model).set_input_size(input_tdim=length)(x)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ConfigError, match=r"\[batch, 16..300 frames, 128 mel bins\], got \[1, 301, 128\]"):
+        model.forward_features(torch.randn(1, 301, 128), any_length=True)

@@ -113,3 +113,16 @@ def test_audioset_init_refuses_another_width(tmp_path):
     torch.save(original_audioset_state(depth=2), path)
     with pytest.raises(Exception, match=r"embedding dimension is 192 \(tiny224\) but the model's is 384"):
         ASTModel(audioset_pretrain=str(path), model_size="small224", verbose=False, depth=2)
+
+
+@pytest.mark.parametrize("grid", [(12, 101), (3, 8), (1, 5)])
+def test_crop_time_is_the_rules_time_cut(grid):
+    """The traceable cut (``any_length`` forward, ONNX dynamic time) equals the rule for every shorter width."""
+    from ast_audio.pos_embed import adapt_pos_embed, crop_time
+
+    f_dim, t_dim = grid
+    pos = torch.randn(1, 2 + f_dim * t_dim, 8)
+    for new_w in range(1, t_dim + 1):
+        got = crop_time(pos, grid, new_w)
+        torch.testing.assert_close(got, adapt_pos_embed(pos, grid, (f_dim, new_w)), atol=0, rtol=0)
+        torch.testing.assert_close(got[0, 2:], expected_grid(pos[0, 2:], grid, (f_dim, new_w)), atol=0, rtol=0)

@@ -6,7 +6,7 @@ Public API::
 """
 
 from .audio import AudioInfo, audio_info, load_audio, resample
-from .checkpoints import REGISTRY, load_model, save_checkpoint
+from .checkpoints import REGISTRY, load_model, save_checkpoint  # also hands ASTModel its weight loaders
 from .errors import (
     AstAudioError,
     AudioError,

@@ -43,7 +43,6 @@ import torch.nn as nn
 from .errors import ConfigError, ExportError
 from .fileio import atomic_write
 from .model import ASTModel
-from .pos_embed import adapt_pos_embed
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript", "verify_export"]
 
@@ -72,39 +71,16 @@ def _metadata(model: ASTModel, dynamic_time: bool) -> dict:
 
 
 class _DynamicTime(nn.Module):
-    """ASTModel's forward with the position grid cut to the input's ``t_dim`` at run time.
-
-    Mirrors :meth:`ASTModel.forward_tokens` (which checks for the fixed length) through
-    the same submodules; the cut is AST's rule (start ``t // 2 - t_new // 2``), so the
-    result equals the model re-gridded by ``load_model(..., input_tdim=T)``.
-    """
+    """The model on 16..``input_tdim`` frames: :meth:`ASTModel.forward_features` with
+    ``any_length=True`` cuts the position grid to the input's ``t_dim`` in the graph by AST's
+    rule, so a length ``T`` gives the logits of ``load_model(..., input_tdim=T)``."""
 
     def __init__(self, model: ASTModel):
         super().__init__()
         self.model = model
-        f_dim, t_dim = model.config.grid
-        pos = model.v.pos_embed.detach()
-        self.t_dim = t_dim
-        self.register_buffer("prefix", pos[:, :2].clone())  # (1, 2, D)
-        self.register_buffer("grid", pos[:, 2:].reshape(1, f_dim, t_dim, -1).clone())  # (1, f, t, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.model.v
-        x = x.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
-        x = v.patch_embed.proj(x)  # (B, D, f, t')
-        t_new = x.shape[-1]
-        x = x.flatten(2).transpose(1, 2)  # (B, f*t', D)
-        start = self.t_dim // 2 - t_new // 2
-        grid = self.grid[:, :, start : start + t_new].reshape(1, -1, self.grid.shape[-1])  # (1, f*t', D)
-        b = x.shape[0]
-        x = torch.cat(
-            [v.cls_token.expand(b, -1, -1), v.dist_token.expand(b, -1, -1), x], dim=1
-        )  # (B, 2+N, D)
-        x = x + torch.cat([self.prefix, grid], dim=1)
-        for block in v.blocks:
-            x = block(x)
-        x = v.norm(x)
-        return self.model.forward_head((x[:, 0] + x[:, 1]) / 2)
+        return self.model.forward_head(self.model.forward_features(x, any_length=True))
 
 
 def _cpu_copy(model: ASTModel) -> ASTModel:
@@ -200,14 +176,10 @@ def export_torchscript(model: ASTModel, path: str | os.PathLike) -> Path:
 
 
 def _regridded(model: ASTModel, input_tdim: int) -> ASTModel:
-    """``model`` with its position grid adapted to ``input_tdim`` frames (AST's rule), as load_model does."""
+    """A copy of ``model`` re-gridded to ``input_tdim`` frames (AST's rule), as load_model does."""
     if input_tdim == model.config.input_tdim:
         return model
-    other = ASTModel.from_config(model.config.replace(input_tdim=input_tdim), model.info)
-    state = model.state_dict()
-    state["v.pos_embed"] = adapt_pos_embed(state["v.pos_embed"], model.config.grid, other.config.grid)
-    other.load_state_dict(state)
-    return other.eval()
+    return copy.deepcopy(model).set_input_size(input_tdim=input_tdim).eval()
 
 
 def verify_export(

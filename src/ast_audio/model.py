@@ -6,11 +6,38 @@ positions, pre-norm transformer blocks, and a head over the mean of the two toke
 
 Parameter names equal the original implementation's (``v.blocks.N.attn.qkv.weight``,
 ``mlp_head.1.weight``...), so its checkpoints load after stripping ``module.``.
+
+Model surgery is made of methods (timm style): :meth:`ASTModel.set_input_size`
+re-grids the position embedding for another length or strides (the rule lives in
+:mod:`ast_audio.pos_embed`), :meth:`ASTModel.reset_classifier` puts a fresh head on,
+:meth:`ASTModel.forward_features` / :meth:`ASTModel.forward_head` give the pooled token
+(``pre_logits=True``), and ``any_length=True`` runs inputs shorter than ``input_tdim``
+with the position grid cut in the graph (what the ONNX export with a dynamic time axis
+traces).
+
+**Pretrained weights, without importing the checkpoint code.** Arrows point down: this
+file never imports :mod:`~ast_audio.hub`, :mod:`~ast_audio.layouts` or
+:mod:`~ast_audio.checkpoints`, not even inside a function. Yet the original constructor
+(``ASTModel(..., imagenet_pretrain=True)``) must load weights, and
+:meth:`ASTModel.from_pretrained` is the classmethod for loading. Decision: the checkpoint
+module, when imported, hands its two loaders to :func:`provide_weights` (``init_trunk``
+for the constructor's ``imagenet_pretrain`` / ``audioset_pretrain``, ``load`` for
+``from_pretrained``, i.e. ``load_model``). ``ast_audio/__init__.py`` imports
+:mod:`ast_audio.checkpoints`, and Python runs a package's ``__init__`` before any of its
+modules, so ``from ast_audio.model import ASTModel`` finds them in place; a model built
+without them (nothing imported the checkpoint code) raises a clear error instead of
+silently skipping the weights. A factory in place of the class was rejected: it would
+break ``isinstance`` and subclassing of ``ASTModel``.
+
+About 460 lines, over the project's ~400: the config, the blocks, the model and its
+surgery are kept in one file so that it reads top to bottom like the paper (nanoGPT's
+``model.py``); ``ModelInfo`` stays here because its callers import it from here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -19,6 +46,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .features import InputContract
+from .pos_embed import NUM_PREFIX_TOKENS, adapt_pos_embed, crop_time
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +246,27 @@ class Backbone(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
 
 
+# --------------------------------------------------------------------------- pretrained weights
+
+# Filled by ast_audio.checkpoints when it is imported (see the module notes).
+_WEIGHTS: dict[str, Callable] = {}
+
+
+def provide_weights(*, init_trunk: Callable, load: Callable) -> None:
+    """Hand the model its weight loaders: ``init_trunk(model, source, kind)`` initialises the
+    trunk in place (``kind`` ``"imagenet"`` or ``"audioset"``), ``load(cls, source, **adapt)``
+    builds a whole model from a checkpoint. Called by :mod:`ast_audio.checkpoints` on import."""
+    _WEIGHTS.update(init_trunk=init_trunk, load=load)
+
+
+def _weights(name: str) -> Callable:
+    if name not in _WEIGHTS:
+        raise ConfigError(
+            "pretrained weights need the checkpoint code: import ast_audio (or ast_audio.checkpoints) first"
+        )
+    return _WEIGHTS[name]
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -228,7 +277,8 @@ class ASTModel(nn.Module):
     weights: the DeiT file of ``model_size``, resp. ``audioset_10_10_0.4593``), ``False``,
     a path to a local weights file, or a known checkpoint name. AudioSet weights take
     precedence and need no ImageNet weights. ``depth`` and ``layer_norm_eps`` are extras
-    for small test models and for Hugging Face configs.
+    for small test models and for Hugging Face configs. :meth:`from_pretrained` loads a
+    whole checkpoint instead (head, labels and statistics included).
 
     Input ``[batch, time, mel]`` normalised filterbanks; output ``[batch, label_dim]`` logits.
     """
@@ -259,13 +309,9 @@ class ASTModel(nn.Module):
         self.reset_parameters()
 
         if audioset_pretrain:
-            from .checkpoints import init_from_audioset
-
-            init_from_audioset(self, audioset_pretrain)
+            _weights("init_trunk")(self, audioset_pretrain, "audioset")
         elif imagenet_pretrain:
-            from .checkpoints import init_from_imagenet
-
-            init_from_imagenet(self, imagenet_pretrain)
+            _weights("init_trunk")(self, imagenet_pretrain, "imagenet")
         if verbose:
             f_dim, t_dim = cfg.grid
             log.info(
@@ -286,6 +332,26 @@ class ASTModel(nn.Module):
             model.info = info
         return model
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        source,
+        *,
+        label_dim: int | None = None,
+        fstride: int | None = None,
+        tstride: int | None = None,
+        input_tdim: int | None = None,
+        input_fdim: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> ASTModel:
+        """A model in eval mode from any checkpoint: a file, a Hugging Face folder or a published
+        name (what :func:`ast_audio.load_model` takes). Arguments that differ from the
+        checkpoint's adapt it (re-gridded positions, a fresh head)."""
+        return _weights("load")(
+            cls, source, label_dim=label_dim, fstride=fstride, tstride=tstride,
+            input_tdim=input_tdim, input_fdim=input_fdim, device=device,
+        )  # fmt: skip
+
     def reset_parameters(self) -> None:
         """Initialise as DeiT does (truncated normal 0.02 for tokens and linears)."""
         for name in ("cls_token", "dist_token", "pos_embed"):
@@ -301,8 +367,10 @@ class ASTModel(nn.Module):
         for module in self.mlp_head:
             module.reset_parameters()
 
-    def new_head(self, label_dim: int) -> None:
-        """Replace the classification head by a fresh one with ``label_dim`` outputs."""
+    # ----------------------------------------------------------------- surgery
+
+    def reset_classifier(self, label_dim: int) -> None:
+        """Replace the classification head by a fresh one with ``label_dim`` outputs (labels forgotten)."""
         dim = self.config.embed_dim
         ref = self.mlp_head[1].weight
         self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, label_dim)).to(ref.device, ref.dtype)
@@ -321,45 +389,85 @@ class ASTModel(nn.Module):
             mean=info.dataset_mean, std=info.dataset_std, activation="sigmoid" if info.multilabel else "softmax",
         )  # fmt: skip
 
+    new_head = reset_classifier  # the name this project used first
+
+    def set_input_size(
+        self,
+        input_tdim: int | None = None,
+        input_fdim: int | None = None,
+        fstride: int | None = None,
+        tstride: int | None = None,
+    ) -> ASTModel:
+        """Take another input length, number of bins or strides, in place: the position grid is
+        cut or interpolated by AST's rule (:func:`~ast_audio.pos_embed.adapt_pos_embed`), the
+        patch projection keeps its weights and takes the new strides. Returns ``self``."""
+        old = self.config
+        new = old.replace(input_tdim=input_tdim, input_fdim=input_fdim, fstride=fstride, tstride=tstride)
+        if new == old:
+            return self
+        v = self.v
+        with torch.no_grad():
+            pos = adapt_pos_embed(v.pos_embed.detach(), old.grid, new.grid)
+        v.pos_embed = nn.Parameter(pos, requires_grad=v.pos_embed.requires_grad)
+        v.patch_embed.proj.stride = (new.fstride, new.tstride)
+        self.config = new
+        return self
+
     # ----------------------------------------------------------------- forward
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def _check_input(self, x: torch.Tensor, any_length: bool = False) -> None:
         cfg = self.config
-        if x.dim() != 3 or x.shape[1] != cfg.input_tdim or x.shape[2] != cfg.input_fdim:
+        ok = x.dim() == 3 and x.shape[2] == cfg.input_fdim
+        ok = ok and (PATCH <= x.shape[1] <= cfg.input_tdim if any_length else x.shape[1] == cfg.input_tdim)
+        if not ok:
+            frames = f"{PATCH}..{cfg.input_tdim}" if any_length else cfg.input_tdim
             raise ConfigError(
-                f"model input must be [batch, {cfg.input_tdim} frames, {cfg.input_fdim} mel bins], "
-                f"got {list(x.shape)}"
+                f"model input must be [batch, {frames} frames, {cfg.input_fdim} mel bins], got {list(x.shape)}"
             )
 
-    def forward_tokens(self, x: torch.Tensor, attn_maps: list | None = None) -> torch.Tensor:
-        """All output tokens after the final norm: ``(B, 2 + f_dim * t_dim, D)``."""
-        self._check_input(x)
+    def forward_tokens(
+        self, x: torch.Tensor, attn_maps: list | None = None, *, any_length: bool = False
+    ) -> torch.Tensor:
+        """All output tokens after the final norm: ``(B, 2 + f_dim * t_dim, D)``.
+
+        ``any_length=True`` accepts 16..``input_tdim`` frames: the position grid is cut to the
+        input's patch columns by AST's rule (:func:`~ast_audio.pos_embed.crop_time`), which
+        equals the model after ``set_input_size(input_tdim=T)``.
+        """
+        self._check_input(x, any_length)
         v = self.v
         x = x.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
-        x = v.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, f*t, D): frequency rows, time fastest
+        x = v.patch_embed.proj(x)  # (B, D, f, t)
+        pos = crop_time(v.pos_embed, self.config.grid, x.shape[-1]) if any_length else v.pos_embed
+        x = x.flatten(2).transpose(1, 2)  # (B, f*t, D): frequency rows, time fastest
         B = x.shape[0]
         x = torch.cat(
             [v.cls_token.expand(B, -1, -1), v.dist_token.expand(B, -1, -1), x], dim=1
         )  # (B, 2+N, D)
-        x = x + v.pos_embed
+        x = x + pos
         for block in v.blocks:
             x = block(x, attn_maps)
         return v.norm(x)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled embedding: mean of the ``cls`` and ``dist`` outputs, ``(B, D)``."""
-        tokens = self.forward_tokens(x)
+    @staticmethod
+    def pool(tokens: torch.Tensor) -> torch.Tensor:
+        """AST's pooled token: the mean of the ``cls`` and ``dist`` outputs, ``(B, D)``."""
         return (tokens[:, 0] + tokens[:, 1]) / 2
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp_head(features)
+    def forward_features(self, x: torch.Tensor, *, any_length: bool = False) -> torch.Tensor:
+        """The pooled embedding: mean of the ``cls`` and ``dist`` outputs, ``(B, D)``."""
+        return self.pool(self.forward_tokens(x, any_length=any_length))
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits of pooled ``features``; with ``pre_logits`` the features themselves (timm's convention)."""
+        return features if pre_logits else self.mlp_head(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     def token_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Patch outputs laid out on the patch grid: ``(B, f_dim, t_dim, D)``."""
-        tokens = self.forward_tokens(x)[:, 2:]
+        tokens = self.forward_tokens(x)[:, NUM_PREFIX_TOKENS:]
         f_dim, t_dim = self.config.grid
         return tokens.reshape(tokens.shape[0], f_dim, t_dim, tokens.shape[-1])  # (B, f, t, D)
 
@@ -367,8 +475,7 @@ class ASTModel(nn.Module):
         """Logits and every layer's attention weights, each ``(B, heads, 2+N, 2+N)``."""
         maps: list[torch.Tensor] = []
         tokens = self.forward_tokens(x, attn_maps=maps)
-        logits = self.forward_head((tokens[:, 0] + tokens[:, 1]) / 2)
-        return logits, maps
+        return self.forward_head(self.pool(tokens)), maps
 
     def flops(self) -> int:
         """Multiply-accumulates x2 of one forward pass on one clip (matmuls only)."""

@@ -5,6 +5,10 @@ fastest). Each axis is handled on its own, time first and then frequency: when t
 length is not larger it takes the centred window starting at ``old // 2 - new // 2``;
 when it is larger it is bilinearly interpolated (``align_corners=False``). The same rule
 serves ImageNet DeiT grids (14x14, 24x24) and AudioSet grids (12x101 at strides 10/10).
+
+:func:`adapt_pos_embed` applies the rule to a stored embedding (loading, and
+``ASTModel.set_input_size``); :func:`crop_time` is its time cut in a form a tracer keeps
+symbolic (``ASTModel.forward_tokens(..., any_length=True)``, the ONNX dynamic time axis).
 """
 
 from __future__ import annotations
@@ -49,3 +53,17 @@ def adapt_pos_embed(
     grid = resize_grid(grid.float(), new_hw).to(pos_embed.dtype)
     grid = grid.reshape(1, dim, new_hw[0] * new_hw[1]).transpose(1, 2)  # (1, H'*W', D)
     return torch.cat([prefix, grid], dim=1)
+
+
+def crop_time(pos_embed: torch.Tensor, grid_hw: tuple[int, int], new_w: int) -> torch.Tensor:
+    """The rule's cut along time only (``new_w <= W``), written so that a tracer keeps ``new_w``
+    symbolic: a ``(1, 2 + H*W, D)`` embedding on ``grid_hw`` -> ``(1, 2 + H*new_w, D)``.
+
+    Equals ``adapt_pos_embed(pos_embed, (H, W), (H, new_w))`` for every ``new_w <= W``.
+    """
+    old_h, old_w = grid_hw
+    dim = pos_embed.shape[2]
+    start = old_w // 2 - new_w // 2
+    grid = pos_embed[:, NUM_PREFIX_TOKENS:].reshape(1, old_h, old_w, dim)  # (1, H, W, D)
+    grid = grid[:, :, start : start + new_w].reshape(1, -1, dim)  # (1, H*new_w, D)
+    return torch.cat([pos_embed[:, :NUM_PREFIX_TOKENS], grid], dim=1)
