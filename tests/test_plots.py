@@ -26,7 +26,9 @@ def attention_map() -> AttentionMap:
     features = rng.standard_normal((100, 128)).astype(np.float32)
     attention = rng.random((100, 128)).astype(np.float32)
     grid = rng.random((12, 9)).astype(np.float32)
-    return AttentionMap("clip.wav", 1.5, 2.5, "rollout", features, grid, attention, [("dog", 0.9), ("cat", 0.2)])
+    return AttentionMap(
+        "clip.wav", 1.5, 2.5, "rollout", features, grid, attention, [("dog", 0.9), ("cat", 0.2)]
+    )
 
 
 def decoded(path) -> tuple[int, int]:
@@ -39,10 +41,16 @@ def decoded(path) -> tuple[int, int]:
 def test_each_plot_writes_a_png_that_decodes_and_nothing_else(tmp_path):
     matrix = np.array([[5, 1, 0], [0, 7, 2], [1, 0, 9]])
     curves = plot_curves(curve_rows(), tmp_path / "run" / "curves.png", "acc")
-    confusion = plot_confusion(matrix, ["tone", "noise", "chirp"], tmp_path / "run" / "confusion.png", "fold 5")
+    confusion = plot_confusion(
+        matrix, ["tone", "noise", "chirp"], tmp_path / "run" / "confusion.png", "fold 5"
+    )
     attention = plot_attention(attention_map(), tmp_path / "run" / "attention.png", title="a title")
     assert (decoded(curves), decoded(confusion), decoded(attention)) == ((1000, 400), (700, 600), (1000, 750))
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["attention.png", "confusion.png", "curves.png"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "attention.png",
+        "confusion.png",
+        "curves.png",
+    ]
     before = curves.read_bytes()
     plot_curves(curve_rows(5), curves, "mAP")  # replaced whole, no temporary file left beside it
     assert curves.read_bytes() != before and decoded(curves) == (1000, 400)
@@ -74,6 +82,8 @@ def test_plotting_changes_neither_the_backend_nor_pyplot(tmp_path):
         print("unchanged")
     """)
     here = Path(__file__).parent  # the script imports this module's helpers
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=here, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=here, timeout=300
+    )
     assert out.returncode == 0 and out.stdout.strip() == "unchanged", out.stderr
     assert len(list(tmp_path.glob("*.png"))) == 6

@@ -87,7 +87,8 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | os.Path
     ax.set_yticks(range(len(names)), names)
     for (i, j), count in np.ndenumerate(matrix):
         if count:
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", color=color)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)

@@ -156,10 +156,8 @@ class AudioTagger:
         for rec in self._run(inputs, Plan(Head.PROBS, hop=hop), on_error, progress):
             whole = rec.segments[0]
             scores = whole.scores(aggregate)
-            out.append(
-                Prediction(rec.path, top_labels(scores, self.labels, top_k), scores, rec.duration,
-                           whole.members[0].spans)  # fmt: skip
-            )
+            top = top_labels(scores, self.labels, top_k)
+            out.append(Prediction(rec.path, top, scores, rec.duration, whole.members[0].spans))
         return one_or_list(out, single)
 
     def timeline(
@@ -190,7 +188,9 @@ class AudioTagger:
             windows = []
             for segment in rec.segments:
                 scores = segment.scores(aggregate)
-                windows.append(Window(segment.start, segment.end, scores, top_labels(scores, self.labels, top_k)))
+                windows.append(
+                    Window(segment.start, segment.end, scores, top_labels(scores, self.labels, top_k))
+                )
             events = merge_events(windows, self.labels, threshold)
             out.append(Timeline(rec.path, rec.duration, list(self.labels), windows, events))
         return one_or_list(out, single)
@@ -271,7 +271,8 @@ class AudioTagger:
             for item, waves in self._loaded(inputs, on_error, progress):
                 num_samples = len(waves[self.members[0].rate])
                 segments = [
-                    Segment(s0, s1, [Windows() for _ in self.members]) for s0, s1 in self._segments(num_samples, plan)
+                    Segment(s0, s1, [Windows() for _ in self.members])
+                    for s0, s1 in self._segments(num_samples, plan)
                 ]
                 records.append(Record(item.path, num_samples / self.members[0].rate, segments))
                 for segment in segments:
@@ -295,7 +296,9 @@ class AudioTagger:
         spans = window_spans(num_samples, max(1, round(window * rate)), max(1, round(hop * rate)))
         return [(a / rate, b / rate) for a, b in spans]
 
-    def _loaded(self, inputs: list[Input], on_error, progress: bool) -> Iterator[tuple[Input, dict[int, torch.Tensor]]]:
+    def _loaded(
+        self, inputs: list[Input], on_error, progress: bool
+    ) -> Iterator[tuple[Input, dict[int, torch.Tensor]]]:
         """Each input decoded at every sample rate the members need; failures go to ``on_error``."""
         from tqdm.auto import tqdm
 
@@ -333,7 +336,9 @@ class AudioTagger:
             by_length.setdefault(len(wave), []).append(j)
         feats: list[torch.Tensor | None] = [None] * len(waves)
         for idx in by_length.values():
-            x = waveform_to_input(torch.stack([waves[j] for j in idx]).to(self.device), m.features)  # (n, T, F)
+            x = waveform_to_input(
+                torch.stack([waves[j] for j in idx]).to(self.device), m.features
+            )  # (n, T, F)
             for k, j in enumerate(idx):
                 feats[j] = x[k]
         return torch.stack(feats)  # (B, T, F)

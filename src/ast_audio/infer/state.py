@@ -87,7 +87,9 @@ class Member:
     def hop(self, seconds: float | None) -> int:
         return max(1, self.window // 2 if seconds is None else round(seconds * self.rate))
 
-    def model_windows(self, num_samples: int, start: float, end: float, hop: float | None) -> list[tuple[int, int]]:
+    def model_windows(
+        self, num_samples: int, start: float, end: float, hop: float | None
+    ) -> list[tuple[int, int]]:
         """``[a, b)`` sample spans of this member's model windows in the segment ``[start, end)`` seconds."""
         a, b = round(start * self.rate), min(num_samples, round(end * self.rate))
         return [(a + c0, a + c1) for c0, c1 in window_spans(max(1, b - a), self.window, self.hop(hop))]
