@@ -20,10 +20,10 @@ from ast_audio.infer import (
     attention_grid,
     grid_to_frames,
     merge_events,
-    pick_device,
     window_spans,
 )
 from ast_audio.presets import PRESETS
+from ast_audio.runtime import pick_device
 
 SR = 16000
 MEAN, STD = PRESETS["audioset"].mean, PRESETS["audioset"].std
@@ -380,3 +380,16 @@ def test_attention_rollout_matches_its_definition(files, tmp_path):
     assert att.start == 2.0 and att.end == pytest.approx(2.0 + WINDOW_300 / SR)
     png = tagger.plot(files["short"], tmp_path / "plots" / "short.png", method="last")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_names_of_the_former_module_stay_importable():
+    import ast_audio
+    import ast_audio.infer as infer
+
+    for name in ["AGGREGATES", "PRECISIONS", "Audio", "AttentionMap", "AudioTagger", "Embedding", "Event",
+                 "Prediction", "Timeline", "Window", "attention_grid", "grid_to_frames", "merge_events",
+                 "pick_device", "plot_attention", "window_spans"]:  # fmt: skip
+        assert hasattr(infer, name), name
+    for name in ["AudioTagger", "Embedding", "Event", "Prediction", "Timeline", "Window", "plot_attention"]:
+        assert getattr(ast_audio, name) is getattr(infer, name)
+    assert infer.AGGREGATES == ("max", "mean") and infer.PRECISIONS == ("fp32", "bf16", "int8")

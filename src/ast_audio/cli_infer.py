@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import AstAudioError, AudioError, ConfigError
 from .fileio import atomic_write
+from .runtime import PRECISIONS
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
 GROUP_FILES = 64  # files per library call: output appears as it is ready, memory stays bounded
@@ -76,29 +77,26 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, unit="file", disable=True if quiet or total < 2 else None, leave=False)
 
 
-def _labels_json(labels: list[tuple[str, float]]) -> list[dict]:
-    return [{"rank": r, "label": name, "score": round(score, 6)} for r, (name, score) in enumerate(labels, 1)]
-
-
 class _Output:
-    """Writes predictions or timelines as a table, JSON or CSV on stdout, as they come."""
+    """Writes predictions or timelines as a table, JSON or CSV on stdout, as they come.
+
+    JSON objects and CSV rows are the results' own (``to_json``, ``csv_rows``, ``CSV_HEADER``).
+    """
 
     def __init__(self, fmt: str, timeline: bool):
+        from .infer import Prediction, Timeline
+
         self.fmt, self.timeline = fmt, timeline
         self.objects: list[dict] = []
         self.csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
         if self.csv:
-            self.csv.writerow(
-                ["path", "label", "start", "end", "peak"] if timeline else ["path", "rank", "label", "score"]
-            )
+            self.csv.writerow((Timeline if timeline else Prediction).CSV_HEADER)
 
     def prediction(self, p) -> None:
         if self.fmt == "json":
-            self.objects.append({"path": p.path, "duration": round(p.duration, 3), "windows": len(p.spans),
-                                 "labels": _labels_json(p.labels)})  # fmt: skip
+            self.objects.append(p.to_json())
         elif self.csv:
-            for rank, (name, score) in enumerate(p.labels, 1):
-                self.csv.writerow([p.path, rank, name, f"{score:.6f}"])
+            self.csv.writerows(p.csv_rows())
         else:
             windows = f", {len(p.spans)} windows, max over windows" if len(p.spans) > 1 else ""
             print(f"{p.path}  ({p.duration:.2f} s{windows})")
@@ -108,16 +106,9 @@ class _Output:
 
     def timeline_of(self, t) -> None:
         if self.fmt == "json":
-            self.objects.append({
-                "path": t.path, "duration": round(t.duration, 3),
-                "windows": [{"start": round(w.start, 3), "end": round(w.end, 3), "labels": _labels_json(w.labels)}
-                            for w in t.windows],
-                "events": [{"label": e.label, "start": round(e.start, 3), "end": round(e.end, 3),
-                            "peak": round(e.peak, 6)} for e in t.events],
-            })  # fmt: skip
+            self.objects.append(t.to_json())
         elif self.csv:
-            for e in t.events:
-                self.csv.writerow([t.path, e.label, f"{e.start:.3f}", f"{e.end:.3f}", f"{e.peak:.6f}"])
+            self.csv.writerows(t.csv_rows())
         else:
             print(f"{t.path}  ({t.duration:.2f} s, {len(t.windows)} windows)")
             for w in t.windows:
@@ -267,8 +258,9 @@ def add_commands(sub) -> None:
         p.add_argument(
             "-b", "--batch-size", type=_positive_int, default=8, help="model windows per batch (8)"
         )
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-        p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+        p.add_argument("--device", default=None,
+                       help="cpu, cuda, cuda:1... (default: cuda if available; the CPU for --precision int8)")  # fmt: skip
+        p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32; bf16 autocast; int8: dynamically quantised Linear layers, CPU only (fp32)")  # fmt: skip
         p.add_argument("--compile", action="store_true",
                        help="torch.compile the model: slow start, batches padded to --batch-size")  # fmt: skip

@@ -26,6 +26,7 @@ import numpy as np
 
 from .data import read_datafile, write_datafile
 from .fileio import atomic_write
+from .plots import plot_confusion
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +52,6 @@ def _fold_datafile(prepared: Path, folds: tuple[int, ...], out: Path, label_csv:
         df = read_datafile(eval_datafile(prepared, k), label_csv)
         rows += [(e.wav, [df.labels.mids[i] for i in e.labels]) for e in df.entries]
     return write_datafile(out, rows)
-
-
-def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for (i, j), count in np.ndenumerate(matrix):
-        if count:
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return path
 
 
 def run_demo(

@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .fileio import atomic_write
 from .labels import read_label_csv
 from .metrics import Stats, calculate_stats
+from .runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def evaluate_checkpoints(
     labels = read_label_csv(label_csv)
     datafile = read_datafile(data, labels)
     targets = datafile.targets()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device)
     results: list[tuple[str, Stats]] = []
     members = []
     for source in checkpoints:

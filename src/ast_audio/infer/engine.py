@@ -1,0 +1,363 @@
+"""The tagger: :class:`AudioTagger` and the engine that feeds its model windows in batches.
+
+Every call takes one path, top to bottom (the typed state it fills is in :mod:`.state`):
+
+1. **inputs** -> each recording decoded at every sample rate the members need (``_loaded``);
+2. -> **segments** (the whole recording; or the windows of a timeline) -> each member's
+   **model windows** inside each segment (``Member.model_windows``);
+3. -> **batches** of model windows per member (``Batch``), shared by all recordings;
+4. -> **model input** (``_model_input``: the engine's one place from waveform to features)
+   -> **model** (``_forward``, which :class:`Head` asks for: probabilities, pooled
+   embeddings or token grids);
+5. -> **per-window outputs**, collected in order in each segment's ``Windows`` accumulators;
+6. -> **per-file results** (:class:`Prediction`, :class:`Timeline`, :class:`Embedding`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import runtime
+from ..errors import AstAudioError, ConfigError
+from ..features import frame_sizes
+from ..model import ASTModel
+from ..pipeline import batch_input, fit_waveform
+from ..plots import plot_attention
+from .attention import attention_grid, grid_to_frames
+from .inputs import Audio, Input, as_inputs, load_input, one_or_list
+from .results import AttentionMap, Embedding, Prediction, Timeline, Window, top_labels
+from .state import REDUCE, Batch, Head, Member, Outputs, Plan, Record, Segment, Windows
+from .windows import merge_events, window_spans
+
+__all__ = ["AGGREGATES", "AudioTagger"]
+
+log = logging.getLogger(__name__)
+
+AGGREGATES = tuple(REDUCE)  # ("max", "mean")
+
+
+class AudioTagger:
+    """Tag, time, embed and explain recordings with one AST checkpoint or an ensemble.
+
+    ``checkpoint`` is anything :func:`~ast_audio.checkpoints.load_model` accepts (a file,
+    a Hugging Face folder, a published name) or an :class:`ASTModel`, or a list of these:
+    an ensemble whose members' probabilities are averaged. ``device=None`` picks CUDA when
+    available (:func:`ast_audio.runtime.pick_device`). ``batch_size`` model windows go
+    through the model at once (windows of several files share batches).
+
+    ``precision`` is how the model computes (features are always float32); ``None`` means
+    ``"fp32"``, or ``"bf16"`` with ``autocast=True``:
+
+    - ``"fp32"`` (default): float32 throughout, the reference.
+    - ``"bf16"``: the model under bfloat16 autocast (``autocast=True`` is a synonym).
+      Fast where the hardware has bf16 matrix units (AMX or AVX512-BF16 CPUs, recent
+      GPUs); elsewhere it can be slower than fp32.
+    - ``"int8"``: dynamic int8 quantisation of every ``nn.Linear``
+      (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised
+      per batch) on a copy of the model, so an :class:`ASTModel` passed in is left as it
+      was. CPU only. Meant for CPUs without fast bf16 (no AMX/AVX512-BF16); where bf16 is
+      fast it is the better choice. ``device=None`` then means the CPU.
+
+    ``compile=True`` runs the model through ``torch.compile(..., dynamic=False)`` (each
+    member, and its token path for ``embed``, compiled on first use). Every batch is then
+    padded with zero windows up to ``batch_size`` (their outputs dropped), so the last,
+    smaller batch reuses the compiled graph instead of compiling again; a few files in a
+    large ``batch_size`` therefore cost a full batch. ``attention`` always runs eagerly.
+    With ``"int8"`` it works, but the graph breaks at every quantised Linear, so expect
+    little from it (not measured).
+
+    Measured on a 2-core Intel Xeon with AMX (base384, 1024 frames, batch 4, model
+    forward only; logit differences against fp32; "-": not measured):
+
+    ======================  =========  ===================  ==============================
+    precision / compile     s / clip   max logit diff       note
+    ======================  =========  ===================  ==============================
+    fp32                    0.83       (reference)
+    bf16                    0.26       0.02
+    int8                    0.56       0.17                 bf16 is faster on this CPU
+    fp32 + compile          0.83       -                    no gain
+    bf16 + compile          0.23       -                    ~15% over bf16 eager
+    ======================  =========  ===================  ==============================
+
+    ``torch.compile`` first spends 10-40 s compiling (per member and per output kind), so
+    it pays off on long runs only.
+
+    ``predict``, ``timeline`` and ``embed`` take ``on_error``: without it, the first input
+    that cannot be read raises its ``AstAudioError``; with it, the error is passed to it
+    and that input is left out of the results (a single input then gives ``None``).
+    ``progress=True`` shows a bar over the inputs (tqdm, on stderr).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | ASTModel | Sequence[str | os.PathLike | ASTModel],
+        device: str | torch.device | None = None,
+        *,
+        batch_size: int = 8,
+        precision: str | None = None,
+        compile: bool = False,
+        autocast: bool = False,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        precision = runtime.resolve_precision(precision, autocast)
+        sources = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
+        if not sources:
+            raise ConfigError("AudioTagger needs at least one checkpoint")
+        self.device = runtime.device_for(precision, device)
+        self.batch_size = batch_size
+        self.precision = precision
+        self.autocast = precision == "bf16"
+        self.compile = bool(compile)
+        self.members = [Member.load(i, source, self.device, precision) for i, source in enumerate(sources)]
+        first = self.members[0]
+        dims = {m.name: m.model.config.label_dim for m in self.members}
+        if len(set(dims.values())) > 1:
+            listing = ", ".join(f"{name}: {dim}" for name, dim in dims.items())
+            raise ConfigError(f"ensemble members must have the same number of labels; got {listing}")
+        info = first.model.info
+        self.labels: list[str] = list(
+            info.labels or [f"class {i}" for i in range(first.model.config.label_dim)]
+        )
+        for m in self.members[1:]:
+            if m.model.info.labels and list(m.model.info.labels) != self.labels:
+                log.warning("%s: label names differ from %s's; using the first member's", m.name, first.name)
+        self.multilabel = info.multilabel
+
+    # ----------------------------------------------------------------- public API
+
+    def predict(
+        self,
+        audio: Audio | Sequence[Audio],
+        sample_rate: int | None = None,
+        *,
+        top_k: int = 5,
+        aggregate: str = "max",
+        hop: float | None = None,
+        on_error: Callable[[AstAudioError], None] | None = None,
+        progress: bool = False,
+    ) -> Prediction | list[Prediction] | None:
+        """Top-``top_k`` labels and all probabilities of each recording.
+
+        ``audio``: a path, a waveform ``[samples]`` (with ``sample_rate``) -> one
+        :class:`Prediction`; a list of these or a batch ``[n, samples]`` -> a list. A long
+        recording is windowed (``hop`` seconds apart, default half a model input) and
+        aggregated by ``aggregate`` (``"max"`` or ``"mean"`` over windows). For
+        ``on_error`` and ``progress`` see the class notes.
+        """
+        _check_aggregate(aggregate)
+        inputs, single = as_inputs(audio, sample_rate)
+        out = []
+        for rec in self._run(inputs, Plan(Head.PROBS, hop=hop), on_error, progress):
+            whole = rec.segments[0]
+            scores = whole.scores(aggregate)
+            top = top_labels(scores, self.labels, top_k)
+            out.append(Prediction(rec.path, top, scores, rec.duration, whole.members[0].spans))
+        return one_or_list(out, single)
+
+    def timeline(
+        self,
+        audio: Audio | Sequence[Audio],
+        window: float = 10.0,
+        hop: float = 5.0,
+        *,
+        sample_rate: int | None = None,
+        threshold: float = 0.5,
+        top_k: int = 5,
+        aggregate: str = "max",
+        on_error: Callable[[AstAudioError], None] | None = None,
+        progress: bool = False,
+    ) -> Timeline | list[Timeline] | None:
+        """Scores per window of ``window`` seconds every ``hop`` seconds, and merged events.
+
+        Windows cover the whole recording (the last one aligned to its end); each is
+        scored as ``predict`` scores a clip. Consecutive windows where a label reaches
+        ``threshold`` become one :class:`Event` (see :func:`merge_events`).
+        """
+        _check_aggregate(aggregate)
+        if not (window > 0 and hop > 0):
+            raise ConfigError(f"timeline window and hop must be positive seconds, got {window} and {hop}")
+        inputs, single = as_inputs(audio, sample_rate)
+        out = []
+        for rec in self._run(inputs, Plan(Head.PROBS, timeline=(window, hop)), on_error, progress):
+            windows = []
+            for segment in rec.segments:
+                scores = segment.scores(aggregate)
+                windows.append(
+                    Window(segment.start, segment.end, scores, top_labels(scores, self.labels, top_k))
+                )
+            events = merge_events(windows, self.labels, threshold)
+            out.append(Timeline(rec.path, rec.duration, list(self.labels), windows, events))
+        return one_or_list(out, single)
+
+    def embed(
+        self,
+        audio: Audio | Sequence[Audio],
+        sample_rate: int | None = None,
+        *,
+        tokens: bool = False,
+        hop: float | None = None,
+        on_error: Callable[[AstAudioError], None] | None = None,
+        progress: bool = False,
+    ) -> Embedding | list[Embedding] | None:
+        """The pooled embedding (mean of the ``cls`` and ``dist`` outputs) of each recording.
+
+        Long recordings: one embedding per model window (``hop`` seconds apart, default half
+        a window) and ``embedding`` their mean. ``tokens=True`` adds the token grids
+        ``[windows, f_dim, t_dim, dim]``. Needs a single checkpoint (members of an ensemble
+        may have different widths).
+        """
+        if len(self.members) > 1:
+            raise ConfigError("embed needs a single checkpoint, not an ensemble")
+        inputs, single = as_inputs(audio, sample_rate)
+        plan = Plan(Head.TOKENS if tokens else Head.EMBEDDING, hop=hop)
+        out = []
+        for rec in self._run(inputs, plan, on_error, progress):
+            windows = rec.segments[0].members[0]
+            pooled = np.stack(windows.pooled)  # (W, D)
+            grids = np.stack(windows.tokens) if tokens else None  # (W, f, t, D)
+            out.append(Embedding(rec.path, pooled.mean(axis=0), rec.duration, windows.spans, pooled, grids))
+        return one_or_list(out, single)
+
+    def attention(
+        self,
+        audio: Audio,
+        sample_rate: int | None = None,
+        *,
+        start: float = 0.0,
+        method: str = "rollout",
+        top_k: int = 5,
+        member: int = 0,
+    ) -> AttentionMap:
+        """Attention of one model window (starting ``start`` seconds in) of member ``member``.
+
+        The window is what the model sees: ``input_tdim`` frames, padded as in training
+        when the recording ends earlier.
+        """
+        inputs, single = as_inputs(audio, sample_rate)
+        if not single:
+            raise ConfigError("attention takes one recording")
+        m = self.members[member]
+        wave = load_input(inputs[0], m.rate)
+        a = min(max(0, round(start * m.rate)), max(0, len(wave) - 1))
+        chunk = wave[a : a + m.window]
+        x = self._model_input(m, [chunk])  # (1, T, F)
+        with torch.inference_mode(), self._autocast():
+            logits, grid = attention_grid(m.model, x, method)
+            spread = grid_to_frames(grid, m.model)  # (1, T, F)
+            scores = m.probs(logits)[0].float().cpu().numpy()
+        return AttentionMap(
+            inputs[0].path, a / m.rate, (a + len(chunk)) / m.rate, method, x[0].float().cpu().numpy(),
+            grid[0].float().cpu().numpy(), spread[0].float().cpu().numpy(), top_labels(scores, self.labels, top_k),
+            frame_sizes(m.rate)[1] / m.rate,
+        )  # fmt: skip
+
+    def plot(self, audio: Audio, out: str | os.PathLike, sample_rate: int | None = None, **kwargs) -> Path:
+        """:meth:`attention` then :func:`~ast_audio.plots.plot_attention` into the PNG ``out``."""
+        return plot_attention(self.attention(audio, sample_rate, **kwargs), out)
+
+    # ----------------------------------------------------------------- the engine
+
+    def _run(self, inputs: list[Input], plan: Plan, on_error, progress: bool) -> list[Record]:
+        """Every model window of every input through every member, in shared batches."""
+        batches = [Batch(m) for m in self.members]
+        records: list[Record] = []
+        with torch.inference_mode():
+            for item, waves in self._loaded(inputs, on_error, progress):
+                num_samples = len(waves[self.members[0].rate])
+                segments = [
+                    Segment(s0, s1, [Windows() for _ in self.members])
+                    for s0, s1 in self._segments(num_samples, plan)
+                ]
+                records.append(Record(item.path, num_samples / self.members[0].rate, segments))
+                for segment in segments:
+                    for batch, windows in zip(batches, segment.members, strict=True):
+                        m, wave = batch.member, waves[batch.member.rate]
+                        for a, b in m.model_windows(len(wave), segment.start, segment.end, plan.hop):
+                            windows.spans.append((a / m.rate, b / m.rate))
+                            batch.add(wave[a:b], windows)
+                            if len(batch.waves) >= self.batch_size:
+                                self._flush(batch, plan.head)
+            for batch in batches:
+                self._flush(batch, plan.head)
+        return records
+
+    def _segments(self, num_samples: int, plan: Plan) -> list[tuple[float, float]]:
+        """``[start, end)`` seconds of the segments of a recording (at the first member's rate)."""
+        rate = self.members[0].rate
+        if plan.timeline is None:
+            return [(0.0, num_samples / rate)]
+        window, hop = plan.timeline
+        spans = window_spans(num_samples, max(1, round(window * rate)), max(1, round(hop * rate)))
+        return [(a / rate, b / rate) for a, b in spans]
+
+    def _loaded(
+        self, inputs: list[Input], on_error, progress: bool
+    ) -> Iterator[tuple[Input, dict[int, torch.Tensor]]]:
+        """Each input decoded at every sample rate the members need; failures go to ``on_error``."""
+        from tqdm.auto import tqdm
+
+        rates = list(dict.fromkeys(m.rate for m in self.members))
+        with tqdm(total=len(inputs), unit="file", disable=not progress, leave=False) as bar:
+            for item in inputs:
+                try:
+                    waves = {rate: load_input(item, rate) for rate in rates}
+                except AstAudioError as err:
+                    if on_error is None:
+                        raise
+                    on_error(err)
+                else:
+                    yield item, waves
+                bar.update(1)
+
+    def _flush(self, batch: Batch, head: Head) -> None:
+        """The pending windows of ``batch`` through the model; each output to its accumulator."""
+        if not batch.waves:
+            return
+        out = self._forward(batch.member, self._model_input(batch.member, batch.waves), head)
+        for j, windows in enumerate(batch.into):
+            windows.add(out, j)
+        batch.clear()
+
+    def _model_input(self, m: Member, waves: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Model input ``[B, T, F]`` of model windows (waveforms ``[samples]`` at ``m.rate``).
+
+        The engine's one place from waveform to features (batches and ``attention``): the
+        batched pipeline of training and evaluation (:mod:`ast_audio.pipeline`) with the
+        member's input contract, on the tagger's device; a window shorter than the model's
+        is zero-padded and its missing frames are zero, as ``waveform_to_input`` gives.
+        """
+        fitted = [fit_waveform(wave, m.features) for wave in waves]
+        batch = torch.stack([w for w, _ in fitted]).to(self.device)  # (B, S)
+        frames = torch.tensor([n for _, n in fitted])
+        return batch_input(batch, frames, m.features)  # (B, T, F)
+
+    def _forward(self, m: Member, x: torch.Tensor, head: Head) -> Outputs:
+        """What ``head`` asks of member ``m`` for model input ``x`` ``[n, T, F]``, as numpy arrays."""
+        n = len(x)
+        if self.compile and n < self.batch_size:  # one static shape: zero windows, outputs dropped below
+            x = torch.cat([x, x.new_zeros(self.batch_size - n, *x.shape[1:])])
+        fn = m.function(head, self.compile)
+        with self._autocast():
+            if head is Head.PROBS:
+                return Outputs(probs=m.probs(fn(x)[:n]).cpu().numpy())  # (n, C)
+            tokens = fn(x)[:n].float()  # (n, 2 + f*t, D)
+            pooled = ((tokens[:, 0] + tokens[:, 1]) / 2).cpu().numpy()  # (n, D), as forward_features
+            if head is Head.EMBEDDING:
+                return Outputs(pooled=pooled)
+            f_dim, t_dim = m.model.config.grid
+            return Outputs(pooled=pooled, tokens=tokens[:, 2:].reshape(n, f_dim, t_dim, -1).cpu().numpy())
+
+    def _autocast(self):
+        return runtime.autocast(self.device, self.precision)
+
+
+def _check_aggregate(aggregate: str) -> None:
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")

@@ -1,0 +1,131 @@
+"""What :class:`~ast_audio.infer.AudioTagger` returns, and how results become JSON and CSV.
+
+Plain dataclasses of numpy arrays and floats (seconds). ``to_json()`` gives the objects
+``ast-audio predict --format json`` prints (scores rounded to 6 digits, times to 3);
+``csv_rows()`` the rows under ``CSV_HEADER`` of ``--format csv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["AttentionMap", "Embedding", "Event", "Prediction", "Timeline", "Window", "top_labels"]
+
+
+def top_labels(scores: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` highest ``(name, score)`` pairs, highest first (ties in label order)."""
+    order = np.argsort(-scores, kind="stable")[: max(0, k)]
+    return [(names[i], float(scores[i])) for i in order]
+
+
+def labels_json(labels: list[tuple[str, float]]) -> list[dict]:
+    return [{"rank": r, "label": name, "score": round(score, 6)} for r, (name, score) in enumerate(labels, 1)]
+
+
+@dataclass
+class Prediction:
+    """Scores of one recording: ``labels`` are the top-k ``(name, probability)`` pairs,
+    ``scores`` all probabilities ``[label_dim]``, ``spans`` the model windows (seconds)
+    that were aggregated (of the first member, for an ensemble)."""
+
+    path: str | None
+    labels: list[tuple[str, float]]
+    scores: np.ndarray
+    duration: float
+    spans: list[tuple[float, float]] = field(default_factory=list)
+
+    CSV_HEADER = ("path", "rank", "label", "score")
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "duration": round(self.duration, 3), "windows": len(self.spans),
+                "labels": labels_json(self.labels)}  # fmt: skip
+
+    def csv_rows(self) -> list[list]:
+        return [[self.path, rank, name, f"{score:.6f}"] for rank, (name, score) in enumerate(self.labels, 1)]
+
+
+@dataclass
+class Window:
+    """One timeline window: ``[start, end)`` seconds, its probabilities and top-k labels."""
+
+    start: float
+    end: float
+    scores: np.ndarray
+    labels: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "labels": labels_json(self.labels)}
+
+
+@dataclass
+class Event:
+    """A label above threshold in consecutive windows: from the first one's start to the
+    last one's end, with the highest score it reached."""
+
+    label: str
+    index: int
+    start: float
+    end: float
+    peak: float
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "start": round(self.start, 3), "end": round(self.end, 3),
+                "peak": round(self.peak, 6)}  # fmt: skip
+
+
+@dataclass
+class Timeline:
+    """Window scores of one recording and the events merged from them."""
+
+    path: str | None
+    duration: float
+    labels: list[str]
+    windows: list[Window]
+    events: list[Event]
+
+    CSV_HEADER = ("path", "label", "start", "end", "peak")  # one row per event
+
+    @property
+    def scores(self) -> np.ndarray:
+        """All window scores ``[windows, label_dim]``."""
+        return np.stack([w.scores for w in self.windows])
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "duration": round(self.duration, 3),
+                "windows": [w.to_json() for w in self.windows], "events": [e.to_json() for e in self.events]}  # fmt: skip
+
+    def csv_rows(self) -> list[list]:
+        return [[self.path, e.label, f"{e.start:.3f}", f"{e.end:.3f}", f"{e.peak:.6f}"] for e in self.events]
+
+
+@dataclass
+class Embedding:
+    """``embedding`` ``[dim]`` is the mean over the model windows; ``window_embeddings``
+    ``[windows, dim]`` and ``spans`` (seconds) are per window; ``tokens`` (on request) the
+    token grids ``[windows, f_dim, t_dim, dim]``."""
+
+    path: str | None
+    embedding: np.ndarray
+    duration: float
+    spans: list[tuple[float, float]]
+    window_embeddings: np.ndarray
+    tokens: np.ndarray | None = None
+
+
+@dataclass
+class AttentionMap:
+    """Attention of one model window: ``features`` and ``map`` are ``[frames, mel bins]``
+    (the model input and the attention spread onto it), ``grid`` is ``[f_dim, t_dim]``."""
+
+    path: str | None
+    start: float
+    end: float
+    method: str
+    features: np.ndarray
+    grid: np.ndarray
+    map: np.ndarray
+    labels: list[tuple[str, float]]
+    frame_shift: float = 0.01

@@ -1,0 +1,165 @@
+"""The typed state of a tagger call: its members, what it computes, and the accumulators that
+collect the outputs of each model window on the way from batches back to recordings.
+
+``Record`` (one recording) -> ``Segment`` (the whole of it, or a timeline window) ->
+``Windows`` (one member's model windows in that segment: spans and outputs, in time
+order). A ``Batch`` holds one member's windows waiting for the model, each with the
+``Windows`` its outputs go to.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import runtime
+from ..features import InputContract
+from ..model import ASTModel
+from .windows import window_spans
+
+log = logging.getLogger(__name__)
+
+REDUCE = {"max": np.max, "mean": np.mean}  # aggregates over the model windows of a segment
+
+
+class Head(enum.Enum):
+    """What a batch of model windows yields."""
+
+    PROBS = "probs"  # probabilities [C] (sigmoid or softmax): the model's forward
+    EMBEDDING = "embedding"  # pooled embedding [D] (mean of cls and dist): forward_tokens
+    TOKENS = "tokens"  # pooled embedding and token grid [f, t, D]: forward_tokens
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to compute and how recordings are cut."""
+
+    head: Head
+    hop: float | None = None  # seconds between model windows; None: half a window
+    timeline: tuple[float, float] | None = None  # (window, hop) seconds of segments; None: one segment
+
+
+@dataclass
+class Member:
+    """One checkpoint of the tagger with its feature settings and model-window length."""
+
+    name: str
+    model: ASTModel
+    features: InputContract
+    window: int  # samples of one model input
+    compiled: dict[str, Callable] = field(default_factory=dict)  # "forward" / "tokens" -> torch.compile'd
+
+    @classmethod
+    def load(cls, index: int, source, device: torch.device, precision: str) -> Member:
+        """Member ``index`` of a tagger from a :func:`~ast_audio.checkpoints.load_model` source or a model."""
+        from ..checkpoints import load_model
+
+        if isinstance(source, ASTModel):
+            model, name = source.to(device).eval(), f"model {index}"
+        else:
+            model, name = load_model(source, device=device), os.fspath(source)
+        if precision == "int8":  # a caller's model stays float
+            model = runtime.quantize_int8(model, inplace=not isinstance(source, ASTModel))
+        contract = model.input_contract  # what the checkpoint was trained with; one policy for what it lacks
+        return cls(name, model, contract, contract.samples)
+
+    @property
+    def rate(self) -> int:
+        return self.features.sample_rate
+
+    def hop(self, seconds: float | None) -> int:
+        return max(1, self.window // 2 if seconds is None else round(seconds * self.rate))
+
+    def model_windows(
+        self, num_samples: int, start: float, end: float, hop: float | None
+    ) -> list[tuple[int, int]]:
+        """``[a, b)`` sample spans of this member's model windows in the segment ``[start, end)`` seconds."""
+        a, b = round(start * self.rate), min(num_samples, round(end * self.rate))
+        return [(a + c0, a + c1) for c0, c1 in window_spans(max(1, b - a), self.window, self.hop(hop))]
+
+    def function(self, head: Head, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The model (``Head.PROBS``: logits) or its ``forward_tokens``, through ``torch.compile``
+        when asked (compiled on first use)."""
+        key = "forward" if head is Head.PROBS else "tokens"
+        fn = self.model if key == "forward" else self.model.forward_tokens
+        if not compile:
+            return fn
+        if key not in self.compiled:
+            self.compiled[key] = torch.compile(fn, dynamic=False)
+        return self.compiled[key]
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities: sigmoid for a multi-label checkpoint, softmax for a single-label one."""
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.model.info.multilabel else torch.softmax(logits, dim=-1)
+
+
+@dataclass
+class Outputs:
+    """Model outputs of a batch of ``n`` windows: those its :class:`Head` asks for."""
+
+    probs: np.ndarray | None = None  # (n, C)
+    pooled: np.ndarray | None = None  # (n, D)
+    tokens: np.ndarray | None = None  # (n, f, t, D)
+
+
+@dataclass
+class Windows:
+    """The model windows of one member in one segment, in time order, and their outputs."""
+
+    spans: list[tuple[float, float]] = field(default_factory=list)  # seconds
+    probs: list[np.ndarray] = field(default_factory=list)  # [C] per window
+    pooled: list[np.ndarray] = field(default_factory=list)  # [D] per window
+    tokens: list[np.ndarray] = field(default_factory=list)  # [f, t, D] per window
+
+    def add(self, out: Outputs, j: int) -> None:
+        """Row ``j`` of a batch's outputs: the next window's."""
+        for rows, new in ((self.probs, out.probs), (self.pooled, out.pooled), (self.tokens, out.tokens)):
+            if new is not None:
+                rows.append(new[j])
+
+
+@dataclass
+class Segment:
+    """A stretch of a recording scored as one (the whole of it, or a timeline window)."""
+
+    start: float
+    end: float
+    members: list[Windows]  # one per member
+
+    def scores(self, aggregate: str) -> np.ndarray:
+        """Each member's window probabilities aggregated over time, then the members averaged."""
+        per_member = [REDUCE[aggregate](np.stack(w.probs), axis=0) for w in self.members]  # (C,) each
+        return np.mean(per_member, axis=0) if len(per_member) > 1 else per_member[0]
+
+
+@dataclass
+class Record:
+    """A recording in flight."""
+
+    path: str | None
+    duration: float
+    segments: list[Segment]
+
+
+@dataclass
+class Batch:
+    """One member's model windows waiting for the model, each with the accumulator it goes to."""
+
+    member: Member
+    waves: list[torch.Tensor] = field(default_factory=list)  # [samples] each
+    into: list[Windows] = field(default_factory=list)
+
+    def add(self, wave: torch.Tensor, into: Windows) -> None:
+        self.waves.append(wave)
+        self.into.append(into)
+
+    def clear(self) -> None:
+        self.waves.clear()
+        self.into.clear()
