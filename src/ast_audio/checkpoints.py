@@ -1,5 +1,8 @@
 """Reading every checkpoint layout AST users arrive with, safely, and our own format.
 
+(Over 400 lines: four layouts are read and two written here, each with its checks and
+one-line errors; the registry, the renames and the download live in their own modules.)
+
 Layouts (all converted to the original AST parameter names, ``v.*`` + ``mlp_head.*``, by
 the rename tables of :mod:`ast_audio.layouts`):
 

@@ -1,5 +1,8 @@
 """The Audio Spectrogram Transformer (Gong, Chung and Glass, Interspeech 2021).
 
+(Over 400 lines: the config, the blocks, the model and its surgery read top to bottom in
+one file, as nanoGPT's and timm's do.)
+
 A DeiT *distilled* ViT over a log-mel spectrogram: 16x16 patches cut with strides
 ``(fstride, tstride)``, a ``cls`` and a ``dist`` token in front, learned absolute
 positions, pre-norm transformer blocks, and a head over the mean of the two tokens.

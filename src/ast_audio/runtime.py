@@ -23,7 +23,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "autocast", "device_for", "pick_device", "quantize_int8", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "device_for", "pick_device", "quantize_int8", "resolve_precision", "training_amp"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -64,6 +64,21 @@ def device_for(precision: str, device: str | torch.device | None = None) -> torc
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context of ``precision`` on ``device``: bfloat16 for ``"bf16"``, else off."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def training_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """Training's mixed precision: ``(autocast dtype or None, use a gradient scaler)``.
+    ``auto`` is fp16 with a scaler on CUDA (as the original) and off elsewhere; ``bf16``
+    autocasts to bfloat16 on any device; ``fp16`` needs CUDA."""
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "off"
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("amp=fp16 needs a CUDA device; use amp=bf16 or off on the CPU")
+        return torch.float16, True
+    if amp not in ("off", "bf16"):
+        raise ConfigError(f"amp must be auto, off, bf16 or fp16, got {amp!r}")
+    return (torch.bfloat16, False) if amp == "bf16" else (None, False)
 
 
 def quantize_int8(model: torch.nn.Module, *, inplace: bool) -> torch.nn.Module:

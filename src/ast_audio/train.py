@@ -69,6 +69,8 @@ from .labels import read_label_csv
 from .metrics import calculate_stats, d_prime
 from .model import ASTModel, ModelInfo
 from .pipeline import Augmentation
+from .plots import plot_curves
+from .runtime import pick_device, training_amp
 
 __all__ = ["EpochSampler", "Run", "RunState", "TrainConfig", "TrainingError", "train", "train_step"]
 
@@ -118,18 +120,6 @@ def _git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a gradient scaler)."""
-    amp = cfg.amp
-    if amp == "auto":
-        amp = "fp16" if device.type == "cuda" else "off"
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("amp=fp16 needs a CUDA device; use amp=bf16 or off on the CPU")
-        return torch.float16, True
-    return (torch.bfloat16, False) if amp == "bf16" else (None, False)
 
 
 def _bar_disabled(cfg: TrainConfig, ctx: Dist) -> bool | None:
@@ -246,7 +236,7 @@ class Run:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, list(range(cfg.lrscheduler_start, 1000, cfg.lrscheduler_step)), gamma=cfg.lrscheduler_decay
         )
-        amp_dtype, use_scaler = _autocast(cfg, device)
+        amp_dtype, use_scaler = training_amp(cfg.amp, device)
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         net = model
         if ctx.enabled:
@@ -473,7 +463,7 @@ class Run:
 def train(cfg: TrainConfig) -> RunState:
     """Train (or resume) the run described by ``cfg`` in ``cfg.exp_dir``; returns the final state."""
     cfg.check()
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(cfg.device)
     ctx = init_distributed(device.type)
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
@@ -497,27 +487,3 @@ def train(cfg: TrainConfig) -> RunState:
         if handler is not None:
             package_log.removeHandler(handler)
             handler.close()
-
-
-def plot_curves(rows: list[list[float]], path: Path, metric: str) -> None:
-    """Training curves (losses; main metric and its checkpoint ensemble) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
-    epochs = np.arange(1, len(rows) + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, data[:, 5], "o-", label="train loss")
-    left.plot(epochs, data[:, 6], "o-", label="valid loss")
-    left.set_xlabel("epoch")
-    left.legend()
-    right.plot(epochs, data[:, 0], "o-", label=metric)
-    right.plot(epochs, data[:, 7], "o--", label=f"cum {metric} (checkpoint ensemble)")
-    right.plot(epochs, data[:, 1], "o-", label="mAUC")
-    right.set_xlabel("epoch")
-    right.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
