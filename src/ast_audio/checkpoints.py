@@ -42,6 +42,7 @@ import torch
 
 from . import model as _model
 from .errors import CheckpointError, ConfigError, DownloadError  # noqa: F401 (DownloadError re-exported)
+from .features import InputContract
 from .fileio import atomic_write
 from .hub import (  # noqa: F401 (re-exported: ast_audio.checkpoints has always offered them)
     DEFAULT_AUDIOSET,
@@ -162,9 +163,26 @@ def _ours(state: dict[str, torch.Tensor], meta: dict, path: Path) -> RawCheckpoi
     try:
         config = ASTConfig.from_dict(meta["config"])
         info = ModelInfo.from_dict(meta.get("info", {}))
+        if "input_contract" in meta:  # written since the contract exists: it is what the model takes
+            info = _with_contract(info, config, InputContract.from_dict(meta["input_contract"]), path)
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"ast-audio checkpoint with a broken config: {err}", path) from None
     return RawCheckpoint(state, FORMAT_NAME, path, config, info)
+
+
+def _with_contract(info: ModelInfo, config: ASTConfig, contract: InputContract, path: Path) -> ModelInfo:
+    """``info`` with the audio, feature and score settings of a saved input contract, which
+    must agree with the architecture on the input size."""
+    if (contract.num_mel_bins, contract.target_length) != (config.input_fdim, config.input_tdim):
+        raise CheckpointError(
+            f"the input contract ({contract.target_length} frames x {contract.num_mel_bins} bins) disagrees with "
+            f"the model config ({config.input_tdim} x {config.input_fdim})", path,
+        )  # fmt: skip
+    return replace(
+        info, sample_rate=contract.sample_rate, mono=contract.mono, frame_length=contract.frame_length,
+        frame_shift=contract.frame_shift, dataset_mean=contract.mean, dataset_std=contract.std,
+        multilabel=contract.activation == "sigmoid",
+    )  # fmt: skip
 
 
 def _classify(
@@ -383,7 +401,7 @@ def _load(
         raw, fstride=fstride, tstride=tstride, input_fdim=input_fdim, input_tdim=input_tdim
     )
     wanted = native.replace(fstride=fstride, tstride=tstride, input_tdim=input_tdim, input_fdim=input_fdim)
-    model = cls.from_config(wanted, info)
+    model = cls.from_config(wanted, _model.missing_statistics(info, raw.path))  # the one policy, once, at load
     load_state_strict(model.v, _backbone_state(raw.state, native, wanted, raw.path), raw.path, "v.")
     head = {k[len("mlp_head.") :]: v for k, v in raw.state.items() if k.startswith("mlp_head.")}
     if not head:
@@ -416,8 +434,11 @@ def _cpu_state(model: ASTModel) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
     """Write ``model`` in the self-describing format, atomically.
 
-    ``.safetensors``: weights + JSON metadata (config, info). Any other suffix: a
-    weights-only torch file ``{"format", "version", "config", "info", "state_dict", **extra}``.
+    ``.safetensors``: weights + JSON metadata (config, info, and the complete input
+    contract that :func:`load_model` rebuilds from them, for readers without this
+    package, like Hugging Face's ``preprocessor_config.json``). Any other suffix: a
+    weights-only torch file ``{"format", "version", "config", "info", "input_contract",
+    "state_dict", **extra}``.
     """
     path = Path(path)
     meta = {
@@ -425,6 +446,7 @@ def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | N
         "version": FORMAT_VERSION,
         "config": model.config.to_dict(),
         "info": model.info.to_dict(),
+        "input_contract": model.input_contract.to_dict(),
     }
     state = _cpu_state(model)
     if path.suffix == ".safetensors":

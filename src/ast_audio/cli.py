@@ -60,6 +60,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "dataset_mean": info.dataset_mean,
         "dataset_std": info.dataset_std,
         "multilabel": info.multilabel,
+        "input_contract": model.input_contract.to_dict(),  # what turns audio into this model's input
     }
     print(json.dumps(out, indent=2))
     return 0
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download)
 
-    p = sub.add_parser("info", help="describe a checkpoint (layout, config, labels)")
+    p = sub.add_parser("info", help="describe a checkpoint (layout, config, labels, input contract)")
     p.add_argument("source", help="file, Hugging Face folder or published name")
     p.set_defaults(func=_cmd_info)
 

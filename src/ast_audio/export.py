@@ -64,6 +64,7 @@ def _metadata(model: ASTModel, dynamic_time: bool) -> dict:
         "dataset_std": info.dataset_std,
         "multilabel": info.multilabel,
         "sample_rate": info.sample_rate,
+        "input_contract": model.input_contract.to_dict(),  # what turns audio into the input below
         "input": f"{INPUT_NAME}: float32 [batch, time, {cfg.input_fdim}] normalised Kaldi fbank",
         "time_axis": f"16..{cfg.input_tdim}" if dynamic_time else str(cfg.input_tdim),
         "output": f"{OUTPUT_NAME}: float32 [batch, {cfg.label_dim}] (no sigmoid/softmax)",
