@@ -256,3 +256,13 @@ def test_final_step_trains_on_every_usable_row_at_native_rates(hack, tmp_path):
     assert not (exp / "submission.csv").exists()
     check_submission(final, exp / "data" / "test_list.json", info, final / "models" / "audio_model_wa.safetensors", native_input,
                      file_to_input)
+
+
+def test_bad_input_is_one_line(hack, tmp_path):
+    root, _ = hack
+    out = cli("prepare", "hack", "--root", tmp_path / "nowhere", "--out", tmp_path / "out")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "dataset folder not found" in out.stderr
+    out = cli("prepare", "hack", "--root", root, "--out", tmp_path / "out", "--valid-fraction", "1.5")
+    assert out.returncode == 2 and "valid_fraction must be between 0 and 1" in out.stderr
+    out = cli("recipe", "hack", "--root", root, "--exp-dir", tmp_path / "exp", "--set", "final=maybe")
+    assert out.returncode == 2 and out.stderr.strip() == "ast-audio: error: --set final=maybe: expected true or false"
