@@ -12,7 +12,8 @@ import pytest
 from layouts import EMOTIONS, TINY, cli, ok, report, write_csv_dataset
 
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioConf, AudioDataset, norm_stats
+from ast_audio.dataset import AudioDataset, norm_stats
+from ast_audio.features import InputContract
 from ast_audio.labels import read_label_csv
 from ast_audio.recipes.csvdata import stratified_split
 
@@ -56,13 +57,13 @@ def test_prepare_takes_labels_from_the_data_and_lists_exactly_the_bad_files(data
     assert Counter(labels.names[e.labels[0]] for e in valid.entries) == dict.fromkeys(EMOTIONS, 1)  # round(6 * 0.2)
 
     stats = json.loads((out / "stats.json").read_text())
-    mean, std = norm_stats(AudioDataset(train, AudioConf(target_length=100)))
+    mean, std = norm_stats(AudioDataset(train, InputContract(target_length=100)))
     assert stats["dataset_mean"] == pytest.approx(mean) and stats["dataset_std"] == pytest.approx(std) and std > 0
 
     tests = json.loads((out / "test_list.json").read_text())["data"]
     assert [t["filename"] for t in tests] == info["tests"]
     assert [t["filename"] for t in tests if t["error"]] == ["test_broken.wav"]
-    assert all("labels" not in t for t in tests)
+    assert all("labels" not in t and t["note"] is None for t in tests)
 
 
 def test_recipe_predicts_every_test_file_in_order(dataset, tmp_path):
@@ -70,15 +71,25 @@ def test_recipe_predicts_every_test_file_in_order(dataset, tmp_path):
     exp = tmp_path / "exp"
     ok(cli("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=6"))
 
-    with open(exp / "submission.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    assert rows[0] == ["filename", "emotion", "note"]
-    assert [r[0] for r in rows[1:]] == info["tests"]
-    for filename, label, note in rows[1:]:
-        if filename == "test_broken.wav":
-            assert label == "" and note.startswith("unreadable: not a decodable audio file")
-        else:
-            assert label in EMOTIONS and note == ""
+    text = (exp / "submission.csv").read_bytes().decode()
+    lines = text.split("\n")
+    assert lines[0] == "filename,emotion" and lines[-1] == "" and "\r" not in text  # sample_submission.csv's format
+    rows = [line.split(",") for line in lines[1:-1]]
+    assert [r[0] for r in rows] == info["tests"] and all(len(r) == 2 for r in rows)
+    assert all(label in EMOTIONS for _, label in rows)  # unreadable rows too: the most frequent label
+    # every class has 6 usable rows (the bad rows are extra): a tie, broken by label order
+    counts = Counter(e for name, e in info["rows"] if str((root / "TrainAudioFiles" / name).resolve()) not in info["bad"])
+    assert counts == dict.fromkeys(EMOTIONS, 6)
+    fallback = "angry"
+    assert dict(rows)["test_broken.wav"] == fallback
+
+    with open(exp / "submission_notes.csv", newline="") as fh:
+        notes = list(csv.reader(fh))
+    assert notes[0] == ["filename", "emotion", "note"] and len(notes) == 2
+    assert notes[1][:2] == ["test_broken.wav", fallback]
+    assert notes[1][2].startswith("unreadable (not a decodable audio file") and "most frequent" in notes[1][2]
+    result = json.loads((exp / "recipe_result.json").read_text())
+    assert (result["unreadable"], result["truncated"], result["fallback_label"]) == (1, 0, fallback)
 
     stats = json.loads((exp / "data" / "stats.json").read_text())
     cfg = json.loads((exp / "config.json").read_text())["config"]

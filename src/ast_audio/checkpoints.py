@@ -181,7 +181,7 @@ def _with_contract(info: ModelInfo, config: ASTConfig, contract: InputContract, 
     return replace(
         info, sample_rate=contract.sample_rate, mono=contract.mono, frame_length=contract.frame_length,
         frame_shift=contract.frame_shift, dataset_mean=contract.mean, dataset_std=contract.std,
-        multilabel=contract.activation == "sigmoid",
+        multilabel=contract.activation == "sigmoid", resample=contract.resample,
     )  # fmt: skip
 
 

@@ -26,6 +26,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         summary = recipes.speechcommands.prepare(args.root, args.out, **common)
     elif args.dataset == "audioset":
         summary = recipes.audioset.prepare(args.segments, args.audio_dir, args.out, label_csv=args.label_csv, **common)
+    elif args.dataset == "hack":
+        summary = recipes.hack.prepare(
+            args.root, args.out, label_column=args.label_column, valid_fraction=args.valid_fraction,
+            stratify=args.stratify, seed=args.seed, **common,
+        )  # fmt: skip
     else:
         summary = recipes.csvdata.prepare(
             args.train_csv, args.audio_dir, args.out, label_column=args.label_column, test_csv=args.test_csv,
@@ -80,6 +85,12 @@ def add_commands(sub) -> None:
     q.add_argument("--segments", nargs="+", required=True, help="*_segments.csv files")
     q.add_argument("--audio-dir", required=True, help="the downloaded clips (searched recursively, matched by YouTube id)")
     q.add_argument("--label-csv", default=None, help="class_labels_indices.csv (default: the shipped one)")
+    q = dataset_parser("hack", "the seed's folder: the fork's split (last 20%), all usable rows, the test list")
+    q.add_argument("--root", required=True, help="train.csv, test.csv, TrainAudioFiles/, TestAudioFiles/")
+    q.add_argument("--label-column", default=None, help="default: the one column besides filename")
+    q.add_argument("--valid-fraction", type=float, default=0.2, help="the last share of usable rows (default 0.2)")
+    q.add_argument("--stratify", action="store_true", help="a seeded stratified split instead of the last rows")
+    q.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
     q = dataset_parser("csv", "any CSV-labelled dataset: labels from the data, stratified validation split")
     q.add_argument("--train-csv", required=True, help="filename,<label column>")
     q.add_argument("--audio-dir", required=True, help="folder of the training files")

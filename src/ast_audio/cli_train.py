@@ -64,6 +64,7 @@ _TRAIN_FLAGS = [
     (["--depth"], "depth", int),
     (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", int),
     (["--seed"], "seed", int),
+    (["--resample"], "resample", _flag),
     (["--amp"], "amp", str),
     (["--fbank-on", "--fbank_on"], "fbank_on", str),
     (["--cache-dir", "--cache_dir"], "cache_dir", str),

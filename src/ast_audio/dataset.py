@@ -12,7 +12,10 @@ model input, either
 - on the model's device in :meth:`AudioDataset.model_input` (``fbank_on="device"``: the
   workers only decode and mix, a GPU does the filterbanks).
 
-Both give the same features for the same draws.
+Both give the same features for the same draws. A contract with ``resample=False`` (the
+"hack" fork's features at each file's own rate) decodes each clip at its rate and makes its
+filterbanks in the loader (:func:`~ast_audio.pipeline.clip_fbank`); mixup partners at
+another rate are resampled to the clip's.
 
 Randomness: a clip's generator is ``numpy.random.default_rng([seed, epoch, position,
 index])`` where ``(index, epoch, position)`` is the :class:`Draw` the sampler hands to the
@@ -35,13 +38,22 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .audio import load_audio
+from .audio import resample
 from .augment import mix_targets, mix_waveforms, mixup_lambda
 from .cache import WaveformCache
 from .data import Datafile
 from .errors import ConfigError
 from .features import InputContract
-from .pipeline import NONE, Augmentation, batch_input, draw_augmentation, fit_waveform
+from .pipeline import (
+    NONE,
+    Augmentation,
+    batch_fbank,
+    clip_fbank,
+    draw_augmentation,
+    finish_input,
+    fit_waveform,
+    load_clip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,35 +120,48 @@ class AudioDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.fbank_on = fbank_on
         self.num_classes = len(datafile.labels)
+        if not contract.resample:
+            log.info("%s: features at each file's own sample rate (resample=false)", datafile.path)
+        if not contract.resample and (cache_dir or fbank_on == "device"):
+            log.warning("features at each file's own rate (resample=false): filterbanks in the loader, no waveform "
+                        "cache (fbank_on=device and cache_dir are not used)")  # fmt: skip
+            self.fbank_on, cache_dir = "loader", None
         self._cache = WaveformCache(cache_dir) if cache_dir else None
 
     def __len__(self) -> int:
         return len(self.datafile)
 
-    def _waveform(self, index: int) -> torch.Tensor:
+    def _waveform(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.datafile.entries[index].wav
         if self._cache is not None:
-            return self._cache.load(path, self.contract.sample_rate)
-        return load_audio(path, sample_rate=self.contract.sample_rate)
+            return self._cache.load(path, self.contract.sample_rate), self.contract.sample_rate
+        return load_clip(path, self.contract)
 
-    def _mixed(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The clip's waveform and target, mixed with a random partner's with probability ``mixup``."""
-        waveform = self._waveform(index)
+    def _mixed(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """The clip's waveform, its rate and its target, mixed with a random partner's with
+        probability ``mixup`` (a partner at another rate is resampled to the clip's)."""
+        waveform, rate = self._waveform(index)
         target = self.datafile.entries[index].target(self.num_classes)
         if self.augmentation.mixup > 0 and rng.random() < self.augmentation.mixup:
             partner = int(rng.integers(len(self)))
             lam = mixup_lambda(rng)
-            waveform = mix_waveforms(waveform, self._waveform(partner), lam)
+            other, other_rate = self._waveform(partner)
+            waveform = mix_waveforms(waveform, resample(other, other_rate, rate), lam)
             target = mix_targets(target, self.datafile.entries[partner].target(self.num_classes), lam)
-        return waveform, torch.from_numpy(np.asarray(target, dtype=np.float32))
+        return waveform, rate, torch.from_numpy(np.asarray(target, dtype=np.float32))
 
     def __getitem__(self, key: int | Draw) -> dict:
         draw = Draw(*key) if isinstance(key, tuple) else Draw(int(key), 0, int(key))
         rng = np.random.default_rng([self.seed, draw.epoch, draw.position, draw.index])
-        waveform, target = self._mixed(draw.index, rng)
-        waveform, frames = fit_waveform(waveform, self.contract)
+        waveform, rate, target = self._mixed(draw.index, rng)
+        if self.contract.resample:
+            waveform, frames = fit_waveform(waveform, self.contract)
+            signal = {"waveform": waveform}  # (S,)
+        else:  # each clip at its own rate: its filterbanks here, the rest per batch
+            fbank, frames = clip_fbank(waveform, rate, self.contract)
+            signal = {"fbank": fbank}  # (T, F) un-normalised
         return {
-            "waveform": waveform,  # (S,)
+            **signal,
             "frames": torch.tensor(frames),
             "target": target,
             **draw_augmentation(rng, self.contract, self.augmentation),
@@ -144,18 +169,18 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def collate(self, items: list[dict]) -> dict:
         """Stack items; with ``fbank_on="loader"`` also compute the features here (in the
-        loader worker), so the batch carries ``features`` instead of ``waveform``."""
+        loader worker), so the batch carries ``features`` instead of the signal."""
         batch = torch.utils.data.default_collate(items)
         if self.fbank_on == "loader":
             batch["features"] = self._features(batch)
-            del batch["waveform"]
+            batch.pop("waveform", None)
+            batch.pop("fbank", None)
         return batch
 
     def _features(self, batch: dict) -> torch.Tensor:
-        return batch_input(
-            batch["waveform"], batch["frames"], self.contract, self.augmentation,
-            masks=batch["masks"], noise=batch["noise"], roll=batch["roll"],
-        )  # fmt: skip
+        x = batch["fbank"] if "fbank" in batch else batch_fbank(batch["waveform"], batch["frames"], self.contract)
+        drawn = {k: batch[k] for k in ("masks", "noise", "roll")}
+        return finish_input(x, self.contract, self.augmentation, **drawn)
 
     def loader(self, batch_size: int, sampler=None, num_workers: int = 0, **kwargs) -> torch.utils.data.DataLoader:
         """A ``DataLoader`` over this dataset with its :meth:`collate`."""
@@ -169,7 +194,7 @@ class AudioDataset(torch.utils.data.Dataset):
         targets = batch["target"].to(device, non_blocking=True)
         if "features" in batch:
             return batch["features"].to(device, non_blocking=True), targets
-        moved = {k: batch[k].to(device, non_blocking=True) for k in ("waveform", "frames", "masks")}
+        moved = {k: batch[k].to(device, non_blocking=True) for k in ("waveform", "fbank", "frames", "masks") if k in batch}
         return self._features({**batch, **moved}), targets
 
 

@@ -278,6 +278,7 @@ class InputContract:
     mean: float = PRESETS["audioset"].mean  # normalisation: (x - mean) / (2 * std)
     std: float = PRESETS["audioset"].std
     activation: str = "sigmoid"  # sigmoid (multi-label) | softmax (single-label)
+    resample: bool = True  # False: features at each file's own rate (the "hack" fork's way); see pipeline
     normalize: bool = True  # a usage switch, not part of the saved contract
 
     def __post_init__(self) -> None:

@@ -153,6 +153,7 @@ class ModelInfo:
     mono: str = "mean"  # channels -> one: their mean
     frame_length: float = 25.0  # ms
     frame_shift: float = 10.0  # ms
+    resample: bool = True  # False: features at each file's own sample rate
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -390,6 +391,7 @@ class ASTModel(nn.Module):
             sample_rate=info.sample_rate, mono=info.mono, num_mel_bins=cfg.input_fdim,
             frame_length=info.frame_length, frame_shift=info.frame_shift, target_length=cfg.input_tdim,
             mean=info.dataset_mean, std=info.dataset_std, activation="sigmoid" if info.multilabel else "softmax",
+            resample=info.resample,
         )  # fmt: skip
 
     new_head = reset_classifier  # the name this project used first

@@ -9,9 +9,14 @@ steps, in the original data loader's order:
    zeros or cut so that the waveform holds exactly ``target_length`` frames;
 2. per clip (:func:`draw_augmentation`): draw SpecAugment's masks and the noise
    parameters from the clip's own generator (mixup happens before, on waveforms);
-3. per batch (:func:`batch_input`): Kaldi fbank, zero the frames that only padding made
-   (so a padded clip equals ``waveform_to_input`` of the clip: fbank, then zero frames),
-   SpecAugment, normalisation ``(x - mean) / (2 std)``, then noise and roll.
+3. per batch (:func:`batch_input` = :func:`batch_fbank` + :func:`finish_input`): Kaldi
+   fbank, zero the frames that only padding made (so a padded clip equals
+   ``waveform_to_input`` of the clip: fbank, then zero frames), SpecAugment, normalisation
+   ``(x - mean) / (2 std)``, then noise and roll.
+
+A contract with ``resample=False`` (the "hack" fork computed filterbanks at each file's
+own rate) decodes clips at their rate (:func:`load_clip`) and makes each clip's filterbanks
+on its own (:func:`clip_fbank`, in the loader); the rest of step 3 is the same.
 
 Step 3 computes the filterbank only up to the longest clip's real frames, so a batch of
 short clips in a long input costs what its audio costs. The per-bin noise is drawn on the
@@ -21,17 +26,22 @@ the same features for the same draws, on any device.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .audio import audio_info, load_audio
 from .augment import add_noise_and_roll, apply_masks, draw_masks
 from .errors import ConfigError
 from .features import InputContract, fbank, normalize
 
-__all__ = ["Augmentation", "batch_input", "draw_augmentation", "fit_waveform"]
+__all__ = [
+    "Augmentation", "batch_fbank", "batch_input", "clip_fbank", "draw_augmentation", "file_input", "finish_input",
+    "fit_waveform", "load_clip",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,21 +91,29 @@ def draw_augmentation(rng: np.random.Generator, contract: InputContract, aug: Au
     }
 
 
-def batch_input(
-    waveforms: torch.Tensor,
-    frames: torch.Tensor,
-    contract: InputContract,
-    aug: Augmentation = NONE,
-    *,
-    masks: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-    roll: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Model input ``[B, target_length, mel]`` from ``[B, contract.samples]`` fitted
-    waveforms (:func:`fit_waveform`) and their real frame counts ``[B]``, on the
-    waveforms' device. ``masks``/``noise``/``roll`` come from :func:`draw_augmentation`
-    (stacked) and are needed only where ``aug`` uses them. Normalised unless
-    ``contract.normalize`` is false."""
+def load_clip(path: str | os.PathLike, contract: InputContract) -> tuple[torch.Tensor, int]:
+    """A file decoded as the contract says: mono, resampled to ``contract.sample_rate``, or at
+    its own rate when ``contract.resample`` is false. ``(waveform [samples], rate)``."""
+    if contract.resample:
+        return load_audio(path, sample_rate=contract.sample_rate), contract.sample_rate
+    return load_audio(path, sample_rate=None), audio_info(path).sample_rate
+
+
+def clip_fbank(waveform: torch.Tensor, rate: int, contract: InputContract) -> tuple[torch.Tensor, int]:
+    """One clip's un-normalised filterbanks ``[target_length, mel]`` at its own ``rate`` (the
+    contract's frame length and shift in ms; mel bins from 20 Hz to that rate's Nyquist), the
+    frames past its end zero, and its number of real frames. What ``resample=False`` needs:
+    clips at different rates have different sample counts, so they cannot share a batch of
+    waveforms."""
+    at_rate = contract.replace(sample_rate=rate)
+    fitted, frames = fit_waveform(waveform, at_rate)
+    return batch_fbank(fitted[None], torch.tensor([frames]), at_rate)[0], frames
+
+
+def batch_fbank(waveforms: torch.Tensor, frames: torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """Un-normalised filterbanks ``[B, target_length, mel]`` of ``[B, contract.samples]`` fitted
+    waveforms (:func:`fit_waveform`) with ``frames`` ``[B]`` real frames each, on the
+    waveforms' device; frames that only padding made are zero."""
     device = waveforms.device
     batch, target = waveforms.shape[0], contract.target_length
     frames = frames.to(device)
@@ -108,6 +126,21 @@ def batch_input(
                                contract.frame_length)  # fmt: skip
         real = torch.arange(target, device=device)[None, :] < frames[:, None]  # (B, T): the rest is padding
         x = torch.where(real[:, :, None], x, 0.0)
+    return x
+
+
+def finish_input(
+    x: torch.Tensor,
+    contract: InputContract,
+    aug: Augmentation = NONE,
+    *,
+    masks: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    roll: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SpecAugment, normalisation (unless ``contract.normalize`` is false), noise and roll on
+    un-normalised filterbanks ``[B, T, F]``. ``masks``/``noise``/``roll`` come from
+    :func:`draw_augmentation` (stacked) and are needed only where ``aug`` uses them."""
     if aug.freqm > 0 or aug.timem > 0:
         x = apply_masks(x, masks)
     if contract.normalize:
@@ -116,6 +149,26 @@ def batch_input(
         per_bin = torch.stack([
             torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(int(s)))
             for s in roll[:, 1].tolist()
-        ]).to(device)  # fmt: skip  # (B, T, F), drawn on the CPU so every device sees the same numbers
+        ]).to(x.device)  # fmt: skip  # (B, T, F), drawn on the CPU so every device sees the same numbers
         x = add_noise_and_roll(x, per_bin, noise[:, 0], roll[:, 0])
     return x.float()
+
+
+def batch_input(
+    waveforms: torch.Tensor,
+    frames: torch.Tensor,
+    contract: InputContract,
+    aug: Augmentation = NONE,
+    **drawn: torch.Tensor,
+) -> torch.Tensor:
+    """Model input ``[B, target_length, mel]`` from fitted waveforms: :func:`batch_fbank`
+    then :func:`finish_input` (``drawn``: its ``masks``/``noise``/``roll``)."""
+    return finish_input(batch_fbank(waveforms, frames, contract), contract, aug, **drawn)
+
+
+def file_input(path: str | os.PathLike, contract: InputContract) -> torch.Tensor:
+    """One file's model input ``[target_length, mel]`` as the contract says (what a recipe's
+    prediction step feeds the model): :func:`load_clip`, then the pipeline."""
+    waveform, rate = load_clip(path, contract)
+    x, _ = clip_fbank(waveform, rate, contract)
+    return finish_input(x[None], contract)[0]

@@ -133,7 +133,7 @@ def contract_of(cfg: TrainConfig) -> InputContract:
     """The input contract a run trains with (and writes into its checkpoints)."""
     return InputContract(
         num_mel_bins=cfg.num_mel_bins, target_length=cfg.audio_length, mean=cfg.dataset_mean, std=cfg.dataset_std,
-        activation="sigmoid" if cfg.loss == "BCE" else "softmax",
+        activation="sigmoid" if cfg.loss == "BCE" else "softmax", resample=cfg.resample,
     )  # fmt: skip
 
 
@@ -228,7 +228,7 @@ class Run:
         model.info = ModelInfo(
             labels=labels.names, label_ids=labels.mids, dataset_mean=contract.mean, dataset_std=contract.std,
             multilabel=contract.activation == "sigmoid", sample_rate=contract.sample_rate, mono=contract.mono,
-            frame_length=contract.frame_length, frame_shift=contract.frame_shift,
+            frame_length=contract.frame_length, frame_shift=contract.frame_shift, resample=contract.resample,
         )  # fmt: skip
         model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import runtime
+from ..errors import ConfigError
 from ..features import InputContract
 from ..model import ASTModel
 from .windows import window_spans
@@ -67,6 +68,12 @@ class Member:
         if precision == "int8":  # a caller's model stays float
             model = runtime.quantize_int8(model, inplace=not isinstance(source, ASTModel))
         contract = model.input_contract  # what the checkpoint was trained with; one policy for what it lacks
+        if not contract.resample:
+            raise ConfigError(
+                f"{name}: this model computes features at each file's own sample rate (trained with resample=false, "
+                "the hack fork's way), which the tagger's fixed-length windows do not support; predict with "
+                "`ast-audio recipe hack` or retrain with resample=true"
+            )
         return cls(name, model, contract, contract.samples)
 
     @property

@@ -22,14 +22,20 @@ Prepare:
   un-augmented fbanks padded/cut to ``audio_length`` frames, as ``ast-audio stats``) in
   ``stats.json``; the recipe trains with them (unless ``dataset_mean``/``dataset_std``
   are set);
-- **the test list kept unlabelled**: ``test_list.json`` holds ``filename``, ``wav`` and
-  ``error`` (``null``, or why the file cannot be read) for every row of ``test.csv``,
-  in order, duplicates included; unreadable test files are also in ``bad_files.txt``.
+- **the test list kept unlabelled**: ``test_list.json`` holds ``filename``, ``wav``,
+  ``error`` (``null``, or why nothing of the file decodes) and ``note`` (``null``, or why
+  the prediction rests on part of the file: a truncated file is predicted from what
+  decodes) for every row of ``test.csv``, in order, duplicates included; unreadable test
+  files are also in ``bad_files.txt``.
 
 The recipe trains on train, keeps the best model on valid (best-on-valid, by the main
-metric) and predicts every test file with it: ``EXP/submission.csv`` has the columns
-``filename,<label column>,note``, one row per row of ``test.csv`` in its order; ``note``
-is empty, or ``unreadable: <reason>`` with an empty label for a file that cannot be read.
+metric) and predicts every test file with it. ``EXP/submission.csv`` is in the format of
+a ``sample_submission.csv``: the header ``filename,<label column>``, then one row per row
+of ``test.csv`` in its order, each with a label of the training set, ``\n`` line ends and
+nothing else. A test file that cannot be decoded still gets a row, with the most frequent
+training label (ties: the first in label order); ``EXP/submission_notes.csv``
+(``filename,<label column>,note``, always written) lists every such row and every row
+predicted from a truncated file, with the reason.
 """
 
 from __future__ import annotations
@@ -38,19 +44,30 @@ import csv
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..audio import load_audio
 from ..data import read_datafile, write_datafile
 from ..errors import AudioError, ConfigError, DataError
-from ..labels import read_label_csv
+from ..fileio import atomic_write
+from ..labels import LabelTable, read_label_csv, write_label_table
 from .common import check_clips, ensure_prepared, fingerprint, write_report, write_text_atomic
+
+if TYPE_CHECKING:
+
+    pass
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
 LABEL_CSV = "class_labels_indices.csv"
+TEST_LIST = "test_list.json"
+SUBMISSION = "submission.csv"
+NOTES = "submission_notes.csv"
 
 
 def _read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -104,41 +121,17 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> list[bool
     return is_valid
 
 
-def prepare(
-    train_csv: str | os.PathLike, audio_dir: str | os.PathLike, out: str | os.PathLike, *,
-    label_column: str | None = None, test_csv: str | os.PathLike | None = None,
-    test_audio_dir: str | os.PathLike | None = None, valid_fraction: float = 0.2, seed: int = 0,
-    audio_length: int = 512, num_mel_bins: int = 128, workers: int | None = None, force: bool = True,
-    progress: bool | None = None,
-) -> dict:  # fmt: skip
-    """A CSV-labelled dataset -> train / valid datafiles, label CSV, statistics and test list in ``out``."""
+def check_valid_fraction(valid_fraction: float) -> float:
     if not 0 < valid_fraction < 1:
         raise ConfigError(f"valid_fraction must be between 0 and 1 (exclusive), got {valid_fraction}")
-    train_csv = Path(train_csv).expanduser().resolve()
-    audio_dir = Path(audio_dir).expanduser().resolve()
-    out = Path(out).expanduser().resolve()
-    test_csv = Path(test_csv).expanduser().resolve() if test_csv else None
-    test_audio_dir = Path(test_audio_dir).expanduser().resolve() if test_audio_dir else audio_dir
-    inputs = {
-        "train_csv": fingerprint(train_csv), "audio_dir": str(audio_dir), "label_column": label_column or "",
-        "test_csv": fingerprint(test_csv) if test_csv else None, "test_audio_dir": str(test_audio_dir) if test_csv else None,
-        "valid_fraction": valid_fraction, "seed": seed, "audio_length": audio_length, "num_mel_bins": num_mel_bins,
-    }  # fmt: skip
-
-    def work() -> dict:
-        return _prepare(train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed,
-                        audio_length, num_mel_bins, workers, progress)  # fmt: skip
-
-    return ensure_prepared(out, "csv", inputs, work, force=force)
+    return float(valid_fraction)
 
 
-def _prepare(
-    train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed, audio_length,
-    num_mel_bins, workers, progress,
-) -> dict:  # fmt: skip
-    from ..dataset import AudioDataset, norm_stats
-    from ..features import InputContract
-
+def read_labelled(
+    train_csv: Path, audio_dir: Path, label_column: str | None, workers: int | None, progress: bool | None
+) -> tuple[str, list[tuple[Path, str]], dict[Path, str]]:
+    """``(label column, [(path, label), ...] in file order, {path: reason} of the unusable ones)``:
+    every listed file decoded once; rows without a label are unusable too."""
     if not audio_dir.is_dir():
         raise DataError("audio folder not found", audio_dir)
     columns, rows = _read_csv(train_csv, "training CSV")
@@ -163,18 +156,93 @@ def _prepare(
         raise DataError("no rows", train_csv)
     checked = check_clips([p for p, _ in items if p not in unlabelled], workers, progress)
     bad = {**checked, **unlabelled}
-    good = [(p, label) for p, label in items if p not in bad]
-    if not good:
+    if len(bad) == len(items):
         raise DataError("no usable clip", train_csv)
+    return column, items, bad
+
+
+def write_labels(out: Path, names: list[str]) -> Path:
+    """``class_labels_indices.csv`` with ``mid`` = ``display_name`` = each label, in the given order."""
+    return write_label_table(LabelTable(mids=list(names), names=list(names)), out / LABEL_CSV)
+
+
+def majority_label(labels: list[str]) -> str:
+    """The most frequent label (ties: the first in sorted order)."""
+    counts = Counter(labels)
+    return min(counts, key=lambda name: (-counts[name], name))
+
+
+def prepare_test_list(
+    test_csv: Path, test_audio_dir: Path, out: Path, workers: int | None, progress: bool | None
+) -> tuple[dict, list[tuple[Path, str]]]:
+    """Write ``out/test_list.json`` (one entry per row of ``test_csv``); returns its summary
+    and the ``(path, reason)`` of the test files nothing of which decodes.
+
+    A file that fails the complete check only because it is truncated, and whose first
+    part decodes, is kept with a ``note``: its prediction comes from what decodes."""
+    _, test_rows = _read_csv(test_csv, "test CSV")
+    tests = [(row.get("filename", ""), _audio_path(test_audio_dir, row.get("filename", ""))) for _, row in test_rows]
+    failed = check_clips([p for _, p in tests], workers, progress)
+    errors, notes = {}, {}
+    for path, reason in failed.items():
+        if reason.startswith("truncated file"):
+            try:
+                load_audio(path, sample_rate=None)
+            except AudioError as err:
+                errors[path] = err.reason
+            else:
+                notes[path] = f"{reason}; predicted from the part that decodes"
+                continue
+        errors[path] = reason
+    entries = [{"filename": name, "wav": str(p), "error": errors.get(p), "note": notes.get(p)} for name, p in tests]
+    write_text_atomic(out / TEST_LIST, json.dumps({"data": entries}, indent=1) + "\n")
+    summary = {"path": str(out / TEST_LIST), "files": len(entries), "unreadable": len(errors), "truncated": len(notes)}
+    return summary, [(p, errors[p]) for p in dict.fromkeys(p for _, p in tests) if p in errors]
+
+
+def prepare(
+    train_csv: str | os.PathLike, audio_dir: str | os.PathLike, out: str | os.PathLike, *,
+    label_column: str | None = None, test_csv: str | os.PathLike | None = None,
+    test_audio_dir: str | os.PathLike | None = None, valid_fraction: float = 0.2, seed: int = 0,
+    audio_length: int = 512, num_mel_bins: int = 128, workers: int | None = None, force: bool = True,
+    progress: bool | None = None,
+) -> dict:  # fmt: skip
+    """A CSV-labelled dataset -> train / valid datafiles, label CSV, statistics and test list in ``out``."""
+    check_valid_fraction(valid_fraction)
+    train_csv = Path(train_csv).expanduser().resolve()
+    audio_dir = Path(audio_dir).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    test_csv = Path(test_csv).expanduser().resolve() if test_csv else None
+    test_audio_dir = Path(test_audio_dir).expanduser().resolve() if test_audio_dir else audio_dir
+    inputs = {
+        "train_csv": fingerprint(train_csv), "audio_dir": str(audio_dir), "label_column": label_column or "",
+        "test_csv": fingerprint(test_csv) if test_csv else None, "test_audio_dir": str(test_audio_dir) if test_csv else None,
+        "valid_fraction": valid_fraction, "seed": seed, "audio_length": audio_length, "num_mel_bins": num_mel_bins,
+        "test_list": 2,  # the test list's format (note, truncated files kept)
+    }  # fmt: skip
+
+    def work() -> dict:
+        return _prepare(train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed,
+                        audio_length, num_mel_bins, workers, progress)  # fmt: skip
+
+    return ensure_prepared(out, "csv", inputs, work, force=force)
+
+
+def _prepare(
+    train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed, audio_length,
+    num_mel_bins, workers, progress,
+) -> dict:  # fmt: skip
+    from ..dataset import AudioDataset, norm_stats
+    from ..features import InputContract
+
+    column, items, bad = read_labelled(train_csv, audio_dir, label_column, workers, progress)
+    good = [(p, label) for p, label in items if p not in bad]
     names = sorted({label for _, label in good})
     classes = {name: i for i, name in enumerate(names)}
     is_valid = stratified_split([classes[label] for _, label in good], valid_fraction, seed)
     if not any(is_valid):
         raise DataError("too few clips per class for a validation split (a class needs at least 2)", train_csv)
-    with open(out / LABEL_CSV, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["index", "mid", "display_name"])
-        writer.writerows([i, name, name] for i, name in enumerate(names))
+    write_labels(out, names)
     train_path = write_datafile(out / "train.json", [(p, [lab]) for (p, lab), v in zip(good, is_valid, strict=True) if not v])
     valid_path = write_datafile(out / "valid.json", [(p, [lab]) for (p, lab), v in zip(good, is_valid, strict=True) if v])
 
@@ -186,16 +254,12 @@ def _prepare(
     report = [(p, bad[p]) for p, _ in items if p in bad]
     test_summary = None
     if test_csv is not None:
-        _, test_rows = _read_csv(test_csv, "test CSV")
-        tests = [(row.get("filename", ""), _audio_path(test_audio_dir, row.get("filename", ""))) for _, row in test_rows]
-        test_bad = check_clips([p for _, p in tests], workers, progress)
-        entries = [{"filename": name, "wav": str(p), "error": test_bad.get(p)} for name, p in tests]
-        write_text_atomic(out / "test_list.json", json.dumps({"data": entries}, indent=1) + "\n")
-        report += [(p, test_bad[p]) for p in dict.fromkeys(p for _, p in tests) if p in test_bad]
-        test_summary = {"path": str(out / "test_list.json"), "files": len(entries), "unreadable": len(test_bad)}
+        test_summary, test_bad = prepare_test_list(test_csv, test_audio_dir, out, workers, progress)
+        report += test_bad
     report_path = write_report(out, report)
     return {
         "label_csv": str(out / LABEL_CSV), "label_column": column, "labels": names,
+        "majority_label": majority_label([label for _, label in good]),
         "datafiles": {"train": str(train_path), "valid": str(valid_path)},
         "clips": {"train": len(good) - sum(is_valid), "valid": sum(is_valid)}, "stats": stats, "test": test_summary,
         "bad_files": len(report), "report": str(report_path),
@@ -204,33 +268,87 @@ def _prepare(
 
 # --------------------------------------------------------------------------- recipe
 
-
-def predict_files(checkpoint: Path, wavs: list[str], *, batch_size: int = 16, device: str | None = None):
-    """``[(label or None, error or None), ...]``: the model's top class for each file."""
+def predict_files(
+    checkpoint: Path, wavs: list[str], *, batch_size: int = 16, device: str | None = None,
+) -> list[tuple[str | None, str | None]]:  # fmt: skip
+    """``[(label or None, error or None), ...]``: the model's top class for each file, its
+    input made as the checkpoint's input contract says (:func:`ast_audio.pipeline.file_input`:
+    resampled to the model's rate, or at the file's own rate for a ``resample=false`` model)."""
     import torch
 
     from ..checkpoints import load_model
-    from ..features import file_to_input
+    from ..pipeline import file_input
+    from ..runtime import pick_device
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(checkpoint, device=device)
-    fcfg = model.input_contract  # rate, bins, length and statistics: what the checkpoint was trained with
+    model = load_model(checkpoint, device=pick_device(device))
+    contract = model.input_contract
     results: list[tuple[str | None, str | None]] = [(None, None)] * len(wavs)
     for start in range(0, len(wavs), batch_size):
         batch, where = [], []
         for i in range(start, min(start + batch_size, len(wavs))):
             try:
-                batch.append(file_to_input(wavs[i], fcfg))  # (T, F)
+                batch.append(file_input(wavs[i], contract))  # (T, F)
                 where.append(i)
             except AudioError as err:
                 results[i] = (None, err.reason)
         if not batch:
             continue
         with torch.inference_mode():
-            top = model(torch.stack(batch).to(device)).argmax(dim=1).tolist()  # (B, T, F) -> (B,)
+            top = model(torch.stack(batch).to(model.mlp_head[1].weight.device)).argmax(dim=1).tolist()  # (B,)
         for i, k in zip(where, top, strict=True):
             results[i] = (model.info.labels[k], None)
     return results
+
+
+def write_submission(
+    out_dir: Path, entries: list[dict], predictions: list[tuple[str | None, str | None]], label_column: str,
+    fallback: str,
+) -> dict:  # fmt: skip
+    """``out_dir/submission.csv`` (``filename,<label column>``, one row per entry, in order) and
+    ``out_dir/submission_notes.csv`` (``filename,<label column>,note``: the rows filled with
+    ``fallback`` because nothing decodes, and those predicted from a truncated file)."""
+    rows, notes = [], []
+    for entry, (label, error) in zip(entries, predictions, strict=True):
+        error = entry.get("error") or error
+        if error is not None:
+            label = fallback
+            notes.append([entry["filename"], label, f"unreadable ({error}): the most frequent training label"])
+        elif entry.get("note"):
+            notes.append([entry["filename"], label, entry["note"]])
+        assert label is not None  # every readable file was predicted
+        rows.append([entry["filename"], label])
+
+    def writer(table: list[list[str]], header: list[str]):
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh, lineterminator="\n")  # as sample_submission.csv: \n line ends
+                w.writerow(header)
+                w.writerows(table)
+
+        return write
+
+    submission = atomic_write(out_dir / SUBMISSION, writer(rows, ["filename", label_column]))
+    atomic_write(out_dir / NOTES, writer(notes, ["filename", label_column, "note"]))
+    unreadable = sum(1 for row in notes if row[2].startswith("unreadable"))
+    if unreadable:
+        log.warning("%d test files cannot be decoded: they got %r, the most frequent training label (listed in %s)",
+                    unreadable, fallback, out_dir / NOTES)  # fmt: skip
+    return {"deliverable": str(submission), "notes": str(out_dir / NOTES), "test_files": len(rows),
+            "unreadable": unreadable, "truncated": len(notes) - unreadable, "fallback_label": fallback}  # fmt: skip
+
+
+def predict_test_list(
+    checkpoint: Path, test_list: str | os.PathLike, out_dir: Path, *, label_column: str, fallback: str,
+    batch_size: int, device: str | None,
+) -> dict:  # fmt: skip
+    """Predict every readable file of a prepared test list with ``checkpoint`` and write the submission."""
+    entries = json.loads(Path(test_list).read_text(encoding="utf-8"))["data"]
+    readable = [i for i, e in enumerate(entries) if not e["error"]]
+    predicted = predict_files(checkpoint, [entries[i]["wav"] for i in readable], batch_size=batch_size, device=device)
+    predictions: list[tuple[str | None, str | None]] = [(None, None)] * len(entries)
+    for i, prediction in zip(readable, predicted, strict=True):
+        predictions[i] = prediction
+    return write_submission(out_dir, entries, predictions, label_column, fallback)
 
 
 def run(ctx) -> dict:
@@ -260,28 +378,12 @@ def run(ctx) -> dict:
     state = train(cfg)
     result = {"best_epoch": state.best_epoch, f"best_{cfg.metrics}": state.best_metric, "labels": summary["labels"],
               "clips": summary["clips"]}  # fmt: skip
+    best = ctx.exp_dir / "models" / "best_audio_model.safetensors"
     if summary["test"] is None:
-        result["deliverable"] = str(ctx.exp_dir / "models" / "best_audio_model.safetensors")
+        result["deliverable"] = str(best)
         return result
-    entries = json.loads(Path(summary["test"]["path"]).read_text(encoding="utf-8"))["data"]
-    readable = [i for i, e in enumerate(entries) if not e["error"]]
-    predicted = predict_files(
-        ctx.exp_dir / "models" / "best_audio_model.safetensors", [entries[i]["wav"] for i in readable],
-        batch_size=max(1, cfg.batch_size), device=cfg.device,
-    )  # fmt: skip
-    predictions = [(None, None)] * len(entries)
-    for i, prediction in zip(readable, predicted, strict=True):
-        predictions[i] = prediction
-    submission = ctx.exp_dir / "submission.csv"
-    tmp = submission.with_name(".submission.csv.tmp")
-    unreadable = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["filename", summary["label_column"], "note"])
-        for entry, (label, error) in zip(entries, predictions, strict=True):
-            error = entry["error"] or error
-            unreadable += error is not None
-            writer.writerow([entry["filename"], "" if error else label, f"unreadable: {error}" if error else ""])
-    os.replace(tmp, submission)
-    result.update({"deliverable": str(submission), "test_files": len(entries), "unreadable": unreadable})
+    result.update(predict_test_list(
+        best, summary["test"]["path"], ctx.exp_dir, label_column=summary["label_column"],
+        fallback=summary["majority_label"], batch_size=max(1, cfg.batch_size), device=cfg.device,
+    ))  # fmt: skip
     return result
