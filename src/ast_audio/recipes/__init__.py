@@ -113,7 +113,7 @@ def config_path(name: str, variant: str = "") -> Path:
 
 def read_config(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(train settings, recipe options)`` of a recipe config TOML."""
-    from ..train import TrainConfig
+    from ..config import TrainConfig
 
     path = Path(path)
     data = read_toml(path)
@@ -199,7 +199,7 @@ def resolve_config(
 
     The user's keys are those of ``config`` and ``sets``: a recipe derives a setting (the
     ESC-50 lr without AudioSet pretraining, the csv statistics) only when the user did not."""
-    from ..train import TrainConfig
+    from ..config import TrainConfig, resolve_train_config
 
     recipe = get_recipe(name)
     pairs = parse_sets(recipe, sets)
@@ -226,7 +226,7 @@ def resolve_config(
                 f"--set {key}: unknown setting (training settings are TrainConfig's, as `ast-audio train` names them; "
                 f"options of the {name} recipe: {known})"
             )
-    probe = TrainConfig(**{**train, "data_train": "-", "data_val": "-", "label_csv": "-"})
+    probe = resolve_train_config(train, {"data_train": "-", "data_val": "-", "label_csv": "-"})
     probe.check()
     from ..model import SIZES
 

@@ -181,7 +181,8 @@ VARIANTS = {"full": "full_train", "balanced": "balanced_train"}
 def run(ctx) -> dict:
     import numpy as np
 
-    from ..train import TrainConfig, train
+    from ..config import resolve_train_config
+    from ..train import train
 
     variant = ctx.options["variant"]
     if variant not in VARIANTS:
@@ -201,8 +202,8 @@ def run(ctx) -> dict:
             source = "balanced_train_segments.csv and unbalanced_train_segments.csv" if name == "full_train" else (
                 f"{name}_segments.csv")  # fmt: skip
             raise DataError(f"{needs} set of the {variant} recipe needs {source} with clips present", ctx.root)
-    cfg = TrainConfig(**{
-        **ctx.train, "data_train": summary["datafiles"][train_name], "data_val": summary["datafiles"]["eval"],
+    cfg = resolve_train_config(ctx.train, {
+        "data_train": summary["datafiles"][train_name], "data_val": summary["datafiles"]["eval"],
         "label_csv": summary["label_csv"], "n_class": len(read_label_csv(summary["label_csv"])),
         "exp_dir": str(ctx.exp_dir),
     })  # fmt: skip

@@ -352,7 +352,8 @@ def predict_test_list(
 
 
 def run(ctx) -> dict:
-    from ..train import TrainConfig, train
+    from ..config import resolve_train_config
+    from ..train import train
 
     opts = ctx.options
     test_csv = ctx.root / opts["test_csv"] if opts["test_csv"] else None
@@ -370,8 +371,8 @@ def run(ctx) -> dict:
     for key in ("dataset_mean", "dataset_std"):
         if key not in ctx.user_set:
             values[key] = summary["stats"][key]
-    cfg = TrainConfig(**{
-        **values, "data_train": summary["datafiles"]["train"], "data_val": summary["datafiles"]["valid"],
+    cfg = resolve_train_config(values, {
+        "data_train": summary["datafiles"]["train"], "data_val": summary["datafiles"]["valid"],
         "label_csv": summary["label_csv"], "n_class": len(read_label_csv(summary["label_csv"])),
         "exp_dir": str(ctx.exp_dir),
     })  # fmt: skip

@@ -158,7 +158,8 @@ def fold_summary(exp: Path, folds: list[int]) -> tuple[list[float], int]:
 
 
 def run(ctx) -> dict:
-    from ..train import TrainConfig, train
+    from ..config import resolve_train_config
+    from ..train import train
 
     folds = check_folds(ctx.options["folds"])
     summary = prepare(ctx.root, ctx.data_dir, workers=ctx.workers, force=ctx.force_prepare)
@@ -167,8 +168,8 @@ def run(ctx) -> dict:
         values["lr"] = float(ctx.options["lr_without_audioset"])
     for k in folds:
         log.info("ESC-50 fold %d of %s", k, folds)
-        train(TrainConfig(**{
-            **values, "data_train": str(train_datafile(ctx.data_dir, k)), "data_val": str(eval_datafile(ctx.data_dir, k)),
+        train(resolve_train_config(values, {
+            "data_train": str(train_datafile(ctx.data_dir, k)), "data_val": str(eval_datafile(ctx.data_dir, k)),
             "label_csv": summary["label_csv"], "n_class": summary["n_class"], "exp_dir": str(ctx.exp_dir / f"fold{k}"),
         }))  # fmt: skip
     acc, best_epoch = fold_summary(ctx.exp_dir, folds)

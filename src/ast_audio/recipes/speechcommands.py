@@ -102,11 +102,12 @@ def _prepare(root: Path, out: Path, workers: int | None, progress: bool | None) 
 def run(ctx) -> dict:
     import numpy as np
 
-    from ..train import TrainConfig, train
+    from ..config import resolve_train_config
+    from ..train import train
 
     summary = prepare(ctx.root, ctx.data_dir, workers=ctx.workers, force=ctx.force_prepare)
-    cfg = TrainConfig(**{
-        **ctx.train, "data_train": str(ctx.data_dir / SPLITS["train"]), "data_val": str(ctx.data_dir / SPLITS["valid"]),
+    cfg = resolve_train_config(ctx.train, {
+        "data_train": str(ctx.data_dir / SPLITS["train"]), "data_val": str(ctx.data_dir / SPLITS["valid"]),
         "data_eval": str(ctx.data_dir / SPLITS["test"]), "label_csv": summary["label_csv"], "n_class": 35,
         "exp_dir": str(ctx.exp_dir),
     })  # fmt: skip
