@@ -74,7 +74,7 @@ def test_full_recipe_uses_weights_warmup_and_weight_averaging(audioset, tmp_path
     rows = np.loadtxt(exp / "result.csv", delimiter=",", ndmin=2)
     assert rows.shape == (1, 10) and rows[0, 9] < 1e-5  # warm-up: lr still ramping from 0
     wa = np.loadtxt(exp / "wa_result.csv", delimiter=",")
-    assert wa.shape == (2,) and (exp / "models" / "audio_model_wa.safetensors").exists()
+    assert wa.shape == (5,) and (exp / "models" / "audio_model_wa.safetensors").exists()  # the original's five values
     summary = json.loads((exp / "recipe_result.json").read_text())
     assert summary["variant"] == "full" and summary["missing"]["eval"] == 1
     assert summary["deliverable"].endswith("wa_result.csv")

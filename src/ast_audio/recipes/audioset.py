@@ -215,5 +215,6 @@ def run(ctx) -> dict:
     wa = ctx.exp_dir / "wa_result.csv"
     if cfg.wa and wa.exists():
         result["deliverable"] = str(wa)
-        result["wa_mAP"], result["wa_mAUC"] = np.loadtxt(wa, delimiter=",", ndmin=1).tolist()
+        values = np.loadtxt(wa, ndmin=1).tolist()  # the original's mAP, mAUC, precision, recall, d-prime
+        result.update(zip(("wa_mAP", "wa_mAUC", "wa_precision", "wa_recall", "wa_d_prime"), values, strict=True))
     return result
