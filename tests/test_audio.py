@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from ast_audio.audio import AudioInfo, audio_info, load_audio, resample
+from ast_audio.audio import AUDIO_EXTENSIONS, AudioInfo, audio_info, load_audio, resample
 from ast_audio.errors import AstAudioError, AudioError, ConfigError
 
 
@@ -215,3 +215,14 @@ def test_unsupported_requested_rate(tmp_path):
     with pytest.raises(ConfigError, match="unsupported sample rate"):
         load_audio(path, sample_rate=0)
     assert load_audio(path, sample_rate=None).shape == (16000,)
+
+
+def test_one_list_of_audio_extensions():
+    """Folder searches and name matching all use ``audio.AUDIO_EXTENSIONS`` (no copies that drift)."""
+    from ast_audio import cli_infer
+    from ast_audio.recipes import audioset, csvdata
+
+    assert cli_infer.AUDIO_EXTENSIONS is AUDIO_EXTENSIONS and audioset.AUDIO_EXTENSIONS is AUDIO_EXTENSIONS
+    assert csvdata.EXTENSIONS is AUDIO_EXTENSIONS
+    assert all(e.startswith(".") and e == e.lower() for e in AUDIO_EXTENSIONS)
+    assert len(set(AUDIO_EXTENSIONS)) == len(AUDIO_EXTENSIONS)

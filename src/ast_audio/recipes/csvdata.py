@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import AUDIO_EXTENSIONS as EXTENSIONS
 from ..data import read_datafile, write_datafile
 from ..errors import AudioError, ConfigError, DataError
 from ..labels import read_label_csv
@@ -49,7 +50,6 @@ from .common import check_clips, ensure_prepared, fingerprint, write_report, wri
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
 LABEL_CSV = "class_labels_indices.csv"
 
 
