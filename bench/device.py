@@ -32,15 +32,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from common import PEAK_BF16_TFLOPS, forward_flops, publish, train_step_fn, write_labels
-from features import machine
-from pipeline import CONF, write_clips
+from common import (
+    AUDIOSET_CONF,
+    BENCHMARKS,
+    PEAK_BF16_TFLOPS,
+    forward_flops,
+    machine,
+    publish,
+    train_step_fn,
+    write_clips,
+    write_labels,
+)
 
 from ast_audio.data import read_datafile
 from ast_audio.dataset import AudioDataset
 from ast_audio.model import ASTModel
 
-ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:device:start -->", "<!-- bench:device:end -->"
 
 
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -73,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     model = ASTModel(
         label_dim=527, imagenet_pretrain=False, verbose=False, model_size=args.model_size, depth=args.depth
     ).to(device)
-    flops = 3 * forward_flops(model, CONF.target_length, CONF.num_mel_bins, device)  # per training clip
+    flops = 3 * forward_flops(model, AUDIOSET_CONF.target_length, AUDIOSET_CONF.num_mel_bins, device)  # per training clip
     model.train()
-    x = torch.randn(batch, CONF.target_length, CONF.num_mel_bins, device=device)
+    x = torch.randn(batch, AUDIOSET_CONF.target_length, AUDIOSET_CONF.num_mel_bins, device=device)
     target = torch.zeros(batch, 527, device=device)
     target[:, :3] = 1.0
     step = train_step_fn(model, model, torch.bfloat16)
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         labels = write_labels(work / "labels.csv", 527)  # the files use the first ten
         df = read_datafile(write_clips(work / "flac", args.clips, 44100, "FLAC"), labels)
-        dataset = AudioDataset(df, CONF, seed=0, fbank_on="device", cache_dir=str(work / "cache"))
+        dataset = AudioDataset(df, AUDIOSET_CONF, seed=0, fbank_on="device", cache_dir=str(work / "cache"))
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch, shuffle=True, num_workers=args.workers, drop_last=True,
             pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
