@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import cli_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,7 +18,7 @@ def test_device_bench_runs_end_to_end_and_writes_its_section(tmp_path):
             "--workers", "1", "--steps", "1", "--peak-tflops", "1", "--output", str(out)]  # fmt: skip
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "device.py"), *args],
-        capture_output=True, text=True, timeout=300, cwd=ROOT / "bench",
+        capture_output=True, text=True, timeout=300, cwd=ROOT / "bench", env=cli_env(),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
