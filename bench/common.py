@@ -16,15 +16,17 @@ import soxr
 import torch
 
 from ast_audio.data import write_datafile
-from ast_audio.dataset import AudioConf
+from ast_audio.features import InputContract
 from ast_audio.labels import LabelTable, write_label_table
+from ast_audio.pipeline import Augmentation
 from ast_audio.synth import SAMPLE_RATE, make_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"  # every script's default --output
 
-# The AudioSet recipe's training items (pipeline.py, device.py).
-AUDIOSET_CONF = AudioConf(target_length=1024, freqm=48, timem=192, mixup=0.5)
+# The AudioSet recipe's training items (pipeline.py, device.py): its model input and augmentation.
+AUDIOSET_INPUT = InputContract(target_length=1024)
+AUDIOSET_AUGMENTATION = Augmentation(freqm=48, timem=192, mixup=0.5)
 
 # Dense bf16 peak of the datasheets (TFLOP/s), the usual denominator of model FLOP utilisation.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}

@@ -37,7 +37,8 @@ import soundfile as sf
 import soxr
 import torch
 from common import (
-    AUDIOSET_CONF,
+    AUDIOSET_AUGMENTATION,
+    AUDIOSET_INPUT,
     BENCHMARKS,
     PEAK_BF16_TFLOPS,
     forward_flops,
@@ -52,13 +53,14 @@ from common import (
 from ast_audio.audio import load_audio
 from ast_audio.augment import spec_augment
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset
+from ast_audio.dataset import AudioDataset, EpochSampler
 from ast_audio.features import normalize, waveform_to_input
 from ast_audio.model import ASTModel
 from ast_audio.synth import SAMPLE_RATE
 
 START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
 BATCH = 12
+AUG = AUDIOSET_AUGMENTATION
 H200_BF16_PEAK = PEAK_BF16_TFLOPS["H200"] * 1e12
 TARGET_MFU = 0.4
 
@@ -79,14 +81,14 @@ def stages(datafile: Path, labels: Path) -> dict[str, float]:
     raw = [sf.read(p, dtype="float32")[0] for p in paths]
     rate = sf.info(paths[0]).samplerate
     waves = [load_audio(p) for p in paths]
-    feats = [waveform_to_input(w, AUDIOSET_CONF.features()) for w in waves]
+    feats = [waveform_to_input(w, AUDIOSET_INPUT) for w in waves]
     rng = np.random.default_rng(0)
     out = {"decode": per_clip(lambda p: sf.read(p, dtype="float32"), paths)}
     if rate != SAMPLE_RATE:
         out["resample"] = per_clip(lambda x: soxr.resample(x, rate, SAMPLE_RATE, quality="HQ"), raw)
-    out["fbank (model input)"] = per_clip(lambda w: waveform_to_input(w, AUDIOSET_CONF.features()), waves)
+    out["fbank (model input)"] = per_clip(lambda w: waveform_to_input(w, AUDIOSET_INPUT), waves)
     out["SpecAugment + normalise"] = per_clip(
-        lambda x: normalize(spec_augment(x, AUDIOSET_CONF.freqm, AUDIOSET_CONF.timem, rng), AUDIOSET_CONF.mean, AUDIOSET_CONF.std), feats
+        lambda x: normalize(spec_augment(x, AUG.freqm, AUG.timem, rng), AUDIOSET_INPUT.mean, AUDIOSET_INPUT.std), feats
     )
     batches = [feats[i : i + BATCH] for i in range(0, len(feats) - BATCH + 1, BATCH)] or [feats]
     out["batching (collate)"] = per_clip(torch.stack, batches) / len(batches[0])
@@ -98,12 +100,11 @@ def loader_rate(dataset: AudioDataset, workers: int, epochs: int = 2) -> tuple[f
 
     The first epoch starts the (persistent) workers, and fills the cache where there is one:
     only the last epoch is timed."""
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=BATCH, shuffle=False, num_workers=workers, persistent_workers=workers > 0
-    )
+    sampler = EpochSampler(len(dataset), seed=0)
+    loader = dataset.loader(BATCH, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
     seconds, finish_ms = 0.0, 0.0
     for epoch in range(1, epochs + 1):
-        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         clips, batches, finish = 0, 0, 0.0
         begin = time.perf_counter()
         for batch in loader:
@@ -155,11 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             df = read_datafile(datafile, labels)
             for fbank_on in ("loader", "device"):
                 for workers in (0, 1, 2):
-                    rate, finish = loader_rate(AudioDataset(df, AUDIOSET_CONF, seed=0, fbank_on=fbank_on), workers)
+                    dataset = AudioDataset(df, AUDIOSET_INPUT, AUG, seed=0, fbank_on=fbank_on)
+                    rate, finish = loader_rate(dataset, workers)
                     loader_rows.append((layout, fbank_on, "no", workers, rate, finish))
                     print(f"{layout}, fbank on {fbank_on}, {workers} workers: {rate:.1f} clips/s", flush=True)
                 cache = work / f"cache-{fbank_on}-{layout[:2]}"
-                dataset = AudioDataset(df, AUDIOSET_CONF, seed=0, fbank_on=fbank_on, cache_dir=str(cache))
+                dataset = AudioDataset(df, AUDIOSET_INPUT, AUG, seed=0, fbank_on=fbank_on, cache_dir=str(cache))
                 rate, finish = loader_rate(dataset, 2)  # epoch 1 fills the cache
                 loader_rows.append((layout, fbank_on, "warm", 2, rate, finish))
                 print(f"{layout}, fbank on {fbank_on}, warm cache, 2 workers: {rate:.1f} clips/s", flush=True)
@@ -180,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Data pipeline: loader against model (`bench/pipeline.py`)",
         "",
         f"Run {now} on {machine()}. The AudioSet recipe's training items: {args.clips} ten-second clips per "
-        f"layout, 1024 frames x 128 bins, SpecAugment freqm {AUDIOSET_CONF.freqm} / timem {AUDIOSET_CONF.timem}, mixup "
-        f"{AUDIOSET_CONF.mixup} (a mixed item decodes two files), batch {BATCH}. One thread per process.",
+        f"layout, 1024 frames x 128 bins, SpecAugment freqm {AUG.freqm} / timem {AUG.timem}, mixup "
+        f"{AUG.mixup} (a mixed item decodes two files), batch {BATCH}. One thread per process.",
         "",
         "Each stage on one core (ms per clip):",
         "",

@@ -13,7 +13,8 @@ from conftest import ok, run_cli
 from layouts import EMOTIONS, TINY, report, write_csv_dataset
 
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioConf, AudioDataset, norm_stats
+from ast_audio.dataset import AudioDataset, norm_stats
+from ast_audio.features import InputContract
 from ast_audio.labels import read_label_csv
 from ast_audio.recipes.csvdata import stratified_split
 
@@ -57,7 +58,7 @@ def test_prepare_takes_labels_from_the_data_and_lists_exactly_the_bad_files(data
     assert Counter(labels.names[e.labels[0]] for e in valid.entries) == dict.fromkeys(EMOTIONS, 1)  # round(6 * 0.2)
 
     stats = json.loads((out / "stats.json").read_text())
-    mean, std = norm_stats(AudioDataset(train, AudioConf(target_length=100)))
+    mean, std = norm_stats(AudioDataset(train, InputContract(target_length=100)))
     assert stats["dataset_mean"] == pytest.approx(mean) and stats["dataset_std"] == pytest.approx(std) and std > 0
 
     tests = json.loads((out / "test_list.json").read_text())["data"]
