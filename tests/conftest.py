@@ -1,8 +1,8 @@
 """Shared fixtures and helpers of the test suite.
 
 - The ``ast-audio`` command as a real subprocess, on the sources these tests import:
-  :func:`run_cli` (and :func:`ok` to require exit 0), :func:`start_cli` in the background
-  with :func:`wait_for_file`, :func:`cli_env` for any other subprocess, and
+  :func:`run_cli` (and :func:`ok` to require exit 0), :func:`run_torchrun`, :func:`start_cli`
+  in the background with :func:`wait_for_file`, :func:`cli_env` for any other subprocess, and
   :func:`cli_in_process` for quick parser-level checks.
 - :class:`Server`: files over HTTP on 127.0.0.1 (downloads, truncated transfers).
 - Fixtures: ``one_thread``, ``ast_home``, and, per module, ``files`` (real audio of each
@@ -48,6 +48,14 @@ def run_cli(*args: object, timeout: float = 300, **env: object) -> subprocess.Co
     environment variables (``AST_AUDIO_HOME=path``)."""
     cmd = [*CLI, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(**env), timeout=timeout)
+
+
+def run_torchrun(*args: object, nproc: int = 2, timeout: float = 300, **env: object) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node NPROC -m ast_audio ARGS...`` (CPU processes, one
+    thread each), on the same sources and environment as :func:`run_cli`."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    cmd = [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "ast_audio", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS=1, **env), timeout=timeout)
 
 
 def start_cli(*args: object, **env: object) -> subprocess.Popen:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import cli_env, run_cli, start_cli, wait_for_file
+from conftest import run_cli, run_torchrun, start_cli, wait_for_file
 from factories import write_toy_dataset
 
 from ast_audio import load_model
@@ -118,9 +116,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(toy, tmp_path):
 def test_two_process_ddp_metrics_equal_a_single_process_evaluation(toy, tmp_path):
     exp = tmp_path / "ddp"
     args = base_args(toy, exp, n_epochs=2, save_model=True)
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ast_audio", "train", *as_flags(args)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=cli_env(OMP_NUM_THREADS=1))
+    out = run_torchrun("train", *as_flags(args), nproc=2, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = results(exp)
     assert rows.shape == (2, 10)
