@@ -103,6 +103,21 @@ def tiny_ast(label_dim=5, fstride=10, tstride=10, input_fdim=128, input_tdim=128
     return perturb(model, seed=seed).eval()
 
 
+def hf_model(fstride=10, tstride=10, max_length=128, num_labels=5, eps=1e-6, depth=2, seed=0):
+    """A tiny transformers ``ASTForAudioClassification`` (the reference of the HF layouts)."""
+    from transformers import ASTConfig as HFConfig
+    from transformers import ASTForAudioClassification
+
+    torch.manual_seed(seed)
+    cfg = HFConfig(
+        hidden_size=192, num_attention_heads=3, intermediate_size=768, num_hidden_layers=depth,
+        frequency_stride=fstride, time_stride=tstride, max_length=max_length, num_mel_bins=128,
+        num_labels=num_labels, layer_norm_eps=eps, id2label={i: f"class {i}" for i in range(num_labels)},
+        label2id={f"class {i}": i for i in range(num_labels)},
+    )  # fmt: skip
+    return perturb(ASTForAudioClassification(cfg), seed=seed).eval()
+
+
 def deit_state(model_size_dim=192, side=14, depth=2, seed=0) -> dict[str, torch.Tensor]:
     """A DeiT distilled ImageNet state dict in timm's layout (RGB patch projection, heads)."""
     gen = torch.Generator().manual_seed(seed)
