@@ -1,14 +1,32 @@
-"""What the benchmarks share: timing and one training step."""
+"""What the benchmark scripts share (they import this, never each other): where they write,
+the machine line, timing, one training step, FLOPs and peaks, the AudioSet recipe's items
+and the ten-second clips they are read from."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+import soxr
 import torch
 
+from ast_audio.data import write_datafile
+from ast_audio.features import InputContract
 from ast_audio.labels import LabelTable, write_label_table
+from ast_audio.pipeline import Augmentation
+from ast_audio.synth import SAMPLE_RATE, make_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "BENCHMARKS.md"  # every script's default --output
+
+# The AudioSet recipe's training items (pipeline.py, device.py): its model input and augmentation.
+AUDIOSET_INPUT = InputContract(target_length=1024)
+AUDIOSET_AUGMENTATION = Augmentation(freqm=48, timem=192, mixup=0.5)
 
 # Dense bf16 peak of the datasheets (TFLOP/s), the usual denominator of model FLOP utilisation.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
@@ -79,11 +97,58 @@ def training_step(
     return lambda: step(x, target)
 
 
+def machine() -> str:
+    """The line that says where a benchmark ran: CPU, cores, torch and its threads, numpy, GPU."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"numpy {np.__version__}",
+    ]
+    if torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    return "; ".join(parts)
+
+
+def write_clips(folder: Path, count: int, rate: int, fmt: str) -> Path:
+    """``count`` ten-second clips at ``rate`` in ``fmt`` and their datafile; returns the datafile."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(count):
+        # ten seconds at 16 kHz: a few of the synthetic sounds one after another
+        clip = np.concatenate([make_clip(int(rng.integers(10)), rng, 2.0) for _ in range(5)])
+        if rate != SAMPLE_RATE:
+            clip = soxr.resample(clip, SAMPLE_RATE, rate)
+        path = folder / f"clip{i}.{fmt.lower()}"
+        sf.write(path, np.clip(clip, -1, 1), rate, format=fmt, subtype="PCM_16")
+        rows.append((path, [f"/m/{i % 10}"]))
+    return write_datafile(folder / "data.json", rows)
+
+
+def write_section(path: Path, section: str, start: str, end: str) -> None:
+    """Replace the text between the markers (or append it), keeping the rest of the file;
+    ``section`` starts with ``start`` and ends with ``end``."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def publish(lines: list[str], args, start: str, end: str) -> int:
     """Print a benchmark's section (``lines`` from ``start`` to ``end`` markers) and, unless
     ``--no-write``, put it between those markers of ``--output``; the script's exit status."""
-    from features import write_section
-
     section = "\n".join(lines)
     print(section)
     if not args.no_write:

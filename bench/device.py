@@ -32,15 +32,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from common import PEAK_BF16_TFLOPS, forward_flops, publish, train_step_fn, write_labels
-from features import machine
-from pipeline import CONF, write_clips
+from common import (
+    AUDIOSET_AUGMENTATION,
+    AUDIOSET_INPUT,
+    BENCHMARKS,
+    PEAK_BF16_TFLOPS,
+    forward_flops,
+    machine,
+    publish,
+    train_step_fn,
+    write_clips,
+    write_labels,
+)
 
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset
+from ast_audio.dataset import AudioDataset, EpochSampler
 from ast_audio.model import ASTModel
 
-ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:device:start -->", "<!-- bench:device:end -->"
 
 
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -73,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     model = ASTModel(
         label_dim=527, imagenet_pretrain=False, verbose=False, model_size=args.model_size, depth=args.depth
     ).to(device)
-    flops = 3 * forward_flops(model, CONF.target_length, CONF.num_mel_bins, device)  # per training clip
+    frames, bins = AUDIOSET_INPUT.target_length, AUDIOSET_INPUT.num_mel_bins
+    flops = 3 * forward_flops(model, frames, bins, device)  # per training clip
     model.train()
-    x = torch.randn(batch, CONF.target_length, CONF.num_mel_bins, device=device)
+    x = torch.randn(batch, frames, bins, device=device)
     target = torch.zeros(batch, 527, device=device)
     target[:, :3] = 1.0
     step = train_step_fn(model, model, torch.bfloat16)
@@ -96,21 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         labels = write_labels(work / "labels.csv", 527)  # the files use the first ten
         df = read_datafile(write_clips(work / "flac", args.clips, 44100, "FLAC"), labels)
-        dataset = AudioDataset(df, CONF, seed=0, fbank_on="device", cache_dir=str(work / "cache"))
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch, shuffle=True, num_workers=args.workers, drop_last=True,
-            pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+        dataset = AudioDataset(
+            df, AUDIOSET_INPUT, AUDIOSET_AUGMENTATION, seed=0, fbank_on="device", cache_dir=str(work / "cache")
+        )
+        sampler = EpochSampler(len(dataset), seed=0)  # shuffled, fresh augmentation per epoch
+        loader = dataset.loader(
+            batch, sampler=sampler, num_workers=args.workers, drop_last=True, pin_memory=device.type == "cuda",
+            persistent_workers=args.workers > 0,
         )  # fmt: skip
         rates: dict[str, float] = {}
         for epoch, label in ((1, "first epoch (decoding)"), (2, "second epoch (waveform cache)")):
-            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
             loader_clips, begin = 0, time.perf_counter()
             for raw in loader:  # the loader alone, batches finished on the device
                 features, targets = dataset.model_input(raw, device)
                 loader_clips += len(targets)
             sync(device)
             rates[f"loader alone, {label}"] = loader_clips / (time.perf_counter() - begin)
-        dataset.set_epoch(3)
+        sampler.set_epoch(3)
         loop_clips, begin = 0, time.perf_counter()
         for raw in loader:  # the whole loop over cached clips
             features, targets = dataset.model_input(raw, device)

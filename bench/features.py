@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import sys
 import time
 import warnings
@@ -25,12 +23,12 @@ from pathlib import Path
 import kaldi_native_fbank as knf
 import numpy as np
 import torch
+from common import BENCHMARKS, machine, write_section
 from transformers import ASTFeatureExtractor
 from transformers.utils import is_speech_available
 
 from ast_audio.features import FeatureConfig, fbank, waveform_to_input
 
-ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:features:start -->", "<!-- bench:features:end -->"
 SAMPLE_RATE, SECONDS, BATCH = 16000, 10.0, 32
 KNF_BINS = 80
@@ -98,29 +96,11 @@ def knf_fbank(clip: np.ndarray) -> np.ndarray:
     return np.stack([online.get_frame(i) for i in range(online.num_frames_ready)])
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)",
-        f"numpy {np.__version__}",
-    ]
-    if torch.cuda.is_available():
-        parts.append(f"GPU {torch.cuda.get_device_name()}")
-    return "; ".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter timings (about 20 s in all)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
     min_time = 1.5 if args.quick else 6.0
     data = clips(BATCH)
@@ -218,23 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ])  # fmt: skip
     print(section)
     if not args.no_write:
-        write_section(args.output, section)
+        write_section(args.output, section, START, END)
         print(f"wrote {args.output}")
     return 0
-
-
-def write_section(path: Path, section: str, start: str = START, end: str = END) -> None:
-    """Replace the text between the markers (or append it), keeping the rest of the file;
-    ``section`` starts with ``start`` and ends with ``end``."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

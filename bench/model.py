@@ -33,15 +33,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from common import publish, timed, training_step
-from features import machine
+from common import BENCHMARKS, machine, publish, timed, training_step
 
 from ast_audio import AudioTagger, load_model
 from ast_audio.checkpoints import export_hf
 from ast_audio.model import ASTModel
 from ast_audio.synth import SAMPLE_RATE, make_clip
 
-ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:model:start -->", "<!-- bench:model:end -->"
 
 
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "--trained-data", type=Path, help="its held-out datafile (labels from the checkpoint)"
     )
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
 
     from transformers import ASTFeatureExtractor, ASTForAudioClassification

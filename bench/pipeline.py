@@ -36,39 +36,33 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from common import PEAK_BF16_TFLOPS, forward_flops, publish, timed, training_step, write_labels
-from features import machine
+from common import (
+    AUDIOSET_AUGMENTATION,
+    AUDIOSET_INPUT,
+    BENCHMARKS,
+    PEAK_BF16_TFLOPS,
+    forward_flops,
+    machine,
+    publish,
+    timed,
+    training_step,
+    write_clips,
+    write_labels,
+)
 
 from ast_audio.audio import load_audio
 from ast_audio.augment import spec_augment
-from ast_audio.data import read_datafile, write_datafile
-from ast_audio.dataset import AudioConf, AudioDataset
+from ast_audio.data import read_datafile
+from ast_audio.dataset import AudioDataset, EpochSampler
 from ast_audio.features import normalize, waveform_to_input
 from ast_audio.model import ASTModel
-from ast_audio.synth import SAMPLE_RATE, make_clip
+from ast_audio.synth import SAMPLE_RATE
 
-ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
-CONF = AudioConf(target_length=1024, freqm=48, timem=192, mixup=0.5)  # the AudioSet recipe
 BATCH = 12
+AUG = AUDIOSET_AUGMENTATION
 H200_BF16_PEAK = PEAK_BF16_TFLOPS["H200"] * 1e12
 TARGET_MFU = 0.4
-
-
-def write_clips(folder: Path, count: int, rate: int, fmt: str) -> Path:
-    """``count`` ten-second clips at ``rate`` in ``fmt`` and their datafile; returns the datafile."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    rows = []
-    for i in range(count):
-        # ten seconds at 16 kHz: a few of the synthetic sounds one after another
-        clip = np.concatenate([make_clip(int(rng.integers(10)), rng, 2.0) for _ in range(5)])
-        if rate != SAMPLE_RATE:
-            clip = soxr.resample(clip, SAMPLE_RATE, rate)
-        path = folder / f"clip{i}.{fmt.lower()}"
-        sf.write(path, np.clip(clip, -1, 1), rate, format=fmt, subtype="PCM_16")
-        rows.append((path, [f"/m/{i % 10}"]))
-    return write_datafile(folder / "data.json", rows)
 
 
 def per_clip(fn, items) -> float:
@@ -87,14 +81,14 @@ def stages(datafile: Path, labels: Path) -> dict[str, float]:
     raw = [sf.read(p, dtype="float32")[0] for p in paths]
     rate = sf.info(paths[0]).samplerate
     waves = [load_audio(p) for p in paths]
-    feats = [waveform_to_input(w, CONF.features()) for w in waves]
+    feats = [waveform_to_input(w, AUDIOSET_INPUT) for w in waves]
     rng = np.random.default_rng(0)
     out = {"decode": per_clip(lambda p: sf.read(p, dtype="float32"), paths)}
     if rate != SAMPLE_RATE:
         out["resample"] = per_clip(lambda x: soxr.resample(x, rate, SAMPLE_RATE, quality="HQ"), raw)
-    out["fbank (model input)"] = per_clip(lambda w: waveform_to_input(w, CONF.features()), waves)
+    out["fbank (model input)"] = per_clip(lambda w: waveform_to_input(w, AUDIOSET_INPUT), waves)
     out["SpecAugment + normalise"] = per_clip(
-        lambda x: normalize(spec_augment(x, CONF.freqm, CONF.timem, rng), CONF.mean, CONF.std), feats
+        lambda x: normalize(spec_augment(x, AUG.freqm, AUG.timem, rng), AUDIOSET_INPUT.mean, AUDIOSET_INPUT.std), feats
     )
     batches = [feats[i : i + BATCH] for i in range(0, len(feats) - BATCH + 1, BATCH)] or [feats]
     out["batching (collate)"] = per_clip(torch.stack, batches) / len(batches[0])
@@ -106,12 +100,11 @@ def loader_rate(dataset: AudioDataset, workers: int, epochs: int = 2) -> tuple[f
 
     The first epoch starts the (persistent) workers, and fills the cache where there is one:
     only the last epoch is timed."""
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=BATCH, shuffle=False, num_workers=workers, persistent_workers=workers > 0
-    )
+    sampler = EpochSampler(len(dataset), seed=0)
+    loader = dataset.loader(BATCH, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
     seconds, finish_ms = 0.0, 0.0
     for epoch in range(1, epochs + 1):
-        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         clips, batches, finish = 0, 0, 0.0
         begin = time.perf_counter()
         for batch in loader:
@@ -144,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=96, help="ten-second files per layout (96)")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the loader's arithmetic, one core per worker; the model below gets both
@@ -163,11 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             df = read_datafile(datafile, labels)
             for fbank_on in ("loader", "device"):
                 for workers in (0, 1, 2):
-                    rate, finish = loader_rate(AudioDataset(df, CONF, seed=0, fbank_on=fbank_on), workers)
+                    dataset = AudioDataset(df, AUDIOSET_INPUT, AUG, seed=0, fbank_on=fbank_on)
+                    rate, finish = loader_rate(dataset, workers)
                     loader_rows.append((layout, fbank_on, "no", workers, rate, finish))
                     print(f"{layout}, fbank on {fbank_on}, {workers} workers: {rate:.1f} clips/s", flush=True)
                 cache = work / f"cache-{fbank_on}-{layout[:2]}"
-                dataset = AudioDataset(df, CONF, seed=0, fbank_on=fbank_on, cache_dir=str(cache))
+                dataset = AudioDataset(df, AUDIOSET_INPUT, AUG, seed=0, fbank_on=fbank_on, cache_dir=str(cache))
                 rate, finish = loader_rate(dataset, 2)  # epoch 1 fills the cache
                 loader_rows.append((layout, fbank_on, "warm", 2, rate, finish))
                 print(f"{layout}, fbank on {fbank_on}, warm cache, 2 workers: {rate:.1f} clips/s", flush=True)
@@ -188,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Data pipeline: loader against model (`bench/pipeline.py`)",
         "",
         f"Run {now} on {machine()}. The AudioSet recipe's training items: {args.clips} ten-second clips per "
-        f"layout, 1024 frames x 128 bins, SpecAugment freqm {CONF.freqm} / timem {CONF.timem}, mixup "
-        f"{CONF.mixup} (a mixed item decodes two files), batch {BATCH}. One thread per process.",
+        f"layout, 1024 frames x 128 bins, SpecAugment freqm {AUG.freqm} / timem {AUG.timem}, mixup "
+        f"{AUG.mixup} (a mixed item decodes two files), batch {BATCH}. One thread per process.",
         "",
         "Each stage on one core (ms per clip):",
         "",

@@ -1,10 +1,88 @@
-"""Factories: tiny models and state dicts in the exact published layouts."""
+"""What the tests build: real audio (signals and the one set of writers, bad files too),
+tiny models and checkpoints, state dicts in the exact published layouts, the toy dataset.
+
+Fixtures over these (``files``, ``checkpoints``, ``folder``) and the CLI runner are in
+``conftest.py``; datasets in their authors' layouts are in ``layouts.py``.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
 import torch
 
-from ast_audio import ASTModel
+from ast_audio import ASTConfig, ASTModel, ModelInfo, save_checkpoint
+from ast_audio.presets import PRESETS
+
+SR = 16000
+MEAN, STD = PRESETS["audioset"].mean, PRESETS["audioset"].std
+
+# --------------------------------------------------------------------------- audio: signals
+
+
+def tone(
+    freq: float, sample_rate: int = SR, seconds: float = 1.0, amplitude: float = 0.5, rng=None
+) -> np.ndarray:
+    """A sine at ``freq``; with ``rng`` a random take of it instead: level 0.1-0.4, pitch
+    within 5 %, any phase, plus a little noise."""
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    if rng is None:
+        return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    x = rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * freq * rng.uniform(0.95, 1.05) * t + rng.uniform(0, 6.28))
+    return (x + 0.01 * rng.standard_normal(t.size)).astype("float32")
+
+
+def noise(seconds: float, level: float = 0.1, sample_rate: int = SR, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(level * rng.standard_normal(int(seconds * sample_rate)), -1, 1).astype(np.float32)
+
+
+def chirp(seconds: float, sample_rate: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    return (0.4 * np.sin(2 * np.pi * (200 + 900 * t) * t)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- audio: writers
+
+
+def write_audio(path, data, sample_rate: int = SR, **kwargs) -> Path:
+    """A real audio file (``soundfile.write``: format from the suffix unless ``format=``; ``subtype=``)."""
+    sf.write(path, data, sample_rate, **kwargs)
+    return Path(path)
+
+
+def write_empty(path) -> Path:
+    """A 0-byte file under an audio name."""
+    path = Path(path)
+    path.write_bytes(b"")
+    return path
+
+
+def write_text_as_audio(path, text: str = "this is a text file, not audio\n") -> Path:
+    path = Path(path)
+    path.write_text(text)
+    return path
+
+
+def write_truncated_wav(path, x: np.ndarray, sample_rate: int) -> Path:
+    """A 16-bit wav cut in the middle of its data (the header announces more)."""
+    write_audio(path, x, sample_rate, subtype="PCM_16")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    return Path(path)
+
+
+def write_truncated_mp3(path, x: np.ndarray, sample_rate: int) -> Path:
+    """An mp3 cut mid-stream (60 % of its bytes)."""
+    write_audio(path, x, sample_rate, format="MP3")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) * 6 // 10])
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- models and checkpoints
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -23,6 +101,21 @@ def tiny_ast(label_dim=5, fstride=10, tstride=10, input_fdim=128, input_tdim=128
         imagenet_pretrain=False, model_size="tiny224", verbose=False, depth=depth,
     )  # fmt: skip
     return perturb(model, seed=seed).eval()
+
+
+def hf_model(fstride=10, tstride=10, max_length=128, num_labels=5, eps=1e-6, depth=2, seed=0):
+    """A tiny transformers ``ASTForAudioClassification`` (the reference of the HF layouts)."""
+    from transformers import ASTConfig as HFConfig
+    from transformers import ASTForAudioClassification
+
+    torch.manual_seed(seed)
+    cfg = HFConfig(
+        hidden_size=192, num_attention_heads=3, intermediate_size=768, num_hidden_layers=depth,
+        frequency_stride=fstride, time_stride=tstride, max_length=max_length, num_mel_bins=128,
+        num_labels=num_labels, layer_norm_eps=eps, id2label={i: f"class {i}" for i in range(num_labels)},
+        label2id={f"class {i}": i for i in range(num_labels)},
+    )  # fmt: skip
+    return perturb(ASTForAudioClassification(cfg), seed=seed).eval()
 
 
 def deit_state(model_size_dim=192, side=14, depth=2, seed=0) -> dict[str, torch.Tensor]:
@@ -71,13 +164,69 @@ def original_audioset_state(depth=2, label_dim=527, seed=1) -> dict[str, torch.T
     return sd
 
 
+def labelled(model: ASTModel, labels: list[str], multilabel: bool, mean: float = MEAN, std: float = STD) -> ASTModel:
+    model.info = ModelInfo(labels=labels, dataset_mean=mean, dataset_std=std, multilabel=multilabel)
+    return model
+
+
+def single_label_model() -> ASTModel:
+    """3 labels, softmax, 300 frames (3 s)."""
+    return labelled(tiny_ast(label_dim=3, input_tdim=300, seed=1), ["tone", "noise", "chirp"], False)
+
+
+def multilabel_model() -> ASTModel:
+    """3 labels, sigmoid, 128 frames (1.3 s)."""
+    return labelled(tiny_ast(label_dim=3, input_tdim=128, seed=2), ["tone", "noise", "chirp"], True)
+
+
+def write_tiny_checkpoints(folder: Path) -> dict[str, Path]:
+    """The tiny checkpoints the inference tests tag with, one per format: ``single``
+    (:func:`single_label_model`, safetensors) and ``multi`` (:func:`multilabel_model`, .pt)."""
+    return {
+        "single": save_checkpoint(single_label_model(), folder / "single.safetensors"),
+        "multi": save_checkpoint(multilabel_model(), folder / "multi.pt"),
+    }
+
+
+def loudness_model(input_tdim: int = 300) -> ASTModel:
+    """A hand-set AST whose label "loud" fires when most patches are louder than the dataset
+    mean, "quiet" when most are quieter, and "never" never.
+
+    Patch embedding = patch mean on one channel; block 0 attends uniformly (q = k = 0) with
+    identity value and projection, so the cls/dist tokens get sign(majority) times a fixed
+    vector after the LayerNorms; block 1 is the identity; the head reads that sign.
+    """
+    cfg = ASTConfig(label_dim=3, input_tdim=input_tdim, model_size="tiny224", depth=2)
+    info = ModelInfo(labels=["loud", "quiet", "never"], dataset_mean=MEAN, dataset_std=STD, multilabel=True)
+    model = ASTModel.from_config(cfg, info)
+    d = cfg.embed_dim
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+        model.v.patch_embed.proj.weight[0].fill_(1 / 256)  # channel 0 = mean of the 16x16 patch
+        attn = model.v.blocks[0].attn
+        attn.qkv.weight[2 * d :] = torch.eye(d)  # v = x; q = k = 0: uniform attention
+        attn.proj.weight.copy_(torch.eye(d))
+        u = torch.full((d,), -1.0 / d)
+        u[0] += 1.0
+        u /= u.std(unbiased=False)  # LayerNorm(e0): the direction every token points to
+        head = model.mlp_head[1]
+        head.weight[0] = 10 * u / d
+        head.weight[1] = -10 * u / d
+        head.bias[2] = -10.0
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- the toy dataset
+
 TOY_CLASSES = [("/m/low", "low tone"), ("/m/high", "high tone"), ("/m/noise", "noise")]
 
 
 def toy_clip(kind: int, rng, sample_rate: int = 16000, seconds: float = 1.0):
     """A clip of class ``kind``: a 300 Hz tone, a 3 kHz tone, or white noise, at random level."""
-    import numpy as np
-
     t = np.arange(int(sample_rate * seconds)) / sample_rate
     level = rng.uniform(0.1, 0.5)
     if kind == 2:
@@ -91,10 +240,6 @@ def toy_clip(kind: int, rng, sample_rate: int = 16000, seconds: float = 1.0):
 def write_toy_dataset(root, per_class_train: int = 12, per_class_val: int = 4, seed: int = 0):
     """Real wavs + ``train.json`` / ``val.json`` datafiles + ``labels.csv``, the original layout."""
     import json
-    from pathlib import Path
-
-    import numpy as np
-    import soundfile as sf
 
     root = Path(root)
     (root / "audio").mkdir(parents=True, exist_ok=True)
@@ -106,7 +251,7 @@ def write_toy_dataset(root, per_class_train: int = 12, per_class_val: int = 4, s
         for kind, (mid, _) in enumerate(TOY_CLASSES):
             for i in range(count):
                 path = root / "audio" / f"{split}_{kind}_{i}.wav"
-                sf.write(path, toy_clip(kind, rng), 16000, subtype="PCM_16")
+                write_audio(path, toy_clip(kind, rng), 16000, subtype="PCM_16")
                 data.append({"wav": str(path), "labels": mid})
         (root / f"{split}.json").write_text(json.dumps({"data": data}))
     return root

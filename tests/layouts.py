@@ -1,62 +1,30 @@
 """Miniature datasets in the exact layouts their authors distribute (real audio, right
-names, CSV and list formats), with a few bad files planted, and the ``ast-audio``
-command as a subprocess."""
+names, CSV and list formats), with a few bad files planted (the writers of
+``factories.py``); the recipe tests run ``ast-audio prepare`` / ``recipe`` on them with
+``conftest.run_cli``."""
 
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+from factories import (
+    tone,
+    write_audio,
+    write_empty,
+    write_text_as_audio,
+    write_truncated_mp3,
+    write_truncated_wav,
+)
 
 from ast_audio.labels import read_label_csv
-
-CLI = [str(Path(sys.executable).with_name("ast-audio"))]
 
 # A tiny model, one epoch: what every recipe test runs with (plus its own batch size / length).
 TINY = [
     "model_size=tiny224", "depth=2", "imagenet_pretrain=false", "audioset_pretrain=false", "n_epochs=1",
     "fstride=16", "tstride=16", "audio_length=100", "progress=false", "num_workers=0", "device=cpu",
 ]  # fmt: skip
-
-
-def cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AST_AUDIO_OFFLINE": "1"}
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert out.returncode == 0, f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr[-3000:]}"
-    return out
-
-
-def tone(freq: float, rng, sample_rate: int, seconds: float = 1.0) -> np.ndarray:
-    t = np.arange(int(sample_rate * seconds)) / sample_rate
-    x = rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * freq * rng.uniform(0.95, 1.05) * t + rng.uniform(0, 6.28))
-    return (x + 0.01 * rng.standard_normal(t.size)).astype("float32")
-
-
-def write_text_as_audio(path: Path) -> Path:
-    path.write_text("this is a text file, not audio\n")
-    return path
-
-
-def write_truncated_wav(path: Path, x: np.ndarray, sample_rate: int) -> Path:
-    sf.write(path, x, sample_rate, subtype="PCM_16")
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def write_truncated_mp3(path: Path, x: np.ndarray, sample_rate: int) -> Path:
-    sf.write(path, x, sample_rate, format="MP3")
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) * 6 // 10])
-    return path
 
 
 def report(out: Path) -> dict[str, str]:
@@ -83,13 +51,13 @@ def write_esc50(root: Path, targets=range(0, 50, 5), seconds: float = 1.0, seed:
         for fold in range(1, 6):
             clip_id += 7
             name = f"{fold}-{clip_id}-A-{target}.wav"
-            sf.write(audio / name, tone(200 + 150 * target, rng, 44100, seconds), 44100, subtype="PCM_16")
+            write_audio(audio / name, tone(200 + 150 * target, 44100, seconds, rng=rng), 44100, subtype="PCM_16")
             rows.append((name, fold, target))
     for fold, take, kind in ((2, "B", "empty"), (3, "A", "text"), (4, "C", "absent")):
         target = targets[0]
         name = f"{fold}-{clip_id + fold}-{take}-{target}.wav"
         if kind == "empty":
-            (audio / name).write_bytes(b"")
+            write_empty(audio / name)
         elif kind == "text":
             write_text_as_audio(audio / name)
         bad[str((audio / name).resolve())] = kind
@@ -118,17 +86,17 @@ def write_speechcommands(root: Path, per_word: int = 3, seed: int = 0) -> dict:
         (root / word).mkdir(parents=True)
         for i in range(per_word):
             rel = f"{word}/{rng.integers(16**8):08x}_nohash_{i}.wav"
-            sf.write(root / rel, tone(150 + 60 * w, rng, 16000), 16000, subtype="PCM_16")
+            write_audio(root / rel, tone(150 + 60 * w, 16000, rng=rng), 16000, subtype="PCM_16")
             splits["test" if i == 0 else "valid" if i == 1 else "train"].append(rel)
     noise = root / "_background_noise_"
     noise.mkdir()
-    sf.write(noise / "white_noise.wav", (0.1 * rng.standard_normal(48000)).astype("float32"), 16000)
+    write_audio(noise / "white_noise.wav", (0.1 * rng.standard_normal(48000)).astype("float32"), 16000)
     (noise / "README.md").write_text("background noise, not a class\n")
     empty = f"{words[3]}/0badc0de_nohash_0.wav"
-    (root / empty).write_bytes(b"")
+    write_empty(root / empty)
     splits["train"].append(empty)
     truncated = f"{words[5]}/0badc0de_nohash_1.wav"
-    write_truncated_wav(root / truncated, tone(440, rng, 16000), 16000)
+    write_truncated_wav(root / truncated, tone(440, 16000, rng=rng), 16000)
     splits["valid"].append(truncated)
     (root / "validation_list.txt").write_text("".join(rel + "\n" for rel in splits["valid"]))
     (root / "testing_list.txt").write_text("".join(rel + "\n" for rel in splits["test"]))
@@ -188,10 +156,10 @@ def write_audioset(root: Path, seed: int = 0) -> dict:
                 continue
             path, rate = styles[n % len(styles)](y)
             if name == "unbalanced_train" and i == count - 1:
-                path.write_bytes(b"")
+                write_empty(path)
                 bad[str(path.resolve())] = "empty"
                 continue
-            sf.write(path, tone(300 * (k + 1), rng, rate), rate)
+            write_audio(path, tone(300 * (k + 1), rate, rng=rng), rate)
             present[name][y] = path.resolve()
         segments[name] = rows
         lines = [
@@ -200,7 +168,7 @@ def write_audioset(root: Path, seed: int = 0) -> dict:
             "# YTID, start_seconds, end_seconds, positive_labels",
         ] + [f'{y}, 30.000, 40.000, "{",".join(mids)}"' for y, mids in rows]
         (root / f"{name}_segments.csv").write_text("\n".join(lines) + "\n")
-    sf.write(audio / "unrelated_clip.wav", tone(500, rng, 16000), 16000)  # names no listed id
+    write_audio(audio / "unrelated_clip.wav", tone(500, 16000, rng=rng), 16000)  # names no listed id
     (audio / "notes.txt").write_text("download log\n")
     return {"segments": segments, "present": present, "missing": missing, "bad": bad}
 
@@ -223,16 +191,16 @@ def write_csv_dataset(root: Path, per_class: int = 6, seed: int = 0) -> dict:
     for c, emotion in enumerate(EMOTIONS):
         for _ in range(per_class):
             n += 1
-            x = tone(300 * 3**c, rng, 16000)
+            x = tone(300 * 3**c, 16000, rng=rng)
             if n % 2:
                 name = f"clip_{n:03d}.mp3"
-                sf.write(train_dir / name, x, 16000, format="MP3")
+                write_audio(train_dir / name, x, 16000, format="MP3")
             else:
                 name = f"clip_{n:03d}.wav"
-                sf.write(train_dir / name, x, 16000, subtype="PCM_16")
+                write_audio(train_dir / name, x, 16000, subtype="PCM_16")
             rows.append((name, emotion))
-    (train_dir / "clip_900.wav").write_bytes(b"")
-    write_truncated_mp3(train_dir / "clip_901.mp3", tone(700, rng, 16000, 2.0), 16000)
+    write_empty(train_dir / "clip_900.wav")
+    write_truncated_mp3(train_dir / "clip_901.mp3", tone(700, 16000, 2.0, rng=rng), 16000)
     write_text_as_audio(train_dir / "clip_902.wav")
     for name, emotion, kind in (("clip_900.wav", "happy", "empty"), ("clip_901.mp3", "sad", "truncated"),
                                 ("clip_902.wav", "angry", "text")):  # fmt: skip
@@ -245,8 +213,8 @@ def write_csv_dataset(root: Path, per_class: int = 6, seed: int = 0) -> dict:
     tests = []
     for i, c in enumerate([2, 0, 1, 0]):
         name = f"test_{i:03d}.{'mp3' if i % 2 else 'wav'}"
-        x = tone(300 * 3**c, rng, 16000)
-        sf.write(test_dir / name, x, 16000, **({"format": "MP3"} if i % 2 else {"subtype": "PCM_16"}))
+        x = tone(300 * 3**c, 16000, rng=rng)
+        write_audio(test_dir / name, x, 16000, **({"format": "MP3"} if i % 2 else {"subtype": "PCM_16"}))
         tests.append(name)
     write_text_as_audio(test_dir / "test_broken.wav")
     tests.insert(2, "test_broken.wav")

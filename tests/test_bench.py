@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import cli_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,7 +18,7 @@ def test_device_bench_runs_end_to_end_and_writes_its_section(tmp_path):
             "--workers", "1", "--steps", "1", "--peak-tflops", "1", "--output", str(out)]  # fmt: skip
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "device.py"), *args],
-        capture_output=True, text=True, timeout=300, cwd=ROOT / "bench",
+        capture_output=True, text=True, timeout=300, cwd=ROOT / "bench", env=cli_env(),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
@@ -25,3 +27,14 @@ def test_device_bench_runs_end_to_end_and_writes_its_section(tmp_path):
                 "loader + training step, cached clips", "Model FLOP utilisation of the step: "):  # fmt: skip
         assert row in text
     assert "n/a" not in text  # --peak-tflops given: an MFU figure is computed
+
+
+def test_bench_scripts_share_common_and_never_import_each_other():
+    import ast
+
+    scripts = {p.stem for p in (ROOT / "bench").glob("*.py")}
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert imported & scripts <= ({"common"} if path.stem != "common" else set()), path.name

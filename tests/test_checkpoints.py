@@ -6,23 +6,11 @@ import json
 
 import pytest
 import torch
-from factories import deit_state, original_audioset_state, perturb, tiny_ast
-from transformers import ASTConfig as HFConfig
+from factories import deit_state, hf_model, original_audioset_state, tiny_ast
 from transformers import ASTForAudioClassification
 
 from ast_audio import ASTModel, CheckpointError, load_model, save_checkpoint
 from ast_audio.checkpoints import export_hf, export_original, hf_to_original, read_checkpoint
-
-
-def hf_model(fstride=10, tstride=10, max_length=128, num_labels=5, eps=1e-6, depth=2, seed=0):
-    torch.manual_seed(seed)
-    cfg = HFConfig(
-        hidden_size=192, num_attention_heads=3, intermediate_size=768, num_hidden_layers=depth,
-        frequency_stride=fstride, time_stride=tstride, max_length=max_length, num_mel_bins=128,
-        num_labels=num_labels, layer_norm_eps=eps, id2label={i: f"class {i}" for i in range(num_labels)},
-        label2id={f"class {i}": i for i in range(num_labels)},
-    )  # fmt: skip
-    return perturb(ASTForAudioClassification(cfg), seed=seed).eval()
 
 
 def logits_of(model, x):

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
+from conftest import Server, run_cli
 from factories import original_audioset_state, tiny_ast
-from test_download import Server
 
 from ast_audio import load_model
 from ast_audio.checkpoints import export_original
 
-CLI = [str(Path(sys.executable).with_name("ast-audio"))]
-
-
-def run(*args, home=None, **env):
-    environ = {**os.environ, **env}
-    if home is not None:
-        environ["AST_AUDIO_HOME"] = str(home)
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=environ, timeout=120)
+TIMEOUT = 120  # seconds: these commands take a few
 
 
 def test_checkpoints_lists_the_registry(tmp_path):
-    out = run("checkpoints", home=tmp_path)
+    out = run_cli("checkpoints", timeout=TIMEOUT, AST_AUDIO_HOME=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "audioset_10_10_0.4593" in out.stdout and "speechcommands_10_10_0.9812" in out.stdout
     assert "deit_base_distilled_patch16_384" in out.stdout
@@ -35,13 +24,13 @@ def test_checkpoints_lists_the_registry(tmp_path):
 def test_info_and_convert_round_trip(tmp_path):
     source = tiny_ast(label_dim=527, fstride=16, tstride=16, input_tdim=1024)
     pth = export_original(source, tmp_path / "audioset_16_16_0.4422.pth")
-    out = run("info", pth)
+    out = run_cli("info", pth, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["layout"] == "ast" and info["patch_grid"] == [8, 64] and info["labels"] == 527
 
     for fmt, target in [("ast-audio", tmp_path / "m.safetensors"), ("hf", tmp_path / "hf"), ("original", tmp_path / "o.pth")]:
-        out = run("convert", pth, target, "--format", fmt)
+        out = run_cli("convert", pth, target, "--format", fmt, timeout=TIMEOUT)
         assert out.returncode == 0, out.stderr
         converted = load_model(target, fstride=16, tstride=16)
         x = torch.randn(1, 1024, 128)
@@ -51,14 +40,14 @@ def test_info_and_convert_round_trip(tmp_path):
 
 def test_errors_are_one_line_without_traceback(tmp_path):
     for args in (["info", tmp_path / "missing.pth"], ["info", "not_a_name"]):
-        out = run(*args)
+        out = run_cli(*args, timeout=TIMEOUT)
         assert out.returncode == 2
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ast-audio: error:"), out.stderr
         assert "Traceback" not in out.stderr
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
-    out = run("info", bad)
+    out = run_cli("info", bad, timeout=TIMEOUT)
     assert out.returncode == 2 and str(bad) in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
@@ -67,13 +56,13 @@ def test_download_from_a_mirror(tmp_path):
     torch.save(original_audioset_state(depth=1), path)
     home = tmp_path / "home"
     with Server({"audioset_10_10_0.4593.pth": path.read_bytes()}) as server:
-        out = run("download", "audioset_10_10_0.4593", "--url", f"{server.url}/audioset_10_10_0.4593.pth", "-q", home=home)
+        out = run_cli("download", "audioset_10_10_0.4593", "--url", f"{server.url}/audioset_10_10_0.4593.pth", "-q", timeout=TIMEOUT, AST_AUDIO_HOME=home)
     assert out.returncode == 0, out.stderr
     assert (home / "audioset_10_10_0.4593.pth").read_bytes() == path.read_bytes()
-    assert "cached" in run("checkpoints", home=home).stdout
+    assert "cached" in run_cli("checkpoints", timeout=TIMEOUT, AST_AUDIO_HOME=home).stdout
 
 
 def test_offline_download_is_a_clear_error(tmp_path):
-    out = run("download", "audioset_10_10_0.4495", home=tmp_path, AST_AUDIO_OFFLINE="1")
+    out = run_cli("download", "audioset_10_10_0.4495", timeout=TIMEOUT, AST_AUDIO_HOME=tmp_path, AST_AUDIO_OFFLINE="1")
     assert out.returncode == 2
     assert "AST_AUDIO_OFFLINE=1" in out.stderr and "dropbox.com" in out.stderr

@@ -2,64 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-from test_infer import SR, chirp, loudness_model, multilabel_model, noise, single_label_model
+from conftest import cli_in_process, run_cli
+from factories import SR, loudness_model, noise, write_audio
 
-from ast_audio import ConfigError, cli_infer, save_checkpoint
+from ast_audio import ConfigError, save_checkpoint
 from ast_audio.infer import AudioTagger
 
-CLI = [str(Path(sys.executable).with_name("ast-audio"))]
+pytestmark = pytest.mark.usefixtures("one_thread")  # here and in the ast-audio subprocesses
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as one_thread, for the subprocess
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def ck(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ck")
-    return {
-        "single": save_checkpoint(single_label_model(), root / "single.safetensors"),
-        "multi": save_checkpoint(multilabel_model(), root / "multi.pt"),
-    }
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """Good files (wav, flac, mp3, in a sub-folder too), a text file named .wav, a 0-byte .mp3,
-    and files that are not audio by extension (ignored)."""
-    root = tmp_path_factory.mktemp("clips")
-    (root / "sub").mkdir()
-    sf.write(root / "a.wav", noise(1.0), SR, subtype="PCM_16")
-    sf.write(root / "sub" / "b.flac", chirp(5.0), SR)
-    sf.write(root / "sub" / "c.mp3", noise(0.7, seed=2), SR, format="MP3")
-    (root / "broken.wav").write_text("this is not audio\n")
-    (root / "sub" / "empty.mp3").write_bytes(b"")
-    (root / "notes.txt").write_text("ignored")
-    (root / ".hidden.wav").write_text("ignored: hidden")
-    good = [root / "a.wav", root / "sub" / "b.flac", root / "sub" / "c.mp3"]
-    bad = [root / "broken.wav", root / "sub" / "empty.mp3"]
-    return root, good, bad
-
-
-def test_folder_with_corrupt_files_reports_them_and_predicts_the_rest(folder, ck):
+def test_folder_with_corrupt_files_reports_them_and_predicts_the_rest(folder, checkpoints):
     root, good, bad = folder
-    out = run("predict", root, "--checkpoint", ck["single"], "--format", "json", "--top-k", "2")
+    out = run_cli("predict", root, "--checkpoint", checkpoints["single"], "--format", "json", "--top-k", "2")
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2, out.stderr  # one line per bad file, nothing else
@@ -74,14 +34,14 @@ def test_folder_with_corrupt_files_reports_them_and_predicts_the_rest(folder, ck
     assert results[1]["windows"] == 3  # 5 s with a 3 s model: windowed, not cut
 
 
-def test_ensemble_csv(folder, ck):
+def test_ensemble_csv(folder, checkpoints):
     root, good, _ = folder
-    out = run("predict", *good, "--checkpoint", ck["single"], "--checkpoint", ck["multi"], "--format", "csv")
+    out = run_cli("predict", *good, "--checkpoint", checkpoints["single"], "--checkpoint", checkpoints["multi"], "--format", "csv")
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert list(rows[0]) == ["path", "rank", "label", "score"]
     assert len(rows) == 3 * 3  # top-5 of 3 labels -> 3 per file
-    expected = AudioTagger([ck["single"], ck["multi"]], device="cpu").predict(good[0])
+    expected = AudioTagger([checkpoints["single"], checkpoints["multi"]], device="cpu").predict(good[0])
     first = {r["label"]: float(r["score"]) for r in rows if r["path"] == str(good[0])}
     assert first == pytest.approx(dict(expected.labels), abs=1e-6)
 
@@ -89,9 +49,9 @@ def test_ensemble_csv(folder, ck):
 def test_timeline_of_a_long_file(tmp_path):
     path = tmp_path / "long.flac"  # 0-30 s quiet, 30-60 s loud, 60-95 s quiet
     parts = [noise(30, 1e-4, seed=1), noise(30, 0.3, seed=2), noise(35, 1e-4, seed=3)]
-    sf.write(path, np.concatenate(parts), SR)
+    write_audio(path, np.concatenate(parts), SR)
     model = save_checkpoint(loudness_model(), tmp_path / "loud.safetensors")
-    out = run(
+    out = run_cli(
         "predict", path, "--checkpoint", model, "--timeline", "--window", 10, "--hop", 5, "--format", "json"
     )
     assert out.returncode == 0, out.stderr
@@ -102,10 +62,10 @@ def test_timeline_of_a_long_file(tmp_path):
     assert events == [("quiet", 0, 35), ("loud", 25, 65), ("quiet", 55, 95)]
 
 
-def test_embed_writes_npz(folder, ck, tmp_path):
+def test_embed_writes_npz(folder, checkpoints, tmp_path):
     root, good, bad = folder
     out_file = tmp_path / "emb.npz"
-    out = run("embed", root, "--checkpoint", ck["single"], "--out", out_file, "--tokens")
+    out = run_cli("embed", root, "--checkpoint", checkpoints["single"], "--out", out_file, "--tokens")
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 2  # the two bad files
     data = np.load(out_file)
     assert list(data["paths"]) == [str(p) for p in good]
@@ -113,32 +73,24 @@ def test_embed_writes_npz(folder, ck, tmp_path):
     assert data["tokens"].shape == (3, 12, 29, 192)
 
 
-def test_export_onnx_verifies_parity(ck, tmp_path):
-    out = run("export", "--checkpoint", ck["multi"], "--format", "onnx", "--out", tmp_path / "m.onnx")
+def test_export_onnx_verifies_parity(checkpoints, tmp_path):
+    out = run_cli("export", "--checkpoint", checkpoints["multi"], "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert out.returncode == 0, out.stderr
     assert "verified: onnxruntime logits match PyTorch within 0.0001" in out.stdout
     assert "input [batch, 128, 128]" in out.stdout and (tmp_path / "m.onnx").stat().st_size > 0
 
 
-def test_nothing_to_do_exits_2(tmp_path, ck):
-    out = run("predict", tmp_path, "--checkpoint", ck["single"])  # an empty folder
+def test_nothing_to_do_exits_2(tmp_path, checkpoints):
+    out = run_cli("predict", tmp_path, "--checkpoint", checkpoints["single"])  # an empty folder
     assert out.returncode == 2 and out.stderr.startswith("ast-audio: error: no audio files")
 
 
 # --------------------------------------------------------------------------- in-process (fast)
 
 
-def main(*args) -> int:
-    """The subcommands on a parser of their own, as cli.py registers them."""
-    parser = argparse.ArgumentParser(prog="ast-audio")
-    cli_infer.add_commands(parser.add_subparsers(dest="command", required=True))
-    parsed = parser.parse_args([str(a) for a in args])
-    return parsed.func(parsed)
-
-
-def test_table_output_and_exit_0(folder, ck, capsys):
+def test_table_output_and_exit_0(folder, checkpoints, capsys):
     _, good, _ = folder
-    assert main("predict", good[0], good[1], "--checkpoint", ck["single"], "-k", "2") == 0
+    assert cli_in_process("predict", good[0], good[1], "--checkpoint", checkpoints["single"], "-k", "2") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{good[0]}  (1.00 s)")
     assert lines[3].startswith(f"{good[1]}  (5.00 s, 3 windows, max over windows)")
@@ -147,9 +99,9 @@ def test_table_output_and_exit_0(folder, ck, capsys):
 
 def test_timeline_csv_lists_events(tmp_path, capsys):
     path = tmp_path / "x.wav"
-    sf.write(path, np.concatenate([noise(8, 1e-4), noise(8, 0.3, seed=1)]), SR)
+    write_audio(path, np.concatenate([noise(8, 1e-4), noise(8, 0.3, seed=1)]), SR)
     model = save_checkpoint(loudness_model(), tmp_path / "loud.pt")
-    assert main("predict", path, "--checkpoint", model, "--timeline", "--window", "4", "--hop", "4",
+    assert cli_in_process("predict", path, "--checkpoint", model, "--timeline", "--window", "4", "--hop", "4",
                 "--format", "csv") == 0  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["label"], r["start"], r["end"]) for r in rows] == [
@@ -158,10 +110,10 @@ def test_timeline_csv_lists_events(tmp_path, capsys):
     ]
 
 
-def test_embed_per_window(folder, ck, tmp_path, capsys):
+def test_embed_per_window(folder, checkpoints, tmp_path, capsys):
     _, good, _ = folder
     assert (
-        main("embed", *good, "--checkpoint", ck["single"], "--out", tmp_path / "win.npz", "--per-window") == 0
+        cli_in_process("embed", *good, "--checkpoint", checkpoints["single"], "--out", tmp_path / "win.npz", "--per-window") == 0
     )
     data = np.load(tmp_path / "win.npz")
     assert data["embeddings"].shape == (1 + 3 + 1, 192)  # b.flac (5 s) has three model windows
@@ -169,10 +121,10 @@ def test_embed_per_window(folder, ck, tmp_path, capsys):
     assert "5 windows x 192 dims" in capsys.readouterr().out
 
 
-def test_usage_errors(tmp_path, ck):
+def test_usage_errors(tmp_path, checkpoints):
     with pytest.raises(SystemExit) as exit_:
-        main("predict", tmp_path)  # --checkpoint missing
+        cli_in_process("predict", tmp_path)  # --checkpoint missing
     assert exit_.value.code == 2
     with pytest.raises(ConfigError, match="dynamic-time"):
-        main("export", "--checkpoint", ck["single"], "--format", "torchscript", "--out", tmp_path / "x.pt",
+        cli_in_process("export", "--checkpoint", checkpoints["single"], "--format", "torchscript", "--out", tmp_path / "x.pt",
              "--dynamic-time")  # fmt: skip

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
+from factories import write_audio
 
 from ast_audio.data import balanced_weights, read_datafile, read_weights, weight_file_for, write_weights
 from ast_audio.errors import DataError
@@ -18,7 +18,7 @@ def dataset(tmp_path):
     audio = tmp_path / "audio"
     audio.mkdir()
     for name in ("a", "b", "c", "d"):
-        sf.write(audio / f"{name}.wav", np.zeros(1600, dtype=np.float32), 16000)
+        write_audio(audio / f"{name}.wav", np.zeros(1600, dtype=np.float32), 16000)
     return tmp_path
 
 

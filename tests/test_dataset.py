@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from factories import write_toy_dataset
+from factories import write_audio, write_toy_dataset
 
 from ast_audio.data import read_datafile
 from ast_audio.dataset import AudioDataset, Draw, EpochSampler, norm_stats
@@ -114,15 +114,13 @@ def test_device_noise_is_seeded_bounded_and_rolled(tmp_path):
 
 
 def test_waveform_cache_gives_the_same_samples_without_decoding(tmp_path, monkeypatch, caplog):
-    import soundfile as sf
-
     import ast_audio.cache as cache_module
     from ast_audio.audio import load_audio
 
     root = write_toy_dataset(tmp_path, 2, 1)
     df = read_datafile(root / "train.json", root / "labels.csv")
     rng = np.random.default_rng(0)
-    sf.write(df.entries[0].wav, rng.uniform(-0.5, 0.5, 44100).astype(np.float32), 44100)  # resampled on load
+    write_audio(df.entries[0].wav, rng.uniform(-0.5, 0.5, 44100).astype(np.float32), 44100)  # resampled on load
     conf, aug = InputContract(target_length=100), Augmentation(mixup=0.5)
     plain = [AudioDataset(df, conf, aug, seed=2)[i] for i in range(len(df))]
     cached = AudioDataset(df, conf, aug, seed=2, cache_dir=str(tmp_path / "cache"))
@@ -137,7 +135,7 @@ def test_waveform_cache_gives_the_same_samples_without_decoding(tmp_path, monkey
         assert torch.equal(a["waveform"], b["waveform"]) and torch.equal(a["waveform"], c["waveform"])
         assert torch.equal(a["target"], c["target"])
     # a replaced file is decoded again; a damaged entry is decoded again and rewritten
-    sf.write(df.entries[1].wav, np.zeros(16000, dtype=np.float32), 16000)
+    write_audio(df.entries[1].wav, np.zeros(16000, dtype=np.float32), 16000)
     os.utime(df.entries[1].wav, ns=(1, 1))
     assert float(cached._waveform(1).abs().max()) == 0.0 and len(calls) == 1
     entry = cached._cache.entry(df.entries[0].wav, 16000)

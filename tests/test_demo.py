@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-CLI = str(Path(sys.executable).with_name("ast-audio"))
+from conftest import run_cli
 
 
 def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, "demo", "--out", str(out), *extra], capture_output=True, text=True, timeout=900)
+    return run_cli("demo", "--out", out, *extra, timeout=900)
 
 
 def test_small_demo_writes_everything_and_reruns_without_training(tmp_path):

@@ -2,58 +2,15 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from dataclasses import replace
 
 import pytest
 import torch
+from conftest import Server
 from factories import deit_state, original_audioset_state
 
 from ast_audio import ASTModel, DownloadError, load_model
 from ast_audio.hub import REGISTRY, PublishedCheckpoint, register_checkpoint
-
-
-class Server:
-    """Serves ``files`` on 127.0.0.1; ``/cut/NAME`` announces the full length but stops halfway."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = files
-        self.hits: list[str] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                outer.hits.append(self.path)
-                name = self.path.rsplit("/", 1)[-1].split("?")[0]
-                body = outer.files.get(name)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.path.startswith("/cut/"):
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

@@ -10,18 +10,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from factories import perturb, tiny_ast
+from factories import labelled, perturb, tiny_ast
 
-from ast_audio import ModelInfo
 from ast_audio.export import ExportError, export_onnx, export_torchscript, verify_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_with_labels(input_tdim=128, seed=0):
-    model = tiny_ast(label_dim=3, input_tdim=input_tdim, seed=seed)
-    model.info = ModelInfo(labels=["a", "b", "c"], dataset_mean=-4.27, dataset_std=4.57, multilabel=False)
-    return model
+    return labelled(tiny_ast(label_dim=3, input_tdim=input_tdim, seed=seed), ["a", "b", "c"], False, -4.27, 4.57)
 
 
 def test_onnx_fixed_time_dynamic_batch(tmp_path):

@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from factories import write_audio
 
 import ast_audio.features as features
 from ast_audio.audio import load_audio
@@ -38,7 +38,7 @@ def real_audio(tmp_path, sample_rate: int, seconds: float = 2.0, seed: int = 0) 
         + 0.05 * rng.standard_normal(t.size)
     )
     path = tmp_path / f"real_{sample_rate}_{seed}.wav"
-    sf.write(path, x.astype(np.float32), sample_rate, subtype="PCM_16")
+    write_audio(path, x.astype(np.float32), sample_rate, subtype="PCM_16")
     return load_audio(path, sample_rate=None)
 
 
@@ -334,7 +334,7 @@ def test_waveform_to_input_is_the_original_recipe(tmp_path, name):
 def test_file_to_input_resamples(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "clip.wav"
-    sf.write(path, (0.1 * rng.standard_normal((44100 * 2, 2))).astype(np.float32), 44100)
+    write_audio(path, (0.1 * rng.standard_normal((44100 * 2, 2))).astype(np.float32), 44100)
     cfg = FeatureConfig.preset("esc50")
     out = file_to_input(path, cfg)
     assert out.shape == (512, 128)

@@ -6,11 +6,20 @@ import logging
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from factories import tiny_ast
+from factories import (
+    MEAN,
+    SR,
+    STD,
+    loudness_model,
+    multilabel_model,
+    noise,
+    single_label_model,
+    tiny_ast,
+    write_audio,
+)
 
-from ast_audio import ASTConfig, ASTModel, AudioError, ConfigError, FeatureConfig, ModelInfo, save_checkpoint
+from ast_audio import ASTModel, AudioError, ConfigError, FeatureConfig
 from ast_audio.audio import load_audio
 from ast_audio.checkpoints import export_original
 from ast_audio.features import waveform_to_input
@@ -22,99 +31,12 @@ from ast_audio.infer import (
     merge_events,
     window_spans,
 )
-from ast_audio.presets import PRESETS
 from ast_audio.runtime import pick_device
 
-SR = 16000
-MEAN, STD = PRESETS["audioset"].mean, PRESETS["audioset"].std
 WINDOW_300 = 400 + 299 * 160  # samples of one 300-frame model input (3.015 s)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def noise(seconds: float, level: float = 0.1, sample_rate: int = SR, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(level * rng.standard_normal(int(seconds * sample_rate)), -1, 1).astype(np.float32)
-
-
-def chirp(seconds: float, sample_rate: int = SR) -> np.ndarray:
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    return (0.4 * np.sin(2 * np.pi * (200 + 900 * t) * t)).astype(np.float32)
-
-
-def labelled(model: ASTModel, labels: list[str], multilabel: bool) -> ASTModel:
-    model.info = ModelInfo(labels=labels, dataset_mean=MEAN, dataset_std=STD, multilabel=multilabel)
-    return model
-
-
-def single_label_model() -> ASTModel:
-    """3 labels, softmax, 300 frames (3 s)."""
-    return labelled(tiny_ast(label_dim=3, input_tdim=300, seed=1), ["tone", "noise", "chirp"], False)
-
-
-def multilabel_model() -> ASTModel:
-    """3 labels, sigmoid, 128 frames (1.3 s)."""
-    return labelled(tiny_ast(label_dim=3, input_tdim=128, seed=2), ["tone", "noise", "chirp"], True)
-
-
-def loudness_model(input_tdim: int = 300) -> ASTModel:
-    """A hand-set AST whose label "loud" fires when most patches are louder than the dataset
-    mean, "quiet" when most are quieter, and "never" never.
-
-    Patch embedding = patch mean on one channel; block 0 attends uniformly (q = k = 0) with
-    identity value and projection, so the cls/dist tokens get sign(majority) times a fixed
-    vector after the LayerNorms; block 1 is the identity; the head reads that sign.
-    """
-    cfg = ASTConfig(label_dim=3, input_tdim=input_tdim, model_size="tiny224", depth=2)
-    info = ModelInfo(labels=["loud", "quiet", "never"], dataset_mean=MEAN, dataset_std=STD, multilabel=True)
-    model = ASTModel.from_config(cfg, info)
-    d = cfg.embed_dim
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.fill_(1.0)
-        model.v.patch_embed.proj.weight[0].fill_(1 / 256)  # channel 0 = mean of the 16x16 patch
-        attn = model.v.blocks[0].attn
-        attn.qkv.weight[2 * d :] = torch.eye(d)  # v = x; q = k = 0: uniform attention
-        attn.proj.weight.copy_(torch.eye(d))
-        u = torch.full((d,), -1.0 / d)
-        u[0] += 1.0
-        u /= u.std(unbiased=False)  # LayerNorm(e0): the direction every token points to
-        head = model.mlp_head[1]
-        head.weight[0] = 10 * u / d
-        head.weight[1] = -10 * u / d
-        head.bias[2] = -10.0
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("audio")
-    paths = {
-        "wav": root / "tone_noise.wav",
-        "flac": root / "chirp.flac",
-        "mp3": root / "noise.mp3",
-        "short": root / "short.wav",
-        "long": root / "long.wav",
-    }
-    sf.write(paths["wav"], noise(2.0) + chirp(2.0) * 0.5, SR, subtype="PCM_16")
-    sf.write(paths["flac"], chirp(1.0, 44100), 44100)
-    sf.write(paths["mp3"], noise(1.5, seed=3), SR, format="MP3")
-    sf.write(paths["short"], noise(0.5, seed=4), SR, subtype="PCM_16")
-    sf.write(paths["long"], noise(10.0, seed=5) + chirp(10.0) * 0.3, SR, subtype="FLOAT")
-    return paths
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ck")
-    return {
-        "single": save_checkpoint(single_label_model(), root / "single.safetensors"),
-        "multi": save_checkpoint(multilabel_model(), root / "multi.pt"),
-    }
 
 
 def features_of(model: ASTModel, waveform: torch.Tensor) -> torch.Tensor:
@@ -276,7 +198,7 @@ def test_missing_statistics_fall_back_to_audioset_with_one_warning(caplog):
 def test_timeline_of_95_seconds_covers_it_and_merges_events(tmp_path):
     quiet, loud = noise(30.0, level=1e-4, seed=6), noise(30.0, level=0.3, seed=7)
     path = tmp_path / "hour.flac"  # 0-30 s quiet, 30-60 s loud, 60-95 s quiet
-    sf.write(path, np.concatenate([quiet, loud, noise(35.0, level=1e-4, seed=8)]), SR)
+    write_audio(path, np.concatenate([quiet, loud, noise(35.0, level=1e-4, seed=8)]), SR)
     tagger = AudioTagger(loudness_model(300), device="cpu", batch_size=16)
     tl = tagger.timeline(path, window=10.0, hop=5.0)
     assert tl.duration == pytest.approx(95.0)

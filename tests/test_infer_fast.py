@@ -9,19 +9,14 @@ import json
 
 import numpy as np
 import pytest
-import test_cli_infer
-import test_infer
 import torch
-from test_cli_infer import main, run
-from test_infer import single_label_model
+from conftest import cli_in_process, run_cli
+from factories import single_label_model
 
 from ast_audio import ConfigError
 from ast_audio.infer import AudioTagger
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-files, checkpoints = test_infer.files, test_infer.checkpoints  # module fixtures, shared helpers
-folder, ck = test_cli_infer.folder, test_cli_infer.ck
 
 QuantLinear = torch.ao.nn.quantized.dynamic.Linear
 BOUND = {"bf16": 0.02, "int8": 0.06}  # max |probability - fp32| (seen: 0.004 and 0.023)
@@ -113,33 +108,33 @@ def test_compile_equals_eager_on_a_ragged_batch_and_compiles_once(files, checkpo
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_predict_int8(folder, ck):
+def test_cli_predict_int8(folder, checkpoints):
     _, good, _ = folder
-    out = run("predict", *good, "--checkpoint", ck["single"], "--precision", "int8", "--format", "json")
+    out = run_cli("predict", *good, "--checkpoint", checkpoints["single"], "--precision", "int8", "--format", "json")
     assert out.returncode == 0 and out.stderr == "", out.stderr  # no deprecation warnings either
     got = {r["path"]: r["labels"] for r in json.loads(out.stdout)}
-    for p in AudioTagger(ck["single"], device="cpu").predict(good):
+    for p in AudioTagger(checkpoints["single"], device="cpu").predict(good):
         labels = got[p.path]
         assert labels[0]["label"] == p.labels[0][0]
         assert labels[0]["score"] == pytest.approx(p.labels[0][1], abs=BOUND["int8"])
         assert labels[0]["score"] != pytest.approx(p.labels[0][1], abs=1e-6)  # int8 really ran
 
 
-def test_cli_embed_bf16(folder, ck, tmp_path):
+def test_cli_embed_bf16(folder, checkpoints, tmp_path):
     _, good, _ = folder
-    out = run(
-        "embed", *good, "--checkpoint", ck["single"], "--precision", "bf16", "--out", tmp_path / "e.npz"
+    out = run_cli(
+        "embed", *good, "--checkpoint", checkpoints["single"], "--precision", "bf16", "--out", tmp_path / "e.npz"
     )
     assert out.returncode == 0, out.stderr
     data = np.load(tmp_path / "e.npz")
     assert data["embeddings"].shape == (3, 192) and data["embeddings"].dtype == np.float32
-    expected = np.stack([e.embedding for e in AudioTagger(ck["single"], device="cpu").embed(good)])
+    expected = np.stack([e.embedding for e in AudioTagger(checkpoints["single"], device="cpu").embed(good)])
     got = data["embeddings"]
     cos = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
     assert cos.min() > 0.99 and not np.allclose(got, expected, atol=1e-6)
 
 
-def test_cli_flags_reach_the_tagger(folder, ck, tmp_path, monkeypatch):
+def test_cli_flags_reach_the_tagger(folder, checkpoints, tmp_path, monkeypatch):
     _, good, _ = folder
     seen = []
 
@@ -149,11 +144,11 @@ def test_cli_flags_reach_the_tagger(folder, ck, tmp_path, monkeypatch):
             super().__init__(*args, **{**kwargs, "compile": False})  # the plumbing, not a slow compile
 
     monkeypatch.setattr("ast_audio.infer.AudioTagger", Spy)
-    assert main("predict", good[0], "--checkpoint", ck["single"]) == 0
-    assert main("predict", good[0], "--checkpoint", ck["single"], "--precision", "bf16", "--compile") == 0
-    assert main("embed", good[0], "--checkpoint", ck["single"], "--out", tmp_path / "e.npz",
+    assert cli_in_process("predict", good[0], "--checkpoint", checkpoints["single"]) == 0
+    assert cli_in_process("predict", good[0], "--checkpoint", checkpoints["single"], "--precision", "bf16", "--compile") == 0
+    assert cli_in_process("embed", good[0], "--checkpoint", checkpoints["single"], "--out", tmp_path / "e.npz",
                 "--precision", "int8") == 0  # fmt: skip
     assert seen == [("fp32", False), ("bf16", True), ("int8", False)]
     with pytest.raises(SystemExit) as exit_:
-        main("predict", good[0], "--checkpoint", ck["single"], "--precision", "fp16")
+        cli_in_process("predict", good[0], "--checkpoint", checkpoints["single"], "--precision", "fp16")
     assert exit_.value.code == 2

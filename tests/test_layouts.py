@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factories import deit_state, original_audioset_state, tiny_ast
+from factories import deit_state, hf_model, original_audioset_state, tiny_ast
 from safetensors import safe_open
-from test_checkpoints import hf_model
 
 from ast_audio import CheckpointError, ModelInfo
 from ast_audio.layouts import (

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from conftest import cli_env
 from PIL import Image
 
 from ast_audio.infer import AttentionMap
@@ -83,7 +84,7 @@ def test_plotting_changes_neither_the_backend_nor_pyplot(tmp_path):
     """)
     here = Path(__file__).parent  # the script imports this module's helpers
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=here, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=here, timeout=300, env=cli_env()
     )
     assert out.returncode == 0 and out.stdout.strip() == "unchanged", out.stderr
     assert len(list(tmp_path.glob("*.png"))) == 6

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from layouts import cli
+from conftest import run_cli
 
 from ast_audio.config import DATASETS, resolve_train_config
 from ast_audio.errors import ConfigError
@@ -97,9 +97,37 @@ def test_config_file_is_layered_over_the_shipped_one(tmp_path):
 
 
 def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
-    out = cli("recipe", "esc50", "--root", tmp_path, "--exp-dir", tmp_path / "exp", "--set", "n_epoch=3")
+    out = run_cli("recipe", "esc50", "--root", tmp_path, "--exp-dir", tmp_path / "exp", "--set", "n_epoch=3")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ast-audio: error: --set n_epoch: unknown setting"), out.stderr
-    out = cli("recipe", "esc50", "--root", tmp_path / "nowhere", "--exp-dir", tmp_path / "exp")
+    out = run_cli("recipe", "esc50", "--root", tmp_path / "nowhere", "--exp-dir", tmp_path / "exp")
     assert out.returncode == 2 and "dataset folder not found" in out.stderr
+
+
+def test_a_registered_recipe_brings_its_prepare_flags_and_report(tmp_path, monkeypatch, capsys):
+    """Adding a recipe is registering it: the CLI has no code per recipe."""
+    from ast_audio.cli import main
+    from ast_audio.recipes import Recipe, flag
+
+    seen = {}
+
+    def prepare(source, out, *, level=1, workers=None, force=False):
+        seen.update(source=source, out=out, level=level, workers=workers, force=force)
+        return {"clips": 3, "label_csv": "labels.csv", "bad_files": 0, "report": "bad_files.txt"}
+
+    def run(ctx):
+        return {"deliverable": str(ctx.exp_dir / "toy.csv"), "score": 0.5}
+
+    toy = Recipe("toy", "a toy dataset", prepare, run, {"": "csv.toml"}, prepare_help="a toy layout",
+                 prepare_flags=(flag("--source", required=True), flag("--level", type=int, default=1)))  # fmt: skip
+    monkeypatch.setitem(RECIPES, "toy", toy)
+    out = tmp_path / "prepared"
+    assert main(["prepare", "toy", "--source", "here", "--level", "4", "--out", str(out), "-w", "2"]) == 0
+    assert seen == {"source": "here", "out": str(out), "level": 4, "workers": 2, "force": True}
+    printed = capsys.readouterr().out
+    assert "clips: 3" in printed and "bad files: 0 (listed in bad_files.txt)" in printed
+    assert main(["recipe", "toy", "--root", str(tmp_path), "--exp-dir", str(tmp_path / "exp")]) == 0
+    assert capsys.readouterr().out.splitlines() == ["score: 0.5", f"deliverable: {tmp_path / 'exp' / 'toy.csv'}"]
+    with pytest.raises(SystemExit):
+        main(["prepare", "toy", "--out", str(out)])  # --source is required

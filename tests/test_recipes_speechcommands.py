@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from layouts import TINY, cli, ok, report, write_speechcommands
+from conftest import ok, run_cli
+from layouts import TINY, report, write_speechcommands
 
 from ast_audio.data import read_datafile
 from ast_audio.labels import read_label_csv
@@ -21,7 +22,7 @@ def speechcommands(tmp_path_factory):
 def test_prepare_splits_by_the_lists_and_lists_exactly_the_bad_clips(speechcommands, tmp_path):
     root, info = speechcommands
     out = tmp_path / "prepared"
-    ok(cli("prepare", "speechcommands", "--root", root, "--out", out))
+    ok(run_cli("prepare", "speechcommands", "--root", root, "--out", out))
 
     reasons = report(out)
     assert set(reasons) == set(info["bad"])
@@ -50,7 +51,7 @@ def test_recipe_scores_the_best_on_valid_model_on_test_and_resumes(speechcommand
     root, _ = speechcommands
     exp = tmp_path / "exp"
     args = ["recipe", "speechcommands", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=16"]
-    ok(cli(*args))
+    ok(run_cli(*args))
 
     result = np.loadtxt(exp / "eval_result.csv", delimiter=",")
     assert result.shape == (4,) and np.all((0 <= result) & (result <= 1))  # valid acc, mAUC, test acc, mAUC
@@ -61,7 +62,7 @@ def test_recipe_scores_the_best_on_valid_model_on_test_and_resumes(speechcommand
     assert (cfg["noise"], cfg["mixup"], cfg["loss"], cfg["metrics"], cfg["lr"]) == (True, 0.6, "BCE", "acc", 2.5e-4)
 
     stamp = (exp / "data" / "prepared.json").stat().st_mtime_ns
-    again = ok(cli(*args))  # prepared data reused, training already complete: resumes to the same end
+    again = ok(run_cli(*args))  # prepared data reused, training already complete: resumes to the same end
     assert (exp / "data" / "prepared.json").stat().st_mtime_ns == stamp
     assert np.loadtxt(exp / "result.csv", delimiter=",", ndmin=2).shape == (1, 10)
     assert np.loadtxt(exp / "eval_result.csv", delimiter=",") == pytest.approx(result)

@@ -1,12 +1,11 @@
 """The demo's own dataset: real files in ESC-50's layout, deterministic, classes that differ."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from conftest import run_cli
 
 from ast_audio.features import fbank
 from ast_audio.synth import CLASSES, SAMPLE_RATE, make_clip, write_dataset
@@ -44,10 +43,8 @@ def test_classes_differ_in_what_a_model_hears():
 
 
 def test_synth_command(tmp_path):
-    cli = str(Path(sys.executable).with_name("ast-audio"))
-    out = subprocess.run([cli, "synth", "--out", tmp_path / "d", "--per-class", "2", "--classes", "3"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = run_cli("synth", "--out", tmp_path / "d", "--per-class", "2", "--classes", "3", timeout=120)
     assert out.returncode == 0, out.stderr
     assert "6 clips" in out.stdout and len(list((tmp_path / "d" / "audio").glob("*.wav"))) == 6
-    bad = subprocess.run([cli, "synth", "--out", tmp_path / "e", "--classes", "11"], capture_output=True, text=True)
+    bad = run_cli("synth", "--out", tmp_path / "e", "--classes", "11", timeout=120)
     assert bad.returncode == 2 and "classes must be between 1 and 10" in bad.stderr

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from factories import write_audio
 
 from ast_audio.audio import load_audio
 from ast_audio.features import FeatureConfig, fbank, waveform_to_input
@@ -59,7 +59,7 @@ def speechlike(path: Path, sample_rate: int, seconds: float, seed: int) -> torch
     phase = 2 * np.pi * np.cumsum(f0) / sample_rate
     x = sum(0.3 / k * np.sin(k * phase) for k in range(1, 12)) * (np.sin(2 * np.pi * 2 * t) > -0.3)
     x = x + 0.05 * rng.standard_normal(t.size) * (rng.random(t.size) < 0.3)
-    sf.write(path, (0.8 * x / np.abs(x).max()).astype(np.float32), sample_rate, subtype="PCM_16")
+    write_audio(path, (0.8 * x / np.abs(x).max()).astype(np.float32), sample_rate, subtype="PCM_16")
     return load_audio(path, sample_rate=None)
 
 

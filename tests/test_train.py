@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, run_torchrun, start_cli, wait_for_file
 from factories import write_toy_dataset
 
 from ast_audio import load_model
 from ast_audio.train import TrainConfig, train
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -90,29 +86,24 @@ def test_warmup_and_schedule_follow_the_original(toy, tmp_path):
     np.testing.assert_allclose(results(exp2)[:, 9], [5e-4, 5e-4, 2.5e-4, 1.25e-4])
 
 
-def run_cli(*args, timeout=240, **kw):
-    return subprocess.run([str(BIN / "ast-audio"), *args], capture_output=True, text=True, timeout=timeout, **kw)
-
-
 def test_resume_after_kill_equals_an_uninterrupted_run(toy, tmp_path):
     args = base_args(toy, tmp_path / "a", n_epochs=3, mixup=0.5, freqm=10, timem=10)
-    done = run_cli("train", *as_flags(args))
+    done = run_cli("train", *as_flags(args), timeout=240)
     assert done.returncode == 0, done.stderr
 
     b = tmp_path / "b"
     flags = as_flags({**args, "exp_dir": str(b)})
-    proc = subprocess.Popen([str(BIN / "ast-audio"), "train", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    resume_file = b / "models" / "last.pt"
-    deadline = time.time() + 180
-    while not resume_file.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    proc = start_cli("train", *flags)
+    resume_file = b / "models" / "last.pt"  # written (renamed into place) after every epoch
+    wait_for_file(resume_file, proc, timeout=180)
     os.kill(proc.pid, signal.SIGKILL)  # right after the first epoch's checkpoint appeared
     proc.wait()
+    proc.stderr.close()
     killed_at = torch.load(resume_file, weights_only=True)["state"]["epoch"]
     assert 1 <= killed_at < 3, "the kill must land before the run finished"
     assert not [p for p in (b / "models").iterdir() if p.name.startswith(".") and p.stat().st_size == 0]
 
-    resumed = run_cli("train", *flags)
+    resumed = run_cli("train", *flags, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     np.testing.assert_allclose(results(b), results(tmp_path / "a"), rtol=1e-6, atol=1e-7)
     final_a = torch.load(tmp_path / "a" / "models" / "last.pt", weights_only=True)
@@ -125,14 +116,13 @@ def test_resume_after_kill_equals_an_uninterrupted_run(toy, tmp_path):
 def test_two_process_ddp_metrics_equal_a_single_process_evaluation(toy, tmp_path):
     exp = tmp_path / "ddp"
     args = base_args(toy, exp, n_epochs=2, save_model=True)
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "ast_audio", "train", *as_flags(args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = run_torchrun("train", *as_flags(args), nproc=2, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = results(exp)
     assert rows.shape == (2, 10)
     check = run_cli("evaluate", "--checkpoint", str(exp / "models" / "audio_model.2.safetensors"),
-                    "--data", str(toy / "val.json"), "--label-csv", str(toy / "labels.csv"), "--out", str(tmp_path / "e.csv"))  # fmt: skip
+                    "--data", str(toy / "val.json"), "--label-csv", str(toy / "labels.csv"), "--out", str(tmp_path / "e.csv"),
+                    timeout=240)  # fmt: skip
     assert check.returncode == 0, check.stderr
     ev = np.genfromtxt(tmp_path / "e.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     assert float(ev["acc"]) == pytest.approx(rows[1, 0], abs=1e-6)
@@ -239,7 +229,7 @@ def test_fbank_on_device_and_waveform_cache_train_as_the_loader_does(toy, tmp_pa
 
 def test_compiled_training_matches_eager(toy, tmp_path):
     train(TrainConfig(**base_args(toy, tmp_path / "eager", n_epochs=1)))
-    out = run_cli("train", *as_flags(base_args(toy, tmp_path / "compiled", n_epochs=1)), "--compile", "True")
+    out = run_cli("train", *as_flags(base_args(toy, tmp_path / "compiled", n_epochs=1)), "--compile", "True", timeout=240)
     assert out.returncode == 0, out.stderr
     assert '"compile": true' in (tmp_path / "compiled" / "config.json").read_text()
     np.testing.assert_allclose(results(tmp_path / "compiled"), results(tmp_path / "eager"), rtol=0, atol=1e-4)

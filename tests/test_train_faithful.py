@@ -4,19 +4,15 @@ does not depend on loader workers, the original's output files and the older ``-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli, run_torchrun
 from factories import write_toy_dataset
 
 from ast_audio.metrics import calculate_stats, d_prime
 from ast_audio.train import TrainConfig, train
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +85,7 @@ def test_torchrun_finishes_with_eval_and_weight_averaging_like_one_process(toy, 
     check_original_files(one, epochs=2, clips=12, classes=3)
 
     two = tmp_path / "two"
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "ast_audio", "train",
-           *flags({**values, "exp_dir": str(two)})]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = run_torchrun("train", *flags({**values, "exp_dir": str(two)}), nproc=2, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     check_original_files(two, epochs=2, clips=12, classes=3)
     # The same global batches (rank r takes draws r, r + 2, ...) and averaged gradients: the
@@ -105,8 +99,7 @@ def test_dataset_flag_fills_in_what_the_older_run_py_did(toy, tmp_path):
     values = settings(toy, exp, n_epochs=1)
     for key in ("audio_length", "dataset_mean", "dataset_std", "metrics", "loss", "lrscheduler_start"):
         del values[key]
-    out = subprocess.run([str(BIN / "ast-audio"), "train", *flags(values), "--dataset", "esc50", "--audio_length",
-                          "100"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = run_cli("train", *flags(values), "--dataset", "esc50", "--audio_length", "100", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     cfg = json.loads((exp / "config.json").read_text())["config"]
     assert cfg["dataset"] == "esc50" and cfg["audio_length"] == 100  # the flag given wins
@@ -128,6 +121,5 @@ def test_dataset_defaults_follow_the_older_traintest():
 
 
 def test_unknown_dataset_is_a_one_line_error(toy, tmp_path):
-    out = subprocess.run([str(BIN / "ast-audio"), "train", *flags(settings(toy, tmp_path / "e")), "--dataset", "vgg"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = run_cli("train", *flags(settings(toy, tmp_path / "e")), "--dataset", "vgg", timeout=120)
     assert out.returncode == 2 and "invalid choice: 'vgg'" in out.stderr and "Traceback" not in out.stderr

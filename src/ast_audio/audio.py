@@ -24,12 +24,18 @@ import torch
 
 from .errors import AudioError, ConfigError
 
-__all__ = ["MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioInfo", "audio_info", "load_audio", "resample"]
+__all__ = [
+    "AUDIO_EXTENSIONS", "MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioInfo", "audio_info", "load_audio", "resample",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384000
+# What counts as an audio file by its name (compare ``path.suffix.lower()``): folder searches
+# (``predict``, ``embed``, AudioSet clips) and names given without extension (the csv recipe
+# tries them in this order). The one list: every caller imports it.
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff")
 RESAMPLE_QUALITY = "HQ"  # soxr's high quality (20-bit, passband to 91 % of Nyquist)
 
 # libsndfile's log line for a wav/aiff data chunk longer than the file: "data : 64000 (should be 31978)".

@@ -16,11 +16,11 @@ import os
 import sys
 from pathlib import Path
 
+from .audio import AUDIO_EXTENSIONS
 from .errors import AstAudioError, AudioError, ConfigError
 from .fileio import atomic_write
 from .runtime import PRECISIONS
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
 GROUP_FILES = 64  # files per library call: output appears as it is ready, memory stays bounded
 
 

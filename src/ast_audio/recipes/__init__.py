@@ -30,6 +30,11 @@ are unchanged, and training resumes in the same experiment folders (see
 :func:`ast_audio.train.train`), so an interrupted recipe is finished by running the same
 command again. ``EXP/recipe.json`` records the resolved settings and
 ``EXP/recipe_result.json`` the deliverable's numbers.
+
+Adding a recipe is registering it in :data:`RECIPES`: its entry brings the ``prepare``
+function, the flags ``ast-audio prepare NAME`` takes for it (:func:`flag`, each filling
+the ``prepare`` keyword of its name), the run step, the shipped configs and, optionally,
+how the CLI shows its result. The CLI has no code per recipe.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from __future__ import annotations
 import json
 import os
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -46,7 +51,7 @@ from ..errors import ConfigError, DataError
 from ..fileio import read_toml
 from . import audioset, csvdata, esc50, hack, speechcommands
 
-__all__ = ["RECIPES", "Recipe", "RecipeContext", "config_path", "resolve_config", "run_recipe"]
+__all__ = ["RECIPES", "Flag", "Recipe", "RecipeContext", "config_path", "flag", "resolve_config", "run_recipe"]
 
 
 @dataclass
@@ -65,7 +70,28 @@ class RecipeContext:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """One flag of ``ast-audio prepare NAME`` besides ``--out`` and ``--workers``: the
+    arguments of argparse's ``add_argument``. Its destination (``--audio-dir`` ->
+    ``audio_dir``) is the keyword of the recipe's ``prepare`` that it fills."""
+
+    names: tuple[str, ...]
+    options: Mapping[str, object]
+
+
+def flag(*names: str, **options: object) -> Flag:
+    """``flag("--root", required=True, help=...)``, as ``parser.add_argument`` takes it."""
+    return Flag(names, options)
+
+
+@dataclass(frozen=True)
 class Recipe:
+    """A registered recipe: everything the library and the CLI need to know of it.
+
+    ``prepare(**flags, out=..., workers=..., force=True)`` is called by ``ast-audio prepare``
+    with the values of ``prepare_flags``; ``result_lines(result)`` gives what ``ast-audio
+    recipe`` prints before the deliverable (default: one ``key: value`` line per number)."""
+
     name: str
     description: str
     prepare: Callable[..., dict]
@@ -73,6 +99,9 @@ class Recipe:
     configs: dict[str, str]  # variant -> shipped config file ("" when there is one)
     default_variant: str = ""
     variants: tuple[str, ...] = field(default=())
+    prepare_help: str = ""  # the line of `ast-audio prepare --help` (default: description)
+    prepare_flags: tuple[Flag, ...] = ()
+    result_lines: Callable[[dict], list[str]] | None = None
 
     def config_file(self, variant: str = "") -> str:
         variant = variant or self.default_variant
@@ -82,18 +111,57 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "esc50": Recipe("esc50", "ESC-50, five-fold cross-validation", esc50.prepare, esc50.run, {"": "esc50.toml"}),
+    "esc50": Recipe(
+        "esc50", "ESC-50, five-fold cross-validation", esc50.prepare, esc50.run, {"": "esc50.toml"},
+        prepare_help="ESC-50-master: five folds of train/eval datafiles",
+        prepare_flags=(flag("--root", required=True, help="the ESC-50-master folder (meta/esc50.csv, audio/)"),),
+        result_lines=esc50.result_lines,
+    ),  # fmt: skip
     "speechcommands": Recipe(
         "speechcommands", "Speech Commands V2, 35 words", speechcommands.prepare, speechcommands.run,
         {"": "speechcommands.toml"},
+        prepare_help="speech_commands_v0.02: train/valid/test datafiles",
+        prepare_flags=(
+            flag("--root", required=True, help="the speech_commands_v0.02 folder (word folders, *_list.txt)"),
+        ),
     ),  # fmt: skip
     "audioset": Recipe(
         "audioset", "AudioSet, balanced or full training set", audioset.prepare, audioset.run,
         {"balanced": "audioset_balanced.toml", "full": "audioset_full.toml"}, "balanced", ("balanced", "full"),
+        prepare_help="AudioSet segment CSVs + downloaded clips: datafiles, missing counts, weights",
+        prepare_flags=(
+            flag("--segments", nargs="+", required=True, help="*_segments.csv files"),
+            flag("--audio-dir", required=True,
+                 help="the downloaded clips (searched recursively, matched by YouTube id)"),
+            flag("--label-csv", default=None, help="class_labels_indices.csv (default: the shipped one)"),
+        ),
     ),  # fmt: skip
-    "csv": Recipe("csv", "any CSV-labelled dataset", csvdata.prepare, csvdata.run, {"": "csv.toml"}),
-    "hack": Recipe("hack", "the seed's 7 speech emotions, as its fork ran them", hack.prepare, hack.run,
-                   {"": "hack.toml"}),  # fmt: skip
+    "csv": Recipe(
+        "csv", "any CSV-labelled dataset", csvdata.prepare, csvdata.run, {"": "csv.toml"},
+        prepare_help="any CSV-labelled dataset: labels from the data, stratified validation split",
+        prepare_flags=(
+            flag("--train-csv", required=True, help="filename,<label column>"),
+            flag("--audio-dir", required=True, help="folder of the training files"),
+            flag("--label-column", default=None, help="default: the one column besides filename"),
+            flag("--test-csv", default=None, help="filename only (unlabelled)"),
+            flag("--test-audio-dir", default=None, help="folder of the test files (default: --audio-dir)"),
+            flag("--valid-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)"),
+            flag("--seed", type=int, default=0, help="seed of the validation split (default 0)"),
+            flag("--audio-length", type=int, default=512, help="frames, for the normalisation statistics"),
+            flag("--num-mel-bins", type=int, default=128),
+        ),
+    ),  # fmt: skip
+    "hack": Recipe(
+        "hack", "the seed's 7 speech emotions, as its fork ran them", hack.prepare, hack.run, {"": "hack.toml"},
+        prepare_help="the seed's folder: the fork's split (last 20%), all usable rows, the test list",
+        prepare_flags=(
+            flag("--root", required=True, help="train.csv, test.csv, TrainAudioFiles/, TestAudioFiles/"),
+            flag("--label-column", default=None, help="default: the one column besides filename"),
+            flag("--valid-fraction", type=float, default=0.2, help="the last share of usable rows (default 0.2)"),
+            flag("--stratify", action="store_true", help="a seeded stratified split instead of the last rows"),
+            flag("--seed", type=int, default=0, help="seed of the stratified split (default 0)"),
+        ),
+    ),  # fmt: skip
 }
 
 # Settings each recipe sets itself (from the prepared data and --exp-dir).

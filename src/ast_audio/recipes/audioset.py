@@ -34,6 +34,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..audio import AUDIO_EXTENSIONS
 from ..data import read_datafile, write_datafile, write_weights
 from ..errors import ConfigError, DataError
 from ..labels import builtin_label_path, read_label_csv
@@ -41,7 +42,6 @@ from .common import check_clips, copy_label_table, ensure_prepared, fingerprint,
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif"}
 YTID_LENGTH = 11
 LABEL_CSV = "class_labels_indices.csv"
 

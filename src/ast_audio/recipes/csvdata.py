@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..audio import AUDIO_EXTENSIONS as EXTENSIONS
 from ..audio import load_audio
 from ..data import read_datafile, write_datafile
 from ..errors import AudioError, ConfigError, DataError
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
 LABEL_CSV = "class_labels_indices.csv"
 TEST_LIST = "test_list.json"
 SUBMISSION = "submission.csv"

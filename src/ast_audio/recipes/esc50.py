@@ -157,6 +157,13 @@ def fold_summary(exp: Path, folds: list[int]) -> tuple[list[float], int]:
     return acc, best + 1
 
 
+def result_lines(result: dict) -> list[str]:
+    """What ``ast-audio recipe esc50`` prints of :func:`run`'s result: each fold's accuracy, then the mean."""
+    lines = [f"fold {fold}: accuracy {acc:.4f}" for fold, acc in zip(result["folds"], result["accuracy"], strict=True)]
+    lines.append(f"mean accuracy {result['mean']:.4f} (epoch {result['best_epoch']}, best by the folds' mean)")
+    return lines
+
+
 def run(ctx) -> dict:
     from ..config import resolve_train_config
     from ..train import train
