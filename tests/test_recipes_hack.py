@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from layouts import TINY, cli, ok, report, tone, write_text_as_audio, write_truncated_mp3
+from conftest import ok, run_cli
+from factories import tone, write_text_as_audio, write_truncated_mp3
+from layouts import TINY, report
 from safetensors.torch import load_file
 
 from ast_audio.audio import load_audio
@@ -59,10 +61,10 @@ def write_hack(root, seed=0) -> dict:
     for n, emotion in enumerate(order):
         fmt, rate = KINDS[n % len(KINDS)]
         name = f"{int(rng.integers(1000, 50000))}{n:02d}.{fmt}"
-        write_clip(train_dir / name, tone(250 * 1.4 ** EMOTIONS.index(emotion), rng, rate), rate)
+        write_clip(train_dir / name, tone(250 * 1.4 ** EMOTIONS.index(emotion), rate, rng=rng), rate)
         rows.append((name, emotion))
     (train_dir / "38543.wav").write_bytes(b"")
-    write_truncated_mp3(train_dir / "4101.mp3", tone(600, rng, 44100, 2.0), 44100)
+    write_truncated_mp3(train_dir / "4101.mp3", tone(600, 44100, 2.0, rng=rng), 44100)
     write_text_as_audio(train_dir / "777.wav")
     planted = [(3, "38543.wav", "joy", "empty"), (12, "4101.mp3", "fear", "truncated"), (25, "777.wav", "anger", "text")]
     for at, name, emotion, kind in planted:
@@ -77,11 +79,11 @@ def write_hack(root, seed=0) -> dict:
     for i, c in enumerate([4, 0, 6, 2, 3, 1]):
         fmt, rate = KINDS[(i + 1) % len(KINDS)]
         name = f"{9000 + i}.{fmt}"
-        write_clip(test_dir / name, tone(250 * 1.4**c, rng, rate), rate)
+        write_clip(test_dir / name, tone(250 * 1.4**c, rate, rng=rng), rate)
         tests.append(name)
     (test_dir / "5807.mp3").write_bytes(b"")
     write_text_as_audio(test_dir / "43982.wav")
-    write_truncated_mp3(test_dir / "4079.mp3", tone(250 * 1.4**5, rng, 48000, 2.0), 48000)
+    write_truncated_mp3(test_dir / "4079.mp3", tone(250 * 1.4**5, 48000, 2.0, rng=rng), 48000)
     tests[1:1] = ["5807.mp3"]
     tests[4:4] = ["43982.wav", "4079.mp3"]
     unreadable = {str((test_dir / "5807.mp3").resolve()): "empty", str((test_dir / "43982.wav").resolve()): "text"}
@@ -124,7 +126,7 @@ def test_tail_split_is_the_forks_four_fifths():
 def test_prepare_is_prep_hack_with_bad_files_found_by_decoding(hack, tmp_path):
     root, info = hack
     out = tmp_path / "prepared"
-    result = ok(cli("prepare", "hack", "--root", root, "--out", out))
+    result = ok(run_cli("prepare", "hack", "--root", root, "--out", out))
     assert "bad files: 5" in result.stdout  # three training files, two test files
 
     reasons = report(out)
@@ -153,7 +155,7 @@ def test_prepare_is_prep_hack_with_bad_files_found_by_decoding(hack, tmp_path):
     assert summary["clips"] == {"train": n, "valid": len(good) - n, "full": len(good)}
 
     out2 = tmp_path / "stratified"
-    ok(cli("prepare", "hack", "--root", root, "--out", out2, "--stratify", "--valid-fraction", "0.3"))
+    ok(run_cli("prepare", "hack", "--root", root, "--out", out2, "--stratify", "--valid-fraction", "0.3"))
     labels2 = read_label_csv(out2 / "class_labels_indices.csv")
     held = [labels2.names[e.labels[0]] for e in read_datafile(out2 / "hack_eval_data.json", labels2).entries]
     assert sorted(held) == sorted([e for e in EMOTIONS if e != "neutral"] + ["neutral", "neutral"])  # round(n * 0.3)
@@ -162,7 +164,7 @@ def test_prepare_is_prep_hack_with_bad_files_found_by_decoding(hack, tmp_path):
 def test_native_rate_items_are_the_forks_features(hack, tmp_path):
     root, info = hack
     out = tmp_path / "prepared"
-    ok(cli("prepare", "hack", "--root", root, "--out", out))
+    ok(run_cli("prepare", "hack", "--root", root, "--out", out))
     labels = read_label_csv(out / "class_labels_indices.csv")
     df = read_datafile(out / "hack_train_data.json", labels)
     conf = InputContract(target_length=100, mean=-6.6268077, std=5.358466)
@@ -234,7 +236,7 @@ BARELY = [*TINY, "batch_size=8", "lr_without_audioset=1e-7"]
 def test_recipe_trains_as_run_sh_and_writes_the_submission(hack, tmp_path):
     root, info = hack
     exp = tmp_path / "exp"
-    ok(cli("recipe", "hack", "--root", root, "--exp-dir", exp, "--set", *BARELY))
+    ok(run_cli("recipe", "hack", "--root", root, "--exp-dir", exp, "--set", *BARELY))
 
     cfg = json.loads((exp / "config.json").read_text())["config"]
     assert cfg["data_train"].endswith("hack_train_data.json") and cfg["data_val"].endswith("hack_eval_data.json")
@@ -250,7 +252,7 @@ def test_recipe_trains_as_run_sh_and_writes_the_submission(hack, tmp_path):
 def test_final_step_trains_on_every_usable_row_at_native_rates(hack, tmp_path):
     root, info = hack
     exp = tmp_path / "exp"
-    ok(cli("recipe", "hack", "--root", root, "--exp-dir", exp,
+    ok(run_cli("recipe", "hack", "--root", root, "--exp-dir", exp,
            "--set", *BARELY, "n_epochs=2", "save_model=true", "final=true", "resample=false"))  # fmt: skip
 
     final = exp / "final"
@@ -271,9 +273,9 @@ def test_final_step_trains_on_every_usable_row_at_native_rates(hack, tmp_path):
 
 def test_bad_input_is_one_line(hack, tmp_path):
     root, _ = hack
-    out = cli("prepare", "hack", "--root", tmp_path / "nowhere", "--out", tmp_path / "out")
+    out = run_cli("prepare", "hack", "--root", tmp_path / "nowhere", "--out", tmp_path / "out")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "dataset folder not found" in out.stderr
-    out = cli("prepare", "hack", "--root", root, "--out", tmp_path / "out", "--valid-fraction", "1.5")
+    out = run_cli("prepare", "hack", "--root", root, "--out", tmp_path / "out", "--valid-fraction", "1.5")
     assert out.returncode == 2 and "valid_fraction must be between 0 and 1" in out.stderr
-    out = cli("recipe", "hack", "--root", root, "--exp-dir", tmp_path / "exp", "--set", "final=maybe")
+    out = run_cli("recipe", "hack", "--root", root, "--exp-dir", tmp_path / "exp", "--set", "final=maybe")
     assert out.returncode == 2 and out.stderr.strip() == "ast-audio: error: --set final=maybe: expected true or false"
