@@ -70,17 +70,17 @@ def train_step_fn(
     logits_of: Callable[[torch.Tensor], torch.Tensor],
     dtype: torch.dtype | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """``step(x, target)`` as ``train`` takes it: forward (under ``dtype`` autocast), BCE on
-    float32 logits, backward, fused Adam over ``model``'s parameters (one optimiser)."""
+    """``step(x, target)``: the library's own step, :func:`ast_audio.train.train_step`
+    (forward under ``dtype`` autocast, BCE on float32 logits, backward, fused Adam over
+    ``model``'s parameters), for our model and Hugging Face's alike: ``logits_of(x)`` gives
+    the model's logits."""
+    from ast_audio.train import train_step
+
     optimizer = torch.optim.Adam(model.parameters(), 1e-5, fused=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 and fp32 need none
 
     def step(x: torch.Tensor, target: torch.Tensor) -> None:
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = logits_of(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(logits_of, x, target, optimizer, scaler, loss="BCE", amp_dtype=dtype)
 
     return step
 

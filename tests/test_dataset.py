@@ -137,9 +137,9 @@ def test_waveform_cache_gives_the_same_samples_without_decoding(tmp_path, monkey
     # a replaced file is decoded again; a damaged entry is decoded again and rewritten
     write_audio(df.entries[1].wav, np.zeros(16000, dtype=np.float32), 16000)
     os.utime(df.entries[1].wav, ns=(1, 1))
-    assert float(cached._waveform(1).abs().max()) == 0.0 and len(calls) == 1
+    assert float(cached._waveform(1)[0].abs().max()) == 0.0 and len(calls) == 1
     entry = cached._cache.entry(df.entries[0].wav, 16000)
     entry.write_bytes(b"not numpy")
-    torch.testing.assert_close(cached._waveform(0), load_audio(df.entries[0].wav, 16000), rtol=0, atol=0)
+    torch.testing.assert_close(cached._waveform(0)[0], load_audio(df.entries[0].wav, 16000), rtol=0, atol=0)
     assert len(calls) == 2 and "unreadable cache entry" in caplog.text
     assert np.load(entry).shape == (16000,)  # rewritten

@@ -1,4 +1,4 @@
-"""Kaldi filterbanks, batched and on any device, and the one waveform -> model-input path.
+"""Kaldi filterbanks, batched and on any device; the input contract; one clip's model input.
 
 ``fbank`` computes what ``torchaudio.compliance.kaldi.fbank`` computes with AST's
 arguments (``htk_compat=True, use_energy=False, window_type='hanning', dither=0``):
@@ -8,15 +8,17 @@ scale ``1127 ln(1 + f / 700)`` from 20 Hz to Nyquist, log floored at float32 eps
 Each Kaldi stage is a small function below, named after Kaldi's own option; the window
 and mel matrix are built once per (rate, sizes, device, dtype) and reused.
 
-Float32 results agree with a float64 computation to FFT rounding, which reaches ~1e-3
-(log units) in the weakest bins of a frame; the stages run in Kaldi's order with
-torchaudio's rounding, so the FFT sees the same float32 frames as torchaudio's does.
+Float32 results agree with a float64 computation to FFT rounding, which is largest in
+the weakest bins of a frame (the tests bound it per element from the arithmetic); the
+stages run in Kaldi's order with torchaudio's rounding, so the FFT sees the same float32
+frames as torchaudio's does.
 Float64 input is computed in float64 (agrees with Hugging Face's float64 NumPy path to
 ~1e-6). On the CPU, frames go through in cache-sized blocks; elsewhere in one batch.
 
-``waveform_to_input`` is what AST's data loader does between the file and the model
-(remove the mean, fbank, pad or cut to ``target_length``, normalise); training,
-evaluation and inference all go through it.
+:class:`InputContract` is what a checkpoint takes (rate, mono policy, bins, frames,
+length, statistics, activation). ``waveform_to_input`` is what AST's data loader does to
+one clip (remove the mean, fbank, pad or cut to ``target_length``, normalise); the batched
+pipeline of training, evaluation and inference (:mod:`ast_audio.pipeline`) equals it.
 """
 
 from __future__ import annotations
@@ -36,16 +38,9 @@ from .errors import ConfigError
 from .presets import PRESETS
 
 __all__ = [
-    "FeatureConfig",
-    "InputContract",
-    "fbank",
-    "file_to_input",
-    "frame_sizes",
-    "mel_banks",
-    "normalize",
-    "pad_or_cut",
-    "waveform_to_input",
-]
+    "FeatureConfig", "InputContract", "fbank", "file_to_input", "frame_sizes", "mel_banks", "normalize",
+    "pad_or_cut", "waveform_to_input",
+]  # fmt: skip
 
 # Kaldi's defaults that AST leaves alone.
 PREEMPHASIS = 0.97

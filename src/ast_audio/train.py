@@ -49,6 +49,7 @@ import logging
 import math
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def contract_of(cfg: TrainConfig) -> InputContract:
 
 
 def train_step(
-    net: torch.nn.Module,
+    net: Callable[[torch.Tensor], torch.Tensor],
     features: torch.Tensor,
     targets: torch.Tensor,
     optimizer: torch.optim.Optimizer,
@@ -147,7 +148,8 @@ def train_step(
     loss: str = "BCE",
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One optimiser step on a batch: forward (under autocast when ``amp_dtype``), the loss
+    """One optimiser step on a batch: forward of ``net`` (a model, or any callable giving
+    logits: ``bench/`` passes Hugging Face's) under autocast when ``amp_dtype``, the loss
     on float32 logits, backward through the scaler, step. Returns the detached loss. This
     is the step ``train`` runs and ``bench/`` times."""
     with torch.autocast(features.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
