@@ -237,6 +237,29 @@ def toy_clip(kind: int, rng, sample_rate: int = 16000, seconds: float = 1.0):
     return (x + 0.005 * rng.standard_normal(t.size)).astype("float32")
 
 
+def toy_train_settings(toy: Path, exp: Path, **overrides) -> dict:
+    """TrainConfig settings of a tiny run on :func:`write_toy_dataset`'s clips in ``exp``."""
+    values = dict(
+        data_train=str(toy / "train.json"), data_val=str(toy / "val.json"), label_csv=str(toy / "labels.csv"),
+        n_class=3, exp_dir=str(exp), lr=5e-4, batch_size=6, n_epochs=4, fstride=16, tstride=16,
+        imagenet_pretrain=False, audio_length=100, metrics="acc", loss="CE", model_size="tiny224", depth=2,
+        dataset_mean=-6.0, dataset_std=5.0, lrscheduler_start=10, progress=False,
+    )  # fmt: skip
+    values.update(overrides)
+    return values
+
+
+def as_flags(values: dict) -> list[str]:
+    """``ast-audio train`` flags of TrainConfig settings (the original's spellings where it had one)."""
+    flags = []
+    for key, value in values.items():
+        flag = {"data_train": "--data-train", "data_val": "--data-val", "data_eval": "--data-eval",
+                "label_csv": "--label-csv", "exp_dir": "--exp-dir", "batch_size": "-b", "n_epochs": "--n-epochs",
+                "model_size": "--model-size"}.get(key, f"--{key}")  # fmt: skip
+        flags += [flag, str(value)]
+    return flags
+
+
 def write_toy_dataset(root, per_class_train: int = 12, per_class_val: int = 4, seed: int = 0):
     """Real wavs + ``train.json`` / ``val.json`` datafiles + ``labels.csv``, the original layout."""
     import json

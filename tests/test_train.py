@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli, run_torchrun, start_cli, wait_for_file
-from factories import write_toy_dataset
+from factories import as_flags, write_toy_dataset
+from factories import toy_train_settings as base_args
 
 from ast_audio import load_model
 from ast_audio.train import TrainConfig, train
@@ -19,27 +20,6 @@ from ast_audio.train import TrainConfig, train
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp("toy"), per_class_train=12, per_class_val=4)
-
-
-def base_args(toy: Path, exp: Path, **overrides) -> dict:
-    args = dict(
-        data_train=str(toy / "train.json"), data_val=str(toy / "val.json"), label_csv=str(toy / "labels.csv"),
-        n_class=3, exp_dir=str(exp), lr=5e-4, batch_size=6, n_epochs=4, fstride=16, tstride=16,
-        imagenet_pretrain=False, audio_length=100, metrics="acc", loss="CE", model_size="tiny224", depth=2,
-        dataset_mean=-6.0, dataset_std=5.0, lrscheduler_start=10, progress=False,
-    )  # fmt: skip
-    args.update(overrides)
-    return args
-
-
-def as_flags(args: dict) -> list[str]:
-    flags = []
-    for key, value in args.items():
-        flag = {"data_train": "--data-train", "data_val": "--data-val", "data_eval": "--data-eval",
-                "label_csv": "--label-csv", "exp_dir": "--exp-dir", "batch_size": "-b", "n_epochs": "--n-epochs",
-                "model_size": "--model-size"}.get(key, f"--{key}")  # fmt: skip
-        flags += [flag, str(value)]
-    return flags
 
 
 def results(exp: Path) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli, run_torchrun
-from factories import write_toy_dataset
+from factories import as_flags, toy_train_settings, write_toy_dataset
 
 from ast_audio.metrics import calculate_stats, d_prime
 from ast_audio.train import TrainConfig, train
@@ -21,18 +21,7 @@ def toy(tmp_path_factory):
 
 
 def settings(toy: Path, exp: Path, **overrides) -> dict:
-    values = dict(
-        data_train=str(toy / "train.json"), data_val=str(toy / "val.json"), label_csv=str(toy / "labels.csv"),
-        n_class=3, exp_dir=str(exp), lr=5e-4, batch_size=6, n_epochs=2, fstride=16, tstride=16,
-        imagenet_pretrain=False, audio_length=100, metrics="acc", loss="CE", model_size="tiny224", depth=1,
-        dataset_mean=-6.0, dataset_std=5.0, lrscheduler_start=10, progress=False,
-    )  # fmt: skip
-    values.update(overrides)
-    return values
-
-
-def flags(values: dict) -> list[str]:
-    return [part for key, value in values.items() for part in (f"--{key}", str(value))]
+    return toy_train_settings(toy, exp, **{"n_epochs": 2, "depth": 1, **overrides})
 
 
 def table(path: Path) -> np.ndarray:
@@ -85,7 +74,7 @@ def test_torchrun_finishes_with_eval_and_weight_averaging_like_one_process(toy, 
     check_original_files(one, epochs=2, clips=12, classes=3)
 
     two = tmp_path / "two"
-    out = run_torchrun("train", *flags({**values, "exp_dir": str(two)}), nproc=2, timeout=400)
+    out = run_torchrun("train", *as_flags({**values, "exp_dir": str(two)}), nproc=2, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     check_original_files(two, epochs=2, clips=12, classes=3)
     # The same global batches (rank r takes draws r, r + 2, ...) and averaged gradients: the
@@ -99,7 +88,7 @@ def test_dataset_flag_fills_in_what_the_older_run_py_did(toy, tmp_path):
     values = settings(toy, exp, n_epochs=1)
     for key in ("audio_length", "dataset_mean", "dataset_std", "metrics", "loss", "lrscheduler_start"):
         del values[key]
-    out = run_cli("train", *flags(values), "--dataset", "esc50", "--audio_length", "100", timeout=300)
+    out = run_cli("train", *as_flags(values), "--dataset", "esc50", "--audio_length", "100", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     cfg = json.loads((exp / "config.json").read_text())["config"]
     assert cfg["dataset"] == "esc50" and cfg["audio_length"] == 100  # the flag given wins
@@ -121,5 +110,5 @@ def test_dataset_defaults_follow_the_older_traintest():
 
 
 def test_unknown_dataset_is_a_one_line_error(toy, tmp_path):
-    out = run_cli("train", *flags(settings(toy, tmp_path / "e")), "--dataset", "vgg", timeout=120)
+    out = run_cli("train", *as_flags(settings(toy, tmp_path / "e")), "--dataset", "vgg", timeout=120)
     assert out.returncode == 2 and "invalid choice: 'vgg'" in out.stderr and "Traceback" not in out.stderr

@@ -5,24 +5,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-_TRUE = {"true", "1", "yes", "y", "on", "bal"}
-_FALSE = {"false", "0", "no", "n", "off", "none"}
+from .config import parse_bool
 
 
 def _flag(value: str) -> bool:
     """The original passed booleans as ``True``/``False`` (and ``--bal bal``/``none``)."""
-    low = value.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    flag = parse_bool(value)
+    if flag is None:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    return flag
 
 
 def _flag_or_path(value: str) -> bool | str:
     """``True``/``False`` as in the original, or a checkpoint file / published name."""
-    low = value.strip().lower()
-    return True if low in _TRUE else False if low in _FALSE else value
+    flag = parse_bool(value)
+    return value if flag is None else flag
 
 
 # (flags, TrainConfig field, type); original names first, our spellings as aliases.

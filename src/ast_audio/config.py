@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,55 @@ DATASETS: dict[str, dict] = {
 }  # fmt: skip
 FULL_AUDIOSET = 200_000  # more training clips than this: the full-AudioSet schedule and averaging
 _FULL_AUDIOSET = dict(lrscheduler_start=2, lrscheduler_step=1, lrscheduler_decay=0.5, wa_start=1, wa_end=5)
+
+
+# Booleans as the original's scripts wrote them: True/False, and `--bal bal` / `--bal none`.
+TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on", "bal"})
+FALSE_WORDS = frozenset({"false", "0", "no", "n", "off", "none"})
+
+
+def parse_bool(text: str) -> bool | None:
+    """``True``/``False`` for a word of :data:`TRUE_WORDS`/:data:`FALSE_WORDS`, else ``None``."""
+    low = text.strip().lower()
+    return True if low in TRUE_WORDS else False if low in FALSE_WORDS else None
+
+
+def _scalar(key: str, text: str, kinds: tuple) -> object:
+    low = text.strip().lower()
+    if type(None) in kinds and low in ("none", "null"):
+        return None
+    if bool in kinds:
+        flag = parse_bool(text)
+        if flag is not None:
+            return flag
+        if str in kinds:  # a checkpoint path or published name
+            return text
+        raise ConfigError(f"--set {key}={text}: expected true or false")
+    for kind, what in ((int, "an integer"), (float, "a number")):
+        if kind in kinds:
+            try:
+                return kind(text)
+            except ValueError:
+                if str not in kinds:
+                    raise ConfigError(f"--set {key}={text}: expected {what}") from None
+    return text
+
+
+def coerce(key: str, text: str, kind: object) -> object:
+    """The value of ``--set key=text`` for a setting of type ``kind`` (a type, a union, or,
+    for recipe options, the shipped default whose type it takes)."""
+    if not isinstance(kind, type) and not typing.get_args(kind):  # a default value
+        if isinstance(kind, list):
+            element = type(kind[0]) if kind else str
+            parts = [p.strip() for p in text.strip().strip("[]").split(",") if p.strip()]
+            try:
+                return [_scalar(key, p, (element,)) for p in parts]
+            except ConfigError:
+                raise ConfigError(f"--set {key}={text}: expected a comma-separated list like 1,2") from None
+        if isinstance(kind, float):
+            return float(_scalar(key, text, (float,)))
+        kind = type(kind)
+    return _scalar(key, text, typing.get_args(kind) or (kind,))
 
 
 def dataset_defaults(name: str, data_train: str | None = None) -> dict:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..config import coerce
 from ..errors import ConfigError, DataError
 from ..fileio import read_toml
 from . import audioset, csvdata, esc50, hack, speechcommands
@@ -199,49 +200,6 @@ def read_config(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------- --set
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _scalar(key: str, text: str, kinds: tuple) -> object:
-    low = text.strip().lower()
-    if type(None) in kinds and low in ("none", "null"):
-        return None
-    if bool in kinds:
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        if str in kinds:  # a checkpoint path or published name
-            return text
-        raise ConfigError(f"--set {key}={text}: expected true or false")
-    for kind, what in ((int, "an integer"), (float, "a number")):
-        if kind in kinds:
-            try:
-                return kind(text)
-            except ValueError:
-                if str not in kinds:
-                    raise ConfigError(f"--set {key}={text}: expected {what}") from None
-    return text
-
-
-def coerce(key: str, text: str, kind: object) -> object:
-    """The value of ``--set key=text`` for a setting of type ``kind`` (a type, a union, or,
-    for recipe options, the shipped default whose type it takes)."""
-    if not isinstance(kind, type) and not typing.get_args(kind):  # a default value
-        if isinstance(kind, list):
-            element = type(kind[0]) if kind else str
-            parts = [p.strip() for p in text.strip().strip("[]").split(",") if p.strip()]
-            try:
-                return [_scalar(key, p, (element,)) for p in parts]
-            except ConfigError:
-                raise ConfigError(f"--set {key}={text}: expected a comma-separated list like 1,2") from None
-        if isinstance(kind, float):
-            return float(_scalar(key, text, (float,)))
-        kind = type(kind)
-    return _scalar(key, text, typing.get_args(kind) or (kind,))
-
 
 def parse_sets(recipe: Recipe, sets: Iterable[str]) -> list[tuple[str, str]]:
     """``key=value`` items (``-`` in keys read as ``_``); a bare variant name means ``variant=NAME``."""
