@@ -112,3 +112,19 @@ def test_dataset_defaults_follow_the_older_traintest():
 def test_unknown_dataset_is_a_one_line_error(toy, tmp_path):
     out = run_cli("train", *as_flags(settings(toy, tmp_path / "e")), "--dataset", "vgg", timeout=120)
     assert out.returncode == 2 and "invalid choice: 'vgg'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_run_from_before_a_setting_existed_still_resumes(toy, tmp_path):
+    """``resample`` and ``dataset`` are newer than some runs' ``last.pt``: missing there, they
+    count as their defaults, so such a run resumes instead of being refused as another run."""
+    import torch
+
+    exp = tmp_path / "exp"
+    train(TrainConfig(**settings(toy, exp, n_epochs=1)))
+    resume = exp / "models" / "last.pt"
+    saved = torch.load(resume, weights_only=True)
+    for key in ("resample", "dataset"):
+        del saved["config"][key]
+    torch.save(saved, resume)
+    state = train(TrainConfig(**settings(toy, exp, n_epochs=2)))
+    assert state.epoch == 2 and table(exp / "result.csv").shape == (2, 10)

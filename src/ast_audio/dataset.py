@@ -146,7 +146,8 @@ class AudioDataset(torch.utils.data.Dataset):
             partner = int(rng.integers(len(self)))
             lam = mixup_lambda(rng)
             other, other_rate = self._waveform(partner)
-            waveform = mix_waveforms(waveform, resample(other, other_rate, rate), lam)
+            other = other if other_rate == rate else resample(other, other_rate, rate)
+            waveform = mix_waveforms(waveform, other, lam)
             target = mix_targets(target, self.datafile.entries[partner].target(self.num_classes), lam)
         return waveform, rate, torch.from_numpy(np.asarray(target, dtype=np.float32))
 

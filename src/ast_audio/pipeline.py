@@ -124,8 +124,8 @@ def batch_fbank(waveforms: torch.Tensor, frames: torch.Tensor, contract: InputCo
         head = waveforms[:, : size + (longest - 1) * shift]  # (B, S'): exactly `longest` frames
         x[:, :longest] = fbank(head, contract.sample_rate, contract.num_mel_bins, contract.frame_shift,
                                contract.frame_length)  # fmt: skip
-        real = torch.arange(target, device=device)[None, :] < frames[:, None]  # (B, T): the rest is padding
-        x = torch.where(real[:, :, None], x, 0.0)
+        padding = torch.arange(longest, device=device)[None, :] >= frames[:, None]  # (B, T'): frames of padding
+        x[:, :longest].masked_fill_(padding[:, :, None], 0.0)  # in place: no copy of the batch
     return x
 
 

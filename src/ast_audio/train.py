@@ -443,7 +443,8 @@ class Run:
             raise TrainingError(f"cannot read the resume checkpoint ({type(err).__name__}: {err})"[:300], path) from None
         if not isinstance(saved, dict) or saved.get("format") != "ast-audio-run":
             raise TrainingError("not an ast-audio run checkpoint", path)
-        old, new = saved["config"], dataclasses.asdict(cfg)
+        new, defaults = dataclasses.asdict(cfg), dataclasses.asdict(TrainConfig())
+        old = {**defaults, **saved["config"]}  # a setting added since that run had its default there
         changed = [k for k in new if k not in _MAY_CHANGE_ON_RESUME and old.get(k) != new[k]]
         if changed:
             k = changed[0]
