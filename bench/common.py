@@ -97,6 +97,16 @@ def training_step(
     return lambda: step(x, target)
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16); without them
+    torch emulates bf16 matmuls, several times slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def machine() -> str:
     """The line that says where a benchmark ran: CPU, cores, torch and its threads, numpy, GPU."""
     cpu = platform.processor() or "unknown CPU"

@@ -41,6 +41,7 @@ from common import (
     AUDIOSET_INPUT,
     BENCHMARKS,
     PEAK_BF16_TFLOPS,
+    cpu_has_bf16_units,
     forward_flops,
     machine,
     publish,
@@ -127,7 +128,10 @@ def training_rates() -> tuple[dict[str, float], float]:
     x, target = torch.randn(2, 1024, 128), torch.zeros(2, 527)
     flops = forward_flops(model, 1024, 128)
     rates = {}
-    for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
+    precisions = [("fp32", None)] + ([("bf16 autocast", torch.bfloat16)] if cpu_has_bf16_units() else [])
+    if not cpu_has_bf16_units():
+        print("training step bf16: not measured (no bf16 matrix units on this CPU: emulated, slower than fp32)")
+    for name, dtype in precisions:
         rates[name] = len(x) / timed(training_step(model, model, x, target, dtype), 2)
         print(f"training step {name}: {rates[name]:.2f} clips/s", flush=True)
     return rates, flops
@@ -205,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "What the model consumes, measured here (base384, 1024 frames, batch 2, both cores): "
         + ", ".join(f"{name} {rate:.2f} clips/s" for name, rate in rates.items())
+        + ("" if "bf16 autocast" in rates else " (bf16 not measured: this CPU has no bf16 matrix units, so torch "
+           "emulates it, slower than fp32)")
         + f". On this CPU even one loader worker outpaces the training step "
         f"{min(best.values()) / max(rates.values()):.0f}-fold.",
         "",
