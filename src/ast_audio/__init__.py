@@ -16,7 +16,15 @@ from .errors import (
     DownloadError,
     ExportError,
 )
-from .features import FeatureConfig, fbank, file_to_input, normalize, pad_or_cut, waveform_to_input
+from .features import (
+    FeatureConfig,
+    InputContract,
+    fbank,
+    file_to_input,
+    normalize,
+    pad_or_cut,
+    waveform_to_input,
+)
 from .infer import AudioTagger, Embedding, Event, Prediction, Timeline, Window, plot_attention
 from .model import SIZES, ASTConfig, ASTModel, ModelInfo
 
@@ -37,6 +45,7 @@ __all__ = [
     "Event",
     "ExportError",
     "FeatureConfig",
+    "InputContract",
     "ModelInfo",
     "Prediction",
     "REGISTRY",
