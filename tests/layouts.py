@@ -178,6 +178,15 @@ def write_audioset(root: Path, seed: int = 0) -> dict:
 EMOTIONS = ["angry", "happy", "sad"]
 
 
+def write_table(path: Path, header: list[str], rows) -> Path:
+    """A CSV with ``\n`` line ends, as the datasets' own tables are."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
 def write_csv_dataset(root: Path, per_class: int = 6, seed: int = 0) -> dict:
     """``train.csv`` (``filename,emotion``) + ``TrainAudioFiles/`` (wav and mp3 mixed, with a
     0-byte file, a truncated mp3 and a text file named ``.wav``), ``test.csv`` (``filename``)
@@ -206,10 +215,7 @@ def write_csv_dataset(root: Path, per_class: int = 6, seed: int = 0) -> dict:
                                 ("clip_902.wav", "angry", "text")):  # fmt: skip
         rows.insert(len(rows) // 2, (name, emotion))
         bad[str((train_dir / name).resolve())] = kind
-    with open(root / "train.csv", "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["filename", "emotion"])
-        writer.writerows(rows)
+    write_table(root / "train.csv", ["filename", "emotion"], rows)
     tests = []
     for i, c in enumerate([2, 0, 1, 0]):
         name = f"test_{i:03d}.{'mp3' if i % 2 else 'wav'}"

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from conftest import ok, run_cli
 from factories import tone, write_text_as_audio, write_truncated_mp3
-from layouts import TINY, report
+from layouts import TINY, report, write_table
 from safetensors.torch import load_file
 
 from ast_audio.audio import load_audio
@@ -70,10 +70,7 @@ def write_hack(root, seed=0) -> dict:
     for at, name, emotion, kind in planted:
         rows.insert(at, (name, emotion))
         bad[str((train_dir / name).resolve())] = kind
-    with open(root / "train.csv", "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["filename", "emotion"])
-        writer.writerows(rows)
+    write_table(root / "train.csv", ["filename", "emotion"], rows)
 
     tests = []
     for i, c in enumerate([4, 0, 6, 2, 3, 1]):

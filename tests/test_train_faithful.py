@@ -128,3 +128,12 @@ def test_a_run_from_before_a_setting_existed_still_resumes(toy, tmp_path):
     torch.save(saved, resume)
     state = train(TrainConfig(**settings(toy, exp, n_epochs=2)))
     assert state.epoch == 2 and table(exp / "result.csv").shape == (2, 10)
+
+
+def test_a_config_naming_an_unknown_dataset_is_a_one_line_error_naming_the_file(toy, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[train]\ndataset = "vgg"\n')
+    out = run_cli("train", "--config", config, *as_flags(settings(toy, tmp_path / "e")), timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr
+    assert f"{config}: dataset must be one of audioset, esc50, speechcommands, got 'vgg'" in lines[0]

@@ -178,11 +178,7 @@ def _with_contract(info: ModelInfo, config: ASTConfig, contract: InputContract, 
             f"the input contract ({contract.target_length} frames x {contract.num_mel_bins} bins) disagrees with "
             f"the model config ({config.input_tdim} x {config.input_fdim})", path,
         )  # fmt: skip
-    return replace(
-        info, sample_rate=contract.sample_rate, mono=contract.mono, frame_length=contract.frame_length,
-        frame_shift=contract.frame_shift, dataset_mean=contract.mean, dataset_std=contract.std,
-        multilabel=contract.activation == "sigmoid", resample=contract.resample,
-    )  # fmt: skip
+    return info.with_contract(contract)
 
 
 def _classify(

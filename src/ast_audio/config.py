@@ -126,14 +126,23 @@ def resolve_train_config(*layers: dict) -> TrainConfig:
         raise ConfigError(f"bad training settings: {err}") from None
 
 
+def check_train_table(train: object, path: str | Path) -> dict:
+    """A config file's table of TrainConfig settings, checked: every key a setting, a
+    ``dataset`` one of :data:`DATASETS`; errors name the file."""
+    if not isinstance(train, dict):
+        raise ConfigError(f"{path}: [train] must be a table")
+    unknown = sorted(set(train) - set(TrainConfig.field_names()))
+    if unknown:
+        raise ConfigError(f"{path}: unknown training setting {unknown[0]!r}")
+    if train.get("dataset") is not None and train["dataset"] not in DATASETS:
+        raise ConfigError(f"{path}: dataset must be one of {', '.join(DATASETS)}, got {train['dataset']!r}")
+    return train
+
+
 def load_config_file(path: str | Path) -> dict:
     """A config file: a TOML ``[train]`` table (or a bare table) of TrainConfig fields."""
     data = read_toml(path)
-    data = data.get("train", data)
-    unknown = sorted(set(data) - set(TrainConfig.field_names()))
-    if unknown:
-        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
-    return data
+    return check_train_table(data.get("train", data), path)
 
 
 @dataclass

@@ -122,10 +122,10 @@ class AudioDataset(torch.utils.data.Dataset):
         self.num_classes = len(datafile.labels)
         if not contract.resample:
             log.info("%s: features at each file's own sample rate (resample=false)", datafile.path)
-        if not contract.resample and (cache_dir or fbank_on == "device"):
-            log.warning("features at each file's own rate (resample=false): filterbanks in the loader, no waveform "
-                        "cache (fbank_on=device and cache_dir are not used)")  # fmt: skip
-            self.fbank_on, cache_dir = "loader", None
+            if cache_dir or fbank_on == "device":
+                log.warning("resample=false: filterbanks in the loader, no waveform cache (fbank_on=device and "
+                            "cache_dir are not used)")  # fmt: skip
+                self.fbank_on, cache_dir = "loader", None
         self._cache = WaveformCache(cache_dir) if cache_dir else None
 
     def __len__(self) -> int:

@@ -164,6 +164,16 @@ class ModelInfo:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def with_contract(self, contract: InputContract) -> ModelInfo:
+        """This info with the audio, feature and score settings of ``contract`` (its input
+        size belongs to the architecture, :class:`ASTConfig`); the inverse of
+        :attr:`ASTModel.input_contract`."""
+        return replace(
+            self, sample_rate=contract.sample_rate, mono=contract.mono, frame_length=contract.frame_length,
+            frame_shift=contract.frame_shift, dataset_mean=contract.mean, dataset_std=contract.std,
+            multilabel=contract.activation == "sigmoid", resample=contract.resample,
+        )  # fmt: skip
+
 
 def missing_statistics(info: ModelInfo, source: object = None) -> ModelInfo:
     """The one policy for a checkpoint without normalisation statistics: use AudioSet's

@@ -227,11 +227,7 @@ class Run:
             input_tdim=cfg.audio_length, imagenet_pretrain=cfg.imagenet_pretrain,
             audioset_pretrain=cfg.audioset_pretrain, model_size=cfg.model_size, verbose=ctx.main, depth=cfg.depth,
         )  # fmt: skip
-        model.info = ModelInfo(
-            labels=labels.names, label_ids=labels.mids, dataset_mean=contract.mean, dataset_std=contract.std,
-            multilabel=contract.activation == "sigmoid", sample_rate=contract.sample_rate, mono=contract.mono,
-            frame_length=contract.frame_length, frame_shift=contract.frame_shift, resample=contract.resample,
-        )  # fmt: skip
+        model.info = ModelInfo(labels=labels.names, label_ids=labels.mids).with_contract(contract)
         model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, cfg.lr, weight_decay=5e-7, betas=(0.95, 0.999), fused=True)

@@ -182,17 +182,15 @@ def config_path(name: str, variant: str = "") -> Path:
 
 def read_config(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(train settings, recipe options)`` of a recipe config TOML."""
-    from ..config import TrainConfig
+    from ..config import check_train_table
 
     path = Path(path)
     data = read_toml(path)
     options = data.get("recipe", {})
-    train = data["train"] if "train" in data else {k: v for k, v in data.items() if k != "recipe"}
-    if not isinstance(train, dict) or not isinstance(options, dict):
-        raise ConfigError(f"{path}: [train] and [recipe] must be tables")
-    unknown = sorted(set(train) - set(TrainConfig.field_names()))
-    if unknown:
-        raise ConfigError(f"{path}: unknown training setting {unknown[0]!r}")
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: [recipe] must be a table")
+    train = check_train_table(data["train"] if "train" in data else {k: v for k, v in data.items() if k != "recipe"},
+                              path)  # fmt: skip
     owned = sorted(set(train) & set(RECIPE_OWNED))
     if owned:
         raise ConfigError(f"{path}: {owned[0]!r} is set by the recipe itself")

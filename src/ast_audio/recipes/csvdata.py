@@ -280,7 +280,8 @@ def predict_files(
     from ..pipeline import file_input
     from ..runtime import pick_device
 
-    model = load_model(checkpoint, device=pick_device(device))
+    device = pick_device(device)
+    model = load_model(checkpoint, device=device)
     contract = model.input_contract
     results: list[tuple[str | None, str | None]] = [(None, None)] * len(wavs)
     for start in range(0, len(wavs), batch_size):
@@ -294,7 +295,7 @@ def predict_files(
         if not batch:
             continue
         with torch.inference_mode():
-            top = model(torch.stack(batch).to(model.mlp_head[1].weight.device)).argmax(dim=1).tolist()  # (B,)
+            top = model(torch.stack(batch).to(device)).argmax(dim=1).tolist()  # (B, T, F) -> (B,)
         for i, k in zip(where, top, strict=True):
             results[i] = (model.info.labels[k], None)
     return results
