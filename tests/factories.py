@@ -164,6 +164,53 @@ def original_audioset_state(depth=2, label_dim=527, seed=1) -> dict[str, torch.T
     return sd
 
 
+def ssast_state(
+    dim: int = 192, depth: int = 2, patch: tuple[int, int] = (16, 16), input_fdim: int = 128, input_tdim: int = 1024,
+    tokens: int = 2, seed: int = 3,
+) -> dict[str, torch.Tensor]:
+    """An SSAST pretraining checkpoint as its authors save it (through DataParallel:
+    ``module.``): the DeiT trunk under ``v.`` with 1-channel ``patch`` projection (stride =
+    patch), the position grid of ``input_fdim`` x ``input_tdim`` plus ``tokens`` class
+    tokens (2: cls and dist; 1: base_nokd), the unused DeiT heads, the pretraining heads
+    (``cpredlayer``, ``gpredlayer``: Linear-ReLU-Linear to 256), the mask token and the
+    pretraining input size as two scalar parameters."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen) * 0.05
+
+    grid = (input_fdim // patch[0]) * (input_tdim // patch[1])
+    sd = {
+        "v.cls_token": r(1, 1, dim),
+        "v.pos_embed": r(1, grid + tokens, dim),
+        "v.patch_embed.proj.weight": r(dim, 1, *patch),
+        "v.patch_embed.proj.bias": r(dim),
+        "v.norm.weight": 1 + r(dim),
+        "v.norm.bias": r(dim),
+        "v.head.weight": r(1000, dim),
+        "v.head.bias": r(1000),
+        "p_input_fdim": torch.tensor(input_fdim),
+        "p_input_tdim": torch.tensor(input_tdim),
+        "mask_embed": r(1, 1, dim),
+    }
+    if tokens == 2:
+        sd.update({"v.dist_token": r(1, 1, dim), "v.head_dist.weight": r(1000, dim), "v.head_dist.bias": r(1000)})
+    for name in ("cpredlayer", "gpredlayer"):
+        sd.update({f"{name}.0.weight": r(dim, dim), f"{name}.0.bias": r(dim),
+                   f"{name}.2.weight": r(256, dim), f"{name}.2.bias": r(256)})  # fmt: skip
+    for i in range(depth):
+        p = f"v.blocks.{i}."
+        sd.update({
+            p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim),
+            p + "attn.qkv.weight": r(3 * dim, dim), p + "attn.qkv.bias": r(3 * dim),
+            p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
+            p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim),
+            p + "mlp.fc1.weight": r(4 * dim, dim), p + "mlp.fc1.bias": r(4 * dim),
+            p + "mlp.fc2.weight": r(dim, 4 * dim), p + "mlp.fc2.bias": r(dim),
+        })  # fmt: skip
+    return {f"module.{k}": v for k, v in sd.items()}
+
+
 def labelled(model: ASTModel, labels: list[str], multilabel: bool, mean: float = MEAN, std: float = STD) -> ASTModel:
     model.info = ModelInfo(labels=labels, dataset_mean=mean, dataset_std=std, multilabel=multilabel)
     return model

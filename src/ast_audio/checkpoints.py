@@ -8,6 +8,8 @@ the rename tables of :mod:`ast_audio.layouts`):
 
 - ``ast``: the original AST ``.pth`` (``module.`` prefix from DataParallel or not);
 - ``deit``: timm / facebookresearch DeiT distilled ImageNet weights (``{"model": sd}`` or sd);
+- ``ssast``: SSAST's self-supervised pretraining checkpoints (``module.``, patch-based, no
+  classifier: loading puts a fresh head on; the pretraining heads are dropped);
 - ``hf``: Hugging Face ``ASTForAudioClassification`` / ``ASTModel``, with the key names of
   transformers 4 (``encoder.layer.N.attention.attention.query``, what the hub files hold)
   or transformers 5 (``layers.N.attention.q_proj``), plus ``config.json``;
@@ -62,10 +64,12 @@ from .layouts import (  # noqa: F401 (hf_to_original / original_to_hf re-exporte
     ORIGINAL,
     config_from_hf,
     config_to_hf,
+    drop_ssast_pretraining,
     drop_unused,
     from_ours,
     hf_to_original,
     infer_config,
+    is_ssast,
     original_to_hf,
     to_ours,
 )
@@ -187,6 +191,8 @@ def _classify(
     if all(k.startswith("module.") for k in state):
         state = to_ours(state, ORIGINAL, path=path)
     keys = set(state)
+    if "v.cls_token" in keys and is_ssast(state):
+        return RawCheckpoint(drop_unused(drop_ssast_pretraining(state)), "ssast", path, published=published)
     if "v.cls_token" in keys:
         return RawCheckpoint(drop_unused(state), "ast", path, published=published)
     if "cls_token" in keys and "dist_token" in keys:
@@ -400,9 +406,13 @@ def _load(
     model = cls.from_config(wanted, _model.missing_statistics(info, raw.path))  # the one policy, once, at load
     load_state_strict(model.v, _backbone_state(raw.state, native, wanted, raw.path), raw.path, "v.")
     head = {k[len("mlp_head.") :]: v for k, v in raw.state.items() if k.startswith("mlp_head.")}
-    if not head:
+    if raw.layout == "ssast":  # self-supervised: no classifier, the model's fresh head stays
+        log.info("%s: SSAST pretraining checkpoint; the %d-output head is new (train it)", raw.path,
+                 label_dim or native.label_dim)  # fmt: skip
+    elif not head:
         raise CheckpointError("no classification head (mlp_head / classifier) in the checkpoint", raw.path)
-    load_state_strict(model.mlp_head, head, raw.path, "mlp_head.")
+    else:
+        load_state_strict(model.mlp_head, head, raw.path, "mlp_head.")
     if label_dim is not None and label_dim != native.label_dim:
         log.info(
             "%s: new %d-class head in place of the checkpoint's %d classes",

@@ -1,6 +1,6 @@
 """The published checkpoints: their names and addresses, the cache folder, atomic download.
 
-:data:`REGISTRY` lists the original authors' files (AST on Dropbox, DeiT on
+:data:`REGISTRY` lists the original authors' files (AST and SSAST on Dropbox, DeiT on
 ``dl.fbaipublicfiles.com``); :func:`resolve` turns a path or a published name into a local
 file, downloading a name once into :func:`cache_dir`. Nothing here reads a checkpoint:
 that is :mod:`ast_audio.checkpoints` (safe reading) and :mod:`ast_audio.layouts` (names).
@@ -29,7 +29,7 @@ class PublishedCheckpoint:
     name: str
     url: str
     filename: str
-    layout: str  # "ast" or "deit"
+    layout: str  # "ast", "deit" or "ssast"
     model_size: str = "base384"
     fstride: int = 10
     tstride: int = 10
@@ -74,6 +74,22 @@ for _size, _file in [
         PublishedCheckpoint(
             name=_file.split("-")[0], url=_DEIT.format(_file), filename=_file, layout="deit",
             model_size=_size, score="ImageNet DeiT (distilled)",
+        )
+    )  # fmt: skip
+
+# SSAST (Gong, Lai, Chung and Glass, AAAI 2022): self-supervised on AudioSet + Librispeech,
+# 16x16 patches without overlap on 1024 x 128 inputs; no classifier. The frame-based 128x2
+# files are not listed: the model cuts 16x16 patches only (loading one is a clear error).
+for _key, _name, _size, _score in [
+    ("ewrzpco95n9jdz6", "SSAST-Base-Patch-400", "base384", "SSAST self-supervised, 400 masked patches (89M)"),
+    ("mxrm9qog6aj8hif", "SSAST-Base-Patch-250", "base384", "SSAST self-supervised, 250 masked patches (89M)"),
+    ("i24w446rl9pkf05", "SSAST-Small-Patch-400", "small224", "SSAST self-supervised, 400 masked patches (23M)"),
+    ("fkbtf78y94113wz", "SSAST-Tiny-Patch-400", "tiny224", "SSAST self-supervised, 400 masked patches (6M)"),
+]:
+    register_checkpoint(
+        PublishedCheckpoint(
+            name=_name, url=_DROPBOX.format(_key, _name + ".pth"), filename=_name + ".pth", layout="ssast",
+            model_size=_size, fstride=16, tstride=16, score=_score,
         )
     )  # fmt: skip
 

@@ -11,7 +11,10 @@ fused ``qkv`` against Hugging Face's separate query, key and value).
 
 Layouts: ``ast`` (the original ``.pth``, saved through DataParallel: ``module.``),
 ``deit`` (timm / facebookresearch DeiT: no ``v.``), ``hf`` (Hugging Face transformers 4,
-the names the hub files hold) and ``hf5`` (transformers 5's in-memory names). Also here:
+the names the hub files hold) and ``hf5`` (transformers 5's in-memory names). SSAST's
+self-supervised checkpoints (Gong et al., AAAI 2022) are the ``ast`` names plus pretraining
+parts that fine-tuning drops (:data:`SSAST_PRETRAINING`) and the input size they were
+pretrained on (``p_input_fdim`` / ``p_input_tdim``); :func:`infer_config` reads them. Also here:
 the Hugging Face ``config.json`` <-> :class:`~ast_audio.model.ASTConfig` mapping and the
 architecture implied by a state dict in our names (:func:`infer_config`).
 """
@@ -119,6 +122,11 @@ LAYOUTS = {layout.name: layout for layout in (ORIGINAL, DEIT, HF, HF5)}
 
 # The DeiT ImageNet heads (in our names): unused by AST, carried along in the original files.
 UNUSED = ("v.head.", "v.head_dist.")
+# What SSAST's pretraining adds to the trunk (in our names): the contrastive and generative
+# prediction heads and the mask token, which fine-tuning drops, and the pretraining input
+# size (two scalars, read by infer_config).
+SSAST_PRETRAINING = ("cpredlayer.", "gpredlayer.", "mask_embed")
+SSAST_INPUT = ("p_input_fdim", "p_input_tdim")
 
 StateDict = dict[str, torch.Tensor]
 
@@ -175,6 +183,15 @@ def from_ours(state: StateDict, layout: Layout) -> StateDict:
 
 def drop_unused(state: StateDict) -> StateDict:
     return {k: v for k, v in state.items() if not k.startswith(UNUSED)}
+
+
+def is_ssast(state: StateDict) -> bool:
+    """An SSAST pretraining checkpoint (in our names): it records its pretraining input size."""
+    return all(k in state for k in SSAST_INPUT)
+
+
+def drop_ssast_pretraining(state: StateDict) -> StateDict:
+    return {k: v for k, v in state.items() if not k.startswith(SSAST_PRETRAINING)}
 
 
 def hf_to_original(state: StateDict, path: str | os.PathLike = "<state dict>") -> StateDict:
@@ -305,6 +322,8 @@ def infer_config(
             f"transformer blocks are not numbered 0..N-1 (found {sorted(blocks)[:5]}...)", path
         )
     n_patches = state["v.pos_embed"].shape[1] - 2
+    if layout == "ssast":
+        return _ssast_config(state, path, model_size, depth, n_patches)
 
     if name_hint is not None:
         dataset, native_f, native_t = name_hint
@@ -349,4 +368,36 @@ def infer_config(
             defaults.std,
             defaults.multilabel,
         )
+    return config, info
+
+
+def _ssast_config(
+    state: StateDict, path: str | os.PathLike, model_size: str, depth: int, n_patches: int
+) -> tuple[ASTConfig, ModelInfo]:
+    """The pretraining architecture of an SSAST checkpoint: its patches were cut without
+    overlap (stride = patch), on the input size it records. It has no classifier: the
+    config's 527 outputs are a placeholder for the fresh head that loading puts on."""
+    kernel = tuple(state["v.patch_embed.proj.weight"].shape[-2:])
+    if kernel != (16, 16):
+        raise CheckpointError(
+            f"an SSAST checkpoint with {kernel[0]}x{kernel[1]} patches (frame-based SSAST) is not supported: "
+            "the model cuts 16x16 patches only; use a patch-based SSAST checkpoint", path,
+        )  # fmt: skip
+    if "v.dist_token" not in state:
+        raise CheckpointError(
+            "an SSAST checkpoint with one class token (model_size base_nokd) is not supported: "
+            "AST pools a cls and a dist token", path,
+        )  # fmt: skip
+    fdim, tdim = int(state["p_input_fdim"].item()), int(state["p_input_tdim"].item())
+    try:
+        config = ASTConfig(527, 16, 16, fdim, tdim, model_size, depth)
+    except ConfigError as err:
+        raise CheckpointError(f"SSAST pretraining input size: {err}", path) from None
+    if config.num_patches != n_patches:
+        raise CheckpointError(
+            f"{n_patches} patch positions do not fit the {config.grid[0]}x{config.grid[1]} grid of its pretraining "
+            f"input ({fdim} bins x {tdim} frames, 16x16 patches without overlap)", path,
+        )  # fmt: skip
+    audioset = PRESETS["audioset"]  # SSAST was pretrained on AudioSet + Librispeech with AudioSet's statistics
+    info = ModelInfo(dataset_mean=audioset.mean, dataset_std=audioset.std, extra={"pretraining": "ssast"})
     return config, info
