@@ -31,7 +31,15 @@ $(TORCHAUDIO_REF): | $(BIN)/python
 	  pathlib.Path('$(TORCHAUDIO_REF)').write_bytes(wheel.read('torchaudio/compliance/kaldi.py'))"
 	rm -f $(VENV)/reference/torchaudio-*.whl
 
-install: $(STAMP) $(TORCHAUDIO_REF)
+# The HEAR 2021 validator (tests/test_hear.py): its wheel requires TensorFlow, which only its
+# TensorFlow path imports for use, so it goes in without dependencies (the test says how).
+HEARVALIDATOR := $(VENV)/.hearvalidator
+
+$(HEARVALIDATOR): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps hearvalidator
+	touch $(HEARVALIDATOR)
+
+install: $(STAMP) $(TORCHAUDIO_REF) $(HEARVALIDATOR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

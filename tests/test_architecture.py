@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("model", {"pos_embed", "model"}),
     ("checkpoints", {"hub", "layouts", "checkpoints"}),
     ("train/evaluate", {"config", "evaluate", "train", "export"}),
-    ("infer", {"infer"}),
+    ("infer", {"infer", "hear"}),
     ("recipes", {"recipes", "demo"}),
     ("serve", {"serve"}),
     ("cli", {"cli", "cli_train", "cli_infer", "cli_recipes", "__main__", "__init__"}),
