@@ -15,6 +15,7 @@ recipe             config                                 deliverable (in the ex
                    ``audioset_full.toml`` (``--set full``) sampling weights beside the datafile
 ``csv``            ``csv.toml``                           ``submission.csv``: a label per test file
 ``hack``           ``hack.toml``                          ``submission.csv`` (``final/`` with ``final``)
+``hf``             ``hf.toml``                            the best model (``eval_result.csv`` with a test split)
 =================  =====================================  ==========================================
 
 Settings, lowest to highest: :class:`~ast_audio.train.TrainConfig` defaults, the shipped
@@ -50,7 +51,7 @@ from pathlib import Path
 from ..config import coerce
 from ..errors import ConfigError, DataError
 from ..fileio import read_toml
-from . import audioset, csvdata, esc50, hack, speechcommands
+from . import audioset, csvdata, esc50, hack, hf, speechcommands
 
 __all__ = ["RECIPES", "Flag", "Recipe", "RecipeContext", "config_path", "flag", "resolve_config", "run_recipe"]
 
@@ -161,6 +162,20 @@ RECIPES: dict[str, Recipe] = {
             flag("--valid-fraction", type=float, default=0.2, help="the last share of usable rows (default 0.2)"),
             flag("--stratify", action="store_true", help="a seeded stratified split instead of the last rows"),
             flag("--seed", type=int, default=0, help="seed of the stratified split (default 0)"),
+        ),
+    ),  # fmt: skip
+    "hf": Recipe(
+        "hf", "a Hugging Face datasets dataset on disk", hf.prepare, hf.run, {"": "hf.toml"},
+        prepare_help="a datasets folder (save_to_disk, or parquet/arrow files): FLAC written once, datafiles",
+        prepare_flags=(
+            flag("--dataset", dest="dataset_dir", metavar="PATH", required=True,
+                 help="a save_to_disk folder or a folder of .parquet/.arrow files (nothing is downloaded)"),
+            flag("--audio-column", default="audio", help="default: audio"),
+            flag("--label-column", default="label", help="ClassLabel, strings, integers or lists of them (default: label)"),
+            flag("--valid-fraction", type=float, default=0.2, help="stratified share of train when there is no validation split"),
+            flag("--seed", type=int, default=0, help="seed of that split (default 0)"),
+            flag("--audio-length", type=int, default=1024, help="frames, for the normalisation statistics"),
+            flag("--num-mel-bins", type=int, default=128),
         ),
     ),  # fmt: skip
 }
