@@ -122,9 +122,7 @@ LAYOUTS = {layout.name: layout for layout in (ORIGINAL, DEIT, HF, HF5)}
 
 # The DeiT ImageNet heads (in our names): unused by AST, carried along in the original files.
 UNUSED = ("v.head.", "v.head_dist.")
-# What SSAST's pretraining adds to the trunk (in our names): the contrastive and generative
-# prediction heads and the mask token, which fine-tuning drops, and the pretraining input
-# size (two scalars, read by infer_config).
+# SSAST's pretraining parts (prediction heads, mask token; fine-tuning drops them) and input size.
 SSAST_PRETRAINING = ("cpredlayer.", "gpredlayer.", "mask_embed")
 SSAST_INPUT = ("p_input_fdim", "p_input_tdim")
 
@@ -389,10 +387,7 @@ def _ssast_config(
             "AST pools a cls and a dist token", path,
         )  # fmt: skip
     fdim, tdim = int(state["p_input_fdim"].item()), int(state["p_input_tdim"].item())
-    try:
-        config = ASTConfig(527, 16, 16, fdim, tdim, model_size, depth)
-    except ConfigError as err:
-        raise CheckpointError(f"SSAST pretraining input size: {err}", path) from None
+    config = ASTConfig(527, 16, 16, max(fdim, 16), max(tdim, 16), model_size, depth)
     if config.num_patches != n_patches:
         raise CheckpointError(
             f"{n_patches} patch positions do not fit the {config.grid[0]}x{config.grid[1]} grid of its pretraining "
