@@ -76,6 +76,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.format == "hf":
         export_hf(model, out)
+        from .model_card import write_model_card
+
+        write_model_card(model, out, args.source)  # README.md: the folder is ready to upload
     elif args.format == "original":
         export_original(model, out)
     else:
