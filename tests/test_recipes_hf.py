@@ -121,7 +121,8 @@ def parquet(tmp_path_factory):
 def test_parquet_folder_reads_files_in_place_and_splits_by_label(parquet, tmp_path):
     path, files = parquet
     out = tmp_path / "prepared"
-    ok(run_cli("prepare", "hf", "--dataset", path, "--out", out, "--seed", "3"))
+    cache = tmp_path / "hf-cache"  # load_dataset converts parquet into its cache: keep it here
+    ok(run_cli("prepare", "hf", "--dataset", path, "--out", out, "--seed", "3", HF_DATASETS_CACHE=cache))
     labels = (out / "class_labels_indices.csv").read_text().splitlines()
     assert [line.split(",")[2] for line in labels[1:]] == ["bell", "hum", "rain"]  # sorted strings
     train = json.loads((out / "hf_train.json").read_text())["data"]
@@ -131,7 +132,7 @@ def test_parquet_folder_reads_files_in_place_and_splits_by_label(parquet, tmp_pa
     assert not list((out / "audio").rglob("*.flac"))
     assert list(report(out).values()) == ["file not found"]
     multi = tmp_path / "multi"
-    ok(run_cli("prepare", "hf", "--dataset", path, "--out", multi, "--label-column", "tags"))
+    ok(run_cli("prepare", "hf", "--dataset", path, "--out", multi, "--label-column", "tags", HF_DATASETS_CACHE=cache))
     rows = json.loads((multi / "hf_train.json").read_text())["data"] + json.loads((multi / "hf_valid.json").read_text())["data"]
     assert {e["labels"] for e in rows} == {"outdoor", "outdoor,loud"}
     assert json.loads((multi / "prepared.json").read_text())["summary"]["multilabel"] is True
@@ -142,6 +143,9 @@ def test_bad_datasets_give_one_line_errors(saved, tmp_path):
     out = run_cli("prepare", "hf", "--dataset", path, "--out", tmp_path / "o", "--label-column", "emotion")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert str(path) in out.stderr and "no column 'emotion'" in out.stderr and "label" in out.stderr
+    out = run_cli("prepare", "hf", "--dataset", path, "--out", tmp_path / "o", "--audio-column", "label")
+    assert out.returncode == 2 and "column 'label'" in out.stderr and "is not audio" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
     (tmp_path / "empty").mkdir()
     out = run_cli("prepare", "hf", "--dataset", tmp_path / "empty", "--out", tmp_path / "o")
     assert out.returncode == 2 and "neither a save_to_disk folder" in out.stderr

@@ -160,7 +160,11 @@ def _read_split(ds, role: str, audio_column: str, labels: Labels, out: Path, sou
     from tqdm.auto import tqdm
 
     datasets = _datasets()
-    ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+    try:
+        ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+    except Exception as err:  # pyarrow's cast errors (ArrowNotImplementedError, ArrowInvalid), TypeError, ValueError
+        raise ConfigError(f"{source}: column {audio_column!r} ({ds.features[audio_column]}) is not audio: "
+                          f"{str(err)[:120]}") from None  # fmt: skip
     folder = out / "audio" / role
     folder.mkdir(parents=True, exist_ok=True)
     rows, bad, counts = [], [], {"written": 0, "in_place": 0}
