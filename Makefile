@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCHAUDIO_REF_VERSION := 2.11.0
 TORCHAUDIO_REF := $(VENV)/reference/torchaudio_kaldi.py
 
-.PHONY: install test lint bench demo clean
+.PHONY: install browser test lint bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,17 @@ $(TORCHAUDIO_REF): | $(BIN)/python
 	  pathlib.Path('$(TORCHAUDIO_REF)').write_bytes(wheel.read('torchaudio/compliance/kaldi.py'))"
 	rm -f $(VENV)/reference/torchaudio-*.whl
 
-install: $(STAMP) $(TORCHAUDIO_REF)
+# The browser test of `ast-audio serve` drives Debian's chromium through its chromedriver
+# (Selenium). Installed once, with apt-get (as root, else through sudo); skipped when both
+# are already on PATH.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
+
+install: $(STAMP) $(TORCHAUDIO_REF) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
