@@ -63,16 +63,16 @@ def live_updates(
         order = np.argsort(-scores, kind="stable")[:top_k]
         labels = [(tagger.labels[i], float(scores[i])) for i in order]
         yield {"type": "scores", "start": round(start, 3), "end": round(end, 3), "labels": labels_json(labels)}
-        for i, score in enumerate(scores.tolist()):
-            if score >= threshold:
-                if i in active:
-                    active[i][1:] = [end, max(active[i][2], score)]
-                else:
-                    active[i] = [start, end, score]
-                    yield {"type": "event", "state": "start", "label": tagger.labels[i], "start": round(start, 3),
-                           "score": round(score, 6)}  # fmt: skip
-            elif i in active:
-                yield _ended(tagger.labels[i], *active.pop(i))
+        above = {i: score for i, score in enumerate(scores.tolist()) if score >= threshold}
+        for i in [i for i in active if i not in above]:  # ends first, then starts
+            yield _ended(tagger.labels[i], *active.pop(i))
+        for i, score in above.items():
+            if i in active:
+                active[i][1:] = [end, max(active[i][2], score)]
+            else:
+                active[i] = [start, end, score]
+                yield {"type": "event", "state": "start", "label": tagger.labels[i], "start": round(start, 3),
+                       "score": round(score, 6)}  # fmt: skip
     for i, (start, end, peak) in sorted(active.items()):
         yield _ended(tagger.labels[i], start, end, peak)
 
