@@ -50,9 +50,16 @@ class Metrics:
         self.batches = _Histogram(BATCH_BUCKETS)
         self.windows = 0  # windows scored by the engine
         self.streams = 0  # WebSocket streams opened
+        self.in_flight = 0  # HTTP requests being handled (this one included)
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """A request answered (and no longer in flight)."""
         with self._lock:
+            self.in_flight -= 1
             self.requests[(method, route, status)] += 1
             if status >= 400:
                 self.errors[(route, status)] += 1
@@ -73,6 +80,8 @@ class Metrics:
                    "# TYPE ast_audio_requests_total counter"]  # fmt: skip
             for (method, route, status), n in sorted(self.requests.items()):
                 out.append(f'ast_audio_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}')
+            out += ["# HELP ast_audio_requests_in_flight HTTP requests being handled, this one included.",
+                    "# TYPE ast_audio_requests_in_flight gauge", f"ast_audio_requests_in_flight {self.in_flight}"]
             out += ["# HELP ast_audio_errors_total Requests answered with a 4xx or 5xx status.",
                     "# TYPE ast_audio_errors_total counter"]  # fmt: skip
             for (route, status), n in sorted(self.errors.items()):

@@ -54,6 +54,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        self.metrics.begin()
         route = scope["path"] if scope["path"] in self.routes else "other"
         status = 500
         state = {"over": False, "started": False}
