@@ -56,6 +56,7 @@ demo: install
 bench: demo
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/model.py --trained runs/demo/exp/models/best_audio_model.safetensors \
 	  --trained-data runs/demo/prepared/demo_test.json
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \

@@ -21,6 +21,7 @@ from conftest import run_cli
 from factories import SR, toy_sequence, write_audio, write_truncated_wav
 from fastapi.testclient import TestClient
 
+from ast_audio.errors import AstAudioError
 from ast_audio.infer import AudioTagger
 from ast_audio.serve import ServeSettings, create_app
 from ast_audio.serve.batching import Batcher, Job
@@ -204,6 +205,25 @@ def test_the_queue_shares_engine_calls_and_finishes_what_is_queued_when_stopped(
     assert metrics.batches.total == 4 and metrics.batches.sum == 21
 
 
+def test_a_failing_request_does_not_fail_the_others_of_its_batch(tagger):
+    good = [torch.from_numpy(toy_sequence([LOW], 1.0, seed=i)) for i in range(3)]
+    bad = good[0].clone()
+    bad[10] = float("nan")
+
+    async def scenario():
+        batcher = Batcher(tagger, max_batch=8)
+        await batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(Job("predict", w, ("max",), top_k=1))) for w in [*good, bad]]
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return answers, batcher.metrics
+
+    answers, metrics = asyncio.run(scenario())
+    assert [a.labels[0][0] for a in answers[:3]] == ["low tone"] * 3
+    assert isinstance(answers[3], AstAudioError) and "NaN" in str(answers[3])
+    assert metrics.batches.sum == 3  # the shared call failed; the good ones were answered one by one
+
+
 def test_live_updates_score_the_rolling_window_and_report_events(tagger):
     audio = toy_sequence([NOISE, LOW, NOISE], 2.0, seed=5)
     chunks = [audio[i : i + 1600] for i in range(0, audio.size, 1600)]  # 0.1 s chunks
@@ -252,3 +272,28 @@ def test_the_command_reports_a_bad_checkpoint_in_one_line(tmp_path):
     out = run_cli("serve", "--checkpoint", tmp_path / "missing.safetensors", "--port", "9")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith("ast-audio: error: ") and "missing.safetensors" in out.stderr
+
+
+def test_the_readme_curl_examples_are_answered(tagger, clips):
+    """Each ``curl`` line of the README's service section, sent to the app with a real file."""
+    import shlex
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    lines = [line for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S) for line in block.splitlines()
+             if line.startswith("curl ")]  # fmt: skip
+    assert len(lines) >= 4
+    with client(tagger) as c:
+        for line in lines:
+            tokens = shlex.split(line)
+            url = urlsplit(next(t for t in tokens if t.startswith("http://127.0.0.1:8000/")))
+            target = url.path + (f"?{url.query}" if url.query else "")
+            body = clips["mixed"].read_bytes()
+            if "--data-binary" in tokens:
+                answer = c.post(target, content=body)
+            elif "-F" in tokens:
+                answer = c.post(target, files={"file": ("meeting.flac", body)})
+            else:
+                answer = c.get(target)
+            assert answer.status_code == 200, (line, answer.text)

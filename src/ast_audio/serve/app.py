@@ -87,6 +87,10 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
     async def rejected(request: Request, err: Rejected):
         return JSONResponse({"detail": err.reason}, status_code=err.status)
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception):  # answered as JSON; uvicorn logs the traceback
+        return JSONResponse({"detail": f"internal error ({type(err).__name__}: {err})"}, status_code=500)
+
     async def waveform(request: Request) -> tuple[torch.Tensor, str]:
         data, name = await read_upload(request)
         return await run_in_threadpool(decode, data, name, batcher.rate, settings.max_duration), name

@@ -10,7 +10,9 @@ overlap, and requests that arrive while it computes form the next batch. ``top_k
 ``threshold`` differ per request and are applied to the scores afterwards
 (:func:`~ast_audio.infer.results.top_labels`, :func:`~ast_audio.infer.merge_events`).
 
-``stop()`` finishes everything already queued before it returns (graceful shutdown).
+When an engine call fails, its requests are run again one by one, so only the request at
+fault gets the error. ``stop()`` finishes everything already queued before it returns
+(graceful shutdown).
 """
 
 from __future__ import annotations
@@ -122,10 +124,13 @@ class Batcher:
         for jobs in groups.values():
             try:
                 results = await loop.run_in_executor(self._executor, self._call, jobs)
-            except Exception as err:  # noqa: BLE001 (handed to each request, which answers it)
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
+            except Exception as err:  # noqa: BLE001 (handed to the request at fault, which answers it)
+                if len(jobs) > 1:  # one request's fault must not fail the others: each alone
+                    for job in jobs:
+                        await self._run([job])
+                    continue
+                if not jobs[0].future.done():
+                    jobs[0].future.set_exception(err)
                 continue
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():
