@@ -172,6 +172,22 @@ def test_live_mode_streams_the_microphone_and_shows_the_event(server, browser):
     assert not browser.find_element(By.ID, "error").is_displayed()
 
 
+def test_a_recording_from_the_microphone_is_tagged(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    wait_for(lambda: "labels" in browser.find_element(By.ID, "model").text, what="the model description")
+    browser.find_element(By.ID, "record").click()
+    wait_for(lambda: browser.find_element(By.ID, "status").text == "recording…", what="the recording state")
+    time.sleep(1.5)  # what the fake microphone plays meanwhile (noise) is recorded
+    browser.find_element(By.ID, "record").click()
+    status = wait_for(lambda: re.fullmatch(r"recording\.wav: (\d+\.\d\d) s, .*", browser.find_element(By.ID, "status").text),
+                      what="the tagged recording")  # fmt: skip
+    assert float(status.group(1)) >= 1.0
+    assert text_of(browser, "#labels .name")[0] == "noise"
+    assert not browser.find_element(By.ID, "error").is_displayed()
+
+
 def test_the_page_fits_a_phone_screen(server, browser, audio):
     from selenium.webdriver.common.by import By
 
