@@ -102,6 +102,17 @@ def test_embed_as_json_and_npy(tagger, clips):
     np.testing.assert_allclose(np.load(io.BytesIO(as_npy.content)), expected, atol=1e-6)
 
 
+def test_attention_map_as_png(tagger, clips, private_tmp):
+    with client(tagger) as c:
+        png = c.post("/api/attention?method=last&top_k=3", files={"file": ("mixed.wav", clips["mixed"].read_bytes())})
+        bad = c.post("/api/attention?method=gradcam", content=clips["low"].read_bytes())
+        late = c.post("/api/attention?start=3.5", content=clips["noise"].read_bytes())
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n" and len(png.content) > 10_000
+    assert bad.status_code == 422 and late.status_code == 200  # a start past the end: the last samples' window
+    assert not list(private_tmp.iterdir())
+
+
 def test_info_health_metrics_and_openapi(tagger, clips):
     with client(tagger, max_upload_mb=7) as c:
         info = c.get("/api/info").json()
@@ -122,7 +133,7 @@ def test_info_health_metrics_and_openapi(tagger, clips):
     assert 'ast_audio_errors_total{route="/api/predict",status="415"} 1' in text
     assert re.search(r'ast_audio_request_seconds_count\{route="/api/predict"\} 2\n', text)
     assert "ast_audio_batch_requests_count 1\n" in text  # the failed upload never reached the model
-    assert {"/api/predict", "/api/embed", "/api/info", "/healthz", "/metrics"} <= set(spec["paths"])
+    assert {"/api/predict", "/api/embed", "/api/attention", "/api/info", "/healthz", "/metrics"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert page.status_code == 200 and 'id="labels"' in page.text and "static/app.js" in page.text
     assert script.status_code == 200 and "api/predict" in script.text

@@ -188,14 +188,18 @@ def test_a_recording_from_the_microphone_is_tagged(server, browser):
     assert not browser.find_element(By.ID, "error").is_displayed()
 
 
-def test_the_page_fits_a_phone_screen(server, browser, audio):
+def test_the_page_fits_a_phone_screen_with_the_attention_map(server, browser, audio):
     from selenium.webdriver.common.by import By
 
     browser.set_window_size(*PHONE)
     try:
         browser.get(server.url + "/")
+        browser.find_element(By.ID, "attention-on").click()
         browser.find_element(By.ID, "file").send_keys(str(audio["mixed"]))
         wait_for(lambda: text_of(browser, "#events li"), what="the timeline")
+        image = browser.find_element(By.ID, "attention")
+        wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", image) > 0, what="the attention map")
+        assert image.is_displayed() and image.size["width"] <= PHONE[0]
         overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0
         buttons = browser.find_elements(By.CSS_SELECTOR, "button")

@@ -1,7 +1,7 @@
 """``ast-audio serve``: the tagger as an HTTP service with a web page, on top of :mod:`ast_audio.infer`.
 
 - ``app``: :func:`create_app` (FastAPI on Starlette): ``POST /api/predict``,
-  ``POST /api/embed``, ``WS /api/stream``, ``GET /api/info``, ``/healthz``, ``/metrics``,
+  ``POST /api/embed``, ``POST /api/attention``, ``WS /api/stream``, ``GET /api/info``, ``/healthz``, ``/metrics``,
   the OpenAPI description (``/docs``, ``/openapi.json``) and the page (``GET /``);
 - ``batching``: the request queue that gathers concurrent requests into shared engine calls;
 - ``stream``: live scores and events over a rolling window (the seam to

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import queue
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -27,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
 from ..errors import AstAudioError
-from ..infer import AudioTagger
+from ..infer import AudioTagger, plot_attention
 from .batching import Batcher, Job, overall_labels
 from .metrics import Metrics
 from .stream import live_updates
@@ -142,6 +144,29 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
         return {"path": name, "duration": round(result.duration, 3), "windows": len(result.spans),
                 "dim": int(vector.shape[0]), "embedding": [round(float(v), 6) for v in vector]}  # fmt: skip
 
+    @app.post("/api/attention", openapi_extra=_AUDIO_BODY, response_class=Response,
+              responses={200: {"content": {"image/png": {}}}})  # fmt: skip
+    async def attention(
+        request: Request,
+        start: float = Query(0.0, ge=0, description="seconds into the audio where the model window starts"),
+        method: Literal["rollout", "last"] = Query("rollout", description="attention rollout, or the last layer's"),
+        top_k: int = Query(5, ge=1, le=50, description="labels drawn"),
+    ) -> Response:
+        """Spectrogram, attention map and top labels of one model window, as a PNG (``tagger.plot``)."""
+        wave, name = await waveform(request)
+
+        def explain():
+            return tagger.attention(wave, sample_rate=batcher.rate, start=start, method=method, top_k=top_k)
+
+        try:
+            att = await asyncio.wait_for(batcher.on_model_thread(explain), settings.timeout)
+        except TimeoutError:
+            raise Rejected(503, f"not answered within {settings.timeout:g} s (--timeout)") from None
+        except AstAudioError as err:
+            raise Rejected(422, str(err)) from None
+        att.path = name
+        return Response(await run_in_threadpool(_png, att), media_type="image/png")
+
     @app.get("/api/info")
     async def info() -> dict:
         """The labels and the input contract of the checkpoint, and the service's limits."""
@@ -187,11 +212,22 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
     async def page():
         return FileResponse(STATIC / "index.html")
 
-    routes = {"/", "/api/predict", "/api/embed", "/api/info", "/healthz", "/metrics", "/docs", "/openapi.json"}
+    routes = {"/", "/api/predict", "/api/embed", "/api/attention", "/api/info", "/healthz", "/metrics", "/docs", "/openapi.json"}
     guarded = Guard(app, limit_bytes=int(settings.max_upload_mb * 2**20), metrics=metrics, routes=routes)
     guarded.fastapi = app  # for callers that want the FastAPI object (routes, OpenAPI)
     guarded.batcher = batcher
     return guarded
+
+
+def _png(att) -> bytes:
+    """The attention figure as PNG bytes (drawn into a private temporary file, always removed)."""
+    fd, tmp = tempfile.mkstemp(prefix="ast-audio-attention-", suffix=".png")
+    os.close(fd)
+    try:
+        return plot_attention(att, tmp).read_bytes()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _labels(pairs: list[tuple[str, float]]) -> list[dict]:

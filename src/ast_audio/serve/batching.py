@@ -83,6 +83,13 @@ class Batcher:
         await self._queue.put(job)
         return await job.future
 
+    async def on_model_thread(self, fn, *args):
+        """``fn(*args)`` on the worker thread, between engine calls (for what uses the model
+        outside the queue, like attention maps)."""
+        if self._task is None or self._task.done():
+            raise RuntimeError("the batching queue is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     # ------------------------------------------------------------------ the loop
 
     async def _loop(self) -> None:

@@ -118,6 +118,7 @@ async function drawFile(blob) {
 async function tag(blob, name) {
   showError("");
   $("live-box").hidden = true;
+  $("attention").hidden = true;
   setStatus(`tagging ${name}…`);
   drawFile(blob);
   const form = new FormData();
@@ -141,6 +142,26 @@ async function tag(blob, name) {
   renderLabels(body.labels);
   renderTimeline(body);
   setStatus(`${name}: ${body.duration.toFixed(2)} s, ${body.windows.length} window(s), ${body.events.length} event(s)`);
+  if ($("attention-on").checked) await showAttention(blob, name);
+}
+
+async function showAttention(blob, name) {
+  const form = new FormData();
+  form.append("file", blob, name);
+  try {
+    const response = await fetch("api/attention", { method: "POST", body: form });
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      showError(`attention map: ${response.status}: ${detail(body, response)}`);
+      return;
+    }
+    const image = $("attention");
+    if (image.src) URL.revokeObjectURL(image.src);
+    image.src = URL.createObjectURL(await response.blob());
+    image.hidden = false;
+  } catch (e) {
+    showError(`attention map: ${e.message}`);
+  }
 }
 
 // ------------------------------------------------------------------ the microphone
