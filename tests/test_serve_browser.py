@@ -132,6 +132,7 @@ def test_an_uploaded_file_shows_its_top_label_and_timeline(server, browser, audi
     top = max(range(3), key=lambda i: expected.scores[:, i].max())
     browser.get(server.url + "/")
     wait_for(lambda: "labels" in browser.find_element(By.ID, "model").text, what="the model description")
+    browser.find_element(By.ID, "attention-on").click()
     browser.find_element(By.ID, "file").send_keys(str(audio["mixed"]))
     names = wait_for(lambda: text_of(browser, "#labels .name"), what="the top labels")
     assert names[0] == expected.labels[top] == "noise"
@@ -139,8 +140,15 @@ def test_an_uploaded_file_shows_its_top_label_and_timeline(server, browser, audi
     assert {e.split(":")[0] for e in events} == {e.label for e in expected.events} >= {"low tone", "noise", "high tone"}
     assert "low-noise-high.wav: 6.00 s" in browser.find_element(By.ID, "status").text
     assert not browser.find_element(By.ID, "error").is_displayed()
+    image = browser.find_element(By.ID, "attention")
+    wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", image) > 0, what="the attention map")
     shot = tmp_path / "serve.png"
-    assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(900, height + 150)  # the whole page in the screenshot
+    try:
+        assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        browser.set_window_size(900, 1100)
     if os.environ.get("AST_AUDIO_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["AST_AUDIO_SCREENSHOT"])
 

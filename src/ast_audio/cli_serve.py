@@ -40,7 +40,7 @@ def _positive(kind):
 def add_commands(sub) -> None:
     """Register ``serve`` on the subparsers of ``ast_audio.cli``."""
     p = sub.add_parser("serve", help="a tagging service (HTTP API, live WebSocket) and a web page",
-                       description="Serves POST /api/predict, /api/embed, WS /api/stream, GET /api/info, "
+                       description="Serves POST /api/predict, /api/embed, /api/attention, WS /api/stream, GET /api/info, "
                        "/healthz, /metrics, the OpenAPI docs at /docs and the page at /.")  # fmt: skip
     p.add_argument("--checkpoint", action="extend", nargs="+", required=True,
                    help="file, Hugging Face folder or published name; several = ensemble")  # fmt: skip
