@@ -157,13 +157,14 @@ def test_bad_input_is_answered_with_its_reason_and_leaves_nothing_behind(tagger,
             "top_k": c.post("/api/predict?top_k=0", content=clips["low"].read_bytes()),
             "aggregate": c.post("/api/predict?aggregate=median", content=clips["low"].read_bytes()),
             "window": c.post("/api/predict?timeline=true&window=-1", content=clips["low"].read_bytes()),
+            "windows": c.post("/api/predict?timeline=true&hop=0.00001", content=clips["low"].read_bytes()),
             "format": c.post("/api/embed?format=pickle", content=clips["low"].read_bytes()),
         }
         still_fine = c.post("/api/predict", content=clips["low"].read_bytes())
     status = {name: a.status_code for name, a in answers.items()}
     assert status == {"text": 415, "empty": 422, "no file field": 422, "truncated": 422, "nan": 422, "too long": 422,
                       "too large": 413, "too large, chunked": 413, "top_k": 422, "aggregate": 422, "window": 422,
-                      "format": 422}  # fmt: skip
+                      "windows": 422, "format": 422}  # fmt: skip
     detail = {name: str(a.json()["detail"]) for name, a in answers.items()}
     assert detail["text"] == "notes.wav: not a decodable audio file (Format not recognised)"
     assert detail["truncated"].startswith("upload: truncated file")
@@ -171,6 +172,7 @@ def test_bad_input_is_answered_with_its_reason_and_leaves_nothing_behind(tagger,
     assert detail["too long"] == "upload: 3.0 s of audio; this service takes at most 2 s (--max-duration)"
     assert detail["too large"] == detail["too large, chunked"] == "request body over the limit of 0.25 MB (--max-upload-mb)"
     assert "file" in detail["no file field"] and "empty body" in detail["empty"]
+    assert detail["windows"] == "upload: a timeline of 100000 windows; at most 10000 (choose a longer hop)"
     assert still_fine.status_code == 200 and top(still_fine.json()) == "low tone"
     assert not list(private_tmp.iterdir())  # every upload's temporary file was removed
 

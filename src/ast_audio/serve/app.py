@@ -30,6 +30,7 @@ from .. import __version__
 from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
 from ..errors import AstAudioError
 from ..infer import AudioTagger, plot_attention
+from ..infer.results import labels_json
 from .batching import Batcher, Job, overall_labels
 from .metrics import Metrics
 from .stream import live_updates
@@ -39,6 +40,7 @@ __all__ = ["STATIC", "ServeSettings", "create_app"]
 
 STATIC = Path(__file__).resolve().parent / "static"  # the page: package data, no build step
 MAX_MESSAGE = 2**20  # bytes of one WebSocket audio message
+MAX_TIMELINE_WINDOWS = 10_000
 
 
 @dataclass
@@ -119,9 +121,13 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
         events) plus ``labels``: each label's maximum over the windows."""
         wave, name = await waveform(request)
         if timeline:
+            count = len(wave) / batcher.rate / hop
+            if count > MAX_TIMELINE_WINDOWS:
+                raise Rejected(422, f"{name}: a timeline of {count:.0f} windows; at most {MAX_TIMELINE_WINDOWS} "
+                                    "(choose a longer hop)")  # fmt: skip
             result = await run(Job("timeline", wave, (window, hop, aggregate), top_k, threshold))
             result.path = name
-            return {**result.to_json(), "labels": _labels(overall_labels(result, tagger.labels, top_k))}
+            return {**result.to_json(), "labels": labels_json(overall_labels(result, tagger.labels, top_k))}
         result = await run(Job("predict", wave, (aggregate,), top_k))
         result.path = name
         return result.to_json()
@@ -228,10 +234,6 @@ def _png(att) -> bytes:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _labels(pairs: list[tuple[str, float]]) -> list[dict]:
-    return [{"rank": r, "label": name, "score": round(score, 6)} for r, (name, score) in enumerate(pairs, 1)]
 
 
 def _stream_options(params) -> dict:
