@@ -270,6 +270,14 @@ def test_the_websocket_streams_scores_and_events(tagger):
                 messages.append(ws.receive_json())
         with c.websocket_connect("/api/stream?sample_rate=3") as ws:
             refused = ws.receive_json()
+    with client(tagger, max_streams=1) as c:
+        with c.websocket_connect("/api/stream") as first, c.websocket_connect("/api/stream") as second:
+            too_many = second.receive_json()
+            first.send_text("end")
+            assert first.receive_json() == {"type": "end"}
+        with c.websocket_connect("/api/stream") as again:  # the first one closed: a place is free
+            again.send_text("end")
+            assert again.receive_json() == {"type": "end"}
         with c.websocket_connect("/api/stream") as ws:
             ws.send_bytes(b"\0\0\0")
             odd = ws.receive_json()
@@ -279,6 +287,8 @@ def test_the_websocket_streams_scores_and_events(tagger):
     assert sum(m["type"] == "scores" for m in messages) == 8
     assert refused == {"type": "error", "message": "sample_rate must be in [1000, 384000], got 3"}
     assert odd["type"] == "error" and "16-bit PCM" in odd["message"]
+    assert too_many == {"type": "error", "message": "1 live streams are open, the most this service takes "
+                        "(--max-streams); try again later"}  # fmt: skip
 
 
 def test_the_command_reports_a_bad_checkpoint_in_one_line(tmp_path):

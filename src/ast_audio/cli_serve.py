@@ -20,7 +20,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                          precision=args.precision, compile=args.compile)  # fmt: skip
     settings = ServeSettings(max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000,
                              max_upload_mb=args.max_upload_mb, max_duration=args.max_duration,
-                             timeout=args.timeout)  # fmt: skip
+                             timeout=args.timeout, max_streams=args.max_streams)  # fmt: skip
     print(f"ast-audio serve: http://{args.host}:{args.port}/ (API: /docs), {len(tagger.labels)} labels, "
           f"{tagger.device}, {tagger.precision}; Ctrl-C stops", flush=True)  # fmt: skip
     run(create_app(tagger, settings), args.host, args.port, graceful_timeout=args.timeout)
@@ -58,4 +58,5 @@ def add_commands(sub) -> None:
                    help="seconds of audio per request; longer gets 422 (600)")  # fmt: skip
     p.add_argument("--timeout", type=_positive(float), default=60.0,
                    help="seconds until a request is answered with 503; also the graceful-shutdown limit (60)")  # fmt: skip
+    p.add_argument("--max-streams", type=_positive(int), default=16, help="live WebSocket streams at once (16)")
     p.set_defaults(func=_cmd_serve)

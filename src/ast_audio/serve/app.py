@@ -52,6 +52,7 @@ class ServeSettings:
     max_upload_mb: float = 50.0
     max_duration: float = 600.0  # seconds of audio per request
     timeout: float = 60.0  # seconds until a request is answered with 503
+    max_streams: int = 16  # live WebSocket streams open at once (each scores on a thread of its own)
 
 
 _AUDIO_BODY = {  # what the OpenAPI description says of the body we read ourselves
@@ -76,6 +77,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
     metrics = Metrics()
     batcher = Batcher(tagger, max_batch=settings.max_batch, max_wait=settings.max_wait, metrics=metrics)
     member = tagger.members[0]
+    open_streams: set[WebSocket] = set()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -188,7 +190,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
             "precision": tagger.precision,
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_duration": settings.max_duration,
                        "timeout": settings.timeout, "max_batch": settings.max_batch,
-                       "max_wait": settings.max_wait},  # fmt: skip
+                       "max_wait": settings.max_wait, "max_streams": settings.max_streams},  # fmt: skip
         }
 
     @app.get("/healthz")
@@ -206,11 +208,18 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
         metrics.stream()
         try:
             options = _stream_options(ws.query_params)
+            if len(open_streams) >= settings.max_streams:
+                raise Rejected(1013, f"{settings.max_streams} live streams are open, the most this service takes "
+                                     "(--max-streams); try again later")  # fmt: skip
         except Rejected as err:
             await ws.send_json({"type": "error", "message": err.reason})
-            await ws.close(code=1008)
+            await ws.close(code=err.status)
             return
-        await _stream(ws, tagger, batcher, **options)
+        open_streams.add(ws)
+        try:
+            await _stream(ws, tagger, batcher, **options)
+        finally:
+            open_streams.discard(ws)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
