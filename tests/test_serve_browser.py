@@ -252,7 +252,7 @@ def test_sigterm_finishes_the_requests_in_flight_then_stops(server, audio):
     async def scenario():
         async with httpx.AsyncClient(timeout=120) as http:
             requests = [asyncio.create_task(http.post(server.url + "/api/predict", content=body)) for _ in range(n)]
-            while await asyncio.to_thread(in_flight) < n:
+            while await asyncio.to_thread(in_flight) < n and not all(r.done() for r in requests):
                 await asyncio.sleep(0.02)
             server.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*requests)
