@@ -8,6 +8,12 @@ scored every ``hop`` seconds, and a label starts an event when its score reaches
 ``threshold`` and ends it in the first window where it falls below. When
 ``AudioTagger.stream`` exists, this function's body becomes a loop over it that turns its
 updates into the same messages; the WebSocket handler and the page stay as they are.
+One thing to keep when switching: the service runs this generator on a thread of its own
+and scores each window through its batching queue (``predict``), so the model is only
+ever used on the queue's worker thread; ``AudioTagger.stream``'s model calls must go there
+too (``Batcher.on_model_thread``), or use a tagger of their own.
+
+Within one update, events that end come before events that start.
 
 Messages (JSON objects; times in seconds since the stream began):
 
