@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCHAUDIO_REF_VERSION := 2.11.0
 TORCHAUDIO_REF := $(VENV)/reference/torchaudio_kaldi.py
 
-.PHONY: install test lint bench demo clean
+.PHONY: install browser test lint bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,17 @@ $(HEARVALIDATOR): $(STAMP)
 	$(BIN)/pip install --quiet --no-deps hearvalidator
 	touch $(HEARVALIDATOR)
 
-install: $(STAMP) $(TORCHAUDIO_REF) $(HEARVALIDATOR)
+# The browser test of `ast-audio serve` drives Debian's chromium through its chromedriver
+# (Selenium). Installed once, with apt-get (as root, else through sudo); skipped when both
+# are already on PATH.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
+
+install: $(STAMP) $(TORCHAUDIO_REF) $(HEARVALIDATOR) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -54,6 +64,7 @@ demo: install
 bench: demo
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/model.py --trained runs/demo/exp/models/best_audio_model.safetensors \
 	  --trained-data runs/demo/prepared/demo_test.json
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \

@@ -5,7 +5,8 @@
   in the background with :func:`wait_for_file`, :func:`cli_env` for any other subprocess, and
   :func:`cli_in_process` for quick parser-level checks.
 - :class:`Server`: files over HTTP on 127.0.0.1 (downloads, truncated transfers).
-- Fixtures: ``one_thread``, ``ast_home``, and, per module, ``files`` (real audio of each
+- Fixtures: ``one_thread``, ``ast_home``, ``toy_model`` (a trained tiny model, per session),
+  and, per module, ``files`` (real audio of each
   format), ``checkpoints`` (the tiny checkpoints) and ``folder`` (a folder to tag, with
   bad files).
 
@@ -203,3 +204,17 @@ def folder(tmp_path_factory) -> tuple[Path, list[Path], list[Path]]:
     good = [root / "a.wav", root / "sub" / "b.flac", root / "sub" / "c.mp3"]
     bad = [root / "broken.wav", root / "sub" / "empty.mp3"]
     return root, good, bad
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory) -> Path:
+    """A tiny AST trained on the toy dataset (``factories.train_toy_model``: low tone, high tone,
+    noise), for tests that need a predictable top label; trained once per session."""
+    from factories import train_toy_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_toy_model(tmp_path_factory.mktemp("toy-model"))
+    finally:
+        torch.set_num_threads(threads)

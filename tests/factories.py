@@ -325,3 +325,21 @@ def write_toy_dataset(root, per_class_train: int = 12, per_class_val: int = 4, s
                 data.append({"wav": str(path), "labels": mid})
         (root / f"{split}.json").write_text(json.dumps({"data": data}))
     return root
+
+
+def train_toy_model(root, epochs: int = 4, seed: int = 0) -> Path:
+    """A tiny AST (2 layers, 1 s input, softmax) trained on :func:`write_toy_dataset`'s clips, so
+    that its top label of a :func:`toy_clip` is predictable; the best epoch's checkpoint. About
+    10 s on one thread."""
+    from ast_audio.train import TrainConfig, train
+
+    root = Path(root)
+    toy = write_toy_dataset(root / "toy", per_class_train=8, per_class_val=3, seed=seed)
+    train(TrainConfig(**toy_train_settings(toy, root / "exp", n_epochs=epochs)))
+    return root / "exp" / "models" / "best_audio_model.safetensors"
+
+
+def toy_sequence(kinds: list[int], seconds: float = 2.0, seed: int = 0) -> np.ndarray:
+    """:func:`toy_clip` s of the classes ``kinds`` one after another (16 kHz)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([toy_clip(kind, rng, seconds=seconds) for kind in kinds])
