@@ -8,8 +8,8 @@ clips) are split by class:
    frames) trains from scratch on the first six classes (``--pretrain-clips`` per class,
    a fifth of them for validation), as ``make demo`` does on all ten;
 2. **the new task**: the other four classes, never seen in pretraining, with
-   ``--shots`` training clips per class, as many validation clips (the best epoch is kept
-   on them) and ``--test-clips`` held-out test clips per class;
+   ``--shots`` training clips per class, ``--valid-clips`` validation clips (the best epoch
+   is kept on them) and ``--test-clips`` held-out test clips per class;
 3. each way of training the new task runs with ``--seeds`` seeds through ``ast-audio
    train``'s own trainer; the figure is the held-out test accuracy of the best-on-valid
    model (``eval_result.csv``), mean and spread over the seeds.
@@ -73,11 +73,12 @@ def split(data: Path, out: Path, classes: range, counts: dict[str, int]) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, default=10, help="training clips per new class")
-    parser.add_argument("--test-clips", type=int, default=40, help="held-out clips per new class")
-    parser.add_argument("--pretrain-clips", type=int, default=100, help="clips per pretraining class")
-    parser.add_argument("--pretrain-epochs", type=int, default=15)
-    parser.add_argument("--epochs", type=int, default=30, help="epochs on the new task")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--valid-clips", type=int, default=5, help="validation clips per new class")
+    parser.add_argument("--test-clips", type=int, default=30, help="held-out clips per new class")
+    parser.add_argument("--pretrain-clips", type=int, default=80, help="clips per pretraining class")
+    parser.add_argument("--pretrain-epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=15, help="epochs on the new task")
+    parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=BENCHMARKS)
@@ -87,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         began = time.time()
-        per_class = max(args.pretrain_clips, 2 * args.shots + args.test_clips)
+        per_class = max(args.pretrain_clips, args.shots + args.valid_clips + args.test_clips)
         data = write_dataset(work / "data", per_class=per_class, seconds=1.0, seed=0)
         valid = args.pretrain_clips // 5
         pre = split(data, work / "pretrain", PRETRAIN_CLASSES, {"train": args.pretrain_clips - valid, "valid": valid})
-        new = split(data, work / "new", NEW_CLASSES, {"train": args.shots, "valid": args.shots, "test": args.test_clips})
+        new = split(data, work / "new", NEW_CLASSES, {"train": args.shots, "valid": args.valid_clips,
+                                                          "test": args.test_clips})  # fmt: skip
         contract = InputContract(target_length=MODEL["audio_length"])
         mean, std = norm_stats(AudioDataset(read_datafile(pre["train"], pre["labels"]), contract))
         stats = dict(dataset_mean=mean, dataset_std=std)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(CLASSES[c][0] for c in PRETRAIN_CLASSES)}), {args.pretrain_clips - valid} clips each, "
         f"{args.pretrain_epochs} epochs: best validation accuracy {pre_state.best_metric:.1%}. "
         f"New task: the four other classes ({', '.join(CLASSES[c][0] for c in NEW_CLASSES)}), **{args.shots} training "
-        f"clips per class**, {args.shots} validation clips per class (best epoch), {args.test_clips} held-out test clips "
+        f"clips per class**, {args.valid_clips} validation clips per class (best epoch), {args.test_clips} held-out test clips "
         f"per class (chance {chance:.0%}); {args.epochs} epochs, batch 8, CE, no augmentation, no lr decay; "
         f"{args.seeds} seeds per row. Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}, "
         f"{minutes:.1f} minutes in all.",

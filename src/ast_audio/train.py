@@ -38,7 +38,13 @@ What is ours:
   rule); ``fbank_on='device'`` (the default on CUDA) has the loader workers only decode
   and the filterbanks computed on the GPU per batch; ``cache_dir`` keeps decoded,
   resampled waveforms so that later epochs skip decoding; ``compile=True`` runs the model
-  under ``torch.compile`` (no gain measured on the CPU; meant for GPUs).
+  under ``torch.compile`` (no gain measured on the CPU; meant for GPUs);
+- fine-tuning knobs, off by default: gradient accumulation (``grad_accum``: the loader
+  batch is ``batch_size x grad_accum``, :func:`train_step` cuts it into micro-batches;
+  warm-up and schedules count optimiser steps), activation checkpointing of the blocks,
+  frozen layers and layer-wise lr decay (:func:`parameter_groups`, kept and checked by
+  resume), early stopping (``patience``/``min_delta``: the run ends as an ended run does and
+  says why), CE label smoothing, Adam's weight decay and betas.
 """
 
 
