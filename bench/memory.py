@@ -40,14 +40,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def child(checkpointing: bool, batch: int, steps: int, device: str) -> dict:
+def child(checkpointing: bool, batch: int, steps: int, device: str, size: str, frames: int) -> dict:
     from ast_audio.model import ASTModel
 
     torch.manual_seed(0)
-    model = ASTModel(label_dim=527, imagenet_pretrain=False, verbose=False).to(device)
-    model.set_grad_checkpointing(checkpointing)
+    model = ASTModel(label_dim=527, input_tdim=frames, imagenet_pretrain=False, model_size=size, verbose=False)
+    model.to(device).set_grad_checkpointing(checkpointing)
     step = train_step_fn(model, model)
-    x = torch.randn(batch, 1024, 128, device=device)
+    x = torch.randn(batch, frames, 128, device=device)
     target = torch.zeros(batch, 527, device=device)
     before = rss_mib()
     if device == "cuda":
@@ -70,7 +70,8 @@ def child(checkpointing: bool, batch: int, steps: int, device: str) -> dict:
 
 def measure(checkpointing: bool, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "on" if checkpointing else "off", "--batch", str(args.batch),
-           "--steps", str(args.steps), "--device", args.device]  # fmt: skip
+           "--steps", str(args.steps), "--device", args.device, "--model-size", args.model_size,
+           "--frames", str(args.frames)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=Path(__file__).parent)
     if out.returncode:
         raise SystemExit(f"bench/memory.py: the measuring process failed:\n{out.stderr[-2000:]}")
@@ -82,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="clips per training step")
     parser.add_argument("--steps", type=int, default=2, help="training steps per setting")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model-size", default="base384", help="(a smaller one only to test the script)")
+    parser.add_argument("--frames", type=int, default=1024)
     parser.add_argument("--child", choices=["off", "on"], help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child == "on", args.batch, args.steps, args.device)))
+        print(json.dumps(child(args.child == "on", args.batch, args.steps, args.device, args.model_size, args.frames)))
         return 0
 
     runs = {flag: measure(flag, args) for flag in (False, True)}
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         START,
         "## Memory: gradient checkpointing (`bench/memory.py`)",
         "",
-        f"A base384 training step (strides 10/10, 1024 frames, 527 classes, fp32, fused Adam), {args.batch} clips, "
+        f"A {args.model_size} training step (strides 10/10, {args.frames} frames, 527 classes, fp32, fused Adam), "
+        f"{args.batch} clips, "
         f"{args.steps} steps per setting, each setting in its own process, on {args.device}. "
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
         "",
