@@ -49,7 +49,10 @@ def test_grad_accum_gives_the_result_of_the_whole_batch(toy, tmp_path):
 
 def test_grad_checkpointing_trains_identically(toy, tmp_path):
     train(TrainConfig(**base_args(toy, tmp_path / "plain", n_epochs=1)))
-    train(TrainConfig(**base_args(toy, tmp_path / "ckpt", n_epochs=1, grad_checkpointing=True)))
+    out = run_cli("train", *as_flags(base_args(toy, tmp_path / "ckpt", n_epochs=1)), "--grad-checkpointing", "True",
+                  timeout=240)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert '"grad_checkpointing": true' in (tmp_path / "ckpt" / "config.json").read_text()
     np.testing.assert_allclose(results(tmp_path / "ckpt"), results(tmp_path / "plain"), rtol=1e-5, atol=1e-6)
 
 
