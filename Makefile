@@ -67,6 +67,8 @@ bench: demo
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/model.py --trained runs/demo/exp/models/best_audio_model.safetensors \
 	  --trained-data runs/demo/prepared/demo_test.json
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/finetune.py
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	  $(BIN)/python bench/device.py; \
 	else echo "bench/device.py: no CUDA device here, skipped"; fi

@@ -22,6 +22,25 @@ def _flag_or_path(value: str) -> bool | str:
     return value if flag is None else flag
 
 
+def _freeze(value: str) -> int | str:
+    """``N`` (the patch embedding and the first N blocks) or ``all`` (everything but the head)."""
+    if value.strip().lower() == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {value!r}") from None
+
+
+def _betas(value: str) -> tuple[float, float]:
+    """Adam's two betas, ``0.9,0.999``."""
+    try:
+        first, second = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 0.9,0.999, got {value!r}") from None
+    return first, second
+
+
 # (flags, TrainConfig field, type); original names first, our spellings as aliases.
 _TRAIN_FLAGS = [
     (["--data-train", "--data_train"], "data_train", str),
@@ -69,7 +88,28 @@ _TRAIN_FLAGS = [
     (["--device"], "device", str),
     (["--skip-bad", "--skip_bad"], "skip_bad", _flag),
     (["--progress"], "progress", _flag),
+    (["--grad-accum", "--grad_accum"], "grad_accum", int),
+    (["--grad-checkpointing", "--grad_checkpointing"], "grad_checkpointing", _flag),
+    (["--freeze"], "freeze", _freeze),
+    (["--llrd"], "llrd", float),
+    (["--patience"], "patience", int),
+    (["--min-delta", "--min_delta"], "min_delta", float),
+    (["--label-smoothing", "--label_smoothing"], "label_smoothing", float),
+    (["--weight-decay", "--weight_decay"], "weight_decay", float),
+    (["--betas"], "betas", _betas),
 ]
+# When to reach for the fine-tuning flags (the README's "Fine-tuning on your data" says more).
+_HELP = {
+    "grad_accum": "optimiser step every K micro-batches of -b clips: a large batch on a small GPU",
+    "grad_checkpointing": "recompute block activations in backward: less memory for ~1/3 more compute",
+    "freeze": "freeze the patch embedding and the first N blocks; 'all' = linear probe (few clips per class)",
+    "llrd": "layer-wise lr decay, e.g. 0.75: lower layers move less than the head (small data)",
+    "patience": "stop after N epochs without a gain of the main metric over --min-delta (0: never)",
+    "min_delta": "the smallest gain that counts for --patience",
+    "label_smoothing": "CE only: soften one-hot targets, e.g. 0.1, against over-confident overfitting",
+    "weight_decay": "Adam's weight decay",
+    "betas": "Adam's betas, as 0.95,0.999",
+}
 # Accepted for compatibility with the original's scripts, without effect here.
 _IGNORED = ["--model", "--n-print-steps", "--lr_patience", "--lr-patience"]
 
@@ -88,6 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = train_config_from_args(args)
     state = train(cfg)
+    if state.stopped:
+        print(f"stopped after epoch {state.epoch}: {state.stopped}")
     if state.rows:
         print(f"done: {state.epoch} epochs, best {cfg.metrics} {state.best_metric:.4f} at epoch {state.best_epoch}; "
               f"results in {cfg.exp_dir}")  # fmt: skip
@@ -144,6 +186,8 @@ def add_commands(sub) -> None:
         nargs = "?" if kind in (_flag, _flag_or_path) else None
         extra = {"const": True} if nargs else {}
         text = f"(default {defaults[name]!r})"
+        if name in _HELP:
+            text = f"{_HELP[name]} {text}"
         if name == "dataset":
             extra["choices"] = list(DATASETS)
             text = "the older run.py flag: fill in that dataset's length, statistics, noise, loss, metric, warm-up, "

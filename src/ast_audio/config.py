@@ -90,6 +90,9 @@ def coerce(key: str, text: str, kind: object) -> object:
         if isinstance(kind, float):
             return float(_scalar(key, text, (float,)))
         kind = type(kind)
+    if typing.get_origin(kind) is tuple:  # e.g. betas: "0.9,0.999"
+        parts = [p.strip() for p in text.strip().strip("()[]").split(",") if p.strip()]
+        return tuple(_scalar(key, p, (typing.get_args(kind)[0],)) for p in parts)
     return _scalar(key, text, typing.get_args(kind) or (kind,))
 
 
@@ -195,6 +198,22 @@ class TrainConfig:
     device: str | None = None
     skip_bad: bool = False
     progress: bool | None = None  # None: a bar only on a terminal
+    # fine-tuning on small data and small GPUs (defaults: the original's behaviour)
+    grad_accum: int = 1  # micro-batches of batch_size per optimiser step
+    grad_checkpointing: bool = False  # recompute the blocks' activations in backward
+    freeze: int | str | None = None  # N: patch embedding + first N blocks frozen; "all": only the head trains
+    llrd: float = 1.0  # layer-wise lr decay: layer l of depth+1 (head) gets lr * llrd ** (depth + 1 - l)
+    patience: int = 0  # stop after this many epochs without a main-metric gain over min_delta (0: never)
+    min_delta: float = 0.0
+    label_smoothing: float = 0.0  # CE only
+    weight_decay: float = 5e-7  # Adam's, as the original
+    betas: tuple[float, float] = (0.95, 0.999)  # Adam's, as the original
+
+    def __post_init__(self):
+        if isinstance(self.betas, (list, tuple)):  # TOML gives a list; one form for resume comparisons
+            self.betas = tuple(self.betas)
+        if isinstance(self.freeze, str) and self.freeze.strip().lstrip("-").isdigit():
+            self.freeze = int(self.freeze)
 
     def check(self) -> None:
         for name in ("data_train", "data_val", "label_csv"):
@@ -212,8 +231,30 @@ class TrainConfig:
             raise ConfigError("n_epochs and batch_size must be positive and lr > 0")
         if self.dataset is not None and self.dataset not in DATASETS:
             raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        self._check_fine_tuning()
         if self.wa and not 1 <= self.wa_start <= self.wa_end:
             raise ConfigError(f"weight averaging needs 1 <= wa_start <= wa_end, got {self.wa_start}..{self.wa_end}")
+
+    def _check_fine_tuning(self) -> None:
+        if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+            raise ConfigError(f"grad_accum must be a positive integer, got {self.grad_accum!r}")
+        if self.freeze is not None and self.freeze != "all":
+            if isinstance(self.freeze, bool) or not isinstance(self.freeze, int) or not 0 <= self.freeze <= self.depth:
+                raise ConfigError(f"freeze must be 0..depth ({self.depth}) or 'all', got {self.freeze!r}")
+        if not 0 < self.llrd <= 1:
+            raise ConfigError(f"llrd must be in (0, 1] (1: no decay), got {self.llrd!r}")
+        if self.patience < 0 or self.min_delta < 0:
+            raise ConfigError("patience and min_delta must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.label_smoothing and self.loss != "CE":
+            raise ConfigError("label_smoothing applies to the CE loss only (use loss = 'CE')")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        betas = self.betas
+        numbers = isinstance(betas, tuple) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+        if not numbers or len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}")
 
     @classmethod
     def field_names(cls) -> list[str]:

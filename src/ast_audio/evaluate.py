@@ -30,12 +30,13 @@ from .runtime import pick_device
 log = logging.getLogger(__name__)
 
 
-def loss_value(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean ``BCE`` (with logits, on the label vector) or ``CE`` (on its argmax)."""
+def loss_value(logits: torch.Tensor, targets: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean ``BCE`` (with logits, on the label vector) or ``CE`` (on its argmax, with
+    ``label_smoothing`` as ``torch.nn.functional.cross_entropy`` takes it)."""
     if loss == "BCE":
         return F.binary_cross_entropy_with_logits(logits, targets)
     if loss == "CE":
-        return F.cross_entropy(logits, targets.argmax(dim=1))
+        return F.cross_entropy(logits, targets.argmax(dim=1), label_smoothing=label_smoothing)
     raise ConfigError(f"unknown loss {loss!r}; use 'BCE' or 'CE'")
 
 

@@ -74,6 +74,23 @@ def precision_recall_curve(target: np.ndarray, score: np.ndarray) -> tuple[np.nd
     return np.r_[precision[last::-1], 1.0], np.r_[recall[last::-1], 0.0]
 
 
+def f1_thresholds(scores: np.ndarray, targets: np.ndarray, default: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the score threshold (predict the class when ``score >= threshold``) with the
+    best F1 on ``(scores, targets)`` (ties: the highest threshold), and that F1. A class without
+    a positive gets ``default`` and F1 NaN."""
+    thresholds = np.full(scores.shape[1], default, dtype=np.float64)
+    f1 = np.full(scores.shape[1], np.nan)
+    for k in range(scores.shape[1]):
+        target, score = targets[:, k] > 0, scores[:, k]
+        if not target.any():
+            continue
+        tps, fps, at = _curve(target.astype(np.float64), score)  # at each distinct score, descending
+        f1s = 2 * tps / (tps + fps + target.sum())
+        best = int(np.argmax(f1s))
+        thresholds[k], f1[k] = at[best], f1s[best]
+    return thresholds, f1
+
+
 def d_prime(auc: float) -> float:
     """``sqrt(2) * Phi^-1(auc)``: the sensitivity index equivalent to an AUC."""
     if not 0.0 < auc < 1.0:

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .errors import ConfigError
 from .features import InputContract
@@ -318,6 +319,7 @@ class ASTModel(nn.Module):
         )
         self.config = cfg
         self.info = ModelInfo()
+        self.grad_checkpointing = False  # see set_grad_checkpointing
         self.v = Backbone(cfg)
         self.mlp_head = nn.Sequential(nn.LayerNorm(cfg.embed_dim), nn.Linear(cfg.embed_dim, label_dim))
         self.reset_parameters()
@@ -406,6 +408,25 @@ class ASTModel(nn.Module):
 
     new_head = reset_classifier  # the name this project used first
 
+    def layer_ids(self) -> dict[str, int]:
+        """The layer of every parameter, for freezing and layer-wise lr decay (BEiT's numbering):
+        0 the patch embedding, tokens and positions, ``i + 1`` block ``i``, ``depth + 1`` the
+        final norm and the head."""
+        top = self.config.depth + 1
+
+        def layer(name: str) -> int:
+            if name.startswith("v.blocks."):
+                return int(name.split(".")[2]) + 1
+            return top if name.startswith(("v.norm.", "mlp_head.")) else 0
+
+        return {name: layer(name) for name, _ in self.named_parameters()}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> ASTModel:
+        """Recompute each block's activations in the backward pass instead of keeping them
+        (less memory, about a third more compute when training; no effect without grad)."""
+        self.grad_checkpointing = enable
+        return self
+
     def set_input_size(
         self,
         input_tdim: int | None = None,
@@ -461,7 +482,10 @@ class ASTModel(nn.Module):
         )  # (B, 2+N, D)
         x = x + pos
         for block in v.blocks:
-            x = block(x, attn_maps)
+            if self.grad_checkpointing and attn_maps is None and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, attn_maps)
         return v.norm(x)
 
     @staticmethod

@@ -38,12 +38,19 @@ What is ours:
   rule); ``fbank_on='device'`` (the default on CUDA) has the loader workers only decode
   and the filterbanks computed on the GPU per batch; ``cache_dir`` keeps decoded,
   resampled waveforms so that later epochs skip decoding; ``compile=True`` runs the model
-  under ``torch.compile`` (no gain measured on the CPU; meant for GPUs).
+  under ``torch.compile`` (no gain measured on the CPU; meant for GPUs);
+- fine-tuning knobs, off by default: gradient accumulation (``grad_accum``: the loader
+  batch is ``batch_size x grad_accum``, :func:`train_step` cuts it into micro-batches;
+  warm-up and schedules count optimiser steps), activation checkpointing of the blocks,
+  frozen layers and layer-wise lr decay (:func:`parameter_groups`, kept and checked by
+  resume), early stopping (``patience``/``min_delta``: the run ends as an ended run does and
+  says why), CE label smoothing, Adam's weight decay and betas.
 """
 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -88,6 +95,7 @@ class TrainingError(AstAudioError):
 # Settings that may change between a run and its resumption.
 _MAY_CHANGE_ON_RESUME = {
     "n_epochs", "num_workers", "device", "progress", "exp_dir", "wa_end", "fbank_on", "cache_dir", "compile",
+    "grad_checkpointing",
 }  # fmt: skip
 
 
@@ -101,6 +109,8 @@ class RunState:
     ensemble_sum: torch.Tensor | None = None  # sum of every epoch's validation scores
     wa_sum: dict | None = None
     wa_count: int = 0
+    stale_epochs: int = 0  # epochs in a row without a gain of the main metric over min_delta
+    stopped: str | None = None  # why the run stopped before n_epochs (early stopping)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -147,19 +157,56 @@ def train_step(
     *,
     loss: str = "BCE",
     amp_dtype: torch.dtype | None = None,
+    micro_batch: int | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """One optimiser step on a batch: forward of ``net`` (a model, or any callable giving
     logits: ``bench/`` passes Hugging Face's) under autocast when ``amp_dtype``, the loss
     on float32 logits, backward through the scaler, step. Returns the detached loss. This
-    is the step ``train`` runs and ``bench/`` times."""
-    with torch.autocast(features.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        logits = net(features)
-    value = loss_value(logits.float(), targets, loss)
+    is the step ``train`` runs and ``bench/`` times.
+
+    ``micro_batch``: gradient accumulation. The batch is cut into chunks of that many clips,
+    each chunk's mean loss weighted by its share of the batch and its gradients added up
+    (DDP synchronises only the last), then one step: the update of the whole batch, with
+    one chunk's activations in memory at a time."""
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(value).backward()
+    total = len(features)
+    size = micro_batch or total
+    starts = range(0, total, size)
+    value_sum = torch.zeros((), device=features.device)
+    for i, start in enumerate(starts):
+        x, y = features[start : start + size], targets[start : start + size]
+        last = i == len(starts) - 1
+        with contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
+            with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = net(x)
+            value = loss_value(logits.float(), y, loss, label_smoothing)
+            if len(starts) > 1:
+                value = value * (len(x) / total)
+            scaler.scale(value).backward()
+        value_sum += value.detach()
     scaler.step(optimizer)
     scaler.update()
-    return value.detach()
+    return value_sum
+
+
+def parameter_groups(model: ASTModel, freeze: int | str | None = None, llrd: float = 1.0) -> list[dict]:
+    """The optimiser's parameter groups. ``freeze``: the parameters of layers ``0..N`` of
+    :meth:`ASTModel.layer_ids` (the patch embedding, tokens and positions, then the first
+    N blocks), or with ``"all"`` every parameter but the head's, get ``requires_grad=False``
+    and stay out. ``llrd < 1``: one group per layer, the head's first, layer ``l`` at
+    ``lr_scale = llrd ** (depth + 1 - l)``; else one group. Each group names its parameters
+    (``names``), which the resume file keeps and checks."""
+    ids, top = model.layer_ids(), model.config.depth + 1
+    groups: dict[int, list] = {}
+    for name, param in model.named_parameters():
+        frozen = not name.startswith("mlp_head.") if freeze == "all" else freeze is not None and ids[name] <= freeze
+        if frozen:
+            param.requires_grad_(False)
+        if param.requires_grad:
+            groups.setdefault(ids[name] if llrd != 1 else top, []).append((name, param))
+    return [{"params": [p for _, p in members], "names": [n for n, _ in members], "lr_scale": llrd ** (top - layer)}
+            for layer, members in sorted(groups.items(), reverse=True)]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the run
@@ -216,8 +263,8 @@ class Run:
             weights = (read_weights(weight_file, len(datafiles["train"])) if weight_file.exists()
                        else balanced_weights(datafiles["train"]))  # fmt: skip
         sampler = EpochSampler(len(train_set), cfg.seed, ctx.rank, ctx.world, weights)
-        loader = train_set.loader(
-            cfg.batch_size // ctx.world, sampler, cfg.num_workers, pin_memory=device.type == "cuda",
+        loader = train_set.loader(  # a batch per optimiser step: grad_accum micro-batches
+            cfg.batch_size // ctx.world * cfg.grad_accum, sampler, cfg.num_workers, pin_memory=device.type == "cuda",
             persistent_workers=cfg.num_workers > 0,
         )  # fmt: skip
 
@@ -229,8 +276,11 @@ class Run:
         )  # fmt: skip
         model.info = ModelInfo(labels=labels.names, label_ids=labels.mids).with_contract(contract)
         model.to(device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, cfg.lr, weight_decay=5e-7, betas=(0.95, 0.999), fused=True)
+        model.set_grad_checkpointing(cfg.grad_checkpointing)
+        groups = parameter_groups(model, cfg.freeze, cfg.llrd)
+        for group in groups:
+            group["lr"] = cfg.lr * group["lr_scale"]
+        optimizer = torch.optim.Adam(groups, cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, fused=True)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, list(range(cfg.lrscheduler_start, 1000, cfg.lrscheduler_step)), gamma=cfg.lrscheduler_decay
         )
@@ -253,6 +303,8 @@ class Run:
         if ctx.main:
             self._write_run_files()
         for epoch in range(state.epoch + 1, cfg.n_epochs + 1):
+            if state.stopped:  # a run that stopped early stays stopped when run again
+                break
             begin = time.time()
             self.sampler.set_epoch(epoch)
             train_loss = self.train_one_epoch(epoch)
@@ -263,9 +315,12 @@ class Run:
                 log.info("epoch %d done in %.1f s", epoch, time.time() - begin)
             self.scheduler.step()
             state.epoch = epoch
+            state.stopped = ctx.from_main([state.stopped])[0]
             if ctx.main:
                 self._save_resume()
             ctx.barrier()
+        if state.stopped:
+            log.info("stopped early after epoch %d: %s", state.epoch, state.stopped)
         self.finish()
         ctx.barrier()
         return state
@@ -282,10 +337,11 @@ class Run:
         for step_in_epoch, batch in enumerate(bar):
             if cfg.warmup and state.global_step <= 1000 and state.global_step % 50 == 0:
                 for group in self.optimizer.param_groups:
-                    group["lr"] = state.global_step / 1000 * cfg.lr
+                    group["lr"] = state.global_step / 1000 * cfg.lr * group.get("lr_scale", 1.0)
             features, targets = self.train_set.model_input(batch, device)
             loss = train_step(self.net, features, targets, self.optimizer, self.scaler, loss=cfg.loss,
-                              amp_dtype=self.amp_dtype)  # fmt: skip
+                              amp_dtype=self.amp_dtype, label_smoothing=cfg.label_smoothing,
+                              micro_batch=cfg.batch_size // ctx.world if cfg.grad_accum > 1 else None)  # fmt: skip
             loss_sum += loss.double() * len(features)
             seen += len(features)
             state.global_step += 1
@@ -336,6 +392,7 @@ class Run:
         if stats.skipped_classes:
             log.warning("%d classes have no positive (or no negative) clip in the validation set; "
                         "they are left out of mAP/mAUC", stats.skipped_classes)  # fmt: skip
+        state.stale_epochs = 0 if main > state.best_metric + cfg.min_delta else state.stale_epochs + 1
         if main > state.best_metric:
             state.best_metric, state.best_epoch = main, epoch
             save_checkpoint(self.model, self.models_dir / "best_audio_model.safetensors")
@@ -345,6 +402,9 @@ class Run:
             weights = {k: v.detach().double().cpu() for k, v in self.model.state_dict().items()}
             state.wa_sum = weights if state.wa_sum is None else {k: state.wa_sum[k] + v for k, v in weights.items()}
             state.wa_count += 1
+        if cfg.patience and state.stale_epochs >= cfg.patience and epoch < cfg.n_epochs:
+            state.stopped = (f"early stopping: {cfg.metrics} gained no more than {cfg.min_delta:g} on its best in "
+                             f"{cfg.patience} epochs (best {state.best_metric:.4f} at epoch {state.best_epoch})")
 
     def _write_predictions(self, epoch: int, scores: np.ndarray, cumulative: np.ndarray, targets: np.ndarray) -> None:
         """The original's ``predictions/``: the targets once, this epoch's scores (the
@@ -421,7 +481,7 @@ class Run:
             "format": "ast-audio-run",
             "config": dataclasses.asdict(self.cfg),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),  # its groups name their parameters (parameter_groups)
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -450,6 +510,10 @@ class Run:
                 cfg.exp_dir,
             )
         self.model.load_state_dict(saved["model"])
+        groups = [(g.get("names"), g.get("lr_scale", 1.0)) for g in saved["optimizer"]["param_groups"]]
+        if groups[0][0] is not None and groups != [(g["names"], g["lr_scale"]) for g in self.optimizer.param_groups]:
+            raise TrainingError("the resume checkpoint's parameter groups (frozen layers, lr decay) differ from this "
+                                "run's; use another --exp-dir to start a new run", path)  # fmt: skip
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])

@@ -151,6 +151,7 @@ RECIPES: dict[str, Recipe] = {
             flag("--seed", type=int, default=0, help="seed of the validation split (default 0)"),
             flag("--audio-length", type=int, default=512, help="frames, for the normalisation statistics"),
             flag("--num-mel-bins", type=int, default=128),
+            flag("--folds", type=int, default=0, help="also K stratified cross-validation folds (default 0: none)"),
         ),
     ),  # fmt: skip
     "hack": Recipe(

@@ -1,7 +1,12 @@
 """Any CSV-labelled dataset (the seed's "hack" recipe, done properly).
 
+(Over 400 lines: reading the labels, the split and folds, the thresholds and the submission
+of one CSV layout belong together, and the hack recipe reuses its pieces.)
+
 Layout read: ``train.csv`` with a ``filename`` column and one label column (e.g.
-``emotion``; found by itself when it is the only other column), the files under a folder
+``emotion``; found by itself when it is the only other column; ``a;b`` for several labels
+of one clip), or several 0/1 columns, one per class (taken as such when no label column is
+named and every value besides ``filename`` is 0 or 1), the files under a folder
 (``TrainAudioFiles/``: wav, mp3, flac, ogg mixed; a name without an extension is also
 looked up with each of them), and optionally ``test.csv`` with ``filename`` only under
 ``TestAudioFiles/``.
@@ -13,11 +18,25 @@ Prepare:
 - **every file checked** (decoded once, completely): missing, empty, undecodable or
   truncated files, and rows without a label, are listed in ``bad_files.txt``
   (``path: reason``) and left out; no hand-kept list of corrupt files;
-- **stratified validation split**: within each class (in label order) the clips are
+- **multi-label** (a ``;`` in a label, or 0/1 columns): the labels are the names found
+  (sorted) or the 0/1 columns (in their order); the run trains with BCE and mAP (unless
+  ``loss``/``metrics`` are set) and writes ``EXP/thresholds.csv`` (``label,threshold,f1``:
+  per class the score threshold with the best F1 on the validation clips), with which the
+  test files are labelled (``a;b``, or a 0/1 per column);
+- **stratified validation split**: within each class (in label order; for multi-label
+  data, each distinct label set is a stratum) the clips are
   shuffled by ``numpy.random.default_rng(seed)`` (one generator, drawn class after
   class; ``seed`` = ``--seed``/``split_seed``, default 0) and ``round(n * valid_fraction)``
   of them, at least one when the class has two clips or more and never all of them, go
   to validation; both datafiles keep the order of ``train.csv``;
+- **cross-validation** (``folds = K``, K >= 2): the usable clips are also dealt into K
+  stratified folds (per stratum, shuffled by the same seeded generator, dealt in turn):
+  ``fold{k}_train.json`` / ``fold{k}_valid.json``; the recipe then trains one run per fold in
+  ``EXP/fold{k}`` and writes ``EXP/acc_fold.csv`` (``map_fold.csv`` for mAP) as the ESC-50
+  recipe does (each fold's main metric at the epoch best on the folds' mean, then the mean),
+  without test predictions;
+- **class imbalance**: ``--set bal=true`` draws training clips with the balanced sampler,
+  weights from the training datafile's label counts (``1000 / count`` summed over a clip's labels);
 - **normalisation statistics** of the training clips (mean and std of the un-normalised,
   un-augmented fbanks padded/cut to ``audio_length`` frames, as ``ast-audio stats``) in
   ``stats.json``; the recipe trains with them (unless ``dataset_mean``/``dataset_std``
@@ -68,6 +87,7 @@ LABEL_CSV = "class_labels_indices.csv"
 TEST_LIST = "test_list.json"
 SUBMISSION = "submission.csv"
 NOTES = "submission_notes.csv"
+THRESHOLDS = "thresholds.csv"
 
 
 def _read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -107,6 +127,19 @@ def _audio_path(folder: Path, filename: str) -> Path:
     return path
 
 
+def stratified_folds(labels: list[int], folds: int, seed: int) -> list[int]:
+    """Each item's fold, 1..``folds``: per class (in order) the members shuffled by one seeded
+    generator and dealt out in turn, so every fold gets its share of every class."""
+    rng = np.random.default_rng(seed)
+    fold, dealt = [0] * len(labels), 0
+    for cls in sorted(set(labels)):
+        members = [i for i, c in enumerate(labels) if c == cls]
+        for j in rng.permutation(len(members)):
+            fold[members[j]] = dealt % folds + 1
+            dealt += 1
+    return fold
+
+
 def stratified_split(labels: list[int], fraction: float, seed: int) -> list[bool]:
     """Which items go to validation: per class, ``round(n * fraction)`` drawn at random
     (at least 1 if the class has 2 or more, never all); the same for the same input and seed."""
@@ -132,11 +165,33 @@ def read_labelled(
 ) -> tuple[str, list[tuple[Path, str]], dict[Path, str]]:
     """``(label column, [(path, label), ...] in file order, {path: reason} of the unusable ones)``:
     every listed file decoded once; rows without a label are unusable too."""
+    column, _, items, bad = read_labels(train_csv, audio_dir, label_column, workers, progress, multilabel=False)
+    return column, [(path, labels[0] if labels else "") for path, labels in items], bad
+
+
+def _binary_columns(columns: list[str], rows: list[tuple[int, dict]]) -> list[str] | None:
+    """The columns besides ``filename`` when there are several and every value of them is 0 or 1."""
+    others = [c for c in columns if c != "filename"]
+    if len(others) < 2 or not all(row.get(c, "") in ("0", "1") for _, row in rows for c in others):
+        return None
+    return others
+
+
+def read_labels(
+    train_csv: Path, audio_dir: Path, label_column: str | None, workers: int | None, progress: bool | None,
+    multilabel: bool = True,
+) -> tuple[str, list[str] | None, list[tuple[Path, list[str]]], dict[Path, str]]:  # fmt: skip
+    """``(label column, 0/1 columns or None, [(path, [label, ...]), ...] in file order, {path: reason}
+    of the unusable ones)``. Labels are one column's value, several of them separated by ``;``
+    (multi-label), or (no ``label_column`` and several columns besides ``filename``, all 0/1) the
+    names of the columns holding 1. Every listed file is decoded once; rows without a label are
+    unusable too."""
     if not audio_dir.is_dir():
         raise DataError("audio folder not found", audio_dir)
     columns, rows = _read_csv(train_csv, "training CSV")
-    column = _label_column(columns, label_column, train_csv)
-    items: list[tuple[Path, str]] = []
+    binary = _binary_columns(columns, rows) if multilabel and not label_column else None
+    column = ";".join(binary) if binary else _label_column(columns, label_column, train_csv)
+    items: list[tuple[Path, list[str]]] = []
     seen: set[Path] = set()
     unlabelled: dict[Path, str] = {}
     for number, row in rows:
@@ -147,18 +202,24 @@ def read_labelled(
             log.warning("%s line %d: %s is listed again; the first row is used", train_csv, number, row["filename"])
             continue
         seen.add(path)
-        if not row.get(column):
-            unlabelled[path] = f"no label in column {column!r} (line {number} of {train_csv.name})"
-        elif "," in row[column]:
-            raise DataError(f"line {number}: label {row[column]!r} contains a comma", train_csv)
-        items.append((path, row.get(column, "")))
+        if binary:
+            labels = [c for c in binary if row[c] == "1"]
+        else:
+            value = row.get(column, "")
+            labels = [v.strip() for v in value.split(";") if v.strip()] if multilabel else [value] if value else []
+            if "," in value:
+                raise DataError(f"line {number}: label {value!r} contains a comma", train_csv)
+        if not labels:
+            where = "in the 0/1 columns" if binary else f"in column {column!r}"
+            unlabelled[path] = f"no label {where} (line {number} of {train_csv.name})"
+        items.append((path, list(dict.fromkeys(labels))))
     if not items:
         raise DataError("no rows", train_csv)
     checked = check_clips([p for p, _ in items if p not in unlabelled], workers, progress)
     bad = {**checked, **unlabelled}
     if len(bad) == len(items):
         raise DataError("no usable clip", train_csv)
-    return column, items, bad
+    return column, binary, items, bad
 
 
 def write_labels(out: Path, names: list[str]) -> Path:
@@ -204,11 +265,13 @@ def prepare(
     train_csv: str | os.PathLike, audio_dir: str | os.PathLike, out: str | os.PathLike, *,
     label_column: str | None = None, test_csv: str | os.PathLike | None = None,
     test_audio_dir: str | os.PathLike | None = None, valid_fraction: float = 0.2, seed: int = 0,
-    audio_length: int = 512, num_mel_bins: int = 128, workers: int | None = None, force: bool = True,
+    audio_length: int = 512, num_mel_bins: int = 128, folds: int = 0, workers: int | None = None, force: bool = True,
     progress: bool | None = None,
 ) -> dict:  # fmt: skip
     """A CSV-labelled dataset -> train / valid datafiles, label CSV, statistics and test list in ``out``."""
     check_valid_fraction(valid_fraction)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds == 1 or folds < 0:
+        raise ConfigError(f"folds must be 0 (one validation split) or 2 or more, got {folds!r}")
     train_csv = Path(train_csv).expanduser().resolve()
     audio_dir = Path(audio_dir).expanduser().resolve()
     out = Path(out).expanduser().resolve()
@@ -219,32 +282,47 @@ def prepare(
         "test_csv": fingerprint(test_csv) if test_csv else None, "test_audio_dir": str(test_audio_dir) if test_csv else None,
         "valid_fraction": valid_fraction, "seed": seed, "audio_length": audio_length, "num_mel_bins": num_mel_bins,
         "test_list": 2,  # the test list's format (note, truncated files kept)
+        "labels": 2, "folds": folds,  # multi-label rows; cross-validation folds
     }  # fmt: skip
 
     def work() -> dict:
         return _prepare(train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed,
-                        audio_length, num_mel_bins, workers, progress)  # fmt: skip
+                        audio_length, num_mel_bins, workers, progress, folds)  # fmt: skip
 
     return ensure_prepared(out, "csv", inputs, work, force=force)
 
 
+def fold_datafile(out: Path, k: int, split: str) -> Path:
+    """``out/fold{k}_{train|valid}.json`` of a cross-validated preparation."""
+    return out / f"fold{k}_{split}.json"
+
+
 def _prepare(
     train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed, audio_length,
-    num_mel_bins, workers, progress,
+    num_mel_bins, workers, progress, folds=0,
 ) -> dict:  # fmt: skip
     from ..dataset import AudioDataset, norm_stats
     from ..features import InputContract
 
-    column, items, bad = read_labelled(train_csv, audio_dir, label_column, workers, progress)
-    good = [(p, label) for p, label in items if p not in bad]
-    names = sorted({label for _, label in good})
-    classes = {name: i for i, name in enumerate(names)}
-    is_valid = stratified_split([classes[label] for _, label in good], valid_fraction, seed)
+    column, binary, items, bad = read_labels(train_csv, audio_dir, label_column, workers, progress)
+    good = [(p, labels) for p, labels in items if p not in bad]
+    names = binary or sorted({label for _, labels in good for label in labels})
+    multilabel = bool(binary) or any(len(labels) > 1 for _, labels in good)
+    # strata: the label (set) of each clip, in label order; single-label data splits as before
+    order = {name: i for i, name in enumerate(names)}
+    keys = [tuple(sorted(order[label] for label in labels)) for _, labels in good]
+    strata = {key: i for i, key in enumerate(sorted(set(keys)))}
+    is_valid = stratified_split([strata[key] for key in keys], valid_fraction, seed)
     if not any(is_valid):
         raise DataError("too few clips per class for a validation split (a class needs at least 2)", train_csv)
     write_labels(out, names)
-    train_path = write_datafile(out / "train.json", [(p, [lab]) for (p, lab), v in zip(good, is_valid, strict=True) if not v])
-    valid_path = write_datafile(out / "valid.json", [(p, [lab]) for (p, lab), v in zip(good, is_valid, strict=True) if v])
+    train_path = write_datafile(out / "train.json", [(p, labs) for (p, labs), v in zip(good, is_valid, strict=True) if not v])
+    valid_path = write_datafile(out / "valid.json", [(p, labs) for (p, labs), v in zip(good, is_valid, strict=True) if v])
+    if folds:
+        fold = stratified_folds([strata[key] for key in keys], folds, seed)
+        for k in range(1, folds + 1):
+            write_datafile(fold_datafile(out, k, "train"), [item for item, f in zip(good, fold, strict=True) if f != k])
+            write_datafile(fold_datafile(out, k, "valid"), [item for item, f in zip(good, fold, strict=True) if f == k])
 
     conf = InputContract(num_mel_bins=num_mel_bins, target_length=audio_length)
     mean, std = norm_stats(AudioDataset(read_datafile(train_path, out / LABEL_CSV), conf))
@@ -258,8 +336,9 @@ def _prepare(
         report += test_bad
     report_path = write_report(out, report)
     return {
-        "label_csv": str(out / LABEL_CSV), "label_column": column, "labels": names,
-        "majority_label": majority_label([label for _, label in good]),
+        "label_csv": str(out / LABEL_CSV), "label_column": column, "labels": names, "multilabel": multilabel,
+        "label_columns": binary, "folds": folds,
+        "majority_label": majority_label([";".join(labels) for _, labels in good]),
         "datafiles": {"train": str(train_path), "valid": str(valid_path)},
         "clips": {"train": len(good) - sum(is_valid), "valid": sum(is_valid)}, "stats": stats, "test": test_summary,
         "bad_files": len(report), "report": str(report_path),
@@ -270,10 +349,13 @@ def _prepare(
 
 def predict_files(
     checkpoint: Path, wavs: list[str], *, batch_size: int = 16, device: str | None = None,
+    thresholds: list[float] | None = None,
 ) -> list[tuple[str | None, str | None]]:  # fmt: skip
-    """``[(label or None, error or None), ...]``: the model's top class for each file, its
-    input made as the checkpoint's input contract says (:func:`ast_audio.pipeline.file_input`:
-    resampled to the model's rate, or at the file's own rate for a ``resample=false`` model)."""
+    """``[(label or None, error or None), ...]``: the model's top class for each file (with
+    per-class ``thresholds``: the ``;``-joined classes whose sigmoid score reaches its
+    threshold, in label order, possibly none), its input made as the checkpoint's input
+    contract says (:func:`ast_audio.pipeline.file_input`: resampled to the model's rate, or at
+    the file's own rate for a ``resample=false`` model)."""
     import torch
 
     from ..checkpoints import load_model
@@ -295,17 +377,23 @@ def predict_files(
         if not batch:
             continue
         with torch.inference_mode():
-            top = model(torch.stack(batch).to(device)).argmax(dim=1).tolist()  # (B, T, F) -> (B,)
-        for i, k in zip(where, top, strict=True):
+            logits = model(torch.stack(batch).to(device))  # (B, T, F) -> (B, C)
+        if thresholds is not None:
+            above = (logits.sigmoid().cpu() >= torch.tensor(thresholds)).tolist()  # (B, C)
+            for i, row in zip(where, above, strict=True):
+                results[i] = (";".join(name for name, on in zip(model.info.labels, row, strict=True) if on), None)
+            continue
+        for i, k in zip(where, logits.argmax(dim=1).tolist(), strict=True):
             results[i] = (model.info.labels[k], None)
     return results
 
 
 def write_submission(
     out_dir: Path, entries: list[dict], predictions: list[tuple[str | None, str | None]], label_column: str,
-    fallback: str,
+    fallback: str, columns: list[str] | None = None,
 ) -> dict:  # fmt: skip
-    """``out_dir/submission.csv`` (``filename,<label column>``, one row per entry, in order) and
+    """``out_dir/submission.csv`` (``filename,<label column>``, one row per entry, in order; with
+    0/1 ``columns``, ``filename,<column>...`` and a 0 or 1 each, from ``;``-joined labels) and
     ``out_dir/submission_notes.csv`` (``filename,<label column>,note``: the rows filled with
     ``fallback`` because nothing decodes, and those predicted from a truncated file)."""
     rows, notes = [], []
@@ -317,7 +405,10 @@ def write_submission(
         elif entry.get("note"):
             notes.append([entry["filename"], label, entry["note"]])
         assert label is not None  # every readable file was predicted
-        rows.append([entry["filename"], label])
+        if columns:
+            rows.append([entry["filename"], *("1" if c in label.split(";") else "0" for c in columns)])
+        else:
+            rows.append([entry["filename"], label])
 
     def writer(table: list[list[str]], header: list[str]):
         def write(tmp: Path) -> None:
@@ -328,7 +419,7 @@ def write_submission(
 
         return write
 
-    submission = atomic_write(out_dir / SUBMISSION, writer(rows, ["filename", label_column]))
+    submission = atomic_write(out_dir / SUBMISSION, writer(rows, ["filename", *(columns or [label_column])]))
     atomic_write(out_dir / NOTES, writer(notes, ["filename", label_column, "note"]))
     unreadable = sum(1 for row in notes if row[2].startswith("unreadable"))
     if unreadable:
@@ -340,16 +431,44 @@ def write_submission(
 
 def predict_test_list(
     checkpoint: Path, test_list: str | os.PathLike, out_dir: Path, *, label_column: str, fallback: str,
-    batch_size: int, device: str | None,
+    batch_size: int, device: str | None, thresholds: list[float] | None = None, columns: list[str] | None = None,
 ) -> dict:  # fmt: skip
     """Predict every readable file of a prepared test list with ``checkpoint`` and write the submission."""
     entries = json.loads(Path(test_list).read_text(encoding="utf-8"))["data"]
     readable = [i for i, e in enumerate(entries) if not e["error"]]
-    predicted = predict_files(checkpoint, [entries[i]["wav"] for i in readable], batch_size=batch_size, device=device)
+    predicted = predict_files(checkpoint, [entries[i]["wav"] for i in readable], batch_size=batch_size, device=device,
+                              thresholds=thresholds)  # fmt: skip
     predictions: list[tuple[str | None, str | None]] = [(None, None)] * len(entries)
     for i, prediction in zip(readable, predicted, strict=True):
         predictions[i] = prediction
-    return write_submission(out_dir, entries, predictions, label_column, fallback)
+    return write_submission(out_dir, entries, predictions, label_column, fallback, columns)
+
+
+def write_thresholds(checkpoint: Path, valid: str | os.PathLike, label_csv: str | os.PathLike, out: Path,
+                     device: str | None = None) -> list[float]:  # fmt: skip
+    """Per-class thresholds of a multi-label model: the best F1 of each class on the validation
+    clips (:func:`ast_audio.metrics.f1_thresholds`), written to ``out`` as ``label,threshold,f1``."""
+    from ..checkpoints import load_model
+    from ..dataset import AudioDataset
+    from ..evaluate import predict_dataset
+    from ..metrics import f1_thresholds
+    from ..runtime import pick_device
+
+    model = load_model(checkpoint, device=pick_device(device))
+    datafile = read_datafile(valid, label_csv)
+    scores = predict_dataset(model, AudioDataset(datafile, model.input_contract), device=pick_device(device)).scores
+    thresholds, f1 = f1_thresholds(scores, datafile.targets())
+    table = [[name, f"{t:.6g}", "" if np.isnan(v) else f"{v:.4f}"]
+             for name, t, v in zip(datafile.labels.names, thresholds, f1, strict=True)]  # fmt: skip
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(["label", "threshold", "f1"])
+            w.writerows(table)
+
+    atomic_write(out, write)
+    return [float(t) for t in thresholds]
 
 
 def run(ctx) -> dict:
@@ -366,26 +485,58 @@ def run(ctx) -> dict:
         label_column=opts["label_column"] or None, test_csv=test_csv, test_audio_dir=ctx.root / opts["test_audio_dir"],
         valid_fraction=float(opts["valid_fraction"]), seed=int(opts["split_seed"]),
         audio_length=ctx.train.get("audio_length", 1024), num_mel_bins=ctx.train.get("num_mel_bins", 128),
-        workers=ctx.workers, force=ctx.force_prepare,
+        folds=int(opts["folds"]), workers=ctx.workers, force=ctx.force_prepare,
     )  # fmt: skip
     values = dict(ctx.train)
     for key in ("dataset_mean", "dataset_std"):
         if key not in ctx.user_set:
             values[key] = summary["stats"][key]
+    if summary["multilabel"]:  # several labels per clip: sigmoid scores, BCE, mAP (unless set)
+        values.update({k: v for k, v in (("loss", "BCE"), ("metrics", "mAP")) if k not in ctx.user_set})
+    owned = {"label_csv": summary["label_csv"], "n_class": len(read_label_csv(summary["label_csv"]))}
+    if summary["folds"]:
+        return _cross_validate(ctx, values, owned, summary)
     cfg = resolve_train_config(values, {
-        "data_train": summary["datafiles"]["train"], "data_val": summary["datafiles"]["valid"],
-        "label_csv": summary["label_csv"], "n_class": len(read_label_csv(summary["label_csv"])),
+        "data_train": summary["datafiles"]["train"], "data_val": summary["datafiles"]["valid"], **owned,
         "exp_dir": str(ctx.exp_dir),
     })  # fmt: skip
     state = train(cfg)
     result = {"best_epoch": state.best_epoch, f"best_{cfg.metrics}": state.best_metric, "labels": summary["labels"],
               "clips": summary["clips"]}  # fmt: skip
     best = ctx.exp_dir / "models" / "best_audio_model.safetensors"
+    thresholds = None
+    if cfg.loss == "BCE" and summary["multilabel"]:
+        thresholds = write_thresholds(best, cfg.data_val, cfg.label_csv, ctx.exp_dir / THRESHOLDS, cfg.device)
+        result["thresholds"] = str(ctx.exp_dir / THRESHOLDS)
     if summary["test"] is None:
         result["deliverable"] = str(best)
         return result
     result.update(predict_test_list(
         best, summary["test"]["path"], ctx.exp_dir, label_column=summary["label_column"],
         fallback=summary["majority_label"], batch_size=max(1, cfg.batch_size), device=cfg.device,
+        thresholds=thresholds, columns=summary["label_columns"],
     ))  # fmt: skip
     return result
+
+
+def _cross_validate(ctx, values: dict, owned: dict, summary: dict) -> dict:
+    """K-fold cross-validation, as the ESC-50 recipe: a run per fold in ``EXP/fold{k}``, then
+    ``acc_fold.csv`` (``map_fold.csv`` for mAP) of each fold's main metric at the epoch best on
+    the folds' mean, and their mean (:func:`ast_audio.recipes.esc50.fold_summary`)."""
+    from ..config import resolve_train_config
+    from ..train import train
+    from .esc50 import fold_summary
+
+    folds = list(range(1, summary["folds"] + 1))
+    cfg = None
+    for k in folds:
+        log.info("csv recipe: fold %d of %d", k, len(folds))
+        cfg = resolve_train_config(values, {
+            "data_train": str(fold_datafile(ctx.data_dir, k, "train")),
+            "data_val": str(fold_datafile(ctx.data_dir, k, "valid")), **owned, "exp_dir": str(ctx.exp_dir / f"fold{k}"),
+        })  # fmt: skip
+        train(cfg)
+    name = "map_fold.csv" if cfg.metrics == "mAP" else "acc_fold.csv"
+    scores, best_epoch = fold_summary(ctx.exp_dir, folds, name)
+    return {"deliverable": str(ctx.exp_dir / name), "folds": folds, cfg.metrics: scores[:-1], "mean": scores[-1],
+            "best_epoch": best_epoch, "labels": summary["labels"]}  # fmt: skip

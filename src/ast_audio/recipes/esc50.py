@@ -140,11 +140,11 @@ def check_folds(folds: object) -> list[int]:
     return folds
 
 
-def fold_summary(exp: Path, folds: list[int]) -> tuple[list[float], int]:
+def fold_summary(exp: Path, folds: list[int], name: str = "acc_fold.csv") -> tuple[list[float], int]:
     """The original ``get_esc_result.py``: average the folds' ``result.csv`` epoch by epoch,
-    take the epoch with the best averaged accuracy, and report each fold's accuracy there.
-    Writes ``result.csv``, ``best_result.csv`` and ``acc_fold.csv`` in ``exp``; returns
-    ``(per-fold accuracies + [mean], best epoch (1-based))``."""
+    take the epoch with the best averaged accuracy (main metric), and report each fold's there.
+    Writes ``result.csv``, ``best_result.csv`` and ``acc_fold.csv`` (or ``name``) in ``exp``;
+    returns ``(per-fold main metric + [mean], best epoch (1-based))``."""
     results = [np.loadtxt(exp / f"fold{k}" / "result.csv", delimiter=",", ndmin=2) for k in folds]
     epochs = min(len(r) for r in results)
     averaged = np.mean([r[:epochs] for r in results], axis=0)  # (epochs, 10)
@@ -153,7 +153,7 @@ def fold_summary(exp: Path, folds: list[int]) -> tuple[list[float], int]:
     acc.append(float(np.mean(acc)))
     np.savetxt(exp / "result.csv", averaged, delimiter=",")
     np.savetxt(exp / "best_result.csv", averaged[best], delimiter=",")
-    np.savetxt(exp / "acc_fold.csv", acc, delimiter=",")
+    np.savetxt(exp / name, acc, delimiter=",")
     return acc, best + 1
 
 
