@@ -262,6 +262,18 @@ def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Non
                 )
 
 
+def _check_fits(state: dict[str, torch.Tensor], config: ASTConfig, path: Path) -> None:
+    """A config (from the file's own JSON) that cannot fit its tensors is refused before a
+    model of its size is built: width and depth."""
+    token = state.get("v.cls_token")
+    if token is not None and token.shape[-1] != config.embed_dim:
+        raise CheckpointError(f"the config describes a {config.model_size} model ({config.embed_dim} dims) but "
+                              f"the weights have {token.shape[-1]} dims", path)  # fmt: skip
+    blocks = {k.split(".")[2] for k in state if k.startswith("v.blocks.")}
+    if len(blocks) != config.depth:
+        raise CheckpointError(f"the config describes {config.depth} blocks but the weights have {len(blocks)}", path)
+
+
 def _infer_config(
     raw: RawCheckpoint, *, fstride=None, tstride=None, input_fdim=None, input_tdim=None
 ) -> tuple[ASTConfig, ModelInfo]:
@@ -424,6 +436,7 @@ def _load(
     native, info = _infer_config(
         raw, fstride=fstride, tstride=tstride, input_fdim=input_fdim, input_tdim=input_tdim
     )
+    _check_fits(raw.state, native, raw.path)
     wanted = native.replace(fstride=fstride, tstride=tstride, input_tdim=input_tdim, input_fdim=input_fdim)
     model = cls.from_config(wanted, _model.missing_statistics(info, raw.path))  # the one policy, once, at load
     load_state_strict(model.v, _backbone_state(raw.state, native, wanted, raw.path), raw.path, "v.")

@@ -6,7 +6,6 @@ Library errors (:class:`AstAudioError`) become one line on stderr and exit statu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -45,6 +44,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints import load_model, read_checkpoint
+    from .fileio import dumps_json
 
     raw = read_checkpoint(args.source)
     model = load_model(args.source, allow_nonfinite=args.allow_nonfinite)
@@ -62,7 +62,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "multilabel": info.multilabel,
         "input_contract": model.input_contract.to_dict(),  # what turns audio into this model's input
     }
-    print(json.dumps(out, indent=2))
+    print(dumps_json(out, indent=2))
     return 0
 
 

@@ -245,6 +245,8 @@ class SkippedLog:
 
     def add(self, lines: list[str]) -> list[str]:
         """Append the lines not yet in the file; returns them."""
+        if not lines:
+            return []
         seen = self._seen()
         new = [line for line in dict.fromkeys(lines) if line not in seen]
         if new:
