@@ -38,6 +38,13 @@ CASES = {"audio": 60, "checkpoint": 30, "json": 25, "datafile": 80, "label_csv":
 CASE_SECONDS = 20  # a case that takes longer is a hang
 
 
+class Seeds(dict):
+    """Seed files by name; a short repr, so that a failing case's report stays readable."""
+
+    def __repr__(self) -> str:
+        return f"<seed files: {', '.join(self)}>"
+
+
 def fuzz(kind: str):
     return settings(
         max_examples=CASES[kind] * SCALE, derandomize=True, deadline=None, database=None,
@@ -140,13 +147,13 @@ def with_value(doc, path: list, value):
 def audio_seeds(tmp_path_factory) -> dict[str, bytes]:
     root = tmp_path_factory.mktemp("fuzz-audio")
     x = noise(0.25, level=0.3)
-    return {
+    return Seeds({
         name: write_audio(root / f"seed.{ext}", x, 16000, **kw).read_bytes()
         for name, ext, kw in [
             ("wav16", "wav", {"subtype": "PCM_16"}), ("wavf", "wav", {"subtype": "FLOAT"}), ("flac", "flac", {}),
             ("ogg", "ogg", {}), ("mp3", "mp3", {"format": "MP3"}), ("aiff", "aiff", {"subtype": "PCM_24"}),
         ]
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 EXTENSION = {"wav16": "wav", "wavf": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3", "aiff": "aiff"}
@@ -173,12 +180,12 @@ def checkpoint_seeds(tmp_path_factory) -> dict[str, dict[str, bytes]]:
     """Each layout's files (name -> bytes), from a 1-block tiny model."""
     root = tmp_path_factory.mktemp("fuzz-ck")
     model = labelled(tiny_ast(label_dim=3, depth=1, input_tdim=64), ["a", "b", "c"], True)
-    seeds = {
+    seeds = Seeds({
         "ours": {"m.safetensors": save_checkpoint(model, root / "m.safetensors").read_bytes()},
         "ours-pt": {"m.pt": save_checkpoint(model, root / "m.pt").read_bytes()},
         "original": {"m.pth": export_original(model, root / "m.pth").read_bytes()},
         "hf": {p.name: p.read_bytes() for p in export_hf(model, root / "hf").iterdir()},
-    }
+    })
     torch.save({"model": deit_state(depth=1)}, root / "deit.pth")
     seeds["deit"] = {"deit.pth": (root / "deit.pth").read_bytes()}
     return seeds

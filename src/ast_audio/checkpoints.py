@@ -94,7 +94,7 @@ def _torch_load(path: Path) -> object:
             f"(only weights are loaded; {detail.strip()[:160]})",
             path,
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - a corrupt archive or pickle fails in many ways (fuzzing found IndexError, ...)
         raise CheckpointError(
             f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})", path
         ) from None
@@ -173,7 +173,7 @@ def _ours(state: dict[str, torch.Tensor], meta: dict, path: Path) -> RawCheckpoi
         info = ModelInfo.from_dict(meta.get("info") or {})
         if "input_contract" in meta:  # written since the contract exists: it is what the model takes
             info = _with_contract(info, config, InputContract.from_dict(meta["input_contract"]), path)
-    except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ConfigError) as err:
         raise CheckpointError(f"ast-audio checkpoint with a broken config: {err}", path) from None
     return RawCheckpoint(state, FORMAT_NAME, path, config, info)
 
@@ -244,7 +244,7 @@ def _hf_checkpoint(state: dict[str, torch.Tensor], path: Path, hf: dict | None) 
     pre = path.parent / "preprocessor_config.json"
     try:
         config, info = config_from_hf(hf, state, _read_json(pre) if pre.exists() else None)
-    except (ConfigError, TypeError, ValueError, AttributeError, KeyError) as err:
+    except (ConfigError, TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
         raise CheckpointError(f"config.json does not describe an AST model: {err}", path) from None
     return RawCheckpoint(state, "hf", path, config, info)
 

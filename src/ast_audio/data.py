@@ -60,7 +60,10 @@ class Datafile:
 
 
 def _resolve_wav(wav: str, base: Path) -> Path:
-    path = Path(wav).expanduser()
+    try:
+        path = Path(wav).expanduser()
+    except RuntimeError:  # "~someone" who has no home here: a plain relative name
+        path = Path(wav)
     if path.is_absolute():
         return path
     beside = base / path
