@@ -56,7 +56,7 @@ def test_download_from_a_mirror(tmp_path):
     torch.save(original_audioset_state(depth=1), path)
     home = tmp_path / "home"
     with Server({"audioset_10_10_0.4593.pth": path.read_bytes()}) as server:
-        out = run_cli("download", "audioset_10_10_0.4593", "--url", f"{server.url}/audioset_10_10_0.4593.pth", "-q", timeout=TIMEOUT, AST_AUDIO_HOME=home)
+        out = run_cli("download", "audioset_10_10_0.4593", "--url", f"{server.url}/audioset_10_10_0.4593.pth", "-q", timeout=TIMEOUT, AST_AUDIO_HOME=home, AST_AUDIO_OFFLINE=0)
     assert out.returncode == 0, out.stderr
     assert (home / "audioset_10_10_0.4593.pth").read_bytes() == path.read_bytes()
     assert "cached" in run_cli("checkpoints", timeout=TIMEOUT, AST_AUDIO_HOME=home).stdout

@@ -25,7 +25,8 @@ import torch
 from .errors import AudioError, ConfigError
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioInfo", "audio_info", "load_audio", "resample",
+    "AUDIO_EXTENSIONS", "MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioInfo", "audio_info", "file_problem", "load_audio",
+    "resample",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,30 @@ def _check_rate(rate: float, path: str | None, what: str) -> None:
         raise AudioError(reason, path) if path is not None else ConfigError(reason)
 
 
-def _check_file(path: str) -> None:
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a dangling symbolic link, a folder or
+    other non-regular file, not readable by this user, empty), or ``None``."""
+    path = os.fspath(path)
     if not os.path.exists(path):
-        raise AudioError("file not found", path)
+        if os.path.islink(path):
+            return f"dangling symbolic link (its target {os.readlink(path)!r} does not exist)"
+        return "file not found"
     if not os.path.isfile(path):
-        raise AudioError("not a regular file", path)
-    if os.path.getsize(path) == 0:
-        raise AudioError("empty file (0 bytes)", path)
+        return "not a regular file (a folder or a device)"
+    try:
+        with open(path, "rb") as fh:
+            empty = not fh.read(1)
+    except PermissionError:
+        return "permission denied (the file is not readable by this user)"
+    except OSError as err:
+        return f"cannot read the file ({err.strerror or err})"
+    return "empty file (0 bytes)" if empty else None
+
+
+def _check_file(path: str) -> None:
+    problem = file_problem(path)
+    if problem:
+        raise AudioError(problem, path)
 
 
 def _decoder_reason(err: Exception) -> str:
@@ -89,7 +107,7 @@ def _decoder_reason(err: Exception) -> str:
 def _open(path: str) -> soundfile.SoundFile:
     _check_file(path)
     try:
-        return soundfile.SoundFile(path)
+        return soundfile.SoundFile(os.fsencode(path))  # bytes: any file name the file system holds
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(_decoder_reason(err), path) from None
 

@@ -98,7 +98,7 @@ def _torch_load(path: Path) -> object:
             f"(only weights are loaded; {detail.strip()[:160]})",
             path,
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - a corrupt archive or pickle fails in many ways (fuzzing found IndexError, ...)
         raise CheckpointError(
             f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})", path
         ) from None
@@ -154,7 +154,11 @@ def read_checkpoint(source: str | os.PathLike) -> RawCheckpoint:
     if path.suffix == ".safetensors":
         state, meta = _safetensors_load(path)
         if FORMAT_NAME in meta:
-            return _ours(state, json.loads(meta[FORMAT_NAME]), path)
+            try:
+                doc = json.loads(meta[FORMAT_NAME])
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"ast-audio checkpoint whose metadata is not JSON ({err})", path) from None
+            return _ours(state, doc, path)
     else:
         obj = _torch_load(path)
         if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
@@ -165,11 +169,15 @@ def read_checkpoint(source: str | os.PathLike) -> RawCheckpoint:
 
 def _ours(state: dict[str, torch.Tensor], meta: dict, path: Path) -> RawCheckpoint:
     try:
+        if not isinstance(meta, dict):
+            raise TypeError(f"the metadata is a JSON {type(meta).__name__}, not an object")
+        if not isinstance(meta.get("config"), dict):
+            raise TypeError("no 'config' object")
         config = ASTConfig.from_dict(meta["config"])
-        info = ModelInfo.from_dict(meta.get("info", {}))
+        info = ModelInfo.from_dict(meta.get("info") or {})
         if "input_contract" in meta:  # written since the contract exists: it is what the model takes
             info = _with_contract(info, config, InputContract.from_dict(meta["input_contract"]), path)
-    except (KeyError, TypeError, ConfigError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ConfigError) as err:
         raise CheckpointError(f"ast-audio checkpoint with a broken config: {err}", path) from None
     return RawCheckpoint(state, FORMAT_NAME, path, config, info)
 
@@ -242,9 +250,34 @@ def _hf_checkpoint(state: dict[str, torch.Tensor], path: Path, hf: dict | None) 
     pre = path.parent / "preprocessor_config.json"
     try:
         config, info = config_from_hf(hf, state, _read_json(pre) if pre.exists() else None)
-    except (ConfigError, TypeError, ValueError) as err:
+    except (ConfigError, TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
         raise CheckpointError(f"config.json does not describe an AST model: {err}", path) from None
     return RawCheckpoint(state, "hf", path, config, info)
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint with a NaN or infinite value, naming the first such parameter."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"parameter {key!r} has {bad} non-finite values (NaN or Inf): the model would output NaN "
+                    "(load_model(..., allow_nonfinite=True) or --allow-nonfinite loads it anyway, to inspect it)",
+                    path,
+                )
+
+
+def _check_fits(state: dict[str, torch.Tensor], config: ASTConfig, path: Path) -> None:
+    """A config (from the file's own JSON) that cannot fit its tensors is refused before a
+    model of its size is built: width and depth."""
+    token = state.get("v.cls_token")
+    if token is not None and token.shape[-1] != config.embed_dim:
+        raise CheckpointError(f"the config describes a {config.model_size} model ({config.embed_dim} dims) but "
+                              f"the weights have {token.shape[-1]} dims", path)  # fmt: skip
+    blocks = {k.split(".")[2] for k in state if k.startswith("v.blocks.")}
+    if len(blocks) != config.depth:
+        raise CheckpointError(f"the config describes {config.depth} blocks but the weights have {len(blocks)}", path)
 
 
 def _infer_config(
@@ -321,6 +354,7 @@ def init_from_imagenet(model: ASTModel, source: bool | str | os.PathLike) -> Non
     if source is True:
         source = IMAGENET_FOR_SIZE[cfg.model_size]
     raw = read_checkpoint(source)
+    check_finite(raw.state, raw.path)
     src_cfg, _ = _infer_config(raw)
     if raw.layout == "deit":
         side = src_cfg.grid[0]
@@ -345,6 +379,7 @@ def init_from_audioset(model: ASTModel, source: bool | str | os.PathLike) -> Non
     if source is True:
         source = DEFAULT_AUDIOSET
     raw = read_checkpoint(source)
+    check_finite(raw.state, raw.path)
     if raw.layout == "deit":
         raise CheckpointError("this is an ImageNet DeiT file; pass it as imagenet_pretrain", raw.path)
     src_cfg, info = _infer_config(raw)
@@ -370,6 +405,7 @@ def load_model(
     input_tdim: int | None = None,
     input_fdim: int | None = None,
     device: str | torch.device | None = None,
+    allow_nonfinite: bool = False,
 ) -> ASTModel:
     """A ready :class:`ASTModel` (in eval mode) from any checkpoint users arrive with.
 
@@ -380,18 +416,22 @@ def load_model(
     dataset's length. Other arguments that differ from the checkpoint's adapt it: a new
     ``input_tdim`` / strides re-grid the position embedding (cut or interpolate), a new
     ``label_dim`` puts a fresh head on top. ``ASTModel.from_pretrained`` is the same.
+    A checkpoint with NaN or infinite weights is refused (naming the parameter) unless
+    ``allow_nonfinite``.
     """
     return _load(
         ASTModel, source, label_dim=label_dim, fstride=fstride, tstride=tstride,
-        input_tdim=input_tdim, input_fdim=input_fdim, device=device,
+        input_tdim=input_tdim, input_fdim=input_fdim, device=device, allow_nonfinite=allow_nonfinite,
     )  # fmt: skip
 
 
 def _load(
     cls: type[ASTModel], source, *, label_dim=None, fstride=None, tstride=None, input_tdim=None,
-    input_fdim=None, device=None,
+    input_fdim=None, device=None, allow_nonfinite=False,
 ) -> ASTModel:  # fmt: skip
     raw = read_checkpoint(source)
+    if not allow_nonfinite:
+        check_finite(raw.state, raw.path)
     if raw.layout == "deit":
         deit_cfg, _ = _infer_config(raw)
         model = cls(
@@ -402,6 +442,7 @@ def _load(
     native, info = _infer_config(
         raw, fstride=fstride, tstride=tstride, input_fdim=input_fdim, input_tdim=input_tdim
     )
+    _check_fits(raw.state, native, raw.path)
     wanted = native.replace(fstride=fstride, tstride=tstride, input_tdim=input_tdim, input_fdim=input_fdim)
     model = cls.from_config(wanted, _model.missing_statistics(info, raw.path))  # the one policy, once, at load
     load_state_strict(model.v, _backbone_state(raw.state, native, wanted, raw.path), raw.path, "v.")
@@ -480,7 +521,8 @@ def export_hf(model: ASTModel, folder: str | os.PathLike) -> Path:
     cfg, info = model.config, model.info
     config, preprocessor = config_to_hf(cfg, info)
     state = original_to_hf(_cpu_state(model))
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError("is a file; a Hugging Face model is a folder (give a new or existing folder)", folder)
     atomic_write(
         folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
     )

@@ -6,7 +6,6 @@ Library errors (:class:`AstAudioError`) become one line on stderr and exit statu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -45,9 +44,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints import load_model, read_checkpoint
+    from .fileio import dumps_json
 
     raw = read_checkpoint(args.source)
-    model = load_model(args.source)
+    model = load_model(args.source, allow_nonfinite=args.allow_nonfinite)
     cfg, info = model.config, model.info
     out = {
         "path": str(raw.path),
@@ -62,7 +62,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "multilabel": info.multilabel,
         "input_contract": model.input_contract.to_dict(),  # what turns audio into this model's input
     }
-    print(json.dumps(out, indent=2))
+    print(dumps_json(out, indent=2))
     return 0
 
 
@@ -71,7 +71,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     model = load_model(
         args.source, label_dim=args.label_dim, fstride=args.fstride, tstride=args.tstride,
-        input_tdim=args.input_tdim, input_fdim=args.input_fdim,
+        input_tdim=args.input_tdim, input_fdim=args.input_fdim, allow_nonfinite=args.allow_nonfinite,
     )  # fmt: skip
     out = Path(args.out)
     if args.format == "hf":
@@ -85,6 +85,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         save_checkpoint(model, out)
     print(out)
     return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .data import check_datafile
+
+    bad = 0
+    for datafile in args.datafiles:
+        total, problems = check_datafile(datafile, args.label_csv, workers=args.workers, progress=False if args.quiet else None)
+        for line in problems:
+            print(line)
+        print(f"{datafile}: {len(problems)} of {total} entries unusable", file=sys.stderr)
+        bad += len(problems)
+    return 1 if bad else 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -135,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a checkpoint (layout, config, labels, input contract)")
     p.add_argument("source", help="file, Hugging Face folder or published name")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load NaN/Inf weights anyway (forensics)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("convert", help="rewrite a checkpoint in another layout")
@@ -143,7 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["ast-audio", "hf", "original"], default="ast-audio")
     for flag in ("label-dim", "fstride", "tstride", "input-tdim", "input-fdim"):
         p.add_argument(f"--{flag}", type=int, default=None, help="adapt the model (see load_model)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="convert NaN/Inf weights anyway (forensics)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("check", help="decode every clip of datafiles once; list each unusable entry (exit 1 if any)",
+                       description="One pass over each datafile: malformed entries (unknown labels with "
+                       "--label-csv) and every audio file that is missing, unreadable, empty, undecodable, "
+                       "truncated or holds NaN samples, one 'path: reason' line each.")  # fmt: skip
+    p.add_argument("datafiles", nargs="+", help="datafiles ({\"data\": [{\"wav\": ..., \"labels\": ...}]})")
+    p.add_argument("--label-csv", default=None, help="also check the labels against this table")
+    p.add_argument("-w", "--workers", type=int, default=None, help="threads decoding clips (default: up to 8)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("synth", help="write a small labelled sound dataset (ESC-50 layout) for demos and tests")
     p.add_argument("--out", required=True, help="folder to write audio/ and meta/esc50.csv into")
@@ -169,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _safe_output() -> None:
+    """File names that are not valid text (``caf\\xe9.wav`` on a UTF-8 system) are printed with
+    the undecodable bytes escaped (``caf\\udce9.wav``): the output stays valid text."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _safe_output()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from pathlib import Path
 
-from .audio import AUDIO_EXTENSIONS
+from .audio import AUDIO_EXTENSIONS, file_problem
 from .errors import AstAudioError, AudioError, ConfigError
-from .fileio import atomic_write
+from .fileio import atomic_write, dumps_json
 from .runtime import PRECISIONS
 
 GROUP_FILES = 64  # files per library call: output appears as it is ready, memory stays bounded
@@ -61,7 +60,7 @@ def expand_paths(paths: list[str]) -> tuple[list[str], list[AstAudioError]]:
         elif path.exists():
             files.append(name)
         else:
-            errors.append(AudioError("file not found", name))
+            errors.append(AudioError(file_problem(name) or "file not found", name))
     return list(dict.fromkeys(files)), errors
 
 
@@ -121,7 +120,7 @@ class _Output:
 
     def close(self) -> None:
         if self.fmt == "json":
-            print(json.dumps(self.objects, indent=2))
+            print(dumps_json(self.objects, indent=2))  # standard JSON: a non-finite score is null
 
 
 class _Failures:

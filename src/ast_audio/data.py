@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import AstAudioError, DataError
+from .audio import file_problem, load_audio
+from .errors import AstAudioError, AudioError, DataError
 from .fileio import atomic_write
 from .labels import LabelTable, read_label_csv
 
@@ -57,7 +60,10 @@ class Datafile:
 
 
 def _resolve_wav(wav: str, base: Path) -> Path:
-    path = Path(wav).expanduser()
+    try:
+        path = Path(wav).expanduser()
+    except RuntimeError:  # "~someone" who has no home here: a plain relative name
+        path = Path(wav)
     if path.is_absolute():
         return path
     beside = base / path
@@ -74,18 +80,7 @@ def read_datafile(
     """Read and check a datafile against a label table (a CSV path, built-in name or table)."""
     path = Path(path)
     labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("datafile not found", path) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read datafile: {err}", path) from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})", path) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataError('expected a JSON object {"data": [{"wav": ..., "labels": ...}, ...]}', path)
+    doc = _read_doc(path)
     index = labels.index()
     entries: list[Entry] = []
     skipped: list[str] = []
@@ -103,22 +98,104 @@ def read_datafile(
     return Datafile(path, labels, entries, skipped)
 
 
-def _entry(i: int, item: object, index: dict[str, int], base: Path, check_files: bool) -> Entry:
+def _read_doc(path: Path) -> dict:
+    """The datafile's JSON object ``{"data": [...]}`` (a UTF-8 byte-order mark is allowed)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError("datafile not found", path) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read datafile: {err}", path) from None
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        where = f"line {err.lineno}, column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+        raise DataError(f"not valid JSON ({where})", path) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise DataError('expected a JSON object {"data": [{"wav": ..., "labels": ...}, ...]}', path)
+    return doc
+
+
+def _wav_of(i: int, item: object, base: Path) -> Path:
     if not isinstance(item, dict):
         raise DataError(f"entry {i}: expected an object with 'wav' and 'labels'")
     for key in ("wav", "labels"):
         if not isinstance(item.get(key), str) or not item[key].strip():
             raise DataError(f"entry {i}: missing or empty '{key}'")
-    wav = _resolve_wav(item["wav"], base)
+    if "\0" in item["wav"]:
+        raise DataError(f"entry {i}: 'wav' holds a NUL character")
+    return _resolve_wav(item["wav"], base)
+
+
+def _entry(i: int, item: object, index: dict[str, int], base: Path, check_files: bool) -> Entry:
+    wav = _wav_of(i, item, base)
     mids = [m.strip() for m in item["labels"].split(",") if m.strip()]
     unknown = [m for m in mids if m not in index]
     if unknown:
         raise DataError(f"entry {i} ({item['wav']}): label {unknown[0]!r} is not in the label CSV")
     if not mids:
         raise DataError(f"entry {i} ({item['wav']}): no labels")
-    if check_files and not wav.is_file():
-        raise DataError(f"entry {i}: audio file not found: {wav}")
+    if check_files and (problem := file_problem(wav)):
+        raise DataError(f"entry {i}: audio {problem}: {wav}" if problem == "file not found" else f"entry {i}: {wav}: {problem}")
     return Entry(wav, tuple(sorted({index[m] for m in mids})))
+
+
+# --------------------------------------------------------------------------- the full decode check
+
+
+def check_clip(path: str | os.PathLike) -> str | None:
+    """``None`` if the file decodes completely to at least one finite sample, else the reason."""
+    try:
+        load_audio(path, sample_rate=None, strict=True)
+    except AudioError as err:
+        return err.reason
+    return None
+
+
+def check_audio_files(
+    paths: Iterable[Path], workers: int | None = None, progress: bool | None = None
+) -> dict[Path, str]:
+    """Decode every file once, completely (in threads: libsndfile releases the GIL);
+    ``{path: reason}`` for the bad ones, in the order given."""
+    from tqdm.auto import tqdm
+
+    paths = list(dict.fromkeys(paths))
+    if not paths:
+        return {}
+    with ThreadPoolExecutor(max_workers=workers or max(1, min(8, os.cpu_count() or 1))) as pool:
+        reasons = list(
+            tqdm(pool.map(check_clip, paths), total=len(paths), desc="checking clips", leave=False,
+                 disable=None if progress is None else not progress)
+        )  # fmt: skip
+    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+
+
+def check_datafile(
+    path: str | os.PathLike,
+    label_csv: str | os.PathLike | LabelTable | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> tuple[int, list[str]]:
+    """Every problem of a datafile in one pass: malformed entries (and, with ``label_csv``,
+    unknown labels), then every audio file that does not decode completely (missing,
+    unreadable, empty, undecodable, truncated, NaN samples), as ``load_audio(strict=True)``
+    finds them. Returns ``(entries, ["<entry or file>: <reason>", ...])``."""
+    path = Path(path)
+    if label_csv is not None:
+        df = read_datafile(path, label_csv, check_files=False, skip_bad=True)
+        problems, wavs, total = list(df.skipped), [e.wav for e in df.entries], len(df.entries) + len(df.skipped)
+    else:
+        problems, wavs = [], []
+        items = _read_doc(path)["data"]
+        for i, item in enumerate(items):
+            try:
+                wavs.append(_wav_of(i, item, path.parent))
+            except DataError as err:
+                problems.append(err.reason)
+        total = len(items)
+    bad = check_audio_files(wavs, workers, progress)
+    return total, problems + [f"{wav}: {reason}" for wav, reason in bad.items()]
 
 
 def write_datafile(path: str | os.PathLike, rows: list[tuple[str | os.PathLike, list[str]]]) -> Path:

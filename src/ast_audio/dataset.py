@@ -25,6 +25,14 @@ draws, as in the original), and the augmentation is the same for any number of l
 workers or processes and after a resume: nothing depends on state kept in a worker's copy
 of the dataset. A plain integer index (evaluation) is the draw ``(index, 0, index)``.
 
+A clip that turns out unreadable when drawn (undecodable, empty, gone: only existence is
+checked when the datafile is read) does not stop the loader: its item says so, and
+:meth:`AudioDataset.collate` leaves it out of the batch (``skip_bad=True``; the batch's
+``skipped`` lists ``(path, reason)``) or makes the batch one that :meth:`AudioDataset.model_input`
+refuses with a :class:`~ast_audio.errors.DataError` naming the file and how to skip it
+(the error is raised in the main process, so it reads the same with any number of workers).
+:class:`SkippedLog` records what was left out, each file once.
+
 ``cache_dir`` keeps decoded, resampled waveforms on disk (:mod:`ast_audio.cache`): epochs
 after the first read them instead of decoding again, with identical samples.
 """
@@ -33,6 +41,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -42,7 +52,7 @@ from .audio import resample
 from .augment import mix_targets, mix_waveforms, mixup_lambda
 from .cache import WaveformCache
 from .data import Datafile
-from .errors import ConfigError
+from .errors import AudioError, ConfigError, DataError
 from .features import InputContract
 from .pipeline import (
     NONE,
@@ -111,6 +121,7 @@ class AudioDataset(torch.utils.data.Dataset):
         seed: int = 0,
         fbank_on: str = "loader",
         cache_dir: str | None = None,
+        skip_bad: bool = False,
     ):
         if fbank_on not in FBANK_ON:
             raise ConfigError(f"fbank_on must be one of {', '.join(FBANK_ON)}, got {fbank_on!r}")
@@ -119,6 +130,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.augmentation = augmentation
         self.seed = seed
         self.fbank_on = fbank_on
+        self.skip_bad = skip_bad
         self.num_classes = len(datafile.labels)
         if not contract.resample:
             log.info("%s: features at each file's own sample rate (resample=false)", datafile.path)
@@ -154,7 +166,10 @@ class AudioDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | Draw) -> dict:
         draw = Draw(*key) if isinstance(key, tuple) else Draw(int(key), 0, int(key))
         rng = np.random.default_rng([self.seed, draw.epoch, draw.position, draw.index])
-        waveform, rate, target = self._mixed(draw.index, rng)
+        try:
+            waveform, rate, target = self._mixed(draw.index, rng)
+        except AudioError as err:  # the clip (or its mixup partner) cannot be read: collate decides
+            return {"bad": (err.path or str(self.datafile.entries[draw.index].wav), err.reason)}
         if self.contract.resample:
             waveform, frames = fit_waveform(waveform, self.contract)
             signal = {"waveform": waveform}  # (S,)
@@ -170,8 +185,18 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def collate(self, items: list[dict]) -> dict:
         """Stack items; with ``fbank_on="loader"`` also compute the features here (in the
-        loader worker), so the batch carries ``features`` instead of the signal."""
+        loader worker), so the batch carries ``features`` instead of the signal. Unreadable
+        clips are left out (``skip_bad``; listed in ``batch["skipped"]``, and a batch of
+        nothing else has no ``target``) or turn the batch into ``{"bad": [...]}``, which
+        :meth:`model_input` refuses."""
+        bad = [item["bad"] for item in items if "bad" in item]
+        if bad and not self.skip_bad:
+            return {"bad": bad}
+        items = [item for item in items if "bad" not in item]
+        if not items:
+            return {"skipped": bad}
         batch = torch.utils.data.default_collate(items)
+        batch["skipped"] = bad
         if self.fbank_on == "loader":
             batch["features"] = self._features(batch)
             batch.pop("waveform", None)
@@ -191,6 +216,12 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def model_input(self, batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """A collated batch as ``(features [B, T, F], targets [B, C])`` on ``device``, in either mode."""
+        if "bad" in batch:
+            path, reason = batch["bad"][0]
+            raise DataError(
+                f"{reason}; `ast-audio check DATAFILE` lists every such file, and training with --skip-bad True "
+                "leaves them out", path,
+            )  # fmt: skip
         device = torch.device(device)
         targets = batch["target"].to(device, non_blocking=True)
         if "features" in batch:
@@ -199,13 +230,45 @@ class AudioDataset(torch.utils.data.Dataset):
         return self._features({**batch, **moved}), targets
 
 
+class SkippedLog:
+    """A run's ``skipped_entries.txt``: one line per datafile entry or clip left out, each once
+    (lines already in the file, from before a resume or from another process, count as seen)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def _seen(self) -> set[str]:
+        try:
+            return set(self.path.read_text(encoding="utf-8", errors="surrogateescape").splitlines())
+        except FileNotFoundError:
+            return set()
+
+    def add(self, lines: list[str]) -> list[str]:
+        """Append the lines not yet in the file; returns them."""
+        if not lines:
+            return []
+        seen = self._seen()
+        new = [line for line in dict.fromkeys(lines) if line not in seen]
+        if new:
+            with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as fh:
+                fh.write("".join(line + "\n" for line in new))
+        return new
+
+    def add_clips(self, skipped: list[tuple[str, str]]) -> list[str]:
+        """Record clips a batch left out (``batch["skipped"]``); logs each new one once."""
+        new = self.add([f"{path}: {reason}" for path, reason in skipped])
+        for line in new:
+            log.warning("%s; left out of training (--skip-bad), listed in %s", line, self.path)
+        return new
+
+
 def norm_stats(dataset: AudioDataset, batch_size: int = 32, num_workers: int = 0) -> tuple[float, float]:
     """Mean and standard deviation of the un-normalised, un-augmented model inputs of a dataset
     (padding frames included, as the original's statistics were taken from the loader)."""
     plain = AudioDataset(dataset.datafile, dataset.contract.replace(normalize=False))
     total, total_sq, count = 0.0, 0.0, 0
     for batch in plain.loader(batch_size, num_workers=num_workers):
-        x = batch["features"].double()
+        x = plain.model_input(batch, "cpu")[0].double()  # (an unreadable clip: DataError naming it)
         total += float(x.sum())
         total_sq += float((x * x).sum())
         count += x.numel()

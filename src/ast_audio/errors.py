@@ -16,7 +16,9 @@ class AstAudioError(Exception):
     def __init__(self, reason: str, path: str | os.PathLike | None = None):
         self.reason = reason
         self.path = None if path is None else os.fspath(path)
-        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+        message = f"{self.path}: {reason}" if self.path else reason
+        # One line, whatever a file name or a datafile entry holds (a newline, a carriage return).
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class ConfigError(AstAudioError, ValueError):

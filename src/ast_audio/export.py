@@ -123,6 +123,13 @@ def export_onnx(
         raise ExportError("ONNX export needs onnx (pip install 'ast-audio[export]')") from None
 
     path = Path(path)
+    if path.is_dir():
+        raise ExportError("is a folder; give the file to write", path)
+    if dynamic_time and model.config.input_tdim <= 16:
+        raise ConfigError(
+            f"a dynamic time axis needs input_tdim above 16 (16..input_tdim frames); this model takes "
+            f"{model.config.input_tdim}: export it without dynamic time, or with a larger input_tdim"
+        )
     model = _cpu_copy(model)
     cfg = model.config
     module = _DynamicTime(model).eval() if dynamic_time else model

@@ -282,6 +282,10 @@ class InputContract:
                 f"bad feature config: sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, "
                 f"target_length={self.target_length}"
             )
+        for name in ("mean", "std", "frame_length", "frame_shift"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if self.normalize and not self.std > 0:
             raise ConfigError(f"normalisation std must be positive, got {self.std}")
         if self.mono not in MONO_POLICIES:

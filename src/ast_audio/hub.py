@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, DownloadError
+from .errors import AstAudioError, CheckpointError, DownloadError
+from .fileio import clean_stale_temporaries, make_temporary, new_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AST_AUDIO_HOME") or Path.home() / ".cache" / "ast-audio")
 
 
+def _check_cache_folder(folder: Path) -> None:
+    """A one-line error when the download folder is a file (``$AST_AUDIO_HOME`` set wrong)."""
+    if folder.exists() and not folder.is_dir():
+        what = "$AST_AUDIO_HOME" if os.environ.get("AST_AUDIO_HOME") and folder == cache_dir() else "the download folder"
+        raise DownloadError(f"{what} is a file, not a folder", folder)
+
+
 def _offline() -> bool:
     return os.environ.get("AST_AUDIO_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -118,10 +125,15 @@ def download(
     """
     from tqdm.auto import tqdm
 
+    if _offline():
+        raise DownloadError("downloads are off (AST_AUDIO_OFFLINE=1); unset it to fetch this address", url)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    _check_cache_folder(dest.parent)
+    clean_stale_temporaries(dest.parent)
+    try:
+        fd, tmp = make_temporary(dest, ".part")
+    except AstAudioError as err:
+        raise DownloadError(err.reason, err.path) from None
     try:
         with os.fdopen(fd, "wb") as out:
             request = urllib.request.Request(url, headers={"User-Agent": "ast-audio"})
@@ -141,6 +153,7 @@ def download(
                 raise DownloadError(f"transfer ended after {got} of {total} bytes", url)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, dest)
     except BaseException as err:  # failed, truncated or interrupted (Ctrl-C): never leave a half file
         tmp.unlink(missing_ok=True)
@@ -166,6 +179,7 @@ def resolve(source: str | os.PathLike, *, progress: bool | None = None) -> Path:
         raise CheckpointError(
             "no such file, and not a known checkpoint name (run `ast-audio checkpoints` for the list)", name
         )
+    _check_cache_folder(cache_dir())
     target = cache_dir() / entry.filename
     if target.exists():
         return target

@@ -56,7 +56,7 @@ def read_label_csv(source: str | os.PathLike) -> LabelTable:
     """Read a label CSV (``index,mid,display_name``) or a built-in table by name."""
     path = builtin_label_path(source) if source in BUILTIN else Path(source)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel's) is no header
             rows = list(csv.DictReader(fh))
     except FileNotFoundError:
         raise AstAudioError("label CSV not found", path) from None
@@ -64,6 +64,9 @@ def read_label_csv(source: str | os.PathLike) -> LabelTable:
         raise AstAudioError(f"cannot read label CSV: {err}", path) from None
     if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
         raise AstAudioError("label CSV needs a header 'index,mid,display_name' and at least one row", path)
+    short = next((n for n, r in enumerate(rows, 1) if None in (r["index"], r["mid"], r["display_name"])), None)
+    if short is not None:
+        raise AstAudioError(f"label CSV row {short} has fewer than 3 fields (index,mid,display_name)", path)
     try:
         rows.sort(key=lambda r: int(r["index"]))
     except ValueError:

@@ -21,6 +21,7 @@ architecture implied by a state dict in our names (:func:`infer_config`).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -207,6 +208,13 @@ def original_to_hf(state: StateDict) -> StateDict:
 # --------------------------------------------------------------------------- Hugging Face config
 
 
+def _finite(value: object, name: str) -> float:
+    """A statistic of ``preprocessor_config.json`` as a finite float."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"preprocessor_config.json: {name} must be a finite number, got {value!r}"[:200])
+    return float(value)
+
+
 def config_from_hf(
     hf: dict, state: StateDict, preprocessor: dict | None = None
 ) -> tuple[ASTConfig, ModelInfo]:
@@ -215,6 +223,8 @@ def config_from_hf(
     Raises :class:`ConfigError` (or ``TypeError``/``ValueError`` on malformed values) when
     the config does not describe an AST model.
     """
+    if not isinstance(hf, dict):
+        raise ConfigError(f"config.json is a JSON {type(hf).__name__}, not an object")
     dim, heads = int(hf.get("hidden_size", 768)), int(hf.get("num_attention_heads", 12))
     if int(hf.get("intermediate_size", 4 * dim)) != 4 * dim or int(hf.get("patch_size", 16)) != 16:
         raise ConfigError("only MLP ratio 4 and 16x16 patches are AST models")
@@ -239,8 +249,13 @@ def config_from_hf(
         ]
     info.multilabel = hf.get("problem_type") != "single_label_classification"
     if preprocessor is not None:
-        if "mean" in preprocessor and "std" in preprocessor:
-            info.dataset_mean, info.dataset_std = float(preprocessor["mean"]), float(preprocessor["std"])
+        if not isinstance(preprocessor, dict):
+            raise ConfigError("preprocessor_config.json is not a JSON object")
+        mean, std = preprocessor.get("mean"), preprocessor.get("std")
+        if mean is not None and std is not None:  # null: written for a model without statistics
+            info.dataset_mean, info.dataset_std = _finite(mean, "mean"), _finite(std, "std")
+            if info.dataset_std <= 0:
+                raise ConfigError(f"preprocessor_config.json: std must be positive, got {std!r}")
         info.sample_rate = int(preprocessor.get("sampling_rate", 16000))
     if config.label_dim == 527 and info.dataset_mean is None:
         info.dataset_mean, info.dataset_std = PRESETS["audioset"].mean, PRESETS["audioset"].std

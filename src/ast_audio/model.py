@@ -72,6 +72,13 @@ SIZES: dict[str, SizeSpec] = {
 }
 
 
+# Upper bounds of a config: 65536 frames is 11 minutes at AST's 10 ms shift, four times the
+# longest input any published recipe uses; the rest are far above any AST that exists.
+MAX_CONFIG = {"input_tdim": 65536, "input_fdim": 4096, "label_dim": 100_000, "depth": 64, "fstride": 4096,
+              "tstride": 65536}  # fmt: skip
+MAX_PATCHES = 1 << 18  # the position embedding of base384 is then 0.8 GB
+
+
 def patch_grid(input_fdim: int, input_tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
     """Number of patches along frequency and time: ``(dim - 16) // stride + 1``."""
     return (input_fdim - PATCH) // fstride + 1, (input_tdim - PATCH) // tstride + 1
@@ -103,6 +110,16 @@ class ASTConfig:
                 raise ConfigError(
                     f"{name}={value!r} is shorter than one {PATCH}x{PATCH} patch; it must be an integer >= {PATCH}"
                 )
+        # Sizes are bounded before anything is allocated: a config asking for more is an error, not
+        # an attempt to allocate it (a corrupt max_length would ask for terabytes).
+        for name, limit in MAX_CONFIG.items():
+            if getattr(self, name) > limit:
+                raise ConfigError(f"{name}={getattr(self, name)} is beyond the supported {limit}")
+        if self.num_patches > MAX_PATCHES:
+            raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} patch grid is beyond the supported {MAX_PATCHES} "
+                              "patches (input_tdim/input_fdim too large or strides too small)")  # fmt: skip
+        if not isinstance(self.layer_norm_eps, int | float) or not 0 < self.layer_norm_eps < 1:
+            raise ConfigError(f"layer_norm_eps must be a number in (0, 1), got {self.layer_norm_eps!r}")
 
     @property
     def size(self) -> SizeSpec:

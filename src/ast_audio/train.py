@@ -67,12 +67,12 @@ import torch.distributed as dist
 from .checkpoints import load_model, save_checkpoint
 from .config import TrainConfig
 from .data import Datafile, balanced_weights, read_datafile, read_weights, weight_file_for
-from .dataset import AudioDataset, EpochSampler
+from .dataset import AudioDataset, EpochSampler, SkippedLog
 from .distributed import Dist, init_distributed
 from .errors import AstAudioError, ConfigError
 from .evaluate import Predictions, loss_value, predict_dataset
 from .features import InputContract
-from .fileio import atomic_write
+from .fileio import atomic_write, clean_stale_temporaries
 from .labels import read_label_csv
 from .metrics import calculate_stats, d_prime
 from .model import ASTModel, ModelInfo
@@ -242,6 +242,10 @@ class Run:
     def predictions_dir(self) -> Path:
         return self.exp / PREDICTIONS
 
+    @property
+    def skipped_log(self) -> SkippedLog:
+        return SkippedLog(self.exp / "skipped_entries.txt")
+
     @classmethod
     def build(cls, cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path) -> Run:
         labels = read_label_csv(cfg.label_csv)
@@ -255,7 +259,7 @@ class Run:
         augmentation = Augmentation(freqm=cfg.freqm, timem=cfg.timem, mixup=cfg.mixup, noise=cfg.noise)
         fbank_on = cfg.fbank_on if cfg.fbank_on != "auto" else "device" if device.type == "cuda" else "loader"
         train_set = AudioDataset(datafiles["train"], contract, augmentation, seed=cfg.seed, fbank_on=fbank_on,
-                                 cache_dir=cfg.cache_dir)  # fmt: skip
+                                 cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad)  # fmt: skip
         val_set = AudioDataset(datafiles["valid"], contract, fbank_on=fbank_on, cache_dir=cfg.cache_dir)
         weights = None
         if cfg.bal:
@@ -335,6 +339,12 @@ class Run:
         started = time.time()
         bar = tqdm(self.loader, desc=f"epoch {epoch}", leave=False, disable=_bar_disabled(cfg, ctx))
         for step_in_epoch, batch in enumerate(bar):
+            self.skipped_log.add_clips(batch.pop("skipped", []))  # unreadable clips left out (--skip-bad)
+            if "target" not in batch and "bad" not in batch:
+                if ctx.enabled:  # the other processes would wait for this one's gradients forever
+                    raise TrainingError(f"every clip of a batch at epoch {epoch} was unreadable; run "
+                                        "`ast-audio check` on the datafile and remove them", cfg.exp_dir)  # fmt: skip
+                continue
             if cfg.warmup and state.global_step <= 1000 and state.global_step % 50 == 0:
                 for group in self.optimizer.param_groups:
                     group["lr"] = state.global_step / 1000 * cfg.lr * group.get("lr_scale", 1.0)
@@ -467,7 +477,7 @@ class Run:
         cfg = self.cfg
         skipped = [f"{df.path}: {line}" for df in self.datafiles.values() for line in df.skipped]
         if skipped:
-            (self.exp / "skipped_entries.txt").write_text("\n".join(skipped) + "\n")
+            self.skipped_log.add(skipped)
             log.warning("left out %d bad datafile entries (listed in %s)", len(skipped),
                         self.exp / "skipped_entries.txt")  # fmt: skip
         (self.exp / "config.json").write_text(
@@ -538,6 +548,8 @@ def train(cfg: TrainConfig) -> RunState:
     level, handler = package_log.level, None
     if ctx.main:  # the run's log file gets INFO and up, whatever the console shows
         (exp / "models").mkdir(parents=True, exist_ok=True)
+        for folder in (exp, exp / "models", exp / PREDICTIONS):  # what a kill -9 mid-write left
+            clean_stale_temporaries(folder)
         handler = logging.FileHandler(exp / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         package_log.addHandler(handler)

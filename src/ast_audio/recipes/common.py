@@ -25,12 +25,11 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import __version__
-from ..audio import load_audio
-from ..errors import AudioError, DataError
+from ..data import check_audio_files, check_clip  # noqa: F401 (check_clip re-exported)
+from ..errors import DataError
 from ..fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -44,30 +43,13 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def check_clip(path: str | os.PathLike) -> str | None:
-    """``None`` if the file decodes completely to at least one sample, else the reason."""
-    try:
-        load_audio(path, sample_rate=None, strict=True)
-    except AudioError as err:
-        return err.reason
-    return None
-
-
 def check_clips(
     paths: Iterable[Path], workers: int | None = None, progress: bool | None = None
 ) -> dict[Path, str]:
-    """Decode every file once; ``{path: reason}`` for the bad ones."""
-    from tqdm.auto import tqdm
-
+    """Decode every file once (:func:`ast_audio.data.check_audio_files`, the check of
+    ``ast-audio check``); ``{path: reason}`` for the bad ones."""
     paths = list(dict.fromkeys(paths))
-    if not paths:
-        return {}
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        reasons = list(
-            tqdm(pool.map(check_clip, paths), total=len(paths), desc="checking clips", leave=False,
-                 disable=None if progress is None else not progress)
-        )  # fmt: skip
-    bad = {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+    bad = check_audio_files(paths, workers or default_workers(), progress)
     if bad:
         log.warning("%d of %d clips are unusable (listed in %s)", len(bad), len(paths), REPORT)
     return bad
