@@ -17,6 +17,10 @@ parts that fine-tuning drops (:data:`SSAST_PRETRAINING`) and the input size they
 pretrained on (``p_input_fdim`` / ``p_input_tdim``); :func:`infer_config` reads them. Also here:
 the Hugging Face ``config.json`` <-> :class:`~ast_audio.model.ASTConfig` mapping and the
 architecture implied by a state dict in our names (:func:`infer_config`).
+
+Over 400 lines because a layout's key table, its config mapping and the checks that refuse
+a malformed foreign config before anything is allocated are read together when a layout is
+added or changed; split apart, the two directions of one layout would live in two files.
 """
 
 from __future__ import annotations
