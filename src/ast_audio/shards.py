@@ -156,7 +156,8 @@ def write_shards(
     labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
     data = read_datafile(datafile, labels, check_files=False, skip_bad=True)
     bad = [f"{data.path}: {line}" for line in data.skipped]
-    for stale in out.glob("shard-*.tar"):  # a previous writing of this folder
+    (out / INDEX).unlink(missing_ok=True)  # a previous writing of this folder: no index until this one is whole
+    for stale in out.glob("shard-*.tar"):
         stale.unlink()
     writer = _Writer(out, limit)
     totals: dict[str, int] = {}
