@@ -77,6 +77,8 @@ def test_a_killed_run_completes_on_rerun_without_duplicates(tmp_path, checkpoint
     assert paths[: len(written)] == [json.loads(line)["path"] for line in written]
     again = ok(run_cli(*args))
     assert "0 new files, 120 from an earlier run" in again.stdout and len(shard.read_text().splitlines()) == 120
+    other = ok(run_cli(*args, RANK=1, WORLD_SIZE=2))  # as one of two processes: the one-process shard counts
+    assert "0 new files, 0 from an earlier run" in other.stdout
 
 
 def test_embed_rerun_drops_an_uncommitted_tail(tmp_path, checkpoints):
