@@ -117,7 +117,7 @@ def test_specs_patterns_lists_and_errors(tmp_path):
         read_shards(f"{out}/shard-000000.tar,{out}/shard-000002.tar", other)
     stream = ShardStream(listed, InputContract(target_length=100), world=2)
     with pytest.raises(DataError, match="2 shards cannot feed 4 readers"):
-        stream.plan(0, 4)
+        stream.loader(4, num_workers=2)  # before any worker starts
 
 
 def epoch_draws(stream: ShardStream, epoch: int, slots: int) -> list[list[int]]:

@@ -150,11 +150,11 @@ def write_shards(
     returns the index (plus ``bad_files`` and ``report``)."""
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     limit = parse_size(max_size)
     labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
     data = read_datafile(datafile, labels, check_files=False, skip_bad=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     bad = [f"{data.path}: {line}" for line in data.skipped]
     (out / INDEX).unlink(missing_ok=True)  # a previous writing of this folder: no index until this one is whole
     for stale in out.glob("shard-*.tar"):
@@ -478,5 +478,6 @@ class ShardStream(torch.utils.data.IterableDataset):
         """A ``DataLoader`` (the stream splits and shuffles itself: ``sampler`` is not used;
         workers are started each epoch so that they see the epoch)."""
         kwargs["persistent_workers"] = False
+        self.plan(self.epoch, self.world * max(1, num_workers))  # too few shards: the error here, not in a worker
         return torch.utils.data.DataLoader(self, batch_size=batch_size, num_workers=num_workers,
                                            collate_fn=self.collate, **kwargs)  # fmt: skip
