@@ -201,3 +201,12 @@ def test_two_processes_read_disjoint_shards(tmp_path):
         assert len(mine["0"]) + len(mine["1"]) == n
         assert len({q for e, _, _, q in read if e == epoch}) == 1  # the same number of steps on both
     assert len((tmp_path / "exp" / "result.csv").read_text().splitlines()) == 2
+
+
+def test_the_full_audioset_schedule_counts_clips_in_the_shard_index(tmp_path):
+    from ast_audio.config import FULL_AUDIOSET, dataset_defaults
+
+    (tmp_path / "index.json").write_text(json.dumps({"format": "ast-audio-shards", "samples": FULL_AUDIOSET + 1}))
+    assert dataset_defaults("audioset", str(tmp_path))["lrscheduler_start"] == 2  # the full set's schedule
+    (tmp_path / "index.json").write_text(json.dumps({"format": "ast-audio-shards", "samples": 20_000}))
+    assert dataset_defaults("audioset", str(tmp_path)) == dataset_defaults("audioset")
