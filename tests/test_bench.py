@@ -38,3 +38,18 @@ def test_bench_scripts_share_common_and_never_import_each_other():
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert imported & scripts <= ({"common"} if path.stem != "common" else set()), path.name
+
+
+def test_shards_bench_runs_end_to_end_and_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\nkept\n")
+    args = ["--clips", "4", "--workers", "2", "--repeats", "1", "--note", "shared CPU", "--output", str(out)]
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "shards.py"), *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT / "bench", env=cli_env(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    assert "kept" in text and "<!-- bench:shards:start -->" in text and "shared CPU" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "clips/s" not in line and "---" not in line]
+    assert len(rows) == 7 and all(float(line.split("|")[4]) > 0 for line in rows)  # 3 + 4 sources, 2 workers

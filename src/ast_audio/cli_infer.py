@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS, file_problem
+from .cli_dist import run_sharded, wants_shards
 from .errors import AstAudioError, AudioError, ConfigError
 from .fileio import atomic_write, dumps_json
 from .runtime import PRECISIONS
@@ -154,6 +155,8 @@ def _files_and_tagger(args: argparse.Namespace):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if wants_shards(args):  # --out DIR: one shard per process, resumable (ast_audio.cli_dist)
+        return run_sharded(args, _files_and_tagger)
     files, tagger, on_error = _files_and_tagger(args)
     out = _Output(args.format, args.timeline)
     with _progress(len(files), args.quiet) as bar:
@@ -173,6 +176,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    if wants_shards(args):  # --out DIR: one shard per process, resumable (ast_audio.cli_dist)
+        return run_sharded(args, _files_and_tagger)
     files, tagger, on_error = _files_and_tagger(args)
     results = []
     with _progress(len(files), args.quiet) as bar:
@@ -276,6 +281,7 @@ def add_commands(sub) -> None:
     p.add_argument("--aggregate", choices=["max", "mean"], default="max",
                    help="how the model windows of a long file (or timeline window) combine (max)")  # fmt: skip
     p.add_argument("--timeline", action="store_true", help="scores per window and merged events")
+    p.add_argument("--out", default=None, help="a folder: one CSV/JSONL shard per process (torchrun), resumable")
     p.add_argument("--window", type=_positive_float, default=10.0, help="timeline window, seconds (10)")
     p.add_argument("--hop", type=_positive_float, default=5.0, help="timeline hop, seconds (5)")
     p.add_argument(
@@ -287,7 +293,7 @@ def add_commands(sub) -> None:
                        description="Writes paths, durations and embeddings [N, dim] (float32); a long file's "
                        "embedding is the mean over its model windows (--per-window: one row per window).")  # fmt: skip
     common(p)
-    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--out", required=True, help="the .npz file to write; a folder (or under torchrun): .npy shards")
     p.add_argument("--tokens", action="store_true", help="also the token grids [N, f_dim, t_dim, dim]")
     p.add_argument("--per-window", action="store_true", help="one row per model window (adds starts, ends)")
     p.set_defaults(func=_cmd_embed)

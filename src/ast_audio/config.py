@@ -104,8 +104,11 @@ def dataset_defaults(name: str, data_train: str | None = None) -> dict:
     values = dict(DATASETS[name])
     if name == "audioset" and data_train:
         try:
-            clips = len(json.loads(Path(data_train).read_text(encoding="utf-8")).get("data", []))
-        except (OSError, ValueError, AttributeError):
+            if Path(data_train).is_dir():  # WebDataset shards (ast_audio.shards): the index counts the clips
+                clips = int(json.loads((Path(data_train) / "index.json").read_text(encoding="utf-8"))["samples"])
+            else:
+                clips = len(json.loads(Path(data_train).read_text(encoding="utf-8")).get("data", []))
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
             clips = 0  # an unreadable datafile is reported by the trainer, with its name
         if clips > FULL_AUDIOSET:
             values.update(_FULL_AUDIOSET)

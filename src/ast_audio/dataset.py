@@ -107,6 +107,27 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(Draw(order[p], self.epoch, p) for p in mine)
 
 
+def mix_clips(waveform, rate, target, other, other_rate, other_target, lam):
+    """``(waveform, target)`` of a clip mixed with its mixup partner (resampled to the clip's
+    rate when it has another), as the original's mixup mixes them."""
+    other = other if other_rate == rate else resample(other, other_rate, rate)
+    return mix_waveforms(waveform, other, lam), mix_targets(target, other_target, lam)
+
+
+def draw_item(waveform, rate, target, rng, contract: InputContract, augmentation: Augmentation) -> dict:
+    """One training item from a draw's (mixed) waveform: the signal fitted to the contract
+    (or, with ``resample=False``, the clip's own filterbanks), its frame count, its target
+    and the augmentation drawn from ``rng``. Files and shards both make their items here."""
+    if contract.resample:
+        waveform, frames = fit_waveform(waveform, contract)
+        signal = {"waveform": waveform}  # (S,)
+    else:  # each clip at its own rate: its filterbanks here, the rest per batch
+        fbank, frames = clip_fbank(waveform, rate, contract)
+        signal = {"fbank": fbank}  # (T, F) un-normalised
+    return {**signal, "frames": torch.tensor(frames), "target": target,
+            **draw_augmentation(rng, contract, augmentation)}  # fmt: skip
+
+
 class AudioDataset(torch.utils.data.Dataset):
     """Items are dicts for :func:`~ast_audio.pipeline.batch_input` (see the module notes);
     batch them with :meth:`loader` (or ``collate_fn=dataset.collate``) and turn a batch into
@@ -158,9 +179,8 @@ class AudioDataset(torch.utils.data.Dataset):
             partner = int(rng.integers(len(self)))
             lam = mixup_lambda(rng)
             other, other_rate = self._waveform(partner)
-            other = other if other_rate == rate else resample(other, other_rate, rate)
-            waveform = mix_waveforms(waveform, other, lam)
-            target = mix_targets(target, self.datafile.entries[partner].target(self.num_classes), lam)
+            waveform, target = mix_clips(waveform, rate, target, other, other_rate,
+                                         self.datafile.entries[partner].target(self.num_classes), lam)  # fmt: skip
         return waveform, rate, torch.from_numpy(np.asarray(target, dtype=np.float32))
 
     def __getitem__(self, key: int | Draw) -> dict:
@@ -170,18 +190,7 @@ class AudioDataset(torch.utils.data.Dataset):
             waveform, rate, target = self._mixed(draw.index, rng)
         except AudioError as err:  # the clip (or its mixup partner) cannot be read: collate decides
             return {"bad": (err.path or str(self.datafile.entries[draw.index].wav), err.reason)}
-        if self.contract.resample:
-            waveform, frames = fit_waveform(waveform, self.contract)
-            signal = {"waveform": waveform}  # (S,)
-        else:  # each clip at its own rate: its filterbanks here, the rest per batch
-            fbank, frames = clip_fbank(waveform, rate, self.contract)
-            signal = {"fbank": fbank}  # (T, F) un-normalised
-        return {
-            **signal,
-            "frames": torch.tensor(frames),
-            "target": target,
-            **draw_augmentation(rng, self.contract, self.augmentation),
-        }
+        return draw_item(waveform, rate, target, rng, self.contract, self.augmentation)
 
     def collate(self, items: list[dict]) -> dict:
         """Stack items; with ``fbank_on="loader"`` also compute the features here (in the

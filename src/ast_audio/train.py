@@ -79,6 +79,7 @@ from .model import ASTModel, ModelInfo
 from .pipeline import Augmentation
 from .plots import plot_curves
 from .runtime import pick_device, training_amp
+from .shards import ShardStream, is_shard_spec, read_shards
 
 __all__ = ["EpochSampler", "Run", "RunState", "TrainConfig", "TrainingError", "train", "train_step"]
 
@@ -251,7 +252,9 @@ class Run:
         labels = read_label_csv(cfg.label_csv)
         if len(labels) != cfg.n_class:
             raise ConfigError(f"--n_class is {cfg.n_class} but {cfg.label_csv} has {len(labels)} labels")
-        datafiles = {"train": read_datafile(cfg.data_train, labels, skip_bad=cfg.skip_bad),
+        shards = is_shard_spec(cfg.data_train)  # WebDataset shards (ast_audio.shards) instead of a datafile
+        datafiles = {"train": read_shards(cfg.data_train, labels) if shards else
+                     read_datafile(cfg.data_train, labels, skip_bad=cfg.skip_bad),
                      "valid": read_datafile(cfg.data_val, labels, skip_bad=cfg.skip_bad)}  # fmt: skip
         if cfg.data_eval:
             datafiles["eval"] = read_datafile(cfg.data_eval, labels, skip_bad=cfg.skip_bad)
@@ -262,11 +265,15 @@ class Run:
                                  cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad)  # fmt: skip
         val_set = AudioDataset(datafiles["valid"], contract, fbank_on=fbank_on, cache_dir=cfg.cache_dir)
         weights = None
-        if cfg.bal:
+        if cfg.bal and not shards:
             weight_file = weight_file_for(cfg.data_train)
             weights = (read_weights(weight_file, len(datafiles["train"])) if weight_file.exists()
                        else balanced_weights(datafiles["train"]))  # fmt: skip
         sampler = EpochSampler(len(train_set), cfg.seed, ctx.rank, ctx.world, weights)
+        if shards:  # a stream that splits, shuffles and balances itself (no sampler, no weight file)
+            train_set = sampler = ShardStream(datafiles["train"], contract, augmentation, seed=cfg.seed,
+                                              fbank_on=fbank_on, rank=ctx.rank, world=ctx.world, balanced=cfg.bal,
+                                              skip_bad=cfg.skip_bad)
         loader = train_set.loader(  # a batch per optimiser step: grad_accum micro-batches
             cfg.batch_size // ctx.world * cfg.grad_accum, sampler, cfg.num_workers, pin_memory=device.type == "cuda",
             persistent_workers=cfg.num_workers > 0,
