@@ -154,6 +154,7 @@ class ModelInfo:
     frame_length: float = 25.0  # ms
     frame_shift: float = 10.0  # ms
     resample: bool = True  # False: features at each file's own sample rate
+    thresholds: list[float] | None = None  # per-class event/decision thresholds (ast-audio calibrate)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
