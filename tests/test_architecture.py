@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("data", {"augment", "pipeline", "data", "dataset", "metrics", "synth"}),
     ("model", {"pos_embed", "model"}),
     ("checkpoints", {"hub", "layouts", "checkpoints"}),
-    ("train/evaluate", {"config", "evaluate", "train", "export"}),
+    ("train/evaluate", {"config", "evaluate", "evaluate_events", "train", "export"}),
     ("infer", {"infer"}),
     ("recipes", {"recipes", "demo"}),
     ("serve", {"serve"}),

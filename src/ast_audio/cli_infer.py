@@ -279,6 +279,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_events(args: argparse.Namespace) -> int:
+    from .evaluate_events import score_events
+
+    scores = score_events(args.ref, args.pred, durations=args.durations)
+    if args.format == "json":
+        print(json.dumps(scores.to_json(), indent=2))
+        return 0
+    psds = "n/a (psds_eval failed; see the warning)" if scores.psds is None else f"{scores.psds:.4f}"
+    print(f"reference events {scores.reference_events}, predicted {scores.predicted_events}")
+    print(f"event-based (collar 200 ms, offset max(200 ms, 20%)): F1 {scores.event_f1:.4f}  "
+          f"precision {scores.event_precision:.4f}  recall {scores.event_recall:.4f}  ER {scores.event_error_rate:.4f}")
+    print(f"segment-based (1 s): F1 {scores.segment_f1:.4f}  ER {scores.segment_error_rate:.4f}")
+    print(f"PSDS (DTC 0.7, GTC 0.7, CTTC 0.3, alpha 0, max eFPR 100/h): {psds}")
+    for label, f1 in sorted(scores.class_wise_event_f1.items()):
+        print(f"  {f1:.4f}  {label}")
+    return 0  # fmt: skip
+
+
 def add_commands(sub) -> None:
     """Register ``predict``, ``embed`` and ``export`` on the subparsers of ``ast_audio.cli``."""
 
@@ -317,6 +335,17 @@ def add_commands(sub) -> None:
                    "--window/--hop windows merged where a label reaches --threshold")  # fmt: skip
     add_post_processing(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, psds_eval)",
+                       description="Event-based F1/ER (collar 200 ms on onsets, max(200 ms, 20%%) on offsets) and "
+                       "segment-based F1/ER (1 s) by sed_eval; PSDS (DCASE scenario 1) by psds_eval. Tables are "
+                       "DCASE TSV: filename, onset, offset, event_label.")  # fmt: skip
+    p.add_argument("--ref", required=True, help="reference events (TSV)")
+    p.add_argument("--pred", required=True, nargs="+",
+                   help="predicted events (TSV); several: PSDS operating points, the first one scored for F1")  # fmt: skip
+    p.add_argument("--durations", default=None, help="filename<TAB>duration (TSV), e.g. synth --scenes' durations.tsv")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=_cmd_evaluate_events)
 
     p = sub.add_parser("embed", help="pooled embeddings of audio files into an .npz",
                        description="Writes paths, durations and embeddings [N, dim] (float32); a long file's "
