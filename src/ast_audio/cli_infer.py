@@ -106,6 +106,8 @@ class _Output:
             print(f"{p.path}  ({p.duration:.2f} s{windows})")
             for rank, (name, score) in enumerate(p.labels, 1):
                 print(f"  {rank:2d}  {score:.4f}  {name}")
+            if p.present is not None:
+                print(f"  present (calibrated thresholds): {', '.join(p.present) or 'none'}")
         sys.stdout.flush()
 
     def timeline_of(self, t) -> None:
@@ -279,6 +281,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .checkpoints import load_model, save_checkpoint
+    from .data import read_datafile
+    from .infer import AudioTagger
+    from .infer.events import calibrate_thresholds
+
+    out = Path(args.out or args.checkpoint)
+    if out.suffix not in (".safetensors", ".pt"):
+        raise ConfigError(f"{out}: calibrated thresholds are saved in ast-audio's format; give --out FILE.safetensors")
+    model = load_model(args.checkpoint)
+    data = read_datafile(args.data, args.label_csv)
+    if len(data.labels) != model.config.label_dim:
+        raise ConfigError(f"{args.label_csv}: {len(data.labels)} labels, the checkpoint has {model.config.label_dim} outputs")
+    tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size)
+    predictions = tagger.predict([e.wav for e in data.entries], top_k=1)
+    scores = np.stack([p.scores for p in predictions])  # (clips, C)
+    thresholds = calibrate_thresholds(scores, data.targets())
+    model.info = replace(model.info, thresholds=[round(float(t), 6) for t in thresholds])
+    save_checkpoint(model.cpu(), out)
+    names = model.info.labels or [f"class {i}" for i in range(len(thresholds))]
+    print(f"{out}: per-class thresholds from {len(scores)} clips of {args.data}")
+    for name, t in zip(names, thresholds, strict=True):
+        print(f"  {t:.4f}  {name}")
+    return 0
+
+
 def _cmd_evaluate_events(args: argparse.Namespace) -> int:
     from .evaluate_events import score_events
 
@@ -335,6 +367,18 @@ def add_commands(sub) -> None:
                    "--window/--hop windows merged where a label reaches --threshold")  # fmt: skip
     add_post_processing(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("calibrate", help="per-class thresholds from a labelled validation set, into the checkpoint",
+                       description="Scores every clip of --data, picks for each class the threshold with the best "
+                       "F1, and stores them in the checkpoint's metadata (predict: present/absent per class; "
+                       "timeline and listen: the on thresholds of events).")  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="an ast-audio checkpoint (.safetensors or .pt)")
+    p.add_argument("--data", required=True, help="labelled datafile (the training format)")
+    p.add_argument("--label-csv", required=True, help="the label CSV of the datafile")
+    p.add_argument("--out", default=None, help="where to write the calibrated checkpoint (default: in place)")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, psds_eval)",
                        description="Event-based F1/ER (collar 200 ms on onsets, max(200 ms, 20%%) on offsets) and "

@@ -166,7 +166,10 @@ class AudioTagger:
             whole = rec.segments[0]
             scores = whole.scores(aggregate)
             top = top_labels(scores, self.labels, top_k)
-            out.append(Prediction(rec.path, top, scores, rec.duration, whole.members[0].spans))
+            present = None
+            if self.thresholds is not None:
+                present = [name for name, s, t in zip(self.labels, scores, self.thresholds, strict=True) if s >= t]
+            out.append(Prediction(rec.path, top, scores, rec.duration, whole.members[0].spans, present))
         return one_or_list(out, single)
 
     def timeline(

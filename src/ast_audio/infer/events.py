@@ -40,6 +40,7 @@ __all__ = [
     "EventChange",
     "EventTracker",
     "PostProcessing",
+    "calibrate_thresholds",
     "detect_events",
     "drop_short",
     "hysteresis",
@@ -82,6 +83,32 @@ class PostProcessing:
             raise ConfigError(f"{on.size} thresholds for {classes} classes")
         on = np.broadcast_to(on, (classes,)).copy()
         return on, on * self.off_ratio
+
+
+def calibrate_thresholds(scores: np.ndarray, targets: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per-class thresholds ``[classes]`` that maximise each class's F1 on labelled clips.
+
+    ``scores`` and ``targets`` are ``[clips, classes]`` (probabilities, 0/1). For each class
+    the candidates are midpoints between consecutive distinct scores (so a threshold never
+    sits on a clip's score); the best F1 wins, ties going to the highest threshold (fewest
+    false alarms). A class without a positive clip keeps ``default``.
+    """
+    out = np.full(scores.shape[1], default, dtype=np.float64)
+    for c in range(scores.shape[1]):
+        positive = targets[:, c] > 0.5
+        if not positive.any():
+            continue
+        values = np.unique(scores[:, c])
+        candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
+        best, best_f1 = default, -1.0
+        for t in candidates:
+            said = scores[:, c] >= t
+            tp = float(np.sum(said & positive))
+            f1 = 2 * tp / (said.sum() + positive.sum())
+            if f1 >= best_f1:
+                best, best_f1 = float(t), f1
+        out[c] = best
+    return out
 
 
 def median_filter(scores: np.ndarray, k: int) -> np.ndarray:

@@ -30,19 +30,25 @@ def labels_json(labels: list[tuple[str, float]]) -> list[dict]:
 class Prediction:
     """Scores of one recording: ``labels`` are the top-k ``(name, probability)`` pairs,
     ``scores`` all probabilities ``[label_dim]``, ``spans`` the model windows (seconds)
-    that were aggregated (of the first member, for an ensemble)."""
+    that were aggregated (of the first member, for an ensemble); ``present``, for a
+    checkpoint with calibrated thresholds, the labels whose score reaches theirs (yes/no
+    per class)."""
 
     path: str | None
     labels: list[tuple[str, float]]
     scores: np.ndarray
     duration: float
     spans: list[tuple[float, float]] = field(default_factory=list)
+    present: list[str] | None = None  # labels at or above their calibrated threshold (None: not calibrated)
 
     CSV_HEADER = ("path", "rank", "label", "score")
 
     def to_json(self) -> dict:
-        return {"path": self.path, "duration": round(self.duration, 3), "windows": len(self.spans),
-                "labels": labels_json(self.labels)}  # fmt: skip
+        out = {"path": self.path, "duration": round(self.duration, 3), "windows": len(self.spans),
+               "labels": labels_json(self.labels)}  # fmt: skip
+        if self.present is not None:
+            out["present"] = self.present
+        return out
 
     def csv_rows(self) -> list[list]:
         return [[self.path, rank, name, f"{score:.6f}"] for rank, (name, score) in enumerate(self.labels, 1)]
