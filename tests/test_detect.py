@@ -110,3 +110,58 @@ def test_cli_timeline_tsv_and_json_onsets(tmp_path, capsys):
     assert all(e["onset"] == e["start"] and e["offset"] == e["end"] for e in result["events"])
     bad = run_cli("predict", path, "--checkpoint", model, "--format", "tsv")
     assert bad.returncode == 2 and "--format tsv (DCASE events) needs --timeline" in bad.stderr
+
+
+def test_listen_prints_the_offline_events_as_json_lines(tmp_path):
+    path = write_audio(tmp_path / "scene.wav", scene(), SR)
+    model = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
+    offline = AudioTagger(model, device="cpu").timeline(path)
+    out = run_cli("listen", "--checkpoint", model, "--input", path, "--as-fast-as-possible")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(x["label"], x["time"]) for x in lines if x["event"] == "start"] == [(e.label, e.start) for e in offline.events]
+    assert sorted((x["label"], x["time"]) for x in lines if x["event"] == "end") == sorted(
+        (e.label, e.end) for e in offline.events
+    )
+    assert set(lines[0]) == {"event", "label", "time", "score"}
+    pcm = (scene() * 32767).astype("<i2").tobytes()  # raw 16-bit PCM on stdin
+    import subprocess
+
+    from conftest import CLI, cli_env
+
+    piped = subprocess.run([*CLI, "listen", "--checkpoint", str(model), "--input", "-", "--rate", str(SR)], input=pcm,
+                           capture_output=True, env=cli_env(), timeout=300)  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    starts = [json.loads(line)["label"] for line in piped.stdout.decode().splitlines() if '"start"' in line]
+    assert starts == ["quiet", "loud", "quiet"]
+
+
+def test_listen_paces_a_file_in_real_time_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import CLI, cli_env
+
+    path = write_audio(tmp_path / "long.wav", np.concatenate([scene()] * 6), SR)  # 60 s
+    model = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
+    proc = subprocess.Popen([*CLI, "listen", "--checkpoint", str(model), "--input", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())  # fmt: skip
+    first = proc.stdout.readline()  # the first event: the command is running and paced
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    lines = [json.loads(line) for line in (first + stdout).splitlines()]
+    assert lines and max(x["time"] for x in lines) < 30  # paced: far from the 60 s a free run would reach
+    open_events = {}
+    for x in lines:
+        open_events[x["label"]] = open_events.get(x["label"], 0) + (1 if x["event"] == "start" else -1)
+    assert all(v == 0 for v in open_events.values())  # every event that started was closed
+
+
+def test_microphone_without_portaudio_is_a_one_line_error(tmp_path):
+    model = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
+    out = run_cli("listen", "--checkpoint", model, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("ast-audio: error: microphone: ")
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -311,6 +311,52 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+
+    from .infer import AudioTagger, EventChange
+    from .listen import file_blocks, microphone_blocks, paced, stdin_blocks
+
+    tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    flag = {"stop": False}
+
+    def stop() -> bool:
+        return flag["stop"]
+
+    def interrupted(signum, frame) -> None:  # Ctrl-C: the source ends, the stream closes open events
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        if args.input is None:
+            rate = args.rate or tagger.members[0].rate
+            blocks = microphone_blocks(rate, args.block, stop, args.mic)
+        elif args.input == "-":
+            rate = args.rate or tagger.members[0].rate
+            blocks = stdin_blocks(rate, args.block, stop, ffmpeg=args.ffmpeg)
+        else:
+            rate, blocks = file_blocks(args.input, args.block, stop)
+            if not args.as_fast_as_possible:
+                blocks = paced(blocks, rate, stop)
+        table = args.format == "table" or (args.format is None and sys.stdout.isatty())
+        for item in tagger.stream(blocks, rate, window=args.window, hop=args.hop, post=post_processing(args),
+                                  top_k=3):  # fmt: skip
+            if isinstance(item, EventChange):
+                if table:
+                    print(f"\r{item.time:9.2f}  {item.kind:5s}  {item.label}  ({item.score:.2f})" + " " * 20)
+                else:
+                    print(json.dumps(item.to_json()))
+                sys.stdout.flush()
+            elif table:
+                top = "  ".join(f"{name} {score:.2f}" for name, score in item.labels)
+                print(f"\r{item.end:9.2f}  {top}"[:100].ljust(100), end="", flush=True)
+        if table:
+            print()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
 def _cmd_evaluate_events(args: argparse.Namespace) -> int:
     from .evaluate_events import score_events
 
@@ -367,6 +413,25 @@ def add_commands(sub) -> None:
                    "--window/--hop windows merged where a label reaches --threshold")  # fmt: skip
     add_post_processing(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("listen", help="live tagging: events as they start and end (microphone, file or stdin)",
+                       description="Reads the microphone (sounddevice/PortAudio), or --input FILE paced in real "
+                       "time, or --input - (raw 16-bit mono PCM at --rate; --ffmpeg: any format), and prints each "
+                       "event as it starts and ends: JSON lines {event, label, time, score} (a live table on a "
+                       "terminal). Ctrl-C closes open events cleanly.")  # fmt: skip
+    p.add_argument("--checkpoint", action="extend", nargs="+", required=True, help="file, folder or published name")
+    p.add_argument("--input", default=None, help="an audio file, or - for stdin (default: the microphone)")
+    p.add_argument("--rate", type=_positive_int, default=None, help="stdin / microphone sample rate (the model's)")
+    p.add_argument("--ffmpeg", action="store_true", help="stdin is any format ffmpeg decodes")
+    p.add_argument("--mic", default=None, help="sounddevice input device (name or index)")
+    p.add_argument("--as-fast-as-possible", action="store_true", help="--input FILE: do not pace in real time")
+    p.add_argument("--block", type=_positive_float, default=0.1, help="seconds of audio read at a time (0.1)")
+    p.add_argument("--format", choices=["json", "table"], default=None, help="default: table on a terminal, else json")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    add_post_processing(p)
+    p.set_defaults(func=_cmd_listen)
 
     p = sub.add_parser("calibrate", help="per-class thresholds from a labelled validation set, into the checkpoint",
                        description="Scores every clip of --data, picks for each class the threshold with the best "
