@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("infer", {"infer"}),
     ("recipes", {"recipes", "demo"}),
     ("serve", {"serve"}),
-    ("cli", {"cli", "cli_train", "cli_infer", "cli_recipes", "__main__", "__init__"}),
+    ("cli", {"cli", "cli_train", "cli_infer", "cli_events", "cli_recipes", "__main__", "__init__"}),
 ]
 LIMIT = 400  # lines; a longer module says why in its docstring ("over 400 lines: ...")
 

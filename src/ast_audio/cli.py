@@ -168,11 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
-    from . import cli_infer, cli_recipes, cli_train
+    from . import cli_events, cli_infer, cli_recipes, cli_train
 
     cli_train.add_commands(sub)
     cli_recipes.add_commands(sub)
     cli_infer.add_commands(sub)
+    cli_events.add_commands(sub)
     return parser
 
 
