@@ -36,7 +36,7 @@ EXPECTED = [("quiet", 0.0, 4.0), ("loud", 4.0, 7.0), ("quiet", 7.0, 10.0)]
 def test_timeline_default_finds_onsets_and_offsets_within_a_hop(input_tdim):
     tagger = AudioTagger(loudness_model(input_tdim), device="cpu", batch_size=16)
     tl = tagger.timeline(scene(), sample_rate=SR)
-    assert len(tl.windows) == 40 and tl.windows[1].start == 0.25 and tl.windows[-1].end == 10.0
+    assert len(tl.windows) == 100 and tl.windows[1].start == 0.1 and tl.windows[-1].end == 10.0
     got = [(e.label, e.start, e.end) for e in tl.events]
     assert close(got, EXPECTED, 0.25), got
     assert all(e.peak > 0.99 for e in tl.events)
@@ -46,17 +46,19 @@ def test_short_windows_run_with_the_position_grid_cut():
     model = loudness_model(300)
     tagger = AudioTagger(model, device="cpu")
     m = tagger.members[0]
-    contract = m.detect_contract(16000)
-    assert contract.target_length == 98  # 1 s of frames, not the model's 300
-    wave = torch.from_numpy(scene())
     grid = tagger.frame_grid()
-    chunks = [wave[slice(*grid.span(i, len(wave)))] for i in range(14, 19)]  # around the onset at 4 s
+    assert (grid.window, grid.hop) == (0.5, 0.1)  # the defaults
+    contract = m.detect_contract(grid.window_samples)
+    assert contract.target_length == 48  # 0.5 s of frames, not the model's 300
+    wave = torch.from_numpy(scene())
+    chunks = [wave[slice(*grid.span(i, len(wave)))] for i in range(36, 44)]  # around the onset at 4 s
     x = tagger._model_input(m, chunks, contract)
-    assert x.shape == (5, 98, 128)
+    assert x.shape == (8, 48, 128)
     with torch.no_grad():
         expected = torch.sigmoid(model.forward_head(model.forward_features(x, any_length=True))).numpy()
     tl = tagger.timeline(scene(), sample_rate=SR)
-    np.testing.assert_allclose(tl.scores[14:19], expected, atol=1e-5)
+    np.testing.assert_allclose(tl.scores[36:44], expected, atol=1e-5)
+    assert expected[0, 0] < 0.5 < expected[-1, 0]  # the window slides onto the loud part
     assert m.detect_contract(48000) is m.features  # over half the model's input: padded as in training
 
 
@@ -106,7 +108,7 @@ def test_cli_timeline_tsv_and_json_onsets(tmp_path, capsys):
     out = run_cli("predict", path, "--checkpoint", model, "--timeline", "--format", "json", "--min-gap", "0")
     assert out.returncode == 0, out.stderr
     (result,) = json.loads(out.stdout)
-    assert len(result["windows"]) == 40
+    assert len(result["windows"]) == 100
     assert all(e["onset"] == e["start"] and e["offset"] == e["end"] for e in result["events"])
     bad = run_cli("predict", path, "--checkpoint", model, "--format", "tsv")
     assert bad.returncode == 2 and "--format tsv (DCASE events) needs --timeline" in bad.stderr

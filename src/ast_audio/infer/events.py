@@ -20,10 +20,10 @@ class coming back.
 Defaults (:class:`PostProcessing`) and why: ``on`` 0.5 (the probability midpoint; a
 checkpoint's calibrated per-class thresholds replace it), ``off_ratio`` 0.75 (off at
 0.375 for 0.5: wide enough to ride over the dips of a window sliding off a sound),
-``median`` 0.75 s (3 frames at the default 0.25 s hop; DCASE baselines filter 0.45-1 s),
-``min_duration`` 0.25 s (one frame: a detection has to last that long to be reported at
-the hop's resolution) and ``min_gap`` 0.5 s (two frames: a sound interrupted for less than
-half a second is one event, the "counted several times" complaint of overlapping windows).
+``median`` 0.75 s (9 frames at the default 0.1 s hop; DCASE baselines filter 0.45-1 s),
+``min_duration`` 0.25 s (a blip shorter than a quarter second is not reported) and
+``min_gap`` 0.5 s (a sound interrupted for less than half a second is one event, the
+"counted several times" complaint of overlapping windows).
 """
 
 from __future__ import annotations
