@@ -213,7 +213,7 @@ def _psds(PSDSEval, ref: list[dict], preds: list[list[dict]], files: list[str], 
             for rows in preds:
                 evaluator.add_operating_point(pd.DataFrame([r for r in rows if r["event_label"]], columns=columns))
             return float(evaluator.psds(alpha_ct=0.0, alpha_st=0.0, max_efpr=100).value)
-    except (TypeError, ValueError) as err:  # its numpy 1 / pandas 1 code on a newer stack
-        log.warning("PSDS not computed: psds_eval failed on numpy %s / pandas %s (%s)",
+    except (TypeError, ValueError) as err:  # its numpy 1 / pandas 1 code on a newer stack, or its own refusal
+        log.warning("PSDS not computed: psds_eval failed (numpy %s, pandas %s): %s",
                     __import__("numpy").__version__, pd.__version__, err)  # fmt: skip
         return None
