@@ -62,12 +62,13 @@ def test_short_windows_run_with_the_position_grid_cut():
     assert m.detect_contract(48000) is m.features  # over half the model's input: padded as in training
 
 
-@pytest.mark.parametrize("block", [160, 4000, 44100])
-def test_streaming_gives_the_offline_events(block):
+@pytest.mark.parametrize(("block", "group"), [(160, 1), (4000, 1), (44100, 1), (1000, 7)])
+def test_streaming_gives_the_offline_events(block, group):
     tagger = AudioTagger(loudness_model(100), device="cpu", batch_size=16)
     wave = scene()
     offline = tagger.timeline(wave, sample_rate=SR)
-    out = list(tagger.stream((wave[i : i + block] for i in range(0, len(wave), block)), SR))
+    blocks = (wave[i : i + block] for i in range(0, len(wave), block))
+    out = list(tagger.stream(blocks, SR, frames_per_call=group))
     frames = [o for o in out if isinstance(o, FrameScores)]
     changes = [o for o in out if isinstance(o, EventChange)]
     np.testing.assert_allclose(np.stack([f.scores for f in frames]), offline.scores, atol=1e-5)

@@ -77,7 +77,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 blocks = paced(blocks, rate, stop)
         table = args.format == "table" or (args.format is None and sys.stdout.isatty())
         for item in tagger.stream(blocks, rate, window=args.window, hop=args.hop, post=post_processing(args),
-                                  top_k=3):  # fmt: skip
+                                  top_k=3, frames_per_call=args.frames_per_call):  # fmt: skip
             if isinstance(item, EventChange):
                 if table:
                     print(f"\r{item.time:9.2f}  {item.kind:5s}  {item.label}  ({item.score:.2f})" + " " * 20)
@@ -128,6 +128,8 @@ def add_commands(sub) -> None:
     p.add_argument("--block", type=_positive_float, default=0.1, help="seconds of audio read at a time (0.1)")
     p.add_argument("--format", choices=["json", "table"], default=None, help="default: table on a terminal, else json")
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("--frames-per-call", type=_positive_int, default=1,
+                   help="frames scored together: throughput for large models on a CPU, one hop of latency each (1)")  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     add_post_processing(p)

@@ -241,16 +241,21 @@ class AudioTagger:
         hop: float | None = None,
         post: PostProcessing | None = None,
         top_k: int = 5,
+        frames_per_call: int = 1,
     ) -> Iterator[FrameScores | EventChange]:
         """Live tagging: audio blocks of any size in, as they arrive; out, in time order, a
         :class:`FrameScores` every ``hop`` seconds and an :class:`EventChange` whenever an
         event opens or closes (see :mod:`.stream`). The frames, windows and post-processing
         are :meth:`timeline`'s, so a recording streamed gives the events ``timeline`` finds
-        in it (within one hop).
+        in it (within one hop). ``frames_per_call`` frames go through the model together
+        (more throughput, ``frames_per_call - 1`` hops more latency).
         """
         from .stream import stream_events
 
-        return stream_events(self, chunks, sample_rate, self.frame_grid(window, hop), post or PostProcessing(), top_k)
+        if frames_per_call < 1:
+            raise ConfigError(f"frames_per_call must be positive, got {frames_per_call}")
+        grid, post = self.frame_grid(window, hop), post or PostProcessing()
+        return stream_events(self, chunks, sample_rate, grid, post, top_k, frames_per_call)
 
     @property
     def thresholds(self) -> list[float] | None:

@@ -18,6 +18,11 @@ What it yields, in time order:
   ``time`` in seconds from the first sample, ``score``) when an event opens or closes;
   ``to_json()`` is the line ``ast-audio listen`` prints.
 
+``frames_per_call`` frames are scored together (one batch): a large model on a CPU reads
+all its weights for every forward, so a batch of ten 0.5 s windows costs about what one
+does (measured in bench/events.py), at the price of ``frames_per_call - 1`` hops of
+latency.
+
 Audio older than every window still to come is dropped, so memory stays bounded.
 """
 
@@ -77,7 +82,7 @@ class _Buffer:
 
 
 def stream_events(tagger, chunks: Iterable, sample_rate: int, grid: FrameGrid, post: PostProcessing,
-                  top_k: int = 5) -> Iterator[FrameScores | EventChange]:  # fmt: skip
+                  top_k: int = 5, frames_per_call: int = 1) -> Iterator[FrameScores | EventChange]:  # fmt: skip
     """The generator behind :meth:`AudioTagger.stream` (``tagger`` is the tagger)."""
     if sample_rate is None or sample_rate <= 0:
         raise ConfigError(f"stream needs the blocks' positive sample_rate, got {sample_rate}")
@@ -110,6 +115,8 @@ def stream_events(tagger, chunks: Iterable, sample_rate: int, grid: FrameGrid, p
             ready = []
             while all(buffers[r].total >= grids[r].needed(state["next"] + len(ready)) for r in rates):
                 ready.append(state["next"] + len(ready))
+            if len(ready) < frames_per_call:
+                continue  # wait for a group: one forward of several windows costs about what one costs
             state["next"] += len(ready)
             yield from score(ready, None)
         for buf in buffers.values():
