@@ -192,9 +192,9 @@ def add_post_processing(p: argparse.ArgumentParser) -> None:
 
     d = PostProcessing()
     p.add_argument("--window", type=_positive_float, default=None,
-                   help="seconds each frame's window sees (default 1, at most the model input; --events windows: 10)")  # fmt: skip
+                   help="seconds each frame's window sees (default 0.5, at most the model input; --events windows: 10)")  # fmt: skip
     p.add_argument("--hop", type=_positive_float, default=None,
-                   help="seconds between frames (default 0.25; --events windows: 5)")  # fmt: skip
+                   help="seconds between frames (default 0.1; --events windows: 5)")  # fmt: skip
     p.add_argument("--threshold", type=float, default=None,
                    help="on threshold of every class (default: the checkpoint's calibrated ones, else 0.5)")  # fmt: skip
     p.add_argument("--off-ratio", type=float, default=d.off_ratio,

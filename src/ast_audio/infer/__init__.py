@@ -42,8 +42,8 @@ Decisions, in one place:
 - **Ensembles**: each member computes its own features (its own length, strides,
   sample rate and statistics) and windows, aggregates over its windows, and the
   members' probabilities are averaged. Members must have the same number of labels.
-- **Timelines** (``method="frames"``, the default): a frame every ``hop`` (0.25) seconds,
-  scored by a ``window`` (1 s, at most the model's input) centred on it, then the
+- **Timelines** (``method="frames"``, the default): a frame every ``hop`` (0.1) seconds,
+  scored by a ``window`` (0.5 s, at most the model's input) centred on it, then the
   post-processing of :mod:`.events`; events carry onsets and offsets at the hop's
   resolution. ``method="windows"``: windows of ``window`` seconds every ``hop`` seconds, the last one
   aligned to the end. A timeline window shorter than the model input is padded as in

@@ -189,8 +189,8 @@ class AudioTagger:
     ) -> Timeline | list[Timeline] | None:
         """Sound events in time: scores every ``hop`` seconds and the events found in them.
 
-        ``method="frames"`` (the default): one frame every ``hop`` seconds (default 0.25),
-        each scored by a window of ``window`` seconds centred on it (default 1 s, at most
+        ``method="frames"`` (the default): one frame every ``hop`` seconds (default 0.1),
+        each scored by a window of ``window`` seconds centred on it (default 0.5 s, at most
         the model's input; a window under half the model's input runs with the position
         grid cut to it, so it costs what its length costs), then the post-processing of
         :mod:`.events` (``post``, with ``threshold`` as a shortcut for its on threshold;
@@ -268,8 +268,8 @@ class AudioTagger:
         return [i for i, name in enumerate(self.labels) if name.strip().lower() == "background"]
 
     def frame_grid(self, window: float | None = None, hop: float | None = None) -> FrameGrid:
-        """The detection frames at the first member's rate (defaults: 1 s windows, at most the
-        model's input, every 0.25 s)."""
+        """The detection frames at the first member's rate (defaults: 0.5 s windows, at most the
+        model's input, every 0.1 s)."""
         m = self.members[0]
         if window is None:
             window = min(DEFAULT_WINDOW, m.window / m.rate)
