@@ -93,7 +93,7 @@ def detection(args, folder: Path) -> list[str]:
               f"(10 s / 5 s windows) and {before[1]:.3f} (1 s / 0.25 s); the frame detection {final.event_f1:.3f}, "
               + ("meeting" if final.event_f1 >= 0.5 else "short of") + " the goal of 0.5."]  # fmt: skip
     worst = sorted(final.class_wise_event_f1.items(), key=lambda kv: kv[1])
-    lines += ["", "Class-wise event F1 of the demo model with frame detection: "
+    lines += ["Class-wise event F1 of the demo model with frame detection: "
               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(final.class_wise_event_f1.items())) + "."]  # fmt: skip
     lines.append(f"Weakest: {worst[0][0]} ({worst[0][1]:.2f}).")
     return lines

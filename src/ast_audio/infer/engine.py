@@ -248,7 +248,7 @@ class AudioTagger:
         event opens or closes (see :mod:`.stream`). The frames, windows and post-processing
         are :meth:`timeline`'s, so a recording streamed gives the events ``timeline`` finds
         in it (within one hop). ``frames_per_call`` frames go through the model together
-        (more throughput, ``frames_per_call - 1`` hops more latency).
+        (more throughput for large models on a CPU, ``frames_per_call - 1`` hops more latency).
         """
         from .stream import stream_events
 
