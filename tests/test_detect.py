@@ -68,7 +68,10 @@ def test_streaming_gives_the_offline_events(block, group):
     wave = scene()
     offline = tagger.timeline(wave, sample_rate=SR)
     blocks = (wave[i : i + block] for i in range(0, len(wave), block))
-    out = list(tagger.stream(blocks, SR, frames_per_call=group))
+    out = []
+    for item in tagger.stream(blocks, SR, frames_per_call=group):
+        assert not torch.is_inference_mode_enabled()  # the caller's code between items runs as usual
+        out.append(item)
     frames = [o for o in out if isinstance(o, FrameScores)]
     changes = [o for o in out if isinstance(o, EventChange)]
     np.testing.assert_allclose(np.stack([f.scores for f in frames]), offline.scores, atol=1e-5)

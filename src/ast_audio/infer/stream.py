@@ -101,31 +101,31 @@ def stream_events(tagger, chunks: Iterable, sample_rate: int, grid: FrameGrid, p
             start = max(0, grids[rate].first(frames[0]))
             waves[rate] = buf.view(start)
             shifted[rate] = buf.offset
-        probs = _shifted_probs(tagger, waves, shifted, frames, grid, total)
+        with torch.inference_mode():  # not held across the yields: the caller's code runs between them
+            probs = _shifted_probs(tagger, waves, shifted, frames, grid, total)
         for i, row in zip(frames, probs, strict=True):
             end = (i + 1) * grid.hop if total is None else min((i + 1) * grid.hop, total / grid.rate)
             yield FrameScores(i * grid.hop, end, row, top_labels(row, tagger.labels, top_k))
             yield from tracker.push(row)
 
-    with torch.inference_mode():
-        for chunk in chunks:
-            block = as_block(chunk)
-            for buf in buffers.values():
-                buf.add(block)
-            ready = []
-            while all(buffers[r].total >= grids[r].needed(state["next"] + len(ready)) for r in rates):
-                ready.append(state["next"] + len(ready))
-            if len(ready) < frames_per_call:
-                continue  # wait for a group: one forward of several windows costs about what one costs
-            state["next"] += len(ready)
-            yield from score(ready, None)
+    for chunk in chunks:
+        block = as_block(chunk)
         for buf in buffers.values():
-            buf.add(np.zeros(0, dtype=np.float32), last=True)
-        total = buffers[grid.rate].total
-        if total == 0:
-            return
-        yield from score(list(range(state["next"], grid.count(total))), total)
-        yield from tracker.finish(total / grid.rate)
+            buf.add(block)
+        ready = []
+        while all(buffers[r].total >= grids[r].needed(state["next"] + len(ready)) for r in rates):
+            ready.append(state["next"] + len(ready))
+        if len(ready) < frames_per_call:
+            continue  # wait for a group: one forward of several windows costs about what one costs
+        state["next"] += len(ready)
+        yield from score(ready, None)
+    for buf in buffers.values():
+        buf.add(np.zeros(0, dtype=np.float32), last=True)
+    total = buffers[grid.rate].total
+    if total == 0:
+        return
+    yield from score(list(range(state["next"], grid.count(total))), total)
+    yield from tracker.finish(total / grid.rate)
 
 
 def _shifted_probs(tagger, waves, offsets, frames, grid, total):
