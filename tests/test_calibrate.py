@@ -10,6 +10,7 @@ from conftest import run_cli
 from factories import SR, loudness_model, noise, write_audio
 
 from ast_audio.checkpoints import load_model, save_checkpoint
+from ast_audio.features import InputContract
 from ast_audio.infer import AudioTagger
 from ast_audio.infer.events import calibrate_thresholds
 
@@ -43,6 +44,8 @@ def test_calibrate_command_stores_thresholds_that_predict_and_timeline_use(tmp_p
     assert len(thresholds) == 3 and thresholds[2] == 0.5  # "never" has no positive clip
     assert 0 < thresholds[0] < 1 and 0 < thresholds[1] < 1
     assert load_model(model_path).info.thresholds is None  # the source is left alone
+    contract = load_model(out_path).input_contract  # the contract carries them, and reads back from its JSON
+    assert contract.thresholds == tuple(thresholds) and InputContract.from_dict(contract.to_dict()) == contract
     tagger = AudioTagger(out_path, device="cpu")
     assert tagger.thresholds == thresholds
     p = tagger.predict(noise(1.0, 0.3, seed=9), sample_rate=SR)

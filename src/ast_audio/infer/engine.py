@@ -259,8 +259,9 @@ class AudioTagger:
 
     @property
     def thresholds(self) -> list[float] | None:
-        """Per-class thresholds calibrated for the (first) checkpoint, or ``None``."""
-        return self.members[0].model.info.thresholds
+        """Per-class thresholds calibrated for the (first) checkpoint (its input contract), or ``None``."""
+        thresholds = self.members[0].features.thresholds
+        return None if thresholds is None else list(thresholds)
 
     @property
     def ignored(self) -> list[int]:
