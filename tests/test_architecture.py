@@ -18,16 +18,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ast_audio"
 # Lowest first. A new module must be placed here (the test fails until it is).
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "fileio", "presets", "labels", "runtime", "plots", "distributed"}),
-    ("audio", {"audio", "cache"}),
+    ("audio", {"audio", "cache", "listen"}),
     ("features", {"features"}),
     ("data", {"augment", "pipeline", "data", "dataset", "metrics", "synth", "shards"}),
     ("model", {"pos_embed", "model"}),
     ("checkpoints", {"hub", "layouts", "checkpoints"}),
-    ("train/evaluate", {"config", "evaluate", "train", "export", "model_card"}),
+    ("train/evaluate", {"config", "evaluate", "train", "export", "model_card", "evaluate_events"}),
     ("infer", {"infer", "hear"}),
     ("recipes", {"recipes", "demo"}),
     ("serve", {"serve"}),
-    ("cli", {"cli", "cli_train", "cli_infer", "cli_recipes", "cli_serve", "cli_shards", "cli_dist", "__main__", "__init__"}),
+    ("cli", {"cli", "cli_train", "cli_infer", "cli_events", "cli_recipes", "cli_serve", "cli_shards", "cli_dist", "__main__", "__init__"}),
 ]
 LIMIT = 400  # lines; a longer module says why in its docstring ("over 400 lines: ...")
 

@@ -52,7 +52,7 @@ def test_timeline_of_a_long_file(tmp_path):
     write_audio(path, np.concatenate(parts), SR)
     model = save_checkpoint(loudness_model(), tmp_path / "loud.safetensors")
     out = run_cli(
-        "predict", path, "--checkpoint", model, "--timeline", "--window", 10, "--hop", 5, "--format", "json"
+        "predict", path, "--checkpoint", model, "--timeline", "--events", "windows", "--window", 10, "--hop", 5, "--format", "json"
     )
     assert out.returncode == 0, out.stderr
     (result,) = json.loads(out.stdout)
@@ -101,7 +101,7 @@ def test_timeline_csv_lists_events(tmp_path, capsys):
     path = tmp_path / "x.wav"
     write_audio(path, np.concatenate([noise(8, 1e-4), noise(8, 0.3, seed=1)]), SR)
     model = save_checkpoint(loudness_model(), tmp_path / "loud.pt")
-    assert cli_in_process("predict", path, "--checkpoint", model, "--timeline", "--window", "4", "--hop", "4",
+    assert cli_in_process("predict", path, "--checkpoint", model, "--timeline", "--events", "windows", "--window", "4", "--hop", "4",
                 "--format", "csv") == 0  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["label"], r["start"], r["end"]) for r in rows] == [

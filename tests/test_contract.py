@@ -58,7 +58,7 @@ def test_every_checkpoint_we_write_carries_the_whole_contract(tmp_path, suffix):
     else:
         saved = torch.load(path, weights_only=True)["input_contract"]
     want = dict(sample_rate=8000, mono="mean", num_mel_bins=128, frame_length=25.0, frame_shift=12.5,
-                target_length=64, mean=-5.5, std=3.25, activation="softmax", resample=True)  # fmt: skip
+                target_length=64, mean=-5.5, std=3.25, activation="softmax", resample=True, thresholds=None)  # fmt: skip
     assert saved == want
     assert load_model(path).input_contract == InputContract(**want)
 

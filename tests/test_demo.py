@@ -18,9 +18,9 @@ def test_small_demo_writes_everything_and_reruns_without_training(tmp_path):
     out = tmp_path / "demo"
     first = run_demo(out, "--per-class", "10", "--epochs", "2")
     assert first.returncode == 0, first.stderr[-2000:]
-    accuracy = re.search(r"held-out accuracy: ([\d.]+)% on 20 clips of fold 5", first.stdout)
+    accuracy = re.search(r"held-out accuracy: ([\d.]+)% on 22 clips of fold 5", first.stdout)
     assert accuracy, first.stdout
-    assert len(re.findall(r"^  5-\S+\.wav +\S", first.stdout, flags=re.M)) == 10  # one tagged clip per class
+    assert len(re.findall(r"^  5-\S+\.wav +\S", first.stdout, flags=re.M)) == 11  # one tagged clip per class (background too)
     exp = out / "exp"
     for name in ("result.csv", "eval_result.csv", "curves.png", "confusion.png", "models/best_audio_model.safetensors"):
         assert (exp / name).stat().st_size > 0, name
@@ -35,5 +35,5 @@ def test_small_demo_writes_everything_and_reruns_without_training(tmp_path):
 def test_default_demo_reaches_90_percent_held_out(tmp_path):
     out = run_demo(tmp_path / "demo")
     assert out.returncode == 0, out.stderr[-2000:]
-    accuracy = float(re.search(r"held-out accuracy: ([\d.]+)% on 400 clips", out.stdout).group(1))
+    accuracy = float(re.search(r"held-out accuracy: ([\d.]+)% on 440 clips", out.stdout).group(1))
     assert accuracy >= 90.0, out.stdout

@@ -200,7 +200,7 @@ def test_timeline_of_95_seconds_covers_it_and_merges_events(tmp_path):
     path = tmp_path / "hour.flac"  # 0-30 s quiet, 30-60 s loud, 60-95 s quiet
     write_audio(path, np.concatenate([quiet, loud, noise(35.0, level=1e-4, seed=8)]), SR)
     tagger = AudioTagger(loudness_model(300), device="cpu", batch_size=16)
-    tl = tagger.timeline(path, window=10.0, hop=5.0)
+    tl = tagger.timeline(path, window=10.0, hop=5.0, method="windows")
     assert tl.duration == pytest.approx(95.0)
     starts = [w.start for w in tl.windows]
     assert starts == [5.0 * i for i in range(18)]  # 0..85: the last one ends at 95
@@ -217,7 +217,7 @@ def test_timeline_of_95_seconds_covers_it_and_merges_events(tmp_path):
 def test_timeline_windows_shorter_than_the_model_are_padded():
     tagger = AudioTagger(single_label_model(), device="cpu")
     wave = noise(4.0, seed=9)
-    tl = tagger.timeline(wave, window=1.0, hop=1.0, sample_rate=SR, threshold=0.0)
+    tl = tagger.timeline(wave, window=1.0, hop=1.0, sample_rate=SR, threshold=0.0, method="windows")
     assert [(w.start, w.end) for w in tl.windows] == [(float(i), float(i + 1)) for i in range(4)]
     expected = manual_probs(single_label_model(), torch.from_numpy(wave[SR : 2 * SR]))
     np.testing.assert_allclose(tl.windows[1].scores, expected, atol=1e-5)
@@ -257,8 +257,8 @@ def test_ensemble_is_the_mean_of_its_members(files, checkpoints):
         np.testing.assert_allclose(p.scores, mean, atol=1e-6)
         assert p.labels[0][0] == ["tone", "noise", "chirp"][int(np.argmax(mean))]
     assert len(ensemble[0].spans) == 6  # the first member's windows
-    tl = AudioTagger(members, device="cpu").timeline(files["long"], window=5.0, hop=5.0)
-    tl_alone = [AudioTagger(m, device="cpu").timeline(files["long"], window=5.0, hop=5.0) for m in members]
+    tl = AudioTagger(members, device="cpu").timeline(files["long"], window=5.0, hop=5.0, method="windows")
+    tl_alone = [AudioTagger(m, device="cpu").timeline(files["long"], window=5.0, hop=5.0, method="windows") for m in members]
     np.testing.assert_allclose(tl.scores, (tl_alone[0].scores + tl_alone[1].scores) / 2, atol=1e-6)
 
 

@@ -47,7 +47,7 @@ def test_precision_keeps_the_fp32_top1_and_probabilities(files, checkpoints, fp3
     np.testing.assert_array_equal(got.argmax(1), probs.argmax(1))
     diff = np.abs(got - probs).max()
     assert 0 < diff < BOUND[precision]  # close, yet really another computation
-    tl = tagger.timeline(files["long"], window=5.0, hop=5.0)
+    tl = tagger.timeline(files["long"], window=5.0, hop=5.0, method="windows")
     assert tl.scores.shape == (2, 3) and np.all(np.isfinite(tl.scores))
     emb = np.stack([e.embedding for e in tagger.embed(clips(files))])
     cos = (emb * embeddings).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(embeddings, axis=1)

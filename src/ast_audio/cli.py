@@ -101,10 +101,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import write_dataset
+    from .synth import write_dataset, write_scenes
 
-    out = write_dataset(args.out, per_class=args.per_class, classes=args.classes, seconds=args.seconds, seed=args.seed)
-    print(f"{args.classes * args.per_class} clips in ESC-50's layout under {out}")
+    if args.scenes:
+        out = write_scenes(args.out, count=args.scenes, seconds=(args.min_seconds, args.max_seconds),
+                           seed=args.seed, classes=args.classes)  # fmt: skip
+        print(f"{args.scenes} scenes under {out / 'audio'}; reference events {out / 'reference.tsv'}")
+        return 0
+    out = write_dataset(args.out, per_class=args.per_class, classes=args.classes, seconds=args.seconds, seed=args.seed,
+                        background=args.background)  # fmt: skip
+    print(f"{(args.classes + args.background) * args.per_class} clips in ESC-50's layout under {out}")
     return 0
 
 
@@ -175,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=150, help="clips per class (spread over 5 folds)")
     p.add_argument("--classes", type=int, default=10, help="how many of the 10 sound classes")
     p.add_argument("--seconds", type=float, default=1.0, help="clip length")
+    p.add_argument("--background", action="store_true", help="add the class 'background' (the noise alone)")
+    p.add_argument("--scenes", type=int, default=0,
+                   help="write this many long recordings with reference events (reference.tsv) instead")  # fmt: skip
+    p.add_argument("--min-seconds", type=float, default=30.0, help="--scenes: shortest recording (30)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="--scenes: longest recording (120)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
 
@@ -185,13 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
-    from . import cli_infer, cli_recipes, cli_serve, cli_shards, cli_train
+    from . import cli_events, cli_infer, cli_recipes, cli_serve, cli_shards, cli_train
 
     cli_train.add_commands(sub)
     cli_recipes.add_commands(sub)
     cli_infer.add_commands(sub)
     cli_serve.add_commands(sub)
     cli_shards.add_commands(sub)
+    cli_events.add_commands(sub)
     return parser
 
 

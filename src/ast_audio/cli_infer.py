@@ -88,9 +88,13 @@ class _Output:
 
         self.fmt, self.timeline = fmt, timeline
         self.objects: list[dict] = []
-        self.csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+        if fmt == "tsv" and not timeline:
+            raise ConfigError("--format tsv (DCASE events) needs --timeline")
+        delimiter = "\t" if fmt == "tsv" else ","
+        self.csv = csv.writer(sys.stdout, lineterminator="\n", delimiter=delimiter) if fmt in ("csv", "tsv") else None
         if self.csv:
-            self.csv.writerow((Timeline if timeline else Prediction).CSV_HEADER)
+            header = Timeline.TSV_HEADER if fmt == "tsv" else (Timeline if timeline else Prediction).CSV_HEADER
+            self.csv.writerow(header)
 
     def prediction(self, p) -> None:
         if self.fmt == "json":
@@ -102,13 +106,15 @@ class _Output:
             print(f"{p.path}  ({p.duration:.2f} s{windows})")
             for rank, (name, score) in enumerate(p.labels, 1):
                 print(f"  {rank:2d}  {score:.4f}  {name}")
+            if p.present is not None:
+                print(f"  present (calibrated thresholds): {', '.join(p.present) or 'none'}")
         sys.stdout.flush()
 
     def timeline_of(self, t) -> None:
         if self.fmt == "json":
             self.objects.append(t.to_json())
         elif self.csv:
-            self.csv.writerows(t.csv_rows())
+            self.csv.writerows(t.tsv_rows() if self.fmt == "tsv" else t.csv_rows())
         else:
             print(f"{t.path}  ({t.duration:.2f} s, {len(t.windows)} windows)")
             for w in t.windows:
@@ -163,6 +169,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for group in _groups(files, GROUP_FILES):
             if args.timeline:
                 for t in tagger.timeline(group, args.window, args.hop, threshold=args.threshold, top_k=args.top_k,
+                                         post=post_processing(args), method=args.events,
                                          aggregate=args.aggregate, on_error=on_error):  # fmt: skip
                     out.timeline_of(t)
             else:
@@ -171,6 +178,34 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             bar.update(len(group))
     out.close()
     return 1 if on_error.count else 0
+
+
+def post_processing(args: argparse.Namespace):
+    """The event post-processing of the flags of :func:`add_post_processing`."""
+    from .infer.events import PostProcessing
+
+    return PostProcessing(threshold=args.threshold, off_ratio=args.off_ratio, median=args.median,
+                          min_duration=args.min_duration, min_gap=args.min_gap)  # fmt: skip
+
+
+def add_post_processing(p: argparse.ArgumentParser) -> None:
+    """Detection frames and event post-processing flags (predict --timeline, listen)."""
+    from .infer.events import PostProcessing
+
+    d = PostProcessing()
+    p.add_argument("--window", type=_positive_float, default=None,
+                   help="seconds each frame's window sees (default 0.5, at most the model input; --events windows: 10)")  # fmt: skip
+    p.add_argument("--hop", type=_positive_float, default=None,
+                   help="seconds between frames (default 0.1; --events windows: 5)")  # fmt: skip
+    p.add_argument("--threshold", type=float, default=None,
+                   help="on threshold of every class (default: the checkpoint's calibrated ones, else 0.5)")  # fmt: skip
+    p.add_argument("--off-ratio", type=float, default=d.off_ratio,
+                   help=f"hysteresis: a class goes off below off-ratio x its on threshold ({d.off_ratio})")  # fmt: skip
+    p.add_argument("--median", type=float, default=d.median, help=f"median filter, seconds ({d.median})")
+    p.add_argument("--min-duration", type=float, default=d.min_duration,
+                   help=f"shorter events are dropped, seconds ({d.min_duration})")  # fmt: skip
+    p.add_argument("--min-gap", type=float, default=d.min_gap,
+                   help=f"events of a class closer than this merge, seconds ({d.min_gap})")  # fmt: skip
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -275,18 +310,19 @@ def add_commands(sub) -> None:
                        "--timeline the scores of each window and the merged events.")  # fmt: skip
     common(p)
     p.add_argument("-k", "--top-k", type=_positive_int, default=5, help="labels shown per file or window (5)")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+    p.add_argument("--format", choices=["table", "json", "csv", "tsv"], default="table",
                    help="table; json (a list of objects); csv: path,rank,label,score (with --timeline: "
-                   "the events, path,label,start,end,peak)")  # fmt: skip
+                   "the events, path,label,start,end,peak,onset,offset); tsv (--timeline): DCASE "
+                   "filename,onset,offset,event_label")  # fmt: skip
     p.add_argument("--aggregate", choices=["max", "mean"], default="max",
                    help="how the model windows of a long file (or timeline window) combine (max)")  # fmt: skip
-    p.add_argument("--timeline", action="store_true", help="scores per window and merged events")
+    p.add_argument("--timeline", action="store_true",
+                   help="sound events in time: scores every --hop seconds, events with onsets and offsets")  # fmt: skip
+    p.add_argument("--events", choices=["frames", "windows"], default="frames",
+                   help="frames: post-processed detection frames (default); windows: the earlier "
+                   "--window/--hop windows merged where a label reaches --threshold")  # fmt: skip
     p.add_argument("--out", default=None, help="a folder: one CSV/JSONL shard per process (torchrun), resumable")
-    p.add_argument("--window", type=_positive_float, default=10.0, help="timeline window, seconds (10)")
-    p.add_argument("--hop", type=_positive_float, default=5.0, help="timeline hop, seconds (5)")
-    p.add_argument(
-        "--threshold", type=float, default=0.5, help="score at which a window joins an event (0.5)"
-    )
+    add_post_processing(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("embed", help="pooled embeddings of audio files into an .npz",

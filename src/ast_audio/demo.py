@@ -2,7 +2,9 @@
 
 Offline and self-contained (``make demo`` / ``ast-audio demo``):
 
-1. ``ast-audio synth`` writes ten classes of sounds in ESC-50's layout (``OUT/data``);
+1. ``ast-audio synth --background`` writes ten classes of sounds and the class
+   ``background`` (the noise alone) in ESC-50's layout (``OUT/data``); the eleventh class
+   is the model's "nothing", so event detection does not fire a sound class on silence;
 2. the ESC-50 reader prepares per-fold datafiles (``OUT/prepared``);
 3. a tiny AST (192 wide, 2 layers, 16x16 patches, 1 s inputs) trains from scratch on
    folds 1-3, keeping the best model on fold 4;
@@ -76,11 +78,11 @@ def run_demo(
 
     out = Path(out)
     data = out / "data"
-    settings = {"per_class": per_class, "seed": seed, "seconds": 1.0}
+    settings = {"per_class": per_class, "seed": seed, "seconds": 1.0, "background": True}
     stamp = data / "synth.json"
     if not stamp.exists() or json.loads(stamp.read_text()) != settings:
-        log.info("writing %d synthetic clips to %s", per_class * 10, data)
-        write_dataset(data, per_class=per_class, seconds=1.0, seed=seed)
+        log.info("writing %d synthetic clips to %s", per_class * 11, data)
+        write_dataset(data, per_class=per_class, seconds=1.0, seed=seed, background=True)
         atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(settings)))
     prepared = out / "prepared"
     summary = prepare(data, prepared, workers=workers, force=False, progress=progress)

@@ -274,6 +274,7 @@ class InputContract:
     std: float = PRESETS["audioset"].std
     activation: str = "sigmoid"  # sigmoid (multi-label) | softmax (single-label)
     resample: bool = True  # False: features at each file's own rate (the "hack" fork's way); see pipeline
+    thresholds: tuple[float, ...] | None = None  # per-class decision thresholds (ast-audio calibrate)
     normalize: bool = True  # a usage switch, not part of the saved contract
 
     def __post_init__(self) -> None:
@@ -293,6 +294,8 @@ class InputContract:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         frame_sizes(self.sample_rate, self.frame_length, self.frame_shift)  # raises on a degenerate frame
+        if self.thresholds is not None:  # a JSON list read back: one hashable, comparable form
+            object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> InputContract:
@@ -327,6 +330,8 @@ class InputContract:
         """The saved form (``normalize`` is a usage switch and is left out)."""
         out = dataclasses.asdict(self)
         del out["normalize"]
+        if out["thresholds"] is not None:
+            out["thresholds"] = list(out["thresholds"])
         return out
 
     @classmethod

@@ -172,6 +172,7 @@ class ModelInfo:
     frame_length: float = 25.0  # ms
     frame_shift: float = 10.0  # ms
     resample: bool = True  # False: features at each file's own sample rate
+    thresholds: list[float] | None = None  # per-class event/decision thresholds (ast-audio calibrate)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -190,6 +191,7 @@ class ModelInfo:
             self, sample_rate=contract.sample_rate, mono=contract.mono, frame_length=contract.frame_length,
             frame_shift=contract.frame_shift, dataset_mean=contract.mean, dataset_std=contract.std,
             multilabel=contract.activation == "sigmoid", resample=contract.resample,
+            thresholds=None if contract.thresholds is None else list(contract.thresholds),
         )  # fmt: skip
 
 
@@ -420,7 +422,7 @@ class ASTModel(nn.Module):
             sample_rate=info.sample_rate, mono=info.mono, num_mel_bins=cfg.input_fdim,
             frame_length=info.frame_length, frame_shift=info.frame_shift, target_length=cfg.input_tdim,
             mean=info.dataset_mean, std=info.dataset_std, activation="sigmoid" if info.multilabel else "softmax",
-            resample=info.resample,
+            resample=info.resample, thresholds=None if info.thresholds is None else tuple(info.thresholds),
         )  # fmt: skip
 
     new_head = reset_classifier  # the name this project used first

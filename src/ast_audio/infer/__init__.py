@@ -9,7 +9,10 @@ The package, by job:
 - ``engine``: :class:`AudioTagger`, from loaded audio to windows, batches, the model and
   per-file results;
 - ``results``: the result dataclasses and their JSON/CSV rows;
-- ``windows``: window spans and event merging; ``attention``: rollout and attention grids;
+- ``windows``: window spans and window merging; ``attention``: rollout and attention grids;
+- ``frames``: the detection grid (a window centred on every hop); ``events``: the event
+  post-processing (median filter, hysteresis, gaps, short events) and its live tracker;
+  ``stream``: :meth:`AudioTagger.stream` over audio blocks as they arrive;
 - ``inputs``: paths and waveforms in, mono waveforms at the model's rate out.
 
 Device and precision choice live in :mod:`ast_audio.runtime`, the attention plot in
@@ -39,7 +42,10 @@ Decisions, in one place:
 - **Ensembles**: each member computes its own features (its own length, strides,
   sample rate and statistics) and windows, aggregates over its windows, and the
   members' probabilities are averaged. Members must have the same number of labels.
-- **Timelines**: windows of ``window`` seconds every ``hop`` seconds, the last one
+- **Timelines** (``method="frames"``, the default): a frame every ``hop`` (0.1) seconds,
+  scored by a ``window`` (0.5 s, at most the model's input) centred on it, then the
+  post-processing of :mod:`.events`; events carry onsets and offsets at the hop's
+  resolution. ``method="windows"``: windows of ``window`` seconds every ``hop`` seconds, the last one
   aligned to the end. A timeline window shorter than the model input is padded as in
   training; a longer one is scored like ``predict`` scores a clip (model windows inside
   it, aggregated). Consecutive windows where a label's score is at least ``threshold``
@@ -61,8 +67,10 @@ from ..plots import plot_attention
 from ..runtime import PRECISIONS, pick_device
 from .attention import attention_grid, grid_to_frames
 from .engine import AGGREGATES, AudioTagger
+from .events import EventChange, EventTracker, PostProcessing, detect_events
+from .frames import FrameGrid
 from .inputs import Audio
-from .results import AttentionMap, Embedding, Event, Prediction, Timeline, Window
+from .results import AttentionMap, Embedding, Event, FrameScores, Prediction, Timeline, Window
 from .windows import merge_events, window_spans
 
 __all__ = [
@@ -73,10 +81,16 @@ __all__ = [
     "AudioTagger",
     "Embedding",
     "Event",
+    "EventChange",
+    "EventTracker",
+    "FrameGrid",
+    "FrameScores",
+    "PostProcessing",
     "Prediction",
     "Timeline",
     "Window",
     "attention_grid",
+    "detect_events",
     "grid_to_frames",
     "merge_events",
     "pick_device",

@@ -11,13 +11,19 @@ Every call takes one path, top to bottom (the typed state it fills is in :mod:`.
    embeddings or token grids);
 5. -> **per-window outputs**, collected in order in each segment's ``Windows`` accumulators;
 6. -> **per-file results** (:class:`Prediction`, :class:`Timeline`, :class:`Embedding`).
+
+Event detection (``timeline``'s default, and ``stream``) scores the frames of a
+:class:`~.frames.FrameGrid` through the same model input and forward (``_frame_probs``).
+Over 400 lines: the public methods and the one engine they share stay in one file, so
+no second copy of the path from waveform to scores can appear.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +31,15 @@ import torch
 
 from .. import runtime
 from ..errors import AstAudioError, ConfigError
-from ..features import frame_sizes
+from ..features import InputContract, frame_sizes
 from ..model import ASTModel
 from ..pipeline import batch_input, fit_waveform
 from ..plots import plot_attention
 from .attention import attention_grid, grid_to_frames
+from .events import EventChange, PostProcessing, detect_events
+from .frames import DEFAULT_HOP, DEFAULT_WINDOW, FrameGrid
 from .inputs import Audio, Input, as_inputs, load_input, one_or_list
-from .results import AttentionMap, Embedding, Prediction, Timeline, Window, top_labels
+from .results import AttentionMap, Embedding, FrameScores, Prediction, Timeline, Window, top_labels
 from .state import REDUCE, Batch, Head, Member, Outputs, Plan, Record, Segment, Windows
 from .windows import merge_events, window_spans
 
@@ -158,32 +166,60 @@ class AudioTagger:
             whole = rec.segments[0]
             scores = whole.scores(aggregate)
             top = top_labels(scores, self.labels, top_k)
-            out.append(Prediction(rec.path, top, scores, rec.duration, whole.members[0].spans))
+            present = None
+            if self.thresholds is not None:
+                present = [name for name, s, t in zip(self.labels, scores, self.thresholds, strict=True) if s >= t]
+            out.append(Prediction(rec.path, top, scores, rec.duration, whole.members[0].spans, present))
         return one_or_list(out, single)
 
     def timeline(
         self,
         audio: Audio | Sequence[Audio],
-        window: float = 10.0,
-        hop: float = 5.0,
+        window: float | None = None,
+        hop: float | None = None,
         *,
         sample_rate: int | None = None,
-        threshold: float = 0.5,
+        threshold: float | Sequence[float] | None = None,
+        post: PostProcessing | None = None,
+        method: str = "frames",
         top_k: int = 5,
         aggregate: str = "max",
         on_error: Callable[[AstAudioError], None] | None = None,
         progress: bool = False,
     ) -> Timeline | list[Timeline] | None:
-        """Scores per window of ``window`` seconds every ``hop`` seconds, and merged events.
+        """Sound events in time: scores every ``hop`` seconds and the events found in them.
 
-        Windows cover the whole recording (the last one aligned to its end); each is
-        scored as ``predict`` scores a clip. Consecutive windows where a label reaches
-        ``threshold`` become one :class:`Event` (see :func:`merge_events`).
+        ``method="frames"`` (the default): one frame every ``hop`` seconds (default 0.1),
+        each scored by a window of ``window`` seconds centred on it (default 0.5 s, at most
+        the model's input; a window under half the model's input runs with the position
+        grid cut to it, so it costs what its length costs), then the post-processing of
+        :mod:`.events` (``post``, with ``threshold`` as a shortcut for its on threshold;
+        no threshold: the checkpoint's calibrated ones, else 0.5). ``windows`` are the
+        frames. Labels named ``background`` (a "nothing" class) make no events.
+
+        ``method="windows"``: the earlier timeline, windows of ``window`` (10) seconds every
+        ``hop`` (5) seconds, each scored as ``predict`` scores a clip, and consecutive windows
+        where a label reaches ``threshold`` (0.5) merged into one event (:func:`merge_events`).
         """
         _check_aggregate(aggregate)
+        if method not in ("frames", "windows"):
+            raise ConfigError(f"unknown timeline method {method!r}; choose frames or windows")
+        inputs, single = as_inputs(audio, sample_rate)
+        if method == "frames":
+            grid = self.frame_grid(window, hop)
+            post = post or PostProcessing()
+            if threshold is not None:
+                post = replace(post, threshold=threshold)
+            out = []
+            for item, waves in self._loaded(inputs, on_error, progress):
+                length = len(waves[grid.rate])
+                with torch.inference_mode():
+                    scores = self._frame_probs(waves, range(grid.count(length)), grid, None, aggregate)
+                out.append(self._frames_timeline(item.path, scores, grid, length / grid.rate, post, top_k))
+            return one_or_list(out, single)
+        window, hop = window or 10.0, hop or 5.0
         if not (window > 0 and hop > 0):
             raise ConfigError(f"timeline window and hop must be positive seconds, got {window} and {hop}")
-        inputs, single = as_inputs(audio, sample_rate)
         out = []
         for rec in self._run(inputs, Plan(Head.PROBS, timeline=(window, hop)), on_error, progress):
             windows = []
@@ -192,9 +228,53 @@ class AudioTagger:
                 windows.append(
                     Window(segment.start, segment.end, scores, top_labels(scores, self.labels, top_k))
                 )
-            events = merge_events(windows, self.labels, threshold)
+            events = merge_events(windows, self.labels, 0.5 if threshold is None else threshold)
             out.append(Timeline(rec.path, rec.duration, list(self.labels), windows, events))
         return one_or_list(out, single)
+
+    def stream(
+        self,
+        chunks: Iterable[np.ndarray | torch.Tensor],
+        sample_rate: int,
+        *,
+        window: float | None = None,
+        hop: float | None = None,
+        post: PostProcessing | None = None,
+        top_k: int = 5,
+        frames_per_call: int = 1,
+    ) -> Iterator[FrameScores | EventChange]:
+        """Live tagging: audio blocks of any size in, as they arrive; out, in time order, a
+        :class:`FrameScores` every ``hop`` seconds and an :class:`EventChange` whenever an
+        event opens or closes (see :mod:`.stream`). The frames, windows and post-processing
+        are :meth:`timeline`'s, so a recording streamed gives the events ``timeline`` finds
+        in it (within one hop). ``frames_per_call`` frames go through the model together
+        (more throughput for large models on a CPU, ``frames_per_call - 1`` hops more latency).
+        """
+        from .stream import stream_events
+
+        if frames_per_call < 1:
+            raise ConfigError(f"frames_per_call must be positive, got {frames_per_call}")
+        grid, post = self.frame_grid(window, hop), post or PostProcessing()
+        return stream_events(self, chunks, sample_rate, grid, post, top_k, frames_per_call)
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Per-class thresholds calibrated for the (first) checkpoint (its input contract), or ``None``."""
+        thresholds = self.members[0].features.thresholds
+        return None if thresholds is None else list(thresholds)
+
+    @property
+    def ignored(self) -> list[int]:
+        """Classes that never make events: those named ``background`` (a "nothing" class)."""
+        return [i for i, name in enumerate(self.labels) if name.strip().lower() == "background"]
+
+    def frame_grid(self, window: float | None = None, hop: float | None = None) -> FrameGrid:
+        """The detection frames at the first member's rate (defaults: 0.5 s windows, at most the
+        model's input, every 0.1 s)."""
+        m = self.members[0]
+        if window is None:
+            window = min(DEFAULT_WINDOW, m.window / m.rate)
+        return FrameGrid(DEFAULT_HOP if hop is None else hop, window, m.rate)
 
     def embed(
         self,
@@ -325,7 +405,9 @@ class AudioTagger:
             windows.add(out, j)
         batch.clear()
 
-    def _model_input(self, m: Member, waves: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _model_input(
+        self, m: Member, waves: Sequence[torch.Tensor], contract: InputContract | None = None
+    ) -> torch.Tensor:
         """Model input ``[B, T, F]`` of model windows (waveforms ``[samples]`` at ``m.rate``).
 
         The engine's one place from waveform to features (batches and ``attention``): the
@@ -333,17 +415,18 @@ class AudioTagger:
         member's input contract, on the tagger's device; a window shorter than the model's
         is zero-padded and its missing frames are zero, as ``waveform_to_input`` gives.
         """
-        fitted = [fit_waveform(wave, m.features) for wave in waves]
+        contract = contract or m.features
+        fitted = [fit_waveform(wave, contract) for wave in waves]
         batch = torch.stack([w for w, _ in fitted]).to(self.device)  # (B, S)
         frames = torch.tensor([n for _, n in fitted])
-        return batch_input(batch, frames, m.features)  # (B, T, F)
+        return batch_input(batch, frames, contract)  # (B, T, F)
 
     def _forward(self, m: Member, x: torch.Tensor, head: Head) -> Outputs:
         """What ``head`` asks of member ``m`` for model input ``x`` ``[n, T, F]``, as numpy arrays."""
         n = len(x)
         if self.compile and n < self.batch_size:  # one static shape: zero windows, outputs dropped below
             x = torch.cat([x, x.new_zeros(self.batch_size - n, *x.shape[1:])])
-        fn = m.function(head, self.compile)
+        fn = m.function(head, self.compile, x.shape[1])
         with self._autocast():
             if head is Head.PROBS:
                 return Outputs(probs=m.probs(fn(x)[:n]).cpu().numpy())  # (n, C)
@@ -353,6 +436,41 @@ class AudioTagger:
                 return Outputs(pooled=pooled)
             f_dim, t_dim = m.model.config.grid
             return Outputs(pooled=pooled, tokens=tokens[:, 2:].reshape(n, f_dim, t_dim, -1).cpu().numpy())
+
+    def _frame_probs(
+        self, waves: dict[int, torch.Tensor], frames: Sequence[int], grid: FrameGrid, total: int | None,
+        aggregate: str = "max",
+    ) -> np.ndarray:
+        """Scores ``[len(frames), C]`` of detection frames (members averaged); ``total`` is the
+        recording's length in samples at the grid's rate, ``None`` while it is still arriving."""
+        per_member = []
+        for m in self.members:
+            scale = m.rate / grid.rate
+            g = FrameGrid(grid.hop, grid.window, m.rate)
+            n = len(waves[m.rate]) if total is None else round(total * scale)
+            contract = m.detect_contract(g.window_samples)
+            subs, owner = [], []
+            for k, i in enumerate(frames):
+                a, b = g.span(i, n)
+                for c0, c1 in window_spans(b - a, contract.samples, max(1, contract.samples // 2)):
+                    subs.append(waves[m.rate][a + c0 : a + c1])
+                    owner.append(k)
+            probs = np.concatenate([
+                self._forward(m, self._model_input(m, subs[j : j + self.batch_size], contract), Head.PROBS).probs
+                for j in range(0, len(subs), self.batch_size)
+            ]) if subs else np.zeros((0, len(self.labels)))  # fmt: skip
+            owner_arr = np.asarray(owner)
+            per_member.append(np.stack([REDUCE[aggregate](probs[owner_arr == k], axis=0) for k in range(len(frames))]))
+        return np.mean(per_member, axis=0) if len(per_member) > 1 else per_member[0]
+
+    def _frames_timeline(self, path, scores: np.ndarray, grid: FrameGrid, duration: float, post, top_k: int):
+        windows = [
+            Window(i * grid.hop, min((i + 1) * grid.hop, duration), row, top_labels(row, self.labels, top_k))
+            for i, row in enumerate(scores)
+        ]
+        events = detect_events(scores, grid.hop, self.labels, post, duration=duration,
+                               calibrated=self.thresholds, ignore=self.ignored)  # fmt: skip
+        return Timeline(path, duration, list(self.labels), windows, events)
 
     def _autocast(self):
         return runtime.autocast(self.device, self.precision)

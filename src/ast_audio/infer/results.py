@@ -7,12 +7,13 @@ Plain dataclasses of numpy arrays and floats (seconds). ``to_json()`` gives the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["AttentionMap", "Embedding", "Event", "Prediction", "Timeline", "Window", "top_labels"]
+__all__ = ["AttentionMap", "Embedding", "Event", "FrameScores", "Prediction", "Timeline", "Window", "top_labels"]
 
 
 def top_labels(scores: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -29,19 +30,25 @@ def labels_json(labels: list[tuple[str, float]]) -> list[dict]:
 class Prediction:
     """Scores of one recording: ``labels`` are the top-k ``(name, probability)`` pairs,
     ``scores`` all probabilities ``[label_dim]``, ``spans`` the model windows (seconds)
-    that were aggregated (of the first member, for an ensemble)."""
+    that were aggregated (of the first member, for an ensemble); ``present``, for a
+    checkpoint with calibrated thresholds, the labels whose score reaches theirs (yes/no
+    per class)."""
 
     path: str | None
     labels: list[tuple[str, float]]
     scores: np.ndarray
     duration: float
     spans: list[tuple[float, float]] = field(default_factory=list)
+    present: list[str] | None = None  # labels at or above their calibrated threshold (None: not calibrated)
 
     CSV_HEADER = ("path", "rank", "label", "score")
 
     def to_json(self) -> dict:
-        return {"path": self.path, "duration": round(self.duration, 3), "windows": len(self.spans),
-                "labels": labels_json(self.labels)}  # fmt: skip
+        out = {"path": self.path, "duration": round(self.duration, 3), "windows": len(self.spans),
+               "labels": labels_json(self.labels)}  # fmt: skip
+        if self.present is not None:
+            out["present"] = self.present
+        return out
 
     def csv_rows(self) -> list[list]:
         return [[self.path, rank, name, f"{score:.6f}"] for rank, (name, score) in enumerate(self.labels, 1)]
@@ -72,8 +79,9 @@ class Event:
     peak: float
 
     def to_json(self) -> dict:
-        return {"label": self.label, "start": round(self.start, 3), "end": round(self.end, 3),
-                "peak": round(self.peak, 6)}  # fmt: skip
+        start, end = round(self.start, 3), round(self.end, 3)
+        return {"label": self.label, "start": start, "end": end, "peak": round(self.peak, 6),
+                "onset": start, "offset": end}  # fmt: skip
 
 
 @dataclass
@@ -86,7 +94,7 @@ class Timeline:
     windows: list[Window]
     events: list[Event]
 
-    CSV_HEADER = ("path", "label", "start", "end", "peak")  # one row per event
+    CSV_HEADER = ("path", "label", "start", "end", "peak", "onset", "offset")  # one row per event
 
     @property
     def scores(self) -> np.ndarray:
@@ -98,7 +106,29 @@ class Timeline:
                 "windows": [w.to_json() for w in self.windows], "events": [e.to_json() for e in self.events]}  # fmt: skip
 
     def csv_rows(self) -> list[list]:
-        return [[self.path, e.label, f"{e.start:.3f}", f"{e.end:.3f}", f"{e.peak:.6f}"] for e in self.events]
+        return [[self.path, e.label, f"{e.start:.3f}", f"{e.end:.3f}", f"{e.peak:.6f}", f"{e.start:.3f}", f"{e.end:.3f}"]
+                for e in self.events]  # fmt: skip
+
+    TSV_HEADER = ("filename", "onset", "offset", "event_label")  # DCASE
+
+    def tsv_rows(self) -> list[list]:
+        """The events as DCASE rows: ``filename, onset, offset, event_label`` (seconds, 3 decimals)."""
+        name = os.path.basename(self.path) if self.path else ""
+        return [[name, f"{e.start:.3f}", f"{e.end:.3f}", e.label] for e in self.events]
+
+
+@dataclass
+class FrameScores:
+    """What :meth:`AudioTagger.stream` yields every hop: the scores ``[label_dim]`` of the
+    frame ``[start, end)`` seconds from the start of the stream, and its top-k labels."""
+
+    start: float
+    end: float
+    scores: np.ndarray
+    labels: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "labels": labels_json(self.labels)}
 
 
 @dataclass

@@ -90,9 +90,23 @@ class Member:
         a, b = round(start * self.rate), min(num_samples, round(end * self.rate))
         return [(a + c0, a + c1) for c0, c1 in window_spans(max(1, b - a), self.window, self.hop(hop))]
 
-    def function(self, head: Head, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def detect_contract(self, samples: int) -> InputContract:
+        """The input of a detection window of ``samples``: the model's own (padded as in
+        training), or, for a window under half of it, one cut to the window's frames (at
+        least one patch), which the model runs with its position grid cut (``any_length``)."""
+        size, shift = self.features.window
+        frames = max(16, 1 + max(0, samples - size) // shift)
+        if 2 * frames >= self.features.target_length:
+            return self.features
+        return self.features.replace(target_length=frames)
+
+    def function(self, head: Head, compile: bool, frames: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The model (``Head.PROBS``: logits) or its ``forward_tokens``, through ``torch.compile``
-        when asked (compiled on first use)."""
+        when asked (compiled on first use). An input of fewer ``frames`` than the model's
+        runs eagerly with the position grid cut (``any_length``)."""
+        if head is Head.PROBS and frames is not None and frames != self.model.config.input_tdim:
+            model = self.model
+            return lambda x: model.forward_head(model.forward_features(x, any_length=True))
         key = "forward" if head is Head.PROBS else "tokens"
         fn = self.model if key == "forward" else self.model.forward_tokens
         if not compile:

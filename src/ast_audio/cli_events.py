@@ -1,0 +1,160 @@
+"""``ast-audio listen | calibrate | evaluate-events``: sound events live, thresholds, event metrics.
+
+Thin commands over :meth:`ast_audio.infer.AudioTagger.stream`, :mod:`ast_audio.listen`,
+:func:`ast_audio.infer.events.calibrate_thresholds` and :mod:`ast_audio.evaluate_events`;
+the detection and post-processing flags are ``predict --timeline``'s
+(:func:`ast_audio.cli_infer.add_post_processing`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .cli_infer import _positive_float, _positive_int, add_post_processing, post_processing
+from .errors import ConfigError
+from .runtime import PRECISIONS
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .checkpoints import load_model, save_checkpoint
+    from .data import read_datafile
+    from .infer import AudioTagger
+    from .infer.events import calibrate_thresholds
+
+    out = Path(args.out or args.checkpoint)
+    if out.suffix not in (".safetensors", ".pt"):
+        raise ConfigError(f"{out}: calibrated thresholds are saved in ast-audio's format; give --out FILE.safetensors")
+    model = load_model(args.checkpoint)
+    data = read_datafile(args.data, args.label_csv)
+    if len(data.labels) != model.config.label_dim:
+        raise ConfigError(f"{args.label_csv}: {len(data.labels)} labels, the checkpoint has {model.config.label_dim} outputs")
+    tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size)
+    predictions = tagger.predict([e.wav for e in data.entries], top_k=1)
+    scores = np.stack([p.scores for p in predictions])  # (clips, C)
+    thresholds = calibrate_thresholds(scores, data.targets())
+    model.info = replace(model.info, thresholds=[round(float(t), 6) for t in thresholds])
+    save_checkpoint(model.cpu(), out)
+    names = model.info.labels or [f"class {i}" for i in range(len(thresholds))]
+    print(f"{out}: per-class thresholds from {len(scores)} clips of {args.data}")
+    for name, t in zip(names, thresholds, strict=True):
+        print(f"  {t:.4f}  {name}")
+    return 0
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+
+    from .infer import AudioTagger, EventChange
+    from .listen import file_blocks, microphone_blocks, paced, stdin_blocks
+
+    tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    flag = {"stop": False}
+
+    def stop() -> bool:
+        return flag["stop"]
+
+    def interrupted(signum, frame) -> None:  # Ctrl-C: the source ends, the stream closes open events
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        if args.input is None:
+            rate = args.rate or tagger.members[0].rate
+            blocks = microphone_blocks(rate, args.block, stop, args.mic)
+        elif args.input == "-":
+            rate = args.rate or tagger.members[0].rate
+            blocks = stdin_blocks(rate, args.block, stop, ffmpeg=args.ffmpeg)
+        else:
+            rate, blocks = file_blocks(args.input, args.block, stop)
+            if not args.as_fast_as_possible:
+                blocks = paced(blocks, rate, stop)
+        table = args.format == "table" or (args.format is None and sys.stdout.isatty())
+        for item in tagger.stream(blocks, rate, window=args.window, hop=args.hop, post=post_processing(args),
+                                  top_k=3, frames_per_call=args.frames_per_call):  # fmt: skip
+            if isinstance(item, EventChange):
+                if table:
+                    print(f"\r{item.time:9.2f}  {item.kind:5s}  {item.label}  ({item.score:.2f})" + " " * 20)
+                else:
+                    print(json.dumps(item.to_json()))
+                sys.stdout.flush()
+            elif table:
+                top = "  ".join(f"{name} {score:.2f}" for name, score in item.labels)
+                print(f"\r{item.end:9.2f}  {top}"[:100].ljust(100), end="", flush=True)
+        if table:
+            print()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _cmd_evaluate_events(args: argparse.Namespace) -> int:
+    from .evaluate_events import score_events
+
+    scores = score_events(args.ref, args.pred, durations=args.durations)
+    if args.format == "json":
+        print(json.dumps(scores.to_json(), indent=2))
+        return 0
+    psds = "n/a (psds_eval failed; see the warning)" if scores.psds is None else f"{scores.psds:.4f}"
+    print(f"reference events {scores.reference_events}, predicted {scores.predicted_events}")
+    print(f"event-based (collar 200 ms, offset max(200 ms, 20%)): F1 {scores.event_f1:.4f}  "
+          f"precision {scores.event_precision:.4f}  recall {scores.event_recall:.4f}  ER {scores.event_error_rate:.4f}")
+    print(f"segment-based (1 s): F1 {scores.segment_f1:.4f}  ER {scores.segment_error_rate:.4f}")
+    print(f"PSDS (DTC 0.7, GTC 0.7, CTTC 0.3, alpha 0, max eFPR 100/h): {psds}")
+    for label, f1 in sorted(scores.class_wise_event_f1.items()):
+        print(f"  {f1:.4f}  {label}")
+    return 0  # fmt: skip
+
+
+def add_commands(sub) -> None:
+    """Register ``listen``, ``calibrate`` and ``evaluate-events`` on the subparsers of ``ast_audio.cli``."""
+    p = sub.add_parser("listen", help="live tagging: events as they start and end (microphone, file or stdin)",
+                       description="Reads the microphone (sounddevice/PortAudio), or --input FILE paced in real "
+                       "time, or --input - (raw 16-bit mono PCM at --rate; --ffmpeg: any format), and prints each "
+                       "event as it starts and ends: JSON lines {event, label, time, score} (a live table on a "
+                       "terminal). Ctrl-C closes open events cleanly.")  # fmt: skip
+    p.add_argument("--checkpoint", action="extend", nargs="+", required=True, help="file, folder or published name")
+    p.add_argument("--input", default=None, help="an audio file, or - for stdin (default: the microphone)")
+    p.add_argument("--rate", type=_positive_int, default=None, help="stdin / microphone sample rate (the model's)")
+    p.add_argument("--ffmpeg", action="store_true", help="stdin is any format ffmpeg decodes")
+    p.add_argument("--mic", default=None, help="sounddevice input device (name or index)")
+    p.add_argument("--as-fast-as-possible", action="store_true", help="--input FILE: do not pace in real time")
+    p.add_argument("--block", type=_positive_float, default=0.1, help="seconds of audio read at a time (0.1)")
+    p.add_argument("--format", choices=["json", "table"], default=None, help="default: table on a terminal, else json")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("--frames-per-call", type=_positive_int, default=1,
+                   help="frames scored together: throughput for large models on a CPU, one hop of latency each (1)")  # fmt: skip
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    add_post_processing(p)
+    p.set_defaults(func=_cmd_listen)
+
+    p = sub.add_parser("calibrate", help="per-class thresholds from a labelled validation set, into the checkpoint",
+                       description="Scores every clip of --data, picks for each class the threshold with the best "
+                       "F1, and stores them in the checkpoint's metadata (predict: present/absent per class; "
+                       "timeline and listen: the on thresholds of events).")  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="an ast-audio checkpoint (.safetensors or .pt)")
+    p.add_argument("--data", required=True, help="labelled datafile (the training format)")
+    p.add_argument("--label-csv", required=True, help="the label CSV of the datafile")
+    p.add_argument("--out", default=None, help="where to write the calibrated checkpoint (default: in place)")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, psds_eval)",
+                       description="Event-based F1/ER (collar 200 ms on onsets, max(200 ms, 20%%) on offsets) and "
+                       "segment-based F1/ER (1 s) by sed_eval; PSDS (DCASE scenario 1) by psds_eval. Tables are "
+                       "DCASE TSV: filename, onset, offset, event_label.")  # fmt: skip
+    p.add_argument("--ref", required=True, help="reference events (TSV)")
+    p.add_argument("--pred", required=True, nargs="+",
+                   help="predicted events (TSV); several: PSDS operating points, the first one scored for F1")  # fmt: skip
+    p.add_argument("--durations", default=None, help="filename<TAB>duration (TSV), e.g. synth --scenes' durations.tsv")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=_cmd_evaluate_events)
+

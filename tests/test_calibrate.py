@@ -1,0 +1,58 @@
+"""Per-class thresholds: chosen on labelled clips, stored in the checkpoint, used by predict and timeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from factories import SR, loudness_model, noise, write_audio
+
+from ast_audio.checkpoints import load_model, save_checkpoint
+from ast_audio.features import InputContract
+from ast_audio.infer import AudioTagger
+from ast_audio.infer.events import calibrate_thresholds
+
+
+def test_thresholds_maximise_each_class_f1():
+    scores = np.array([[0.9, 0.2], [0.7, 0.35], [0.4, 0.3], [0.1, 0.1], [0.3, 0.6]])
+    targets = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [0, 0]])
+    got = calibrate_thresholds(scores, targets)
+    # class 0: anything between 0.4 and 0.7 separates perfectly -> the midpoint 0.55
+    # class 1: positives 0.3 and 0.35 under a negative 0.6: 0.25 says yes to all three (F1 2*2/(3+2) = 0.8),
+    # 0.325 to 0.35 and 0.6 (F1 0.5), 0.475 to 0.6 alone (F1 0)
+    assert got[0] == pytest.approx(0.55)
+    assert got[1] == pytest.approx(0.25)
+    assert calibrate_thresholds(scores, np.zeros_like(targets)).tolist() == [0.5, 0.5]  # no positives: default
+
+
+def test_calibrate_command_stores_thresholds_that_predict_and_timeline_use(tmp_path):
+    model_path = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
+    (tmp_path / "labels.csv").write_text('index,mid,display_name\n0,/m/l,"loud"\n1,/m/q,"quiet"\n2,/m/n,"never"\n')
+    entries = []
+    for i in range(3):
+        for level, mid in ((0.3, "/m/l"), (1e-4, "/m/q")):
+            path = write_audio(tmp_path / f"{mid[-1]}{i}.wav", noise(1.0, level, seed=i), SR)
+            entries.append({"wav": str(path), "labels": mid})
+    (tmp_path / "valid.json").write_text(json.dumps({"data": entries}))
+    out_path = tmp_path / "calibrated.safetensors"
+    out = run_cli("calibrate", "--checkpoint", model_path, "--data", tmp_path / "valid.json", "--label-csv",
+                  tmp_path / "labels.csv", "--out", out_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    thresholds = load_model(out_path).info.thresholds
+    assert len(thresholds) == 3 and thresholds[2] == 0.5  # "never" has no positive clip
+    assert 0 < thresholds[0] < 1 and 0 < thresholds[1] < 1
+    assert load_model(model_path).info.thresholds is None  # the source is left alone
+    contract = load_model(out_path).input_contract  # the contract carries them, and reads back from its JSON
+    assert contract.thresholds == tuple(thresholds) and InputContract.from_dict(contract.to_dict()) == contract
+    tagger = AudioTagger(out_path, device="cpu")
+    assert tagger.thresholds == thresholds
+    p = tagger.predict(noise(1.0, 0.3, seed=9), sample_rate=SR)
+    assert p.present == ["loud"] and p.to_json()["present"] == ["loud"]
+    assert AudioTagger(model_path, device="cpu").predict(noise(1.0, 0.3, seed=9), sample_rate=SR).present is None
+    # timeline takes them as its on thresholds: above 1, a class never fires
+    strict = load_model(out_path)
+    strict.info.thresholds = [1.01, 1.01, 1.01]
+    assert AudioTagger(strict, device="cpu").timeline(noise(3.0, 0.3), sample_rate=SR).events == []
+    assert AudioTagger(strict, device="cpu").timeline(noise(3.0, 0.3), sample_rate=SR, threshold=0.5).events
