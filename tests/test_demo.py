@@ -32,8 +32,13 @@ def test_small_demo_writes_everything_and_reruns_without_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_demo_reaches_90_percent_held_out(tmp_path):
+def test_default_demo_reaches_85_percent_held_out(tmp_path):
+    # The demo measured 88.2% on its 440 held-out clips (11 classes since the background
+    # class joined the ten sounds; 92% on the ten alone). The standard error of an accuracy
+    # near 0.88 on 440 clips is sqrt(0.88 * 0.12 / 440) = 1.5 points, and another CPU's float
+    # rounding changes the training run's path: the bound sits two of them below the
+    # measurement, while a broken pipeline (chance is 9%) or a broken class still fails it.
     out = run_demo(tmp_path / "demo")
     assert out.returncode == 0, out.stderr[-2000:]
     accuracy = float(re.search(r"held-out accuracy: ([\d.]+)% on 440 clips", out.stdout).group(1))
-    assert accuracy >= 90.0, out.stdout
+    assert accuracy >= 85.0, out.stdout
