@@ -22,7 +22,7 @@ from factories import SR, toy_sequence, write_audio, write_truncated_wav
 from fastapi.testclient import TestClient
 
 from ast_audio.errors import AstAudioError
-from ast_audio.infer import AudioTagger
+from ast_audio.infer import AudioTagger, FrameScores, PostProcessing
 from ast_audio.serve import ServeSettings, create_app
 from ast_audio.serve.batching import Batcher, Job
 from ast_audio.serve.stream import live_updates
@@ -237,39 +237,113 @@ def test_a_failing_request_does_not_fail_the_others_of_its_batch(tagger):
     assert metrics.batches.sum == 3  # the shared call failed; the good ones were answered one by one
 
 
-def test_live_updates_score_the_rolling_window_and_report_events(tagger):
+def stream_messages(tagger, chunks, **options) -> tuple[list, list]:
+    """``tagger.stream``'s frames ``(start, end, labels)`` and event changes ``(state, label, time, score)``."""
+    frames, events = [], []
+    for u in tagger.stream(chunks, SR, **options):
+        if isinstance(u, FrameScores):
+            frames.append(({"type": "scores", **u.to_json()}, u.scores))
+        else:
+            events.append((u.kind, u.label, round(u.time, 3), round(u.score, 6)))
+    return frames, events
+
+
+def as_changes(messages: list[dict]) -> list[tuple]:
+    """The event messages as ``(state, label, time, score)``; an end's start is its start's time."""
+    opened, out = {}, []
+    for m in messages:
+        if m["type"] != "event":
+            continue
+        if m["state"] == "start":
+            opened[m["label"]] = m["start"]
+            out.append(("start", m["label"], m["start"], m["score"]))
+        else:
+            assert m["start"] == opened.pop(m["label"])
+            out.append(("end", m["label"], m["end"], m["peak"]))
+    assert not opened  # every event ended
+    return out
+
+
+def test_live_updates_are_the_taggers_stream_with_its_model_calls_through_on_model(tagger, monkeypatch):
     audio = toy_sequence([NOISE, LOW, NOISE], 2.0, seed=5)
     chunks = [audio[i : i + 1600] for i in range(0, audio.size, 1600)]  # 0.1 s chunks
-    updates = list(live_updates(tagger, chunks, SR, hop=0.5, threshold=0.5, top_k=2))
-    scores = [u for u in updates if u["type"] == "scores"]
-    assert [s["end"] for s in scores] == [0.5 * i for i in range(1, 13)]
-    window = tagger.members[0].window
-    last = scores[5]  # the window ending at 3.0 s
-    expected = tagger.predict(audio[48000 - window : 48000], sample_rate=SR, top_k=2)
-    assert [x["label"] for x in last["labels"]] == [name for name, _ in expected.labels]
-    assert last["labels"][0]["score"] == pytest.approx(expected.labels[0][1], abs=1e-5)
-    events = [(u["state"], u["label"]) for u in updates if u["type"] == "event"]
-    assert events == [("start", "noise"), ("end", "noise"), ("start", "low tone"), ("end", "low tone"),
-                      ("start", "noise"), ("end", "noise")]  # fmt: skip
-    low = next(u for u in updates if u["type"] == "event" and u["label"] == "low tone" and u["state"] == "end")
-    assert 1.0 <= low["start"] <= 2.5 and 4.0 <= low["end"] <= 5.5 and low["peak"] >= 0.5
+    inside, calls, frame_probs = [False], [], tagger._frame_probs
+
+    def on_model(fn):
+        inside[0] = True
+        try:
+            return fn()
+        finally:
+            inside[0] = False
+
+    def recorded(*args, **kwargs):
+        calls.append(inside[0])
+        return frame_probs(*args, **kwargs)
+
+    monkeypatch.setattr(tagger, "_frame_probs", recorded)
+    updates = list(live_updates(tagger, iter(chunks), SR, hop=0.2, threshold=0.6, top_k=2, on_model=on_model))
+    assert len(calls) > 1 and all(calls)  # every model call of the stream went through on_model
+    monkeypatch.undo()
+    frames, events = stream_messages(tagger, iter(chunks), hop=0.2, post=PostProcessing(0.6), top_k=2)
+    assert [u for u in updates if u["type"] == "scores"] == [f for f, _ in frames]
+    assert [u["end"] for u in updates if u["type"] == "scores"] == pytest.approx([0.2 * i for i in range(1, 31)])
+    assert as_changes(updates) == events
+    low = [(state, time) for state, label, time, _ in events if label == "low tone"]
+    assert [state for state, label, *_ in events if label == "noise"] == ["start", "end"] * 2
+    assert [state for state, _ in low] == ["start", "end"] and 1.5 <= low[0][1] <= 2.5 and 3.5 <= low[1][1] <= 4.5
 
 
-def test_the_websocket_streams_scores_and_events(tagger):
-    pcm = (toy_sequence([NOISE, LOW], 2.0, seed=6) * 32767).astype("<i2")
+def test_the_websocket_streams_tagger_stream_with_the_model_on_the_queues_thread(tagger, clips, monkeypatch):
+    audio = toy_sequence([NOISE, LOW], 2.0, seed=6)
+    pcm = (audio * 32767).astype("<i2")
+    threads = {"stream": set(), "queue": set()}
+    frame_probs, run = tagger._frame_probs, tagger._run
+
+    def recorded(kind, fn):
+        def call(*args, **kwargs):
+            threads[kind].add(threading.current_thread())
+            return fn(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(tagger, "_frame_probs", recorded("stream", frame_probs))
+    monkeypatch.setattr(tagger, "_run", recorded("queue", run))
     with client(tagger) as c:
-        with c.websocket_connect("/api/stream?sample_rate=16000&hop=0.5&top_k=1") as ws:
+        with c.websocket_connect("/api/stream?sample_rate=16000&top_k=1") as ws:  # hop: the detection default
             messages = []
-            for i in range(0, pcm.size, 8000):  # half a second, then its answer (a backlog would be joined)
+            for i in range(0, pcm.size, 8000):  # half a second at a time, while the queue answers a request
                 ws.send_bytes(pcm[i : i + 4000].tobytes())
                 ws.send_bytes(pcm[i + 4000 : i + 8000].tobytes())
-                while sum(m["type"] == "scores" for m in messages) < i // 8000 + 1:
-                    messages.append(ws.receive_json())
+                assert c.post("/api/predict", content=clips["low"].read_bytes()).status_code == 200
             ws.send_text("end")
+            messages.append(ws.receive_json())
             while messages[-1]["type"] != "end":
                 messages.append(ws.receive_json())
+        info = c.get("/api/info").json()
+    monkeypatch.undo()  # what follows is the reference, on this thread
+    frames, events = stream_messages(tagger, [pcm.astype(np.float32) / 32768.0], top_k=1)
+    scores = [m for m in messages if m["type"] == "scores"]
+    assert [(s["start"], s["end"], s["labels"][0]["label"]) for s in scores] == [
+        (f["start"], f["end"], f["labels"][0]["label"]) for f, _ in frames]  # fmt: skip
+    assert [s["labels"][0]["score"] for s in scores] == pytest.approx([f["labels"][0]["score"] for f, _ in frames],
+                                                                      abs=1e-5)  # fmt: skip
+    assert scores[1]["end"] - scores[0]["end"] == pytest.approx(tagger.frame_grid().hop) and len(scores) == 40
+    assert as_changes(messages) == events
+    low = [(state, time) for state, label, time, _ in events if label == "low tone"]
+    assert [state for state, label, *_ in events if label == "noise"] == ["start", "end"]
+    assert [state for state, _ in low] == ["start", "end"] and 1.5 <= low[0][1] <= 2.5 and 3.5 <= low[1][1] <= 4.5
+    assert len(threads["stream"]) == 1 and threads["stream"] == threads["queue"]  # one thread: the queue's worker
+    assert next(iter(threads["stream"])).name.startswith("ast-audio-model")
+    assert info["stream"] == {"hop": tagger.frame_grid().hop, "window": tagger.frame_grid().window,
+                              "calibrated_thresholds": tagger.thresholds is not None}  # fmt: skip
+
+
+def test_the_websocket_refuses_bad_parameters_and_too_many_streams(tagger):
+    with client(tagger) as c:
         with c.websocket_connect("/api/stream?sample_rate=3") as ws:
             refused = ws.receive_json()
+        with c.websocket_connect("/api/stream?threshold=2") as ws:
+            too_high = ws.receive_json()
     with client(tagger, max_streams=1) as c:
         with c.websocket_connect("/api/stream") as first, c.websocket_connect("/api/stream") as second:
             too_many = second.receive_json()
@@ -282,10 +356,8 @@ def test_the_websocket_streams_scores_and_events(tagger):
             ws.send_bytes(b"\0\0\0")
             odd = ws.receive_json()
         assert c.get("/healthz").status_code == 200
-    events = [(m["state"], m["label"]) for m in messages if m["type"] == "event"]
-    assert events == [("start", "noise"), ("end", "noise"), ("start", "low tone"), ("end", "low tone")]
-    assert sum(m["type"] == "scores" for m in messages) == 8
     assert refused == {"type": "error", "message": "sample_rate must be in [1000, 384000], got 3"}
+    assert too_high == {"type": "error", "message": "threshold must be in [0.0, 1.0], got 2.0"}
     assert odd["type"] == "error" and "16-bit PCM" in odd["message"]
     assert too_many == {"type": "error", "message": "1 live streams are open, the most this service takes "
                         "(--max-streams); try again later"}  # fmt: skip

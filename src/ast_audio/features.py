@@ -19,6 +19,9 @@ Float64 input is computed in float64 (agrees with Hugging Face's float64 NumPy p
 length, statistics, activation). ``waveform_to_input`` is what AST's data loader does to
 one clip (remove the mean, fbank, pad or cut to ``target_length``, normalise); the batched
 pipeline of training, evaluation and inference (:mod:`ast_audio.pipeline`) equals it.
+
+Over 400 lines: the contract's calibrated thresholds joined the Kaldi stages and the
+contract they feed, which stay together.
 """
 
 from __future__ import annotations

@@ -242,6 +242,7 @@ class AudioTagger:
         post: PostProcessing | None = None,
         top_k: int = 5,
         frames_per_call: int = 1,
+        on_model: Callable[[Callable[[], np.ndarray]], np.ndarray] | None = None,
     ) -> Iterator[FrameScores | EventChange]:
         """Live tagging: audio blocks of any size in, as they arrive; out, in time order, a
         :class:`FrameScores` every ``hop`` seconds and an :class:`EventChange` whenever an
@@ -249,13 +250,15 @@ class AudioTagger:
         are :meth:`timeline`'s, so a recording streamed gives the events ``timeline`` finds
         in it (within one hop). ``frames_per_call`` frames go through the model together
         (more throughput for large models on a CPU, ``frames_per_call - 1`` hops more latency).
+        ``on_model(fn)`` runs each model call ``fn()`` and returns its scores (to keep the model
+        on a thread of the caller's, as the service's batching queue does).
         """
         from .stream import stream_events
 
         if frames_per_call < 1:
             raise ConfigError(f"frames_per_call must be positive, got {frames_per_call}")
         grid, post = self.frame_grid(window, hop), post or PostProcessing()
-        return stream_events(self, chunks, sample_rate, grid, post, top_k, frames_per_call)
+        return stream_events(self, chunks, sample_rate, grid, post, top_k, frames_per_call, on_model)
 
     @property
     def thresholds(self) -> list[float] | None:

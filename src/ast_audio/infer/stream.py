@@ -24,11 +24,15 @@ faster than one at a time for base384 (bench/events.py), at the price of
 ``frames_per_call - 1`` hops of latency.
 
 Audio older than every window still to come is dropped, so memory stays bounded.
+
+``on_model(fn)``, when given, runs each model call ``fn()`` (and returns its scores): a
+caller that must keep the model on a thread of its own (the service's batching queue) makes
+it run there; everything else stays on the thread iterating the stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -82,7 +86,9 @@ class _Buffer:
 
 
 def stream_events(tagger, chunks: Iterable, sample_rate: int, grid: FrameGrid, post: PostProcessing,
-                  top_k: int = 5, frames_per_call: int = 1) -> Iterator[FrameScores | EventChange]:  # fmt: skip
+                  top_k: int = 5, frames_per_call: int = 1,
+                  on_model: Callable[[Callable[[], np.ndarray]], np.ndarray] | None = None,
+                  ) -> Iterator[FrameScores | EventChange]:  # fmt: skip
     """The generator behind :meth:`AudioTagger.stream` (``tagger`` is the tagger)."""
     if sample_rate is None or sample_rate <= 0:
         raise ConfigError(f"stream needs the blocks' positive sample_rate, got {sample_rate}")
@@ -101,8 +107,12 @@ def stream_events(tagger, chunks: Iterable, sample_rate: int, grid: FrameGrid, p
             start = max(0, grids[rate].first(frames[0]))
             waves[rate] = buf.view(start)
             shifted[rate] = buf.offset
-        with torch.inference_mode():  # not held across the yields: the caller's code runs between them
-            probs = _shifted_probs(tagger, waves, shifted, frames, grid, total)
+
+        def forward() -> np.ndarray:  # inference mode is per thread: entered where the model runs
+            with torch.inference_mode():  # and not held across the yields (the caller's code runs between them)
+                return _shifted_probs(tagger, waves, shifted, frames, grid, total)
+
+        probs = forward() if on_model is None else on_model(forward)
         for i, row in zip(frames, probs, strict=True):
             end = (i + 1) * grid.hop if total is None else min((i + 1) * grid.hop, total / grid.rate)
             yield FrameScores(i * grid.hop, end, row, top_labels(row, tagger.labels, top_k))

@@ -4,8 +4,7 @@
   ``POST /api/embed``, ``POST /api/attention``, ``WS /api/stream``, ``GET /api/info``, ``/healthz``, ``/metrics``,
   the OpenAPI description (``/docs``, ``/openapi.json``) and the page (``GET /``);
 - ``batching``: the request queue that gathers concurrent requests into shared engine calls;
-- ``stream``: live scores and events over a rolling window (the seam to
-  ``AudioTagger.stream``);
+- ``stream``: live scores and events, :meth:`AudioTagger.stream`'s updates as messages;
 - ``uploads``: the body size limit, reading uploads, decoding them through a private
   temporary file that is always removed; ``metrics``: the Prometheus text;
 - ``static/``: the page (HTML, JS, CSS; package data, no build step, nothing from a CDN).

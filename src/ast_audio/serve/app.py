@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
+from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from ..errors import AstAudioError
 from ..infer import AudioTagger, plot_attention
 from ..infer.results import labels_json
@@ -177,7 +177,9 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
 
     @app.get("/api/info")
     async def info() -> dict:
-        """The labels and the input contract of the checkpoint, and the service's limits."""
+        """The labels and the input contract of the checkpoint, the live stream's default frames, and the
+        service's limits."""
+        grid = tagger.frame_grid()
         return {
             "version": __version__,
             "checkpoints": [PurePath(m.name).name for m in tagger.members],
@@ -188,6 +190,8 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
             "input_contract": member.features.to_dict(),
             "device": str(tagger.device),
             "precision": tagger.precision,
+            "stream": {"hop": grid.hop, "window": round(grid.window, 3),  # WS /api/stream's detection frames
+                       "calibrated_thresholds": tagger.thresholds is not None},  # else 0.5 (without ?threshold=)
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_duration": settings.max_duration,
                        "timeout": settings.timeout, "max_batch": settings.max_batch,
                        "max_wait": settings.max_wait, "max_streams": settings.max_streams},  # fmt: skip
@@ -207,7 +211,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
         await ws.accept()
         metrics.stream()
         try:
-            options = _stream_options(ws.query_params)
+            options = _stream_options(ws.query_params, tagger.frame_grid().hop)
             if len(open_streams) >= settings.max_streams:
                 raise Rejected(1013, f"{settings.max_streams} live streams are open, the most this service takes "
                                      "(--max-streams); try again later")  # fmt: skip
@@ -245,8 +249,10 @@ def _png(att) -> bytes:
             os.unlink(tmp)
 
 
-def _stream_options(params) -> dict:
+def _stream_options(params, default_hop: float) -> dict:
     def number(name: str, kind, default, low, high):
+        if name not in params and default is None:
+            return None
         try:
             value = kind(params.get(name, default))
         except ValueError:
@@ -257,23 +263,22 @@ def _stream_options(params) -> dict:
 
     return {
         "sample_rate": number("sample_rate", int, 16000, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE),
-        "hop": number("hop", float, 0.5, 0.05, 60.0),
-        "threshold": number("threshold", float, 0.5, 0.0, 1.0),
+        "hop": number("hop", float, default_hop, 0.05, 60.0),
+        "threshold": number("threshold", float, None, 0.0, 1.0),  # none: calibrated, else 0.5
         "top_k": number("top_k", int, 3, 1, 10000),
     }
 
 
 async def _stream(ws: WebSocket, tagger: AudioTagger, batcher: Batcher, *, sample_rate: int, hop: float,
-                  threshold: float, top_k: int) -> None:  # fmt: skip
-    """Receive audio, run :func:`live_updates` on a thread of its own, send what it yields."""
+                  threshold: float | None, top_k: int) -> None:  # fmt: skip
+    """Receive audio, run :func:`live_updates` on a thread of its own (its model calls on the
+    batching queue's worker thread), send what it yields."""
     loop = asyncio.get_running_loop()
     chunks: queue.SimpleQueue = queue.SimpleQueue()
     out: asyncio.Queue = asyncio.Queue()
 
-    def predict(wave: np.ndarray, rate: int):  # one window through the batching queue (from the thread)
-        x = torch.from_numpy(wave)
-        x = resample(x, rate, batcher.rate) if rate != batcher.rate else x
-        return asyncio.run_coroutine_threadsafe(batcher.submit(Job("predict", x, ("max",), 0)), loop).result()
+    def on_model(fn):  # a model call of the stream, on the queue's worker thread (waited for from ours)
+        return asyncio.run_coroutine_threadsafe(batcher.on_model_thread(fn), loop).result()
 
     def arriving():  # chunks as they come; a backlog is joined, so a slow model scores the latest audio
         while (chunk := chunks.get()) is not None:
@@ -289,7 +294,7 @@ async def _stream(ws: WebSocket, tagger: AudioTagger, batcher: Batcher, *, sampl
     def work():
         try:
             for update in live_updates(tagger, arriving(), sample_rate, hop=hop, threshold=threshold, top_k=top_k,
-                                       predict=predict):  # fmt: skip
+                                       on_model=on_model):  # fmt: skip
                 loop.call_soon_threadsafe(out.put_nowait, update)
         except Exception as err:  # noqa: BLE001 (reported to the client; the service goes on)
             loop.call_soon_threadsafe(out.put_nowait, {"type": "error", "message": str(err)})

@@ -8,7 +8,8 @@ the tagger in one call, so the windows of every request in the group share the e
 batches of ``batch_size`` model windows. The model runs on one worker thread: calls never
 overlap, and requests that arrive while it computes form the next batch. ``top_k`` and
 ``threshold`` differ per request and are applied to the scores afterwards
-(:func:`~ast_audio.infer.results.top_labels`, :func:`~ast_audio.infer.merge_events`).
+(:func:`~ast_audio.infer.results.top_labels`, :func:`~ast_audio.infer.detect_events` with the
+tagger's post-processing, as ``timeline`` does).
 
 When an engine call fails, its requests are run again one by one, so only the request at
 fault gets the error. ``stop()`` finishes everything already queued before it returns
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..infer import AudioTagger, Timeline, merge_events
+from ..infer import AudioTagger, PostProcessing, Timeline, detect_events
 from ..infer.results import top_labels
 from .metrics import Metrics
 
@@ -158,7 +159,8 @@ class Batcher:
             for job, tl in zip(jobs, out, strict=True):
                 for w in tl.windows:
                     w.labels = top_labels(w.scores, t.labels, job.top_k)
-                tl.events = merge_events(tl.windows, t.labels, job.threshold)
+                tl.events = detect_events(tl.scores, hop, t.labels, PostProcessing(job.threshold), duration=tl.duration,
+                                          calibrated=t.thresholds, ignore=t.ignored)  # fmt: skip
             windows = sum(len(tl.windows) for tl in out)
         elif kind == "embed":
             out = t.embed(waves, sample_rate=self.rate)

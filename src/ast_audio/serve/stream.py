@@ -1,26 +1,22 @@
 """Live tagging for ``WS /api/stream``: audio chunks in, scores and events out.
 
-:func:`live_updates` is **the seam** between the service and the library's streaming.
-Until :mod:`ast_audio.infer` has ``AudioTagger.stream(chunks, sample_rate)`` (scores every
-hop, event starts and ends), it keeps a rolling window itself: the last model window of
-audio (``input_tdim`` frames, zero-padded at the start of a stream as in training) is
-scored every ``hop`` seconds, and a label starts an event when its score reaches
-``threshold`` and ends it in the first window where it falls below. When
-``AudioTagger.stream`` exists, this function's body becomes a loop over it that turns its
-updates into the same messages; the WebSocket handler and the page stay as they are.
-One thing to keep when switching: the service runs this generator on a thread of its own
-and scores each window through its batching queue (``predict``), so the model is only
-ever used on the queue's worker thread; ``AudioTagger.stream``'s model calls must go there
-too (``Batcher.on_model_thread``), or use a tagger of their own.
+:func:`live_updates` is the seam between the service and the library's streaming: a loop
+over :meth:`AudioTagger.stream` (the detection frames, windows and post-processing of
+``timeline``, so a recording streamed gets the events ``timeline`` finds in it) that turns
+its updates into the page's messages. ``hop`` is the stream's (default the tagger's
+detection hop, :meth:`AudioTagger.frame_grid`), ``threshold`` the post-processing's on
+threshold (default: the checkpoint's calibrated thresholds, else 0.5). The service runs
+the generator on a thread of its own and passes ``on_model``, which runs each model call on
+its batching queue's worker thread (``Batcher.on_model_thread``), so the model is never
+used by two threads at once.
 
-Within one update, events that end come before events that start.
+Messages (JSON objects; times in seconds since the stream began), in time order:
 
-Messages (JSON objects; times in seconds since the stream began):
-
-- ``{"type": "scores", "start", "end", "labels": [{"rank", "label", "score"}...]}`` every hop;
+- ``{"type": "scores", "start", "end", "labels": [{"rank", "label", "score"}...]}`` every
+  hop: the scores of the detection frame ``[start, end)`` (its window centred on it);
 - ``{"type": "event", "state": "start", "label", "start", "score"}`` when a label starts;
 - ``{"type": "event", "state": "end", "label", "start", "end", "peak"}`` when it ends (open
-  events end with the stream).
+  events end with the stream); ``score`` and ``peak`` are the highest smoothed scores.
 """
 
 from __future__ import annotations
@@ -29,8 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..infer import AudioTagger, Prediction
-from ..infer.results import labels_json
+from ..infer import AudioTagger, FrameScores, PostProcessing
 
 __all__ = ["live_updates"]
 
@@ -40,49 +35,25 @@ def live_updates(
     chunks: Iterable[np.ndarray],
     sample_rate: int,
     *,
-    hop: float = 0.5,
-    threshold: float = 0.5,
+    hop: float | None = None,
+    threshold: float | None = None,
     top_k: int = 3,
-    predict: Callable[[np.ndarray, int], Prediction] | None = None,
+    on_model: Callable[[Callable[[], np.ndarray]], np.ndarray] | None = None,
 ) -> Iterator[dict]:
     """Messages (see the module notes) for mono float32 ``chunks`` at ``sample_rate``.
 
-    ``predict(window, sample_rate)`` scores one window (default: ``tagger.predict``; the
-    service passes one that goes through its batching queue).
+    ``on_model(fn)`` runs each model call ``fn()`` (default: on this thread).
     """
-    predict = predict or (lambda wave, rate: tagger.predict(wave, sample_rate=rate, top_k=0))
-    member = tagger.members[0]
-    window = max(1, round(member.window / member.rate * sample_rate))
-    step = max(1, round(hop * sample_rate))
-    buffer = np.zeros(0, dtype=np.float32)
-    received, next_at = 0, step
-    active: dict[int, list[float]] = {}  # label index -> [start, last end, peak]
-    for chunk in chunks:
-        buffer = np.concatenate([buffer, np.asarray(chunk, dtype=np.float32)])[-window:]
-        received += len(chunk)
-        if received < next_at:
-            continue
-        next_at = (received // step + 1) * step
-        end = received / sample_rate
-        start = max(0.0, end - window / sample_rate)
-        scores = predict(buffer, sample_rate).scores
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        labels = [(tagger.labels[i], float(scores[i])) for i in order]
-        yield {"type": "scores", "start": round(start, 3), "end": round(end, 3), "labels": labels_json(labels)}
-        above = {i: score for i, score in enumerate(scores.tolist()) if score >= threshold}
-        for i in [i for i in active if i not in above]:  # ends first, then starts
-            yield _ended(tagger.labels[i], *active.pop(i))
-        for i, score in above.items():
-            if i in active:
-                active[i][1:] = [end, max(active[i][2], score)]
-            else:
-                active[i] = [start, end, score]
-                yield {"type": "event", "state": "start", "label": tagger.labels[i], "start": round(start, 3),
-                       "score": round(score, 6)}  # fmt: skip
-    for i, (start, end, peak) in sorted(active.items()):
-        yield _ended(tagger.labels[i], start, end, peak)
-
-
-def _ended(label: str, start: float, end: float, peak: float) -> dict:
-    return {"type": "event", "state": "end", "label": label, "start": round(start, 3), "end": round(end, 3),
-            "peak": round(peak, 6)}  # fmt: skip
+    starts: dict[int, float] = {}  # label index -> start of its open event
+    updates = tagger.stream(chunks, sample_rate, hop=hop, post=PostProcessing(threshold), top_k=top_k,
+                            on_model=on_model)  # fmt: skip
+    for update in updates:
+        if isinstance(update, FrameScores):
+            yield {"type": "scores", **update.to_json()}
+        elif update.kind == "start":
+            starts[update.index] = update.time
+            yield {"type": "event", "state": "start", "label": update.label, "start": round(update.time, 3),
+                   "score": round(update.score, 6)}  # fmt: skip
+        else:
+            yield {"type": "event", "state": "end", "label": update.label, "start": round(starts.pop(update.index), 3),
+                   "end": round(update.time, 3), "peak": round(update.score, 6)}  # fmt: skip
