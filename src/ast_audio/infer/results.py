@@ -118,17 +118,10 @@ class Timeline:
 
 
 @dataclass
-class FrameScores:
+class FrameScores(Window):
     """What :meth:`AudioTagger.stream` yields every hop: the scores ``[label_dim]`` of the
-    frame ``[start, end)`` seconds from the start of the stream, and its top-k labels."""
-
-    start: float
-    end: float
-    scores: np.ndarray
-    labels: list[tuple[str, float]] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "labels": labels_json(self.labels)}
+    frame ``[start, end)`` seconds from the start of the stream, and its top-k labels (a
+    :class:`Window` by shape, its own type so a stream's frames tell from its events)."""
 
 
 @dataclass
