@@ -129,5 +129,5 @@ def test_the_tagger_reads_a_file_as_training_does(tmp_path):
     features, _ = dataset.model_input(dataset.collate([dataset[0]]), "cpu")
     with torch.no_grad():
         want = torch.softmax(model(features), -1)[0].numpy()
-    got = AudioTagger(model, device="cpu").predict(wav, top_k=3)
+    got = AudioTagger(model, device="cpu", precision="fp32").predict(wav, top_k=3)
     np.testing.assert_allclose(got.scores, want, rtol=0, atol=1e-5)

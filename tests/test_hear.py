@@ -105,7 +105,7 @@ def test_columns_are_the_patch_outputs_and_windows_continue_the_grid(model):
 def test_scene_embedding_is_the_taggers_pooled_embedding(model):
     clip = noise(1.0, seed=7)
     scene = hear.get_scene_embeddings(torch.from_numpy(clip)[None], model)
-    tagged = AudioTagger(model.ast, device="cpu").embed(clip, sample_rate=SR)
+    tagged = AudioTagger(model.ast, device="cpu", precision="fp32").embed(clip, sample_rate=SR)
     np.testing.assert_allclose(scene[0].numpy(), tagged.embedding, rtol=0, atol=1e-5)
 
 

@@ -85,7 +85,7 @@ def test_merge_events_joins_consecutive_windows_per_label():
 
 def test_predict_real_files_single_and_multilabel(files, checkpoints):
     paths = [files["wav"], files["flac"], files["mp3"]]
-    single = AudioTagger(checkpoints["single"], device="cpu")
+    single = AudioTagger(checkpoints["single"], device="cpu", precision="fp32")
     preds = single.predict(paths, top_k=2)
     assert [p.path for p in preds] == [str(p) for p in paths]
     for p in preds:
@@ -94,7 +94,7 @@ def test_predict_real_files_single_and_multilabel(files, checkpoints):
         assert p.scores.shape == (3,) and p.scores.sum() == pytest.approx(1.0, abs=1e-5)  # softmax
     assert preds[1].duration == pytest.approx(1.0, abs=1e-3)  # 44.1 kHz flac, resampled
 
-    multi = AudioTagger(checkpoints["multi"], device="cpu")
+    multi = AudioTagger(checkpoints["multi"], device="cpu", precision="fp32")
     p = multi.predict(files["mp3"])  # one path -> one Prediction
     model = multilabel_model()
     wave = load_audio(files["mp3"])  # 1.5 s > 1.3 s: two model windows, max over them
@@ -106,7 +106,7 @@ def test_predict_real_files_single_and_multilabel(files, checkpoints):
 
 def test_short_clip_is_padded_as_in_training(files):
     model = single_label_model()
-    tagger = AudioTagger(model, device="cpu")
+    tagger = AudioTagger(model, device="cpu", precision="fp32")
     p = tagger.predict(files["short"])
     assert p.spans == [(0.0, 0.5)]
     wave = load_audio(files["short"])
@@ -119,7 +119,7 @@ def test_short_clip_is_padded_as_in_training(files):
 
 def test_long_clip_is_windowed_never_cut(files):
     model = single_label_model()
-    tagger = AudioTagger(model, device="cpu", batch_size=4)
+    tagger = AudioTagger(model, device="cpu", precision="fp32", batch_size=4)
     p = tagger.predict(files["long"])
     wave = load_audio(files["long"])
     spans = window_spans(len(wave), WINDOW_300, WINDOW_300 // 2)
@@ -165,7 +165,7 @@ def test_device_choice_and_bf16_autocast(files):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             AudioTagger(single_label_model(), device="cuda")
-    fp32 = AudioTagger(single_label_model(), device="cpu").predict(files["short"])
+    fp32 = AudioTagger(single_label_model(), device="cpu", precision="fp32").predict(files["short"])
     bf16 = AudioTagger(single_label_model(), device="cpu", autocast=True).predict(files["short"])
     np.testing.assert_allclose(bf16.scores, fp32.scores, atol=0.05)
 
@@ -215,7 +215,7 @@ def test_timeline_of_95_seconds_covers_it_and_merges_events(tmp_path):
 
 
 def test_timeline_windows_shorter_than_the_model_are_padded():
-    tagger = AudioTagger(single_label_model(), device="cpu")
+    tagger = AudioTagger(single_label_model(), device="cpu", precision="fp32")
     wave = noise(4.0, seed=9)
     tl = tagger.timeline(wave, window=1.0, hop=1.0, sample_rate=SR, threshold=0.0, method="windows")
     assert [(w.start, w.end) for w in tl.windows] == [(float(i), float(i + 1)) for i in range(4)]
@@ -230,7 +230,7 @@ def test_timeline_windows_shorter_than_the_model_are_padded():
 
 def test_embed_shapes_and_values(files):
     model = single_label_model()
-    tagger = AudioTagger(model, device="cpu")
+    tagger = AudioTagger(model, device="cpu", precision="fp32")
     e = tagger.embed(files["short"], tokens=True)
     assert e.embedding.shape == (192,) and e.window_embeddings.shape == (1, 192)
     assert e.tokens.shape == (1, 12, 29, 192)  # grid of 128 x 300 at strides 10/10
@@ -314,4 +314,4 @@ def test_the_names_of_the_former_module_stay_importable():
         assert hasattr(infer, name), name
     for name in ["AudioTagger", "Embedding", "Event", "Prediction", "Timeline", "Window", "plot_attention"]:
         assert getattr(ast_audio, name) is getattr(infer, name)
-    assert infer.AGGREGATES == ("max", "mean") and infer.PRECISIONS == ("fp32", "bf16", "int8")
+    assert infer.AGGREGATES == ("max", "mean") and infer.PRECISIONS == ("auto", "fp32", "bf16", "int8")

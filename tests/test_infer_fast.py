@@ -13,8 +13,9 @@ import torch
 from conftest import cli_in_process, run_cli
 from factories import single_label_model
 
-from ast_audio import ConfigError
+from ast_audio import ConfigError, runtime
 from ast_audio.infer import AudioTagger
+from ast_audio.runtime import auto_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +30,7 @@ def clips(files) -> list:
 @pytest.fixture(scope="module")
 def fp32(files, checkpoints):
     """The reference: fp32 eager probabilities, pooled embeddings and attention grid."""
-    tagger = AudioTagger(checkpoints["single"], device="cpu", batch_size=4)
+    tagger = AudioTagger(checkpoints["single"], device="cpu", precision="fp32", batch_size=4)
     probs = np.stack([p.scores for p in tagger.predict(clips(files))])
     embeddings = np.stack([e.embedding for e in tagger.embed(clips(files))])
     return probs, embeddings, tagger.attention(files["wav"]).grid
@@ -72,7 +73,7 @@ def test_int8_leaves_the_callers_model_alone(files):
 
 def test_precision_errors_and_the_autocast_synonym(recwarn):
     model = single_label_model()
-    with pytest.raises(ConfigError, match="unknown precision 'fp16'; choose one of fp32, bf16, int8"):
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'; choose one of auto, fp32, bf16, int8"):
         AudioTagger(model, device="cpu", precision="fp16")
     with pytest.raises(ConfigError, match="autocast=True means precision 'bf16'"):
         AudioTagger(model, device="cpu", precision="int8", autocast=True)
@@ -81,9 +82,44 @@ def test_precision_errors_and_the_autocast_synonym(recwarn):
     assert "\n" not in str(err.value)
     assert AudioTagger(model, device="cpu", autocast=True).precision == "bf16"
     assert AudioTagger(model, device="cpu", precision="bf16", autocast=True).precision == "bf16"
-    assert AudioTagger(model, device="cpu").precision == "fp32"
+    assert AudioTagger(model, device="cpu").precision == auto_precision(torch.device("cpu"))[0]  # auto, resolved
     assert AudioTagger(model, precision="int8").device == torch.device("cpu")  # device=None: the CPU
     assert not [w for w in recwarn if "quantiz" in str(w.message)]  # torch's deprecation notes silenced
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx2", "fma"}, "int8"), ({"avx2", "amx_bf16"}, "bf16")])
+def test_auto_is_the_cpus_fast_path_and_computes_as_it(files, checkpoints, fp32, monkeypatch, flags, expected):
+    """``precision`` left out is ``"auto"``: int8 on a CPU without bf16 units (same top-1 as fp32,
+    probabilities within int8's bound), bf16 on one with them; identical to asking for that path."""
+    monkeypatch.setattr(runtime, "_this_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(runtime, "_told", set())
+    tagger = AudioTagger(checkpoints["single"], device="cpu", batch_size=4)
+    assert tagger.precision == expected and tagger.autocast == (expected == "bf16")
+    got = np.stack([p.scores for p in tagger.predict(clips(files))])
+    explicit = AudioTagger(checkpoints["single"], device="cpu", batch_size=4, precision=expected)
+    np.testing.assert_array_equal(got, np.stack([p.scores for p in explicit.predict(clips(files))]))
+    np.testing.assert_array_equal(got.argmax(1), fp32[0].argmax(1))
+    assert np.abs(got - fp32[0]).max() < BOUND[expected]
+
+
+def test_cli_precision_auto_end_to_end(folder, checkpoints):
+    """``--precision auto`` (the default) in a real process: what ``ast-audio info`` says auto picks
+    here, and the labels of that path in process."""
+    _, good, _ = folder
+    info = run_cli("info", "--device", "cpu")
+    assert info.returncode == 0, info.stderr
+    chosen = json.loads(info.stdout)["runtime"]
+    assert (chosen["precision_auto"], chosen["cpu_bf16_units"]) == (
+        auto_precision(torch.device("cpu"))[0], runtime.cpu_bf16_units()
+    )
+    out = run_cli("-v", "predict", *good, "--checkpoint", checkpoints["single"], "--precision", "auto",
+                  "--device", "cpu", "--format", "json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"precision auto: {chosen['precision_auto']} on cpu" in out.stderr  # the choice, logged
+    got = {r["path"]: r["labels"] for r in json.loads(out.stdout)}
+    for p in AudioTagger(checkpoints["single"], device="cpu", precision=chosen["precision_auto"]).predict(good):
+        assert got[p.path][0]["label"] == p.labels[0][0]
+        assert got[p.path][0]["score"] == pytest.approx(p.labels[0][1], abs=1e-5)
 
 
 @pytest.mark.slow  # 10-20 s of inductor compilation (cold cache)
@@ -113,7 +149,7 @@ def test_cli_predict_int8(folder, checkpoints):
     out = run_cli("predict", *good, "--checkpoint", checkpoints["single"], "--precision", "int8", "--format", "json")
     assert out.returncode == 0 and out.stderr == "", out.stderr  # no deprecation warnings either
     got = {r["path"]: r["labels"] for r in json.loads(out.stdout)}
-    for p in AudioTagger(checkpoints["single"], device="cpu").predict(good):
+    for p in AudioTagger(checkpoints["single"], device="cpu", precision="fp32").predict(good):
         labels = got[p.path]
         assert labels[0]["label"] == p.labels[0][0]
         assert labels[0]["score"] == pytest.approx(p.labels[0][1], abs=BOUND["int8"])
@@ -128,7 +164,8 @@ def test_cli_embed_bf16(folder, checkpoints, tmp_path):
     assert out.returncode == 0, out.stderr
     data = np.load(tmp_path / "e.npz")
     assert data["embeddings"].shape == (3, 192) and data["embeddings"].dtype == np.float32
-    expected = np.stack([e.embedding for e in AudioTagger(checkpoints["single"], device="cpu").embed(good)])
+    reference = AudioTagger(checkpoints["single"], device="cpu", precision="fp32")
+    expected = np.stack([e.embedding for e in reference.embed(good)])
     got = data["embeddings"]
     cos = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
     assert cos.min() > 0.99 and not np.allclose(got, expected, atol=1e-6)

@@ -42,10 +42,32 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime_info(device: str | None) -> dict:
+    """This machine's bf16 units and what ``precision="auto"`` and ``--amp auto`` pick on ``device``."""
+    import torch
+
+    from . import runtime
+
+    chosen = runtime.pick_device(device)
+    precision, why = runtime.auto_precision(chosen)
+    amp, _ = runtime.training_amp("auto", chosen)
+    return {
+        "device": str(chosen),
+        "cpu_bf16_units": runtime.cpu_bf16_units(),  # amx_bf16 / avx512_bf16 in /proc/cpuinfo
+        "bf16_native": runtime.bf16_native(chosen),
+        "precision_auto": precision,
+        "precision_auto_reason": why,
+        "training_amp_auto": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
+    }
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints import load_model, read_checkpoint
     from .fileio import dumps_json
 
+    if args.source is None:
+        print(dumps_json({"runtime": _runtime_info(args.device)}, indent=2))
+        return 0
     raw = read_checkpoint(args.source)
     model = load_model(args.source, allow_nonfinite=args.allow_nonfinite)
     cfg, info = model.config, model.info
@@ -61,6 +83,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "dataset_std": info.dataset_std,
         "multilabel": info.multilabel,
         "input_contract": model.input_contract.to_dict(),  # what turns audio into this model's input
+        "runtime": _runtime_info(args.device),  # how it would compute here
     }
     print(dumps_json(out, indent=2))
     return 0
@@ -152,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download)
 
-    p = sub.add_parser("info", help="describe a checkpoint (layout, config, labels, input contract)")
-    p.add_argument("source", help="file, Hugging Face folder or published name")
+    p = sub.add_parser("info", help="describe a checkpoint (layout, config, labels, input contract) and this "
+                       "machine's runtime (bf16 units, what precision auto picks)")  # fmt: skip
+    p.add_argument("source", nargs="?", help="file, Hugging Face folder or published name (none: the runtime only)")
+    p.add_argument("--device", default=None, help="the device the runtime entry is about (default: cuda if available)")
     p.add_argument("--allow-nonfinite", action="store_true", help="load NaN/Inf weights anyway (forensics)")
     p.set_defaults(func=_cmd_info)
 

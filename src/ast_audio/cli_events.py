@@ -35,7 +35,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     data = read_datafile(args.data, args.label_csv)
     if len(data.labels) != model.config.label_dim:
         raise ConfigError(f"{args.label_csv}: {len(data.labels)} labels, the checkpoint has {model.config.label_dim} outputs")
-    tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size)
+    tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32")  # thresholds of the reference
     predictions = tagger.predict([e.wav for e in data.entries], top_k=1)
     scores = np.stack([p.scores for p in predictions])  # (clips, C)
     thresholds = calibrate_thresholds(scores, data.targets())
@@ -131,7 +131,7 @@ def add_commands(sub) -> None:
     p.add_argument("--frames-per-call", type=_positive_int, default=1,
                    help="frames scored together: throughput for large models on a CPU, one hop of latency each (1)")  # fmt: skip
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as in predict (auto)")
     add_post_processing(p)
     p.set_defaults(func=_cmd_listen)
 

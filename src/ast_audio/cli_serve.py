@@ -47,7 +47,7 @@ def add_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (8000)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="as in predict (fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as in predict (auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
     p.add_argument("-b", "--batch-size", type=_positive(int), default=16, help="model windows per forward pass (16)")
     p.add_argument("--max-batch", type=_positive(int), default=16, help="requests gathered into one engine call (16)")

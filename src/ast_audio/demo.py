@@ -125,6 +125,6 @@ def run_demo(
     for entry in test_df.entries:
         first_of_class.setdefault(entry.labels[0], entry.wav)
     paths = [first_of_class[c] for c in sorted(first_of_class)]
-    predictions = AudioTagger(model, device="cpu").predict(paths, top_k=3)
+    predictions = AudioTagger(model, device="cpu", precision="fp32").predict(paths, top_k=3)  # the reference's labels
     tagged = [(p.path, p.labels) for p in predictions]
     return DemoResult(accuracy, len(test_df), best, exp, confusion, tagged)

@@ -60,12 +60,18 @@ class AudioTagger:
     through the model at once (windows of several files share batches).
 
     ``precision`` is how the model computes (features are always float32); ``None`` means
-    ``"fp32"``, or ``"bf16"`` with ``autocast=True``:
+    ``"auto"``, or ``"bf16"`` with ``autocast=True``. After construction ``self.precision``
+    is the precision in use (never ``"auto"``):
 
-    - ``"fp32"`` (default): float32 throughout, the reference.
+    - ``"auto"`` (default): the fast path of the device, chosen at run time and logged
+      (:func:`ast_audio.runtime.auto_precision`): ``"bf16"`` on a CPU with bf16 matrix
+      units (AMX or AVX512-BF16, read from ``/proc/cpuinfo``) or a CUDA device with bf16,
+      ``"int8"`` on a CPU without them, ``"fp32"`` on a GPU without bf16. Pass
+      ``"fp32"`` where results must equal the reference (calibration, comparisons).
+    - ``"fp32"``: float32 throughout, the reference.
     - ``"bf16"``: the model under bfloat16 autocast (``autocast=True`` is a synonym).
       Fast where the hardware has bf16 matrix units (AMX or AVX512-BF16 CPUs, recent
-      GPUs); elsewhere it can be slower than fp32.
+      GPUs); elsewhere emulated and several times slower than fp32 (warned about once).
     - ``"int8"``: dynamic int8 quantisation of every ``nn.Linear``
       (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised
       per batch) on a copy of the model, so an :class:`ASTModel` passed in is left as it
@@ -119,6 +125,7 @@ class AudioTagger:
         if not sources:
             raise ConfigError("AudioTagger needs at least one checkpoint")
         self.device = runtime.device_for(precision, device)
+        precision = runtime.concrete_precision(precision, self.device)  # "auto" -> the device's fast path
         self.batch_size = batch_size
         self.precision = precision
         self.autocast = precision == "bf16"
