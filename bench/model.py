@@ -8,8 +8,9 @@ their logits are compared before anything is timed.
 1. Tagging, file to probabilities, on ten-second 16 kHz wav files: Hugging Face =
    soundfile + ``ASTFeatureExtractor`` + ``ASTForAudioClassification``; ours =
    ``AudioTagger.predict`` on the paths (decode, fbank, model, batched). fp32 and bf16
-   autocast for both; ours also int8 (dynamic quantisation of the linear layers) and
-   bf16 under ``torch.compile``. Each fast path's cost is measured against our fp32
+   autocast for both; ours also int8 (dynamic quantisation of the linear layers), bf16
+   under ``torch.compile`` and ``precision="auto"`` (the tagger's default), with the path
+   auto took on this machine and why. Each fast path's cost is measured against our fp32
    probabilities: top-1 agreement and the largest probability difference.
 2. A training step (forward, BCE loss, backward, fused Adam) on two 1024-frame clips,
    fp32 and bf16 autocast, both models.
@@ -24,6 +25,7 @@ Writes its table between the ``bench:model`` markers of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -35,7 +37,7 @@ import soundfile as sf
 import torch
 from common import BENCHMARKS, machine, publish, timed, training_step
 
-from ast_audio import AudioTagger, load_model
+from ast_audio import AudioTagger, load_model, runtime
 from ast_audio.checkpoints import export_hf
 from ast_audio.model import ASTModel
 from ast_audio.synth import SAMPLE_RATE, make_clip
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from transformers import ASTFeatureExtractor, ASTForAudioClassification
+
+    load_start = os.getloadavg()[0]
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="ast-bench-"))
@@ -88,15 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         return np.stack(out)
 
     def ours(**kw) -> AudioTagger:
-        return AudioTagger(ours_model, device="cpu", batch_size=args.clips, **kw)
+        return AudioTagger(ours_model, device="cpu", batch_size=args.clips, **{"precision": "fp32", **kw})
 
     ours_model = ours_loaded
+    auto = ours(precision="auto")
+    auto_why = runtime.auto_precision(auto.device)[1]
+    print(f"precision auto: {auto.precision} ({auto_why})", flush=True)
     paths_ours = {
         "ours, AudioTagger, fp32": ours(),
         "ours, AudioTagger, bf16 autocast": ours(precision="bf16"),
         "ours, AudioTagger, int8 dynamic": ours(precision="int8"),
         "ours, AudioTagger, fp32 + torch.compile": ours(compile=True),
         "ours, AudioTagger, bf16 + torch.compile": ours(precision="bf16", compile=True),
+        f"ours, AudioTagger, precision auto (took {auto.precision})": auto,
     }
 
     def tagger_probs(tagger: AudioTagger) -> np.ndarray:
@@ -148,15 +156,19 @@ def main(argv: list[str] | None = None) -> int:
              "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     table += [f"| {n} | {r:.3f} | {r / hf_rate:.2f}x | {a:.0%} | {d:.1e} |" for n, r, a, d in rows]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = f"Load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores)"
     lines = [
         START,
         "## Model: tagging and training step (`bench/model.py`)",
         "",
         f"base384, strides 10/10, 1024 frames, 527 classes, the same random weights in both. Run {now} on "
-        f"{machine()}. {args.clips} ten-second 16 kHz wav files per timing, best of {args.repeats}. Max "
+        f"{machine()}. {load}: above the core count means other jobs shared the CPU and every figure is "
+        f"slower than on an idle machine, by how much varies row to row. {args.clips} ten-second 16 kHz wav files per timing, best of {args.repeats}. Max "
         f"probability difference between Hugging Face fp32 and ours fp32 before timing: {parity:.1e}. "
         "Accuracy columns compare with our fp32 probabilities on the same files (random weights: "
-        "the top-1 of an untrained model is fragile, so agreement here is a lower bound).",
+        "the top-1 of an untrained model is fragile, so agreement here is a lower bound). "
+        f"`precision=\"auto\"` took {auto.precision} on this machine: {auto_why} (on a CPU without bf16 "
+        "units it takes int8, the int8 row).",
         "",
         *table,
         "",
@@ -185,8 +197,9 @@ def trained_rows(checkpoint: Path, datafile: Path) -> list[str]:
     df = read_datafile(datafile, _labels_of(model))
     paths = [e.wav for e in df.entries]
     truth = df.targets().argmax(1)
-    settings = {"fp32": {}, "bf16 autocast": {"precision": "bf16"}, "int8 dynamic": {"precision": "int8"},
-                "bf16 + torch.compile": {"precision": "bf16", "compile": True}}  # fmt: skip
+    settings = {"fp32": {"precision": "fp32"}, "bf16 autocast": {"precision": "bf16"},
+                "int8 dynamic": {"precision": "int8"}, "bf16 + torch.compile": {"precision": "bf16", "compile": True},
+                f"auto (took {runtime.auto_precision(torch.device('cpu'))[0]})": {"precision": "auto"}}  # fmt: skip
     probs = {}
     for name, kw in settings.items():
         tagger = AudioTagger(model, device="cpu", batch_size=32, **kw)

@@ -291,6 +291,7 @@ def toy_train_settings(toy: Path, exp: Path, **overrides) -> dict:
         n_class=3, exp_dir=str(exp), lr=5e-4, batch_size=6, n_epochs=4, fstride=16, tstride=16,
         imagenet_pretrain=False, audio_length=100, metrics="acc", loss="CE", model_size="tiny224", depth=2,
         dataset_mean=-6.0, dataset_std=5.0, lrscheduler_start=10, progress=False,
+        amp="off",  # fp32: amp auto is bf16 on CPUs with bf16 units, and the tests must train alike everywhere
     )  # fmt: skip
     values.update(overrides)
     return values

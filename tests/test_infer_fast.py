@@ -128,7 +128,7 @@ def test_compile_equals_eager_on_a_ragged_batch_and_compiles_once(files, checkpo
 
     torch._dynamo.reset()
     graphs = counters["stats"]["unique_graphs"]
-    tagger = AudioTagger(checkpoints["single"], device="cpu", batch_size=4, compile=True)
+    tagger = AudioTagger(checkpoints["single"], device="cpu", precision="fp32", batch_size=4, compile=True)
     preds = tagger.predict(clips(files))  # 1 + 1 + 1 + 1 + 6 windows: batches of 4, 4 and 2
     assert [len(p.spans) for p in preds] == [1, 1, 1, 1, 6]
     np.testing.assert_allclose(np.stack([p.scores for p in preds]), fp32[0], atol=1e-5)
@@ -185,7 +185,7 @@ def test_cli_flags_reach_the_tagger(folder, checkpoints, tmp_path, monkeypatch):
     assert cli_in_process("predict", good[0], "--checkpoint", checkpoints["single"], "--precision", "bf16", "--compile") == 0
     assert cli_in_process("embed", good[0], "--checkpoint", checkpoints["single"], "--out", tmp_path / "e.npz",
                 "--precision", "int8") == 0  # fmt: skip
-    assert seen == [("fp32", False), ("bf16", True), ("int8", False)]
+    assert seen == [("auto", False), ("bf16", True), ("int8", False)]  # auto: the default
     with pytest.raises(SystemExit) as exit_:
         cli_in_process("predict", good[0], "--checkpoint", checkpoints["single"], "--precision", "fp16")
     assert exit_.value.code == 2
