@@ -15,7 +15,7 @@ it: training, evaluation, inference and the command line choose their device wit
   AVX512-BF16, detected at run time by :func:`cpu_bf16_units`; a CUDA device that
   supports bf16), int8 on a CPU without them (bf16 is emulated there, several times
   slower than fp32, and int8 was the fastest path measured that keeps the top labels:
-  README, "Precision"), fp32 on a GPU without bf16 and on any other device. The choice
+  README, "Fast paths"), fp32 on a GPU without bf16 and on any other device. The choice
   is logged once per device (INFO). An explicit ``"bf16"`` on a CPU without bf16 units
   warns once.
 """
