@@ -14,8 +14,8 @@ it: training, evaluation, inference and the command line choose their device wit
   on the device chosen: bf16 where it is native (a CPU with bf16 matrix units, AMX or
   AVX512-BF16, detected at run time by :func:`cpu_bf16_units`; a CUDA device that
   supports bf16), int8 on a CPU without them (bf16 is emulated there, several times
-  slower than fp32, and int8 was the fastest path measured that keeps the top labels:
-  README, "Fast paths"), fp32 on a GPU without bf16 and on any other device. The choice
+  slower than fp32, and int8 is the project's path faster than fp32 there that keeps the
+  top labels: README, "Fast paths"), fp32 on a GPU without bf16 and on any other device. The choice
   is logged once per device (INFO). An explicit ``"bf16"`` on a CPU without bf16 units
   warns once.
 """
@@ -87,7 +87,7 @@ def auto_precision(device: torch.device) -> tuple[str, str]:
         units = cpu_bf16_units()
         if units:
             return "bf16", f"this CPU has bf16 matrix units ({', '.join(units)})"
-        return "int8", "this CPU has no bf16 matrix units (bf16 would be emulated); int8 is the fastest path measured"
+        return "int8", "this CPU has no bf16 matrix units (bf16 would be emulated); int8 is faster than fp32 there"
     if device.type == "cuda":
         if bf16_native(device):
             return "bf16", f"{torch.cuda.get_device_name(device)} supports bf16"
@@ -95,12 +95,12 @@ def auto_precision(device: torch.device) -> tuple[str, str]:
     return "fp32", f"no fast path known for {device.type}"
 
 
-_told: set[tuple[str, str]] = set()  # (what, device type) already logged or warned about, once per process
+_told: set[tuple[str, str]] = set()  # (what, device) already logged or warned about: once per process
 
 
 def concrete_precision(precision: str, device: torch.device) -> str:
     """``precision`` on ``device`` made concrete: ``"auto"`` resolved by :func:`auto_precision`
-    (logged once per device type); an explicit ``"bf16"`` on a CPU without bf16 units warns once."""
+    (logged once per device); an explicit ``"bf16"`` on a CPU without bf16 units warns once."""
     if precision == "auto":
         precision, why = auto_precision(device)
         if ("auto", str(device)) not in _told:
