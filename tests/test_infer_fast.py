@@ -102,6 +102,16 @@ def test_auto_is_the_cpus_fast_path_and_computes_as_it(files, checkpoints, fp32,
     assert np.abs(got - fp32[0]).max() < BOUND[expected]
 
 
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_warns_once(monkeypatch):
+    monkeypatch.setattr(runtime, "_this_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(runtime, "_told", set())
+    model = single_label_model()
+    with pytest.warns(RuntimeWarning, match="emulated") as seen:
+        assert AudioTagger(model, device="cpu", precision="bf16").precision == "bf16"  # asked for: kept
+        AudioTagger(model, device="cpu", autocast=True)
+    assert len(seen) == 1 and seen[0].filename == __file__  # once, pointing at the caller
+
+
 def test_cli_precision_auto_end_to_end(folder, checkpoints):
     """``--precision auto`` (the default) in a real process: what ``ast-audio info`` says auto picks
     here, and the labels of that path in process."""
