@@ -97,18 +97,22 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 def _cmd_evaluate_events(args: argparse.Namespace) -> int:
     from .evaluate_events import score_events
 
-    scores = score_events(args.ref, args.pred, durations=args.durations)
+    scores = score_events(args.ref, args.pred, scores=args.scores, durations=args.durations)
     if args.format == "json":
         print(json.dumps(scores.to_json(), indent=2))
         return 0
-    psds = "n/a (psds_eval failed; see the warning)" if scores.psds is None else f"{scores.psds:.4f}"
-    print(f"reference events {scores.reference_events}, predicted {scores.predicted_events}")
-    print(f"event-based (collar 200 ms, offset max(200 ms, 20%)): F1 {scores.event_f1:.4f}  "
-          f"precision {scores.event_precision:.4f}  recall {scores.event_recall:.4f}  ER {scores.event_error_rate:.4f}")
-    print(f"segment-based (1 s): F1 {scores.segment_f1:.4f}  ER {scores.segment_error_rate:.4f}")
-    print(f"PSDS (DTC 0.7, GTC 0.7, CTTC 0.3, alpha 0, max eFPR 100/h): {psds}")
-    for label, f1 in sorted(scores.class_wise_event_f1.items()):
-        print(f"  {f1:.4f}  {label}")
+    print(f"reference events {scores.reference_events}" + ("" if args.pred is None else f", predicted {scores.predicted_events}"))
+    if args.pred is not None:
+        print(f"event-based (collar 200 ms, offset max(200 ms, 20%)): F1 {scores.event_f1:.4f}  "
+              f"precision {scores.event_precision:.4f}  recall {scores.event_recall:.4f}  ER {scores.event_error_rate:.4f}")
+        print(f"segment-based (1 s): F1 {scores.segment_f1:.4f}  ER {scores.segment_error_rate:.4f}")
+    source = ("score tables, every threshold" if scores.psds_from == "scores"
+              else "the event tables' operating point only; --scores DIR for every threshold")
+    print(f"PSDS (DTC 0.7, GTC 0.7, alpha_ct 0, alpha_st 0, max eFPR 100/h; {source}): {scores.psds:.4f}")
+    for label in sorted(set(scores.class_wise_event_f1) | set(scores.class_wise_psds)):
+        f1 = scores.class_wise_event_f1.get(label)
+        psds = scores.class_wise_psds.get(label)
+        print(f"  {'' if f1 is None else f'F1 {f1:.4f}  '}{'' if psds is None else f'PSDS {psds:.4f}  '}{label}")
     return 0  # fmt: skip
 
 
@@ -147,13 +151,16 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_calibrate)
 
-    p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, psds_eval)",
+    p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, sed_scores_eval)",
                        description="Event-based F1/ER (collar 200 ms on onsets, max(200 ms, 20%%) on offsets) and "
-                       "segment-based F1/ER (1 s) by sed_eval; PSDS (DCASE scenario 1) by psds_eval. Tables are "
-                       "DCASE TSV: filename, onset, offset, event_label.")  # fmt: skip
+                       "segment-based F1/ER (1 s) by sed_eval; PSDS (DCASE scenario 1) by sed_scores_eval, over every "
+                       "threshold of --scores tables (predict --timeline --scores-dir), else at the operating point "
+                       "of the --pred tables. Event tables are DCASE TSV: filename, onset, offset, event_label.")  # fmt: skip
     p.add_argument("--ref", required=True, help="reference events (TSV)")
-    p.add_argument("--pred", required=True, nargs="+",
+    p.add_argument("--pred", default=None, nargs="+",
                    help="predicted events (TSV); several: PSDS operating points, the first one scored for F1")  # fmt: skip
+    p.add_argument("--scores", default=None,
+                   help="a folder of frame score tables (predict --timeline --scores-dir): PSDS over every threshold")  # fmt: skip
     p.add_argument("--durations", default=None, help="filename<TAB>duration (TSV), e.g. synth --scenes' durations.tsv")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=_cmd_evaluate_events)
