@@ -31,6 +31,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out or args.checkpoint)
     if out.suffix not in (".safetensors", ".pt"):
         raise ConfigError(f"{out}: calibrated thresholds are saved in ast-audio's format; give --out FILE.safetensors")
+    if (args.data is None) == (args.scenes is None):
+        raise ConfigError("calibrate needs either --data and --label-csv (clips) or --scenes DIR (recordings with events)")
+    if args.scenes is not None:
+        return _calibrate_on_scenes(args, out)
+    if args.label_csv is None:
+        raise ConfigError("--data needs --label-csv")
     model = load_model(args.checkpoint)
     data = read_datafile(args.data, args.label_csv)
     if len(data.labels) != model.config.label_dim:
@@ -45,6 +51,29 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{out}: per-class thresholds from {len(scores)} clips of {args.data}")
     for name, t in zip(names, thresholds, strict=True):
         print(f"  {t:.4f}  {name}")
+    return 0
+
+
+def _calibrate_on_scenes(args: argparse.Namespace, out: Path) -> int:
+    from .checkpoints import load_model, save_checkpoint
+    from .infer import AudioTagger
+    from .infer.events import calibrate_on_scenes
+
+    model = load_model(args.checkpoint)
+    calibration = calibrate_on_scenes(
+        AudioTagger(model, device=args.device, batch_size=args.batch_size), args.scenes,
+        post=post_processing(args), window=args.window, hop=args.hop,
+    )  # fmt: skip
+    from dataclasses import replace
+
+    model.info = replace(model.info, thresholds=[round(float(t), 6) for t in calibration.thresholds])
+    save_checkpoint(model.cpu(), out)
+    print(f"{out}: per-class event thresholds from the scenes of {args.scenes}, by event F1 (sed_eval)")
+    print(f"event F1: {calibration.before:.4f} with every class at 0.5, {calibration.after:.4f} calibrated")
+    names = model.info.labels or [f"class {i}" for i in range(len(calibration.thresholds))]
+    for name, t in zip(names, calibration.thresholds, strict=True):
+        f1 = calibration.class_f1.get(name)
+        print(f"  {t:.2f}  {name}" + ("" if f1 is None else f"  (F1 {f1[0]:.3f} -> {f1[1]:.3f})"))
     return 0
 
 
@@ -139,16 +168,20 @@ def add_commands(sub) -> None:
     add_post_processing(p)
     p.set_defaults(func=_cmd_listen)
 
-    p = sub.add_parser("calibrate", help="per-class thresholds from a labelled validation set, into the checkpoint",
-                       description="Scores every clip of --data, picks for each class the threshold with the best "
-                       "F1, and stores them in the checkpoint's metadata (predict: present/absent per class; "
-                       "timeline and listen: the on thresholds of events).")  # fmt: skip
+    p = sub.add_parser("calibrate", help="per-class thresholds from labelled clips or scenes, into the checkpoint",
+                       description="Scores every clip of --data and picks for each class the threshold with the best "
+                       "clip F1; or detects the events of the recordings of --scenes DIR (synth --scenes' layout: "
+                       "audio/, reference.tsv) at thresholds 0.05-0.95 and picks for each class the one with the "
+                       "best event F1 (sed_eval, DCASE collars). Stores them in the checkpoint's metadata (predict: "
+                       "present/absent per class; timeline and listen: the on thresholds of events).")  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="an ast-audio checkpoint (.safetensors or .pt)")
-    p.add_argument("--data", required=True, help="labelled datafile (the training format)")
-    p.add_argument("--label-csv", required=True, help="the label CSV of the datafile")
+    p.add_argument("--data", default=None, help="labelled datafile (the training format)")
+    p.add_argument("--label-csv", default=None, help="the label CSV of the datafile")
+    p.add_argument("--scenes", default=None, help="a folder of recordings with reference events (audio/, reference.tsv)")
     p.add_argument("--out", default=None, help="where to write the calibrated checkpoint (default: in place)")
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default=None)
+    add_post_processing(p)
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, sed_scores_eval)",

@@ -321,9 +321,10 @@ def score_events(
                        **figures)  # fmt: skip
 
 
-def class_wise_event_f1(reference: list[dict], predicted: list[dict]) -> dict[str, float]:
-    """sed_eval's event-based F1 of each class (DCASE collars), from :func:`read_events` rows."""
-    return _sed_eval(reference, predicted, sorted({r["filename"] for r in reference}))["class_wise_event_f1"]
+def event_f1(reference: list[dict], predicted: list[dict]) -> tuple[float, dict[str, float]]:
+    """sed_eval's event-based F1 (DCASE collars), overall and per class, from :func:`read_events` rows."""
+    got = _sed_eval(reference, predicted, sorted({r["filename"] for r in reference}))
+    return got["event_f1"], got["class_wise_event_f1"]
 
 
 def _sed_eval(ref: list[dict], pred: list[dict], files: list[str]) -> dict:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +41,8 @@ __all__ = [
     "EventChange",
     "EventTracker",
     "PostProcessing",
+    "calibrate_event_thresholds",
+    "calibrate_on_scenes",
     "calibrate_thresholds",
     "detect_events",
     "drop_short",
@@ -109,6 +112,97 @@ def calibrate_thresholds(scores: np.ndarray, targets: np.ndarray, default: float
                 best, best_f1 = float(t), f1
         out[c] = best
     return out
+
+
+EVENT_CANDIDATES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ... 0.95
+
+
+@dataclass
+class EventCalibration:
+    """What :func:`calibrate_event_thresholds` found: ``thresholds`` ``[classes]``, the
+    overall event F1 ``before`` (every class at ``default``) and ``after`` (at the
+    thresholds), and per class ``(F1 at default, F1 at its threshold)`` by name."""
+
+    thresholds: np.ndarray
+    before: float
+    after: float
+    class_f1: dict[str, tuple[float, float]]
+
+
+def calibrate_event_thresholds(
+    recordings: Sequence[tuple[str, np.ndarray, float]],
+    reference: list[dict],
+    hop: float,
+    labels: Sequence[str],
+    post: PostProcessing = PostProcessing(),
+    *,
+    ignore: Sequence[int] = (),
+    candidates: Sequence[float] = EVENT_CANDIDATES,
+    default: float = 0.5,
+) -> EventCalibration:
+    """Per-class on thresholds that maximise each class's event-based F1 on labelled recordings.
+
+    ``recordings`` are ``(file name, frame scores [frames, classes], duration)`` as the
+    reference (:func:`ast_audio.evaluate_events.read_events` rows) names them. Each candidate
+    threshold is applied to every class with the rest of ``post`` (median, hysteresis at
+    ``off_ratio`` of it, gaps, minimum duration) and the events scored by sed_eval (collar
+    200 ms, offsets max(200 ms, 20%)); a class's F1 depends on its own events only, so each
+    class takes its best candidate (ties: the highest, fewest false alarms). Classes without
+    a reference event, or never found at any candidate, keep ``default``.
+    """
+    from dataclasses import replace
+
+    from ..evaluate_events import event_f1
+
+    def rows(threshold) -> list[dict]:
+        out = []
+        for name, scores, duration in recordings:
+            for e in detect_events(scores, hop, labels, replace(post, threshold=threshold), duration=duration,
+                                   ignore=ignore):  # fmt: skip
+                out.append({"filename": name, "onset": e.start, "offset": e.end, "event_label": e.label})
+        return out
+
+    present = {r["event_label"] for r in reference if r["event_label"]}
+    best = {name: (default, 0.0) for name in labels}
+    for t in candidates:
+        _, per_class = event_f1(reference, rows(float(t)))
+        for name, f1 in per_class.items():
+            if name in present and name in best and f1 > 0 and f1 >= best[name][1]:
+                best[name] = (float(t), f1)
+    thresholds = np.array([best[name][0] for name in labels], dtype=np.float64)
+    before, before_class = event_f1(reference, rows(default))
+    after, after_class = event_f1(reference, rows(thresholds))
+    class_f1 = {name: (before_class.get(name, 0.0), after_class.get(name, 0.0)) for name in labels if name in present}
+    return EventCalibration(thresholds, before, after, class_f1)
+
+
+def calibrate_on_scenes(tagger, folder, *, post=None, window=None, hop=None):
+    """Event thresholds of ``tagger``'s model on the scenes of ``folder`` (``synth --scenes``'s
+    layout: ``audio/``, ``reference.tsv``, ``durations.tsv`` optional): see
+    :func:`ast_audio.infer.events.calibrate_event_thresholds`."""
+    import csv
+
+    from ..errors import DataError
+    from ..evaluate_events import read_events
+
+    folder = Path(folder)
+    reference = read_events(folder / "reference.tsv")
+    names = sorted({r["filename"] for r in reference})
+    files = [folder / "audio" / n for n in names]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"the reference names {len(missing)} files not in audio/, e.g. {missing[0]}", str(folder))
+    lengths = {}
+    if (folder / "durations.tsv").is_file():
+        with open(folder / "durations.tsv", newline="") as fh:
+            lengths = {r[0]: float(r[1]) for r in csv.reader(fh, delimiter="\t") if r and r[0] != "filename"}
+    post = post or PostProcessing()
+    grid = tagger.frame_grid(window, hop)
+    recordings = [
+        (name, tl.scores, lengths.get(name, tl.duration))
+        for name, tl in zip(names, tagger.timeline([str(f) for f in files], window, hop, post=post), strict=True)
+    ]
+    return calibrate_event_thresholds(recordings, reference, grid.hop, tagger.labels, post, ignore=tagger.ignored)
 
 
 def median_filter(scores: np.ndarray, k: int) -> np.ndarray:
