@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import tempfile
 import time
@@ -152,8 +153,9 @@ def detection(args, folder: Path) -> list[str]:
 
 
 def stream_figures(tagger: AudioTagger, wave: np.ndarray, rate: int, group: int, hop: float = 0.1,
-                   block: float = 0.1) -> tuple[float, float, int]:  # fmt: skip
-    """(real-time factor, mean start latency in seconds, start events) of streaming ``wave``."""
+                   block: float = 0.1) -> tuple[float, float, float, int]:  # fmt: skip
+    """(real-time factor, CPU seconds per audio second, mean start latency in seconds, start events)
+    of streaming ``wave``."""
     size = round(block * rate)
     received = {"samples": 0}
 
@@ -163,17 +165,16 @@ def stream_figures(tagger: AudioTagger, wave: np.ndarray, rate: int, group: int,
             yield wave[i : i + size]
 
     latencies, compute = [], 0.0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for item in tagger.stream(blocks(), rate, hop=hop, frames_per_call=group):
         if isinstance(item, EventChange) and item.kind == "start":
             # audio that had to arrive before the start was known, then the compute to get there
             latencies.append(received["samples"] / rate - item.time)
         elif isinstance(item, FrameScores):
             pass
-    compute = time.perf_counter() - started
-    rtf = compute / (len(wave) / rate)
-    # each reported event also waits for its frame's compute: add the mean compute per audio second of delay
-    return rtf, float(np.mean(latencies)) if latencies else float("nan"), len(latencies)
+    compute, cpu = time.perf_counter() - started, time.process_time() - cpu
+    seconds = len(wave) / rate
+    return compute / seconds, cpu / seconds, float(np.mean(latencies)) if latencies else float("nan"), len(latencies)
 
 
 def latency(args, folder: Path) -> list[str]:
@@ -186,14 +187,17 @@ def latency(args, folder: Path) -> list[str]:
         "",
         f"Live tagging (`AudioTagger.stream`, 0.1 s blocks, 0.5 s windows, default post-processing), "
         f"{args.latency_seconds:.0f} s of scene audio streamed as fast as possible on {threads} threads. "
-        "Real-time factor = compute seconds per audio second (under 1: faster than real time). Start latency = "
+        "Real-time factor = wall-clock compute seconds per audio second (under 1: faster than real time); CPU = "
+        "CPU seconds the process used per audio second, all threads together, which other programs on the "
+        "machine inflate much less than the wall clock (load average before and after each row). Start latency = "
         "audio that had arrived when an event's start was reported, minus its onset (window half-width + the "
         "median filter's look-ahead + min duration + the frames waiting for their call); at a real-time pace add "
         "the compute of one call. base384 has random weights (527 classes): its cost does not depend on them, "
         "its event counts mean nothing.",
         "",
-        "| model | precision | hop (s) | frames per call | real-time factor | frames per second | start latency (audio s) | starts |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | precision | hop (s) | frames per call | real-time factor | CPU s per audio s | frames per second "
+        "| start latency (audio s) | starts | load average |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     configs = [("tiny (the demo's)", args.model, "fp32", 0.1, 1)]
     base = ASTModel(label_dim=527, imagenet_pretrain=False, audioset_pretrain=False, model_size="base384")
@@ -203,11 +207,13 @@ def latency(args, folder: Path) -> list[str]:
     for name, model, precision, hop, group in configs:
         if precision == "bf16" and not cpu_has_bf16_units():
             lines.append(f"| {name} | bf16 | {hop} | {group} | not timed: this CPU has no bf16 units (bf16 is emulated, "
-                         "slower than fp32) | | | |")  # fmt: skip
+                         "slower than fp32) | | | | | |")  # fmt: skip
             continue
         tagger = AudioTagger(model, device="cpu", precision=precision)
-        rtf, lat, starts = stream_figures(tagger, wave, rate, group, hop)
-        lines.append(f"| {name} | {precision} | {hop} | {group} | {rtf:.3f} | {1 / hop / rtf:.1f} | {lat:.2f} | {starts} |")
+        load = os.getloadavg()[0]
+        rtf, cpu, lat, starts = stream_figures(tagger, wave, rate, group, hop)
+        lines.append(f"| {name} | {precision} | {hop} | {group} | {rtf:.3f} | {cpu:.3f} | {1 / hop / rtf:.1f} | {lat:.2f} | "
+                     f"{starts} | {load:.1f}-{os.getloadavg()[0]:.1f} |")  # fmt: skip
         print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
