@@ -59,6 +59,8 @@ def _calibrate_on_scenes(args: argparse.Namespace, out: Path) -> int:
     from .infer import AudioTagger
     from .infer.events import calibrate_on_scenes
 
+    if args.threshold is not None:
+        raise ConfigError("--threshold: calibrate --scenes chooses the thresholds; the other post-processing flags apply")
     model = load_model(args.checkpoint)
     calibration = calibrate_on_scenes(
         AudioTagger(model, device=args.device, batch_size=args.batch_size), args.scenes,

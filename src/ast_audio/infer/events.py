@@ -195,7 +195,10 @@ def calibrate_on_scenes(tagger, folder, *, post=None, window=None, hop=None):
     lengths = {}
     if (folder / "durations.tsv").is_file():
         with open(folder / "durations.tsv", newline="") as fh:
-            lengths = {r[0]: float(r[1]) for r in csv.reader(fh, delimiter="\t") if r and r[0] != "filename"}
+            try:
+                lengths = {r[0]: float(r[1]) for r in csv.reader(fh, delimiter="\t") if r and r[0] != "filename"}
+            except (IndexError, ValueError):
+                raise DataError("expected filename<TAB>duration rows", str(folder / "durations.tsv")) from None
     post = post or PostProcessing()
     grid = tagger.frame_grid(window, hop)
     recordings = [
