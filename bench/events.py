@@ -235,7 +235,8 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        lines = [START, "## Sound events: detection and live tagging (`bench/events.py`)", "", f"Machine: {machine()}.", ""]
+        lines = [START, "## Sound events: detection and live tagging (`bench/events.py`)", "", f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} when it started (a shared machine: "
+                 "other programs ran beside it, so its seconds are upper bounds).", ""]
         if args.latency_only:
             for line in latency(args, folder):
                 print(line)

@@ -182,7 +182,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                          aggregate=args.aggregate, on_error=on_error):  # fmt: skip
                     out.timeline_of(t)
                     if args.scores_dir is not None:
-                        write_timeline_scores(t, args.scores_dir, tagger.ignored)
+                        write_timeline_scores(t, args.scores_dir, tagger.ignored, post_processing(args))
             else:
                 for p in tagger.predict(group, top_k=args.top_k, aggregate=args.aggregate, on_error=on_error):
                     out.prediction(p)
@@ -334,8 +334,9 @@ def add_commands(sub) -> None:
                    "--window/--hop windows merged where a label reaches --threshold")  # fmt: skip
     p.add_argument("--out", default=None, help="a folder: one CSV/JSONL shard per process (torchrun), resumable")
     p.add_argument("--scores-dir", default=None,
-                   help="--timeline: also write each file's frame scores to DIR/<file stem>.tsv (onset, offset, "
-                   "a column per class), the tables evaluate-events --scores reads for PSDS")  # fmt: skip
+                   help="--timeline: also write each file's frame scores (median-filtered as --median says) to "
+                   "DIR/<file stem>.tsv (onset, offset, a column per class), the tables evaluate-events --scores "
+                   "reads for PSDS")  # fmt: skip
     add_post_processing(p)
     p.set_defaults(func=_cmd_predict)
 
