@@ -229,6 +229,8 @@ def main() -> int:
     parser.add_argument("--latency", action="store_true", help="also the live tagging figures")
     parser.add_argument("--latency-only", action="store_true", help="only the live tagging figures (printed, not written)")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--keep-latency", action="store_true",
+                        help="keep the live tagging lines already in --output (measure the detection only)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=BENCHMARKS)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -244,6 +246,11 @@ def main() -> int:
         lines += detection(args, folder)
         if args.latency:
             lines += latency(args, folder)
+        elif args.keep_latency:
+            text = args.output.read_text()
+            section = text[text.index(START) : text.index(END)].splitlines()
+            live = next(i for i, line in enumerate(section) if line.startswith("Live tagging"))
+            lines += [""] + section[live:]
         lines.append(END)
     return publish(lines, args, START, END)
 
