@@ -46,10 +46,10 @@ from ast_audio.evaluate_events import (
     read_events,
     read_score_tables,
     score_events,
-    write_timeline_scores,
 )
 from ast_audio.infer import AudioTagger, EventChange, FrameScores
 from ast_audio.infer.events import PostProcessing, detect_events
+from ast_audio.infer.scenes import write_timeline_scores
 from ast_audio.synth import write_scenes
 
 START, END = "<!-- bench:events:start -->", "<!-- bench:events:end -->"

@@ -57,7 +57,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _calibrate_on_scenes(args: argparse.Namespace, out: Path) -> int:
     from .checkpoints import load_model, save_checkpoint
     from .infer import AudioTagger
-    from .infer.events import calibrate_on_scenes
+    from .infer.scenes import calibrate_on_scenes
 
     if args.threshold is not None:
         raise ConfigError("--threshold: calibrate --scenes chooses the thresholds; the other post-processing flags apply")

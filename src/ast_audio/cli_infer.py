@@ -161,7 +161,7 @@ def _files_and_tagger(args: argparse.Namespace):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .evaluate_events import write_timeline_scores
+    from .infer.scenes import write_timeline_scores
 
     if args.scores_dir is not None and not (args.timeline and args.events == "frames") or args.scores_dir and args.out:
         raise ConfigError("--scores-dir writes detection frame scores: it needs --timeline (with --events frames), not --out")

@@ -147,7 +147,7 @@ def _calibrate_events(out: Path, best: Path, scenes: int, seed: int) -> tuple[fl
 
     from .checkpoints import load_model, save_checkpoint
     from .infer import AudioTagger
-    from .infer.events import calibrate_on_scenes
+    from .infer.scenes import calibrate_on_scenes
     from .synth import write_scenes
 
     model = load_model(best)

@@ -360,25 +360,3 @@ def _sed_eval(ref: list[dict], pred: list[dict], files: list[str]) -> dict:
         class_wise_event_f1={k: number(v["f_measure"]["f_measure"]) for k, v in classwise.items()},
     )  # fmt: skip
 
-
-def write_timeline_scores(timeline, folder: str | os.PathLike, ignore: Sequence[int] = (), post=None) -> Path:
-    """A frame-detection :class:`~ast_audio.infer.Timeline`'s scores as ``folder/<file stem>.tsv``
-    (:func:`write_score_table`), classes in ``ignore`` (a "nothing" class) left out.
-
-    The scores are median-filtered as ``post`` (a :class:`~ast_audio.infer.events.PostProcessing`,
-    default its defaults) filters them before its thresholds: PSDS then sweeps a threshold
-    over the scores the detection really thresholds, as DCASE systems' score tables do. Raw
-    frame scores, thresholded with no filter, break each event into fragments, each one a
-    false alarm (on the demo model's benchmark scenes PSDS 0.17 raw, see BENCHMARKS.md)."""
-    from .infer.events import PostProcessing, median_filter
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    keep = [c for c in range(len(timeline.labels)) if c not in set(ignore)]
-    w = timeline.windows
-    hop = (w[1].start - w[0].start) if len(w) > 1 else (w[0].end - w[0].start)
-    scores = median_filter(timeline.scores, (post or PostProcessing()).frames(hop)[0])
-    out = folder / f"{_stem(os.path.basename(timeline.path or 'stream'))}.tsv"
-    write_score_table(out, [x.start for x in w], [x.end for x in w], scores[:, keep],
-                      [timeline.labels[c] for c in keep])  # fmt: skip
-    return out

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +41,6 @@ __all__ = [
     "EventTracker",
     "PostProcessing",
     "calibrate_event_thresholds",
-    "calibrate_on_scenes",
     "calibrate_thresholds",
     "detect_events",
     "drop_short",
@@ -174,38 +172,6 @@ def calibrate_event_thresholds(
     after, after_class = event_f1(reference, rows(thresholds))
     class_f1 = {name: (before_class.get(name, 0.0), after_class.get(name, 0.0)) for name in labels if name in present}
     return EventCalibration(thresholds, before, after, class_f1)
-
-
-def calibrate_on_scenes(tagger, folder, *, post=None, window=None, hop=None):
-    """Event thresholds of ``tagger``'s model on the scenes of ``folder`` (``synth --scenes``'s
-    layout: ``audio/``, ``reference.tsv``, ``durations.tsv`` optional): see
-    :func:`ast_audio.infer.events.calibrate_event_thresholds`."""
-    import csv
-
-    from ..errors import DataError
-    from ..evaluate_events import read_events
-
-    folder = Path(folder)
-    reference = read_events(folder / "reference.tsv")
-    names = sorted({r["filename"] for r in reference})
-    files = [folder / "audio" / n for n in names]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DataError(f"the reference names {len(missing)} files not in audio/, e.g. {missing[0]}", str(folder))
-    lengths = {}
-    if (folder / "durations.tsv").is_file():
-        with open(folder / "durations.tsv", newline="") as fh:
-            try:
-                lengths = {r[0]: float(r[1]) for r in csv.reader(fh, delimiter="\t") if r and r[0] != "filename"}
-            except (IndexError, ValueError):
-                raise DataError("expected filename<TAB>duration rows", str(folder / "durations.tsv")) from None
-    post = post or PostProcessing()
-    grid = tagger.frame_grid(window, hop)
-    recordings = [
-        (name, tl.scores, lengths.get(name, tl.duration))
-        for name, tl in zip(names, tagger.timeline([str(f) for f in files], window, hop, post=post), strict=True)
-    ]
-    return calibrate_event_thresholds(recordings, reference, grid.hop, tagger.labels, post, ignore=tagger.ignored)
 
 
 def median_filter(scores: np.ndarray, k: int) -> np.ndarray:
@@ -381,3 +347,4 @@ class EventTracker:
             return []
         end = ev.end * self.hop if self.duration is None else min(ev.end * self.hop, self.duration)
         return [EventChange("end", self.labels[c], c, end, ev.peak)]
+
