@@ -56,3 +56,61 @@ def test_calibrate_command_stores_thresholds_that_predict_and_timeline_use(tmp_p
     strict.info.thresholds = [1.01, 1.01, 1.01]
     assert AudioTagger(strict, device="cpu").timeline(noise(3.0, 0.3), sample_rate=SR).events == []
     assert AudioTagger(strict, device="cpu").timeline(noise(3.0, 0.3), sample_rate=SR, threshold=0.5).events
+
+
+def test_calibrate_scenes_picks_event_thresholds_that_find_the_events(tmp_path):
+    """A loudness model whose "loud" probability only reaches 0.38 on loud audio (0.09 on quiet):
+    at 0.5 it finds no loud event; the calibrated threshold must find it."""
+    import torch
+
+    model = loudness_model(100)
+    with torch.no_grad():  # its logit is +-10 from the head's weight: scaled to +-0.896, shifted by -1.40
+        head = model.mlp_head[1]
+        head.weight[0] *= 0.0896
+        head.bias[0] = -1.40  # sigmoid(0.896 - 1.40) = 0.377, sigmoid(-0.896 - 1.40) = 0.091
+    ckpt = save_checkpoint(model, tmp_path / "weak.safetensors")
+    scenes = tmp_path / "scenes"
+    audio = np.concatenate([noise(4, 1e-4, seed=1), noise(3, 0.3, seed=2), noise(3, 1e-4, seed=3)]).astype(np.float32)
+    (scenes / "audio").mkdir(parents=True)
+    write_audio(scenes / "audio" / "s.wav", audio, SR)
+    (scenes / "reference.tsv").write_text(
+        "filename\tonset\toffset\tevent_label\ns.wav\t0\t4\tquiet\ns.wav\t4\t7\tloud\ns.wav\t7\t10\tquiet\n"
+    )
+    out = run_cli("calibrate", "--checkpoint", ckpt, "--scenes", scenes, "--out", tmp_path / "cal.safetensors")
+    assert out.returncode == 0, out.stderr
+    # before: quiet's two events found, loud's missed: TP 2, FP 0, FN 1, F1 = 2*2 / (2 + 3) = 0.8
+    assert "event F1: 0.8000 with every class at 0.5, 1.0000 calibrated" in out.stdout, out.stdout
+    thresholds = load_model(tmp_path / "cal.safetensors").info.thresholds
+    # loud: every candidate between 0.09 and 0.38 finds it (the hysteresis' off, 0.75 x, stays above 0.09
+    # from 0.15 on); ties go to the highest, 0.35; "never" has no reference event: 0.5
+    assert thresholds[0] == 0.35 and thresholds[2] == 0.5, thresholds
+    tl = AudioTagger(tmp_path / "cal.safetensors", device="cpu").timeline(str(scenes / "audio" / "s.wav"))
+    assert [e.label for e in tl.events] == ["quiet", "loud", "quiet"]
+    both = run_cli("calibrate", "--checkpoint", ckpt, "--scenes", scenes, "--data", "x.json")
+    assert both.returncode == 2 and "either --data and --label-csv (clips) or --scenes DIR" in both.stderr
+
+
+def test_event_calibration_never_lowers_a_class_f1():
+    """0.5 is one of the candidates and each class keeps its best: no class's event F1 on the
+    calibration recordings can fall (the overall, micro-averaged F1 can: a small class may
+    trade false alarms for its events)."""
+    from ast_audio.infer.events import calibrate_event_thresholds
+
+    rng = np.random.default_rng(3)
+    labels, hop, recordings, reference = ["a", "b", "c"], 0.1, [], []
+    for k in range(3):
+        scores = rng.uniform(0, 0.3, (300, 3))
+        for c in range(3):
+            for _ in range(3):
+                start = int(rng.integers(0, 270))
+                length = int(rng.integers(10, 30))
+                level = rng.uniform(0.3, 0.9)
+                scores[start : start + length, c] += level
+                reference.append({"filename": f"r{k}.wav", "onset": start * hop, "offset": (start + length) * hop,
+                                  "event_label": labels[c]})  # fmt: skip
+        recordings.append((f"r{k}.wav", np.clip(scores, 0, 1), 30.0))
+    got = calibrate_event_thresholds(recordings, reference, hop, labels)
+    assert set(got.class_f1) == set(labels)
+    assert all(after >= before for before, after in got.class_f1.values()), got.class_f1
+    assert any(after > before for before, after in got.class_f1.values()), got.class_f1  # 0.5 is not best everywhere
+    assert all(t in [round(0.05 * i, 2) for i in range(1, 20)] for t in got.thresholds)

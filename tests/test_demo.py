@@ -16,18 +16,25 @@ def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def test_small_demo_writes_everything_and_reruns_without_training(tmp_path):
     out = tmp_path / "demo"
-    first = run_demo(out, "--per-class", "10", "--epochs", "2")
+    first = run_demo(out, "--per-class", "10", "--epochs", "2", "--scenes", "1")
     assert first.returncode == 0, first.stderr[-2000:]
+    calibrated = re.search(r"event thresholds calibrated on 1 scenes: event F1 there ([\d.]+) at 0.5, ([\d.]+) calibrated", first.stdout)
+    assert calibrated, first.stdout
+    from ast_audio.checkpoints import load_model
+
+    thresholds = load_model(out / "exp" / "models" / "best_audio_model.safetensors").info.thresholds
+    assert thresholds is not None and len(thresholds) == 11 and all(0 < t < 1 for t in thresholds)
     accuracy = re.search(r"held-out accuracy: ([\d.]+)% on 22 clips of fold 5", first.stdout)
     assert accuracy, first.stdout
     assert len(re.findall(r"^  5-\S+\.wav +\S", first.stdout, flags=re.M)) == 11  # one tagged clip per class (background too)
     exp = out / "exp"
     for name in ("result.csv", "eval_result.csv", "curves.png", "confusion.png", "models/best_audio_model.safetensors"):
         assert (exp / name).stat().st_size > 0, name
-    result = exp / "result.csv"
-    stamp = result.stat().st_mtime_ns
-    again = run_demo(out, "--per-class", "10", "--epochs", "2")
+    result, events = exp / "result.csv", exp / "event_thresholds.json"
+    stamp, event_stamp = result.stat().st_mtime_ns, events.stat().st_mtime_ns
+    again = run_demo(out, "--per-class", "10", "--epochs", "2", "--scenes", "1")
     assert again.returncode == 0 and result.stat().st_mtime_ns == stamp  # nothing retrained
+    assert events.stat().st_mtime_ns == event_stamp and calibrated.group(0) in again.stdout  # nor recalibrated
     assert accuracy.group(0) in again.stdout
 
 

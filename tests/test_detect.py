@@ -171,3 +171,29 @@ def test_microphone_without_portaudio_is_a_one_line_error(tmp_path):
     out = run_cli("listen", "--checkpoint", model, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("ast-audio: error: microphone: ")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_scores_dir_tables_give_psds(tmp_path):
+    path = write_audio(tmp_path / "scene.wav", scene(), SR)
+    model = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
+    ref = tmp_path / "ref.tsv"
+    ref.write_text("filename\tonset\toffset\tevent_label\n" + "".join(f"scene.wav\t{a}\t{b}\t{label}\n" for label, a, b in EXPECTED))
+    out = run_cli("predict", path, "--checkpoint", model, "--timeline", "--format", "tsv", "--scores-dir", tmp_path / "s")
+    assert out.returncode == 0, out.stderr
+    from ast_audio.evaluate_events import read_score_tables
+
+    (table,) = read_score_tables(tmp_path / "s").values()
+    tagger = AudioTagger(model, device="cpu", batch_size=16)
+    assert table.labels == ["loud", "quiet", "never"] and table.duration == 10.0 and len(table.scores) == 100
+    from ast_audio.infer.events import median_filter
+
+    # the scores the detection thresholds: median-filtered over 0.75 s (9 frames), 6 decimals
+    assert np.abs(table.scores - median_filter(tagger.timeline(str(path)).scores, 9)).max() <= 5e-7
+    got = run_cli("evaluate-events", "--ref", ref, "--scores", tmp_path / "s", "--format", "json")
+    assert got.returncode == 0, got.stderr
+    psds = json.loads(got.stdout)
+    # the scores are ~0 or ~1 but at the two changes (within a window, 0.5 s): some threshold finds
+    # every event with no false alarm, so both classes' TPR is 1 from eFPR 0; "never" has no reference event
+    assert psds["psds"] == 1.0 and set(psds["class_wise_psds"]) == {"loud", "quiet"}
+    bad = run_cli("predict", path, "--checkpoint", model, "--scores-dir", tmp_path / "s")
+    assert bad.returncode == 2 and "--scores-dir writes detection frame scores: it needs --timeline" in bad.stderr

@@ -143,10 +143,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import TEST_FOLD, run_demo
 
     started = time.time()
-    result = run_demo(args.out, per_class=args.per_class, epochs=args.epochs, seed=args.seed)
+    result = run_demo(args.out, per_class=args.per_class, epochs=args.epochs, seed=args.seed, scenes=args.scenes)
     exp = result.exp_dir
     print(f"\nheld-out accuracy: {result.accuracy:.1%} on {result.test_clips} clips of fold {TEST_FOLD} "
           "(never used for training or for choosing the model)")  # fmt: skip
+    if result.event_f1 is not None:
+        print(f"event thresholds calibrated on {args.scenes} scenes: event F1 there {result.event_f1[0]:.3f} "
+              f"at 0.5, {result.event_f1[1]:.3f} calibrated ({exp / 'event_thresholds.json'})")  # fmt: skip
     print("\ntop-3 labels of one held-out clip per class:")
     for path, labels in result.tagged:
         shown = ", ".join(f"{name} {prob:.2f}" for name, prob in labels)
@@ -219,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=200, help="synthetic clips per class")
     p.add_argument("--epochs", type=int, default=None, help="default: recipes/demo.toml's (20)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenes", type=int, default=4,
+                   help="recordings (30-60 s, seed + 5003) that calibrate the event thresholds (4; 0: none)")  # fmt: skip
     p.set_defaults(func=_cmd_demo)
 
     from . import cli_events, cli_infer, cli_recipes, cli_serve, cli_shards, cli_train

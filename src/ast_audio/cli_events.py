@@ -31,6 +31,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out or args.checkpoint)
     if out.suffix not in (".safetensors", ".pt"):
         raise ConfigError(f"{out}: calibrated thresholds are saved in ast-audio's format; give --out FILE.safetensors")
+    if (args.data is None) == (args.scenes is None):
+        raise ConfigError("calibrate needs either --data and --label-csv (clips) or --scenes DIR (recordings with events)")
+    if args.scenes is not None:
+        return _calibrate_on_scenes(args, out)
+    if args.label_csv is None:
+        raise ConfigError("--data needs --label-csv")
     model = load_model(args.checkpoint)
     data = read_datafile(args.data, args.label_csv)
     if len(data.labels) != model.config.label_dim:
@@ -45,6 +51,31 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{out}: per-class thresholds from {len(scores)} clips of {args.data}")
     for name, t in zip(names, thresholds, strict=True):
         print(f"  {t:.4f}  {name}")
+    return 0
+
+
+def _calibrate_on_scenes(args: argparse.Namespace, out: Path) -> int:
+    from .checkpoints import load_model, save_checkpoint
+    from .infer import AudioTagger
+    from .infer.scenes import calibrate_on_scenes
+
+    if args.threshold is not None:
+        raise ConfigError("--threshold: calibrate --scenes chooses the thresholds; the other post-processing flags apply")
+    model = load_model(args.checkpoint)
+    calibration = calibrate_on_scenes(
+        AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32"), args.scenes,
+        post=post_processing(args), window=args.window, hop=args.hop,
+    )  # fmt: skip
+    from dataclasses import replace
+
+    model.info = replace(model.info, thresholds=[round(float(t), 6) for t in calibration.thresholds])
+    save_checkpoint(model.cpu(), out)
+    print(f"{out}: per-class event thresholds from the scenes of {args.scenes}, by event F1 (sed_eval)")
+    print(f"event F1: {calibration.before:.4f} with every class at 0.5, {calibration.after:.4f} calibrated")
+    names = model.info.labels or [f"class {i}" for i in range(len(calibration.thresholds))]
+    for name, t in zip(names, calibration.thresholds, strict=True):
+        f1 = calibration.class_f1.get(name)
+        print(f"  {t:.2f}  {name}" + ("" if f1 is None else f"  (F1 {f1[0]:.3f} -> {f1[1]:.3f})"))
     return 0
 
 
@@ -97,18 +128,22 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 def _cmd_evaluate_events(args: argparse.Namespace) -> int:
     from .evaluate_events import score_events
 
-    scores = score_events(args.ref, args.pred, durations=args.durations)
+    scores = score_events(args.ref, args.pred, scores=args.scores, durations=args.durations)
     if args.format == "json":
         print(json.dumps(scores.to_json(), indent=2))
         return 0
-    psds = "n/a (psds_eval failed; see the warning)" if scores.psds is None else f"{scores.psds:.4f}"
-    print(f"reference events {scores.reference_events}, predicted {scores.predicted_events}")
-    print(f"event-based (collar 200 ms, offset max(200 ms, 20%)): F1 {scores.event_f1:.4f}  "
-          f"precision {scores.event_precision:.4f}  recall {scores.event_recall:.4f}  ER {scores.event_error_rate:.4f}")
-    print(f"segment-based (1 s): F1 {scores.segment_f1:.4f}  ER {scores.segment_error_rate:.4f}")
-    print(f"PSDS (DTC 0.7, GTC 0.7, CTTC 0.3, alpha 0, max eFPR 100/h): {psds}")
-    for label, f1 in sorted(scores.class_wise_event_f1.items()):
-        print(f"  {f1:.4f}  {label}")
+    print(f"reference events {scores.reference_events}" + ("" if args.pred is None else f", predicted {scores.predicted_events}"))
+    if args.pred is not None:
+        print(f"event-based (collar 200 ms, offset max(200 ms, 20%)): F1 {scores.event_f1:.4f}  "
+              f"precision {scores.event_precision:.4f}  recall {scores.event_recall:.4f}  ER {scores.event_error_rate:.4f}")
+        print(f"segment-based (1 s): F1 {scores.segment_f1:.4f}  ER {scores.segment_error_rate:.4f}")
+    source = ("score tables, every threshold" if scores.psds_from == "scores"
+              else "the event tables' operating point only; --scores DIR for every threshold")
+    print(f"PSDS (DTC 0.7, GTC 0.7, alpha_ct 0, alpha_st 0, max eFPR 100/h; {source}): {scores.psds:.4f}")
+    for label in sorted(set(scores.class_wise_event_f1) | set(scores.class_wise_psds)):
+        f1 = scores.class_wise_event_f1.get(label)
+        psds = scores.class_wise_psds.get(label)
+        print(f"  {'' if f1 is None else f'F1 {f1:.4f}  '}{'' if psds is None else f'PSDS {psds:.4f}  '}{label}")
     return 0  # fmt: skip
 
 
@@ -129,31 +164,39 @@ def add_commands(sub) -> None:
     p.add_argument("--format", choices=["json", "table"], default=None, help="default: table on a terminal, else json")
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
     p.add_argument("--frames-per-call", type=_positive_int, default=1,
-                   help="frames scored together: throughput for large models on a CPU, one hop of latency each (1)")  # fmt: skip
+                   help="frames scored together: throughput for large models on a CPU, one hop of latency each (1); "
+                   "base384 on 2 CPU cores: --hop 0.25 --frames-per-call 4 --precision int8 keeps up with real time")  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as in predict (auto)")
     add_post_processing(p)
     p.set_defaults(func=_cmd_listen)
 
-    p = sub.add_parser("calibrate", help="per-class thresholds from a labelled validation set, into the checkpoint",
-                       description="Scores every clip of --data, picks for each class the threshold with the best "
-                       "F1, and stores them in the checkpoint's metadata (predict: present/absent per class; "
-                       "timeline and listen: the on thresholds of events).")  # fmt: skip
+    p = sub.add_parser("calibrate", help="per-class thresholds from labelled clips or scenes, into the checkpoint",
+                       description="Scores every clip of --data and picks for each class the threshold with the best "
+                       "clip F1; or detects the events of the recordings of --scenes DIR (synth --scenes' layout: "
+                       "audio/, reference.tsv) at thresholds 0.05-0.95 and picks for each class the one with the "
+                       "best event F1 (sed_eval, DCASE collars). Stores them in the checkpoint's metadata (predict: "
+                       "present/absent per class; timeline and listen: the on thresholds of events).")  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="an ast-audio checkpoint (.safetensors or .pt)")
-    p.add_argument("--data", required=True, help="labelled datafile (the training format)")
-    p.add_argument("--label-csv", required=True, help="the label CSV of the datafile")
+    p.add_argument("--data", default=None, help="labelled datafile (the training format)")
+    p.add_argument("--label-csv", default=None, help="the label CSV of the datafile")
+    p.add_argument("--scenes", default=None, help="a folder of recordings with reference events (audio/, reference.tsv)")
     p.add_argument("--out", default=None, help="where to write the calibrated checkpoint (default: in place)")
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default=None)
+    add_post_processing(p)
     p.set_defaults(func=_cmd_calibrate)
 
-    p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, psds_eval)",
+    p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, sed_scores_eval)",
                        description="Event-based F1/ER (collar 200 ms on onsets, max(200 ms, 20%%) on offsets) and "
-                       "segment-based F1/ER (1 s) by sed_eval; PSDS (DCASE scenario 1) by psds_eval. Tables are "
-                       "DCASE TSV: filename, onset, offset, event_label.")  # fmt: skip
+                       "segment-based F1/ER (1 s) by sed_eval; PSDS (DCASE scenario 1) by sed_scores_eval, over every "
+                       "threshold of --scores tables (predict --timeline --scores-dir), else at the operating point "
+                       "of the --pred tables. Event tables are DCASE TSV: filename, onset, offset, event_label.")  # fmt: skip
     p.add_argument("--ref", required=True, help="reference events (TSV)")
-    p.add_argument("--pred", required=True, nargs="+",
+    p.add_argument("--pred", default=None, nargs="+",
                    help="predicted events (TSV); several: PSDS operating points, the first one scored for F1")  # fmt: skip
+    p.add_argument("--scores", default=None,
+                   help="a folder of frame score tables (predict --timeline --scores-dir): PSDS over every threshold")  # fmt: skip
     p.add_argument("--durations", default=None, help="filename<TAB>duration (TSV), e.g. synth --scenes' durations.tsv")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=_cmd_evaluate_events)

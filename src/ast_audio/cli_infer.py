@@ -161,9 +161,18 @@ def _files_and_tagger(args: argparse.Namespace):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .infer.scenes import write_timeline_scores
+
+    if args.scores_dir is not None and not (args.timeline and args.events == "frames") or args.scores_dir and args.out:
+        raise ConfigError("--scores-dir writes detection frame scores: it needs --timeline (with --events frames), not --out")
     if wants_shards(args):  # --out DIR: one shard per process, resumable (ast_audio.cli_dist)
         return run_sharded(args, _files_and_tagger)
     files, tagger, on_error = _files_and_tagger(args)
+    if args.scores_dir is not None:
+        stems = sorted(Path(f).stem for f in files)
+        twice = sorted({s for a, s in zip(stems, stems[1:], strict=False) if a == s})
+        if twice:
+            raise ConfigError(f"--scores-dir: one table per file stem, and {twice[0]!r} names several files")
     out = _Output(args.format, args.timeline)
     with _progress(len(files), args.quiet) as bar:
         for group in _groups(files, GROUP_FILES):
@@ -172,6 +181,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                          post=post_processing(args), method=args.events,
                                          aggregate=args.aggregate, on_error=on_error):  # fmt: skip
                     out.timeline_of(t)
+                    if args.scores_dir is not None:
+                        write_timeline_scores(t, args.scores_dir, tagger.ignored, post_processing(args))
             else:
                 for p in tagger.predict(group, top_k=args.top_k, aggregate=args.aggregate, on_error=on_error):
                     out.prediction(p)
@@ -324,6 +335,10 @@ def add_commands(sub) -> None:
                    help="frames: post-processed detection frames (default); windows: the earlier "
                    "--window/--hop windows merged where a label reaches --threshold")  # fmt: skip
     p.add_argument("--out", default=None, help="a folder: one CSV/JSONL shard per process (torchrun), resumable")
+    p.add_argument("--scores-dir", default=None,
+                   help="--timeline: also write each file's frame scores (median-filtered as --median says) to "
+                   "DIR/<file stem>.tsv (onset, offset, a column per class), the tables evaluate-events --scores "
+                   "reads for PSDS")  # fmt: skip
     add_post_processing(p)
     p.set_defaults(func=_cmd_predict)
 

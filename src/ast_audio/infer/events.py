@@ -40,6 +40,7 @@ __all__ = [
     "EventChange",
     "EventTracker",
     "PostProcessing",
+    "calibrate_event_thresholds",
     "calibrate_thresholds",
     "detect_events",
     "drop_short",
@@ -109,6 +110,68 @@ def calibrate_thresholds(scores: np.ndarray, targets: np.ndarray, default: float
                 best, best_f1 = float(t), f1
         out[c] = best
     return out
+
+
+EVENT_CANDIDATES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ... 0.95
+
+
+@dataclass
+class EventCalibration:
+    """What :func:`calibrate_event_thresholds` found: ``thresholds`` ``[classes]``, the
+    overall event F1 ``before`` (every class at ``default``) and ``after`` (at the
+    thresholds), and per class ``(F1 at default, F1 at its threshold)`` by name."""
+
+    thresholds: np.ndarray
+    before: float
+    after: float
+    class_f1: dict[str, tuple[float, float]]
+
+
+def calibrate_event_thresholds(
+    recordings: Sequence[tuple[str, np.ndarray, float]],
+    reference: list[dict],
+    hop: float,
+    labels: Sequence[str],
+    post: PostProcessing = PostProcessing(),
+    *,
+    ignore: Sequence[int] = (),
+    candidates: Sequence[float] = EVENT_CANDIDATES,
+    default: float = 0.5,
+) -> EventCalibration:
+    """Per-class on thresholds that maximise each class's event-based F1 on labelled recordings.
+
+    ``recordings`` are ``(file name, frame scores [frames, classes], duration)`` as the
+    reference (:func:`ast_audio.evaluate_events.read_events` rows) names them. Each candidate
+    threshold is applied to every class with the rest of ``post`` (median, hysteresis at
+    ``off_ratio`` of it, gaps, minimum duration) and the events scored by sed_eval (collar
+    200 ms, offsets max(200 ms, 20%)); a class's F1 depends on its own events only, so each
+    class takes its best candidate (ties: the highest, fewest false alarms). Classes without
+    a reference event, or never found at any candidate, keep ``default``.
+    """
+    from dataclasses import replace
+
+    from ..evaluate_events import event_f1
+
+    def rows(threshold) -> list[dict]:
+        out = []
+        for name, scores, duration in recordings:
+            for e in detect_events(scores, hop, labels, replace(post, threshold=threshold), duration=duration,
+                                   ignore=ignore):  # fmt: skip
+                out.append({"filename": name, "onset": e.start, "offset": e.end, "event_label": e.label})
+        return out
+
+    present = {r["event_label"] for r in reference if r["event_label"]}
+    best = {name: (default, 0.0) for name in labels}
+    for t in candidates:
+        _, per_class = event_f1(reference, rows(float(t)))
+        for name, f1 in per_class.items():
+            if name in present and name in best and f1 > 0 and f1 >= best[name][1]:
+                best[name] = (float(t), f1)
+    thresholds = np.array([best[name][0] for name in labels], dtype=np.float64)
+    before, before_class = event_f1(reference, rows(default))
+    after, after_class = event_f1(reference, rows(thresholds))
+    class_f1 = {name: (before_class.get(name, 0.0), after_class.get(name, 0.0)) for name in labels if name in present}
+    return EventCalibration(thresholds, before, after, class_f1)
 
 
 def median_filter(scores: np.ndarray, k: int) -> np.ndarray:
@@ -284,3 +347,4 @@ class EventTracker:
             return []
         end = ev.end * self.hop if self.duration is None else min(ev.end * self.hop, self.duration)
         return [EventChange("end", self.labels[c], c, end, ev.peak)]
+
