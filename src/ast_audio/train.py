@@ -265,6 +265,9 @@ class Run:
         if len(labels) != cfg.n_class:
             raise ConfigError(f"--n_class is {cfg.n_class} but {cfg.label_csv} has {len(labels)} labels")
         shards = is_shard_spec(cfg.data_train)  # WebDataset shards (ast_audio.shards) instead of a datafile
+        if cfg.bucket_by_length and shards:
+            raise ConfigError("--bucket-by-length needs a datafile: shards stream their clips in a fixed order, "
+                              "which cannot be grouped by length")  # fmt: skip
         datafiles = {"train": read_shards(cfg.data_train, labels) if shards else
                      read_datafile(cfg.data_train, labels, skip_bad=cfg.skip_bad),
                      "valid": read_datafile(cfg.data_val, labels, skip_bad=cfg.skip_bad)}  # fmt: skip
@@ -281,9 +284,6 @@ class Run:
             weight_file = weight_file_for(cfg.data_train)
             weights = (read_weights(weight_file, len(datafiles["train"])) if weight_file.exists()
                        else balanced_weights(datafiles["train"]))  # fmt: skip
-        if cfg.bucket_by_length and shards:
-            raise ConfigError("--bucket-by-length needs a datafile: shards stream their clips in a fixed order, "
-                              "which cannot be grouped by length")  # fmt: skip
         lengths = train_set.natural_frames() if cfg.bucket_by_length else None
         sampler = EpochSampler(len(train_set), cfg.seed, ctx.rank, ctx.world, weights, lengths=lengths,
                                batch_size=cfg.batch_size * cfg.grad_accum)  # fmt: skip
