@@ -95,6 +95,13 @@ def test_patchout_and_bucketing_from_a_toml_config(toy, tmp_path):
     cfg = train_config_from_args(SimpleNamespace(config=str(path), **{n: None for n in TrainConfig.field_names()}))
     assert (cfg.patchout_f, cfg.patchout_t, cfg.bucket_by_length) == (3, 0.25, True)
     assert (TrainConfig().patchout_f, TrainConfig().patchout_t, TrainConfig().bucket_by_length) == (0, 0, False)
+    from ast_audio.recipes import resolve_config
+
+    train_settings = resolve_config("esc50", ["patchout_f=4", "patchout_t=0.4", "bucket_by_length=true"])[0]
+    assert (train_settings["patchout_f"], train_settings["patchout_t"], train_settings["bucket_by_length"]) == (4, 0.4, True)
+    assert isinstance(train_settings["patchout_f"], int)
+    with pytest.raises(ConfigError, match="--set patchout_t=lots: expected a number"):
+        resolve_config("esc50", ["patchout_t=lots"])
 
 
 # --------------------------------------------------------------------------- length bucketing

@@ -66,13 +66,13 @@ def _scalar(key: str, text: str, kinds: tuple) -> object:
         if str in kinds:  # a checkpoint path or published name
             return text
         raise ConfigError(f"--set {key}={text}: expected true or false")
-    for kind, what in ((int, "an integer"), (float, "a number")):
-        if kind in kinds:
-            try:
-                return kind(text)
-            except ValueError:
-                if str not in kinds:
-                    raise ConfigError(f"--set {key}={text}: expected {what}") from None
+    numbers = [(kind, what) for kind, what in ((int, "an integer"), (float, "a number")) if kind in kinds]
+    for kind, what in numbers:  # int | float (a count or a fraction): an integer if it is one
+        try:
+            return kind(text)
+        except ValueError:
+            if str not in kinds and kind is numbers[-1][0]:
+                raise ConfigError(f"--set {key}={text}: expected {what}") from None
     return text
 
 
