@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_bench_runs_end_to_end_and_writes_its_section(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\nkept\n")
-    args = ["--model-size", "tiny224", "--depth", "1", "--frames", "64", "--repeats", "1", "--budget", "0.1",
+    args = ["--model-size", "tiny224", "--depth", "1", "--frames", "128", "--repeats", "1", "--budget", "0.1",
             "--clips", "2", "--test-clips", "1", "--batch-size", "4", "--note", "shared CPU", "--output", str(out)]
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "train.py"), *args],
