@@ -22,7 +22,7 @@ minutes on an idle 2-core CPU with the defaults, part 1 half of it).
    full length. Plain, ``--patchout-f 0.33 --patchout-t 0.5``, ``--bucket-by-length``, and both.
    On one thread, so that CPU time counts work (two threads on a loaded 2-core machine
    spent four times the CPU time per epoch, waiting on each other). ``--no-step``: this
-   part alone.
+   part alone (``--no-budget``: part 1 alone).
    The same seed, data and initial weights for every row; ``--seeds`` repeats with others.
 
 Writes its tables between the ``bench:train`` markers of BENCHMARKS.md.
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="(2)")
     parser.add_argument("--seeds", type=int, default=1, help="(2)")
     parser.add_argument("--no-step", action="store_true", help="part 2 only")
+    parser.add_argument("--no-budget", action="store_true", help="part 1 only")
     parser.add_argument("--note", default="", help="how loaded the machine was, for the text")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=BENCHMARKS)
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     steps = [] if args.no_step else [*step_rows(args)[0], ""]
     with tempfile.TemporaryDirectory() as tmp:
-        budget = budget_rows(args, Path(tmp))
+        budget = [] if args.no_budget else budget_rows(args, Path(tmp))
     minutes = (time.time() - began) / 60
     note = f" {args.note.rstrip('.')}." if args.note else ""
     lines = [
