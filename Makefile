@@ -69,6 +69,7 @@ bench: demo
 	  --trained-data runs/demo/prepared/demo_test.json
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/finetune.py
+	$(BIN)/python bench/train.py
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	  $(BIN)/python bench/device.py; \
 	else echo "bench/device.py: no CUDA device here, skipped"; fi

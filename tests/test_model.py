@@ -178,3 +178,83 @@ def test_any_length_equals_the_model_set_to_that_length():
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     with pytest.raises(ConfigError, match=r"\[batch, 16..300 frames, 128 mel bins\], got \[1, 301, 128\]"):
         model.forward_features(torch.randn(1, 301, 128), any_length=True)
+
+
+# --------------------------------------------------------------------------- structured patchout
+
+
+def _patchout_by_hand(model, x, rows, cols):
+    """Patchout written out: every patch gets its own position on the full grid, then only the
+    kept rows and columns go on, behind the cls and dist tokens with theirs."""
+    v = model.v
+    patches = v.patch_embed.proj(x.unsqueeze(1).transpose(2, 3)).permute(0, 2, 3, 1)  # (B, f, t, D)
+    B, f, t, D = patches.shape
+    placed = patches + v.pos_embed[:, 2:].reshape(1, f, t, D)
+    kept = placed[:, rows][:, :, cols].reshape(B, -1, D)
+    cls, dist = v.cls_token + v.pos_embed[:, :1], v.dist_token + v.pos_embed[:, 1:2]
+    z = torch.cat([cls.expand(B, -1, -1), dist.expand(B, -1, -1), kept], dim=1)
+    for block in v.blocks:
+        z = block(z)
+    return model.mlp_head(model.pool(v.norm(z)))
+
+
+def test_patchout_keeps_each_patch_its_own_position():
+    from ast_audio.model import draw_patchout
+
+    model = tiny_ast(label_dim=3, input_tdim=200)  # a 12x19 grid
+    x = torch.randn(2, 200, 128)
+    rows, cols = draw_patchout(model.config.grid, 4, 7, torch.Generator().manual_seed(0))
+    assert len(rows) == 8 and len(cols) == 12
+    with torch.no_grad():
+        got = model(x, patchout=(rows, cols))
+        torch.testing.assert_close(got, _patchout_by_hand(model, x, rows, cols), atol=1e-6, rtol=1e-5)
+        # lists work as index tensors do; None keeps the whole axis
+        torch.testing.assert_close(model(x, patchout=(rows.tolist(), cols.tolist())), got, atol=0, rtol=0)
+        every_row = model(x, patchout=(None, cols))
+        torch.testing.assert_close(every_row, _patchout_by_hand(model, x, list(range(12)), cols), atol=1e-6,
+                                   rtol=1e-5)  # fmt: skip
+        # keeping every patch is the plain model, bit for bit; so is patchout=None
+        f, t = model.config.grid
+        plain = model(x)
+        assert torch.equal(model(x, patchout=(torch.arange(f), torch.arange(t))), plain)
+        assert torch.equal(model(x, patchout=None), plain)
+        with pytest.raises(ConfigError, match="keeps no patch"):
+            model(x, patchout=([], cols))
+        with pytest.raises(ConfigError, match="out of the 12x19 patch grid"):
+            model(x, patchout=([12], None))
+
+
+def test_a_cut_input_at_the_start_positions_is_the_full_input_without_its_last_columns():
+    """What length bucketing relies on: the first columns of a padded input are the cut
+    input's patches, and ``positions="start"`` gives them the positions they have there."""
+    model = tiny_ast(label_dim=3, input_tdim=300)  # 29 columns at tstride 10
+    x = torch.randn(2, 300, 128)
+    for length in (16, 106, 217):
+        columns = (length - 16) // 10 + 1
+        with torch.no_grad():
+            cut = model(x[:, :length], any_length=True, positions="start")
+            dropped = model(x, patchout=(None, torch.arange(columns)))
+        torch.testing.assert_close(cut, dropped, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ConfigError, match="positions must be 'centre' or 'start'"):
+        model(x, positions="end")
+
+
+def test_patchout_counts_fractions_and_refusals():
+    from ast_audio.model import draw_patchout, patchout_drops
+
+    assert patchout_drops((4, 0.4), (12, 101)) == (4, 40)  # a count; 40% of 101 columns, rounded
+    assert patchout_drops((0.5, 0), (12, 101)) == (6, 0)
+    assert patchout_drops((3.0, 50), (12, 101)) == (3, 50)  # a whole float is a count (TOML gives 3.0)
+    for spec, message in (((12, 0), "drops 12 of the 12 frequency rows: at least one must stay"),
+                          ((0, 0.999), "drops 101 of the 101 time columns"),
+                          ((-1, 0), "patchout-f must be a count"), ((0, 1.5), "patchout-t must be a count"),
+                          ((True, 0), "patchout-f must be a count")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            patchout_drops(spec, (12, 101))
+    assert draw_patchout((12, 101), 0, 0) is None
+    rows, cols = draw_patchout((12, 101), 4, 40, torch.Generator().manual_seed(3))
+    assert rows.tolist() == sorted(set(rows.tolist())) and len(rows) == 8 and 0 <= min(rows) and max(rows) < 12
+    assert cols.tolist() == sorted(set(cols.tolist())) and len(cols) == 61 and max(cols) < 101
+    again = draw_patchout((12, 101), 4, 40, torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], rows) and torch.equal(again[1], cols)
+    assert draw_patchout((12, 101), 0, 5)[0] is None  # no row dropped: every row

@@ -41,6 +41,15 @@ def _betas(value: str) -> tuple[float, float]:
     return first, second
 
 
+def _count_or_fraction(value: str) -> int | float:
+    """Patchout: a count of rows/columns (``4``) or a fraction of them (``0.4``)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count like 4 or a fraction like 0.4, got {value!r}") from None
+    return int(number) if number.is_integer() else number
+
+
 # (flags, TrainConfig field, type); original names first, our spellings as aliases.
 _TRAIN_FLAGS = [
     (["--data-train", "--data_train"], "data_train", str),
@@ -97,6 +106,9 @@ _TRAIN_FLAGS = [
     (["--label-smoothing", "--label_smoothing"], "label_smoothing", float),
     (["--weight-decay", "--weight_decay"], "weight_decay", float),
     (["--betas"], "betas", _betas),
+    (["--patchout-f", "--patchout_f"], "patchout_f", _count_or_fraction),
+    (["--patchout-t", "--patchout_t"], "patchout_t", _count_or_fraction),
+    (["--bucket-by-length", "--bucket_by_length"], "bucket_by_length", _flag),
 ]
 # When to reach for the fine-tuning flags (the README's "Fine-tuning on your data" says more).
 _HELP = {
@@ -109,6 +121,10 @@ _HELP = {
     "label_smoothing": "CE only: soften one-hot targets, e.g. 0.1, against over-confident overfitting",
     "weight_decay": "Adam's weight decay",
     "betas": "Adam's betas, as 0.95,0.999",
+    "patchout_f": "structured patchout (training only): drop N frequency rows of the patch grid per step, "
+    "or a fraction like 0.3",
+    "patchout_t": "structured patchout: drop N time columns per step, or a fraction like 0.4",
+    "bucket_by_length": "group clips of similar length into batches and cut each batch to its longest clip",
 }
 # Accepted for compatibility with the original's scripts, without effect here.
 _IGNORED = ["--model", "--n-print-steps", "--lr_patience", "--lr-patience"]

@@ -66,13 +66,13 @@ def _scalar(key: str, text: str, kinds: tuple) -> object:
         if str in kinds:  # a checkpoint path or published name
             return text
         raise ConfigError(f"--set {key}={text}: expected true or false")
-    for kind, what in ((int, "an integer"), (float, "a number")):
-        if kind in kinds:
-            try:
-                return kind(text)
-            except ValueError:
-                if str not in kinds:
-                    raise ConfigError(f"--set {key}={text}: expected {what}") from None
+    numbers = [(kind, what) for kind, what in ((int, "an integer"), (float, "a number")) if kind in kinds]
+    for kind, what in numbers:  # int | float (a count or a fraction): an integer if it is one
+        try:
+            return kind(text)
+        except ValueError:
+            if str not in kinds and kind is numbers[-1][0]:
+                raise ConfigError(f"--set {key}={text}: expected {what}") from None
     return text
 
 
@@ -211,6 +211,10 @@ class TrainConfig:
     label_smoothing: float = 0.0  # CE only
     weight_decay: float = 5e-7  # Adam's, as the original
     betas: tuple[float, float] = (0.95, 0.999)  # Adam's, as the original
+    # training faster (off by default: the original recipes stay exact)
+    patchout_f: int | float = 0  # structured patchout: frequency rows dropped per step (count, or fraction < 1)
+    patchout_t: int | float = 0  # ... and time columns
+    bucket_by_length: bool = False  # batches of similar length, cut to their longest clip
 
     def __post_init__(self):
         if isinstance(self.betas, (list, tuple)):  # TOML gives a list; one form for resume comparisons
@@ -235,6 +239,7 @@ class TrainConfig:
         if self.dataset is not None and self.dataset not in DATASETS:
             raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         self._check_fine_tuning()
+        self._check_speed()
         if self.wa and not 1 <= self.wa_start <= self.wa_end:
             raise ConfigError(f"weight averaging needs 1 <= wa_start <= wa_end, got {self.wa_start}..{self.wa_end}")
 
@@ -258,6 +263,14 @@ class TrainConfig:
         numbers = isinstance(betas, tuple) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
         if not numbers or len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}")
+
+    def _check_speed(self) -> None:
+        for flag, value in (("f", self.patchout_f), ("t", self.patchout_t)):
+            bad = isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            if bad or (isinstance(value, float) and value >= 1 and not value.is_integer()):
+                raise ConfigError(f"patchout_{flag} must be a count (0, 1, 2...) or a fraction in (0, 1), got {value!r}")
+        if not isinstance(self.bucket_by_length, bool):
+            raise ConfigError(f"bucket_by_length must be true or false, got {self.bucket_by_length!r}")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -78,16 +78,40 @@ class Draw(NamedTuple):
     position: int  # the draw's place in the epoch's sampling order (over all processes)
 
 
+BUCKET_CHUNK = 16  # length bucketing sorts draws within chunks of this many batches
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """The draws of one epoch: shuffled indices (or, with weights, drawn with replacement),
     the same on every rank for a given (seed, epoch), then split ``rank::world`` (wrapped
-    so every rank gets the same number of draws). Yields :class:`Draw` tuples."""
+    so every rank gets the same number of draws). Yields :class:`Draw` tuples.
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, weights: np.ndarray | None = None):
+    With ``lengths`` (each clip's frames) and ``batch_size`` (the global batch: every
+    rank's loader batch together), draws are grouped by length: the shuffled order is cut
+    into chunks of :data:`BUCKET_CHUNK` batches, each chunk sorted by length (ties keep the
+    shuffled order) and cut into batches, and the order of the full batches shuffled (a
+    short last batch stays last). Each rank's consecutive ``batch_size / world`` draws then
+    come from one such batch. Still the same on every rank for a given (seed, epoch), and
+    every draw of the plain order exactly once."""
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        weights: np.ndarray | None = None,
+        *,
+        lengths: list[int] | None = None,
+        batch_size: int | None = None,
+    ):
         self.size, self.seed, self.rank, self.world = size, seed, rank, world
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch = 0
         self.per_rank = math.ceil(size / world)
+        if lengths is not None and (len(lengths) != size or not batch_size or batch_size % world):
+            raise ConfigError("length bucketing needs a length per clip and a batch size divisible by the processes")
+        self.lengths, self.batch_size = lengths, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -103,8 +127,20 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.multinomial(self.weights, self.size, replacement=True, generator=gen)
         order = order.tolist()
         order += order[: self.per_rank * self.world - len(order)]
+        if self.lengths is not None:
+            order = self._bucketed(order, gen)
         mine = range(self.rank, len(order), self.world)
         return iter(Draw(order[p], self.epoch, p) for p in mine)
+
+    def _bucketed(self, order: list[int], gen: torch.Generator) -> list[int]:
+        size, chunk = self.batch_size, self.batch_size * BUCKET_CHUNK
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=self.lengths.__getitem__)
+            batches += [part[k : k + size] for k in range(0, len(part), size)]
+        tail = batches.pop() if batches and len(batches[-1]) < size else []
+        shuffled = torch.randperm(len(batches), generator=gen).tolist()
+        return [i for b in shuffled for i in batches[b]] + tail
 
 
 def mix_clips(waveform, rate, target, other, other_rate, other_target, lam):
@@ -163,6 +199,27 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.datafile)
+
+    def natural_frames(self) -> list[int]:
+        """Each clip's number of real frames (at most ``target_length``), from its file's header
+        (no decoding): what length bucketing sorts by. A file whose header cannot be read
+        counts as full length (it is reported when it is drawn)."""
+        from .audio import audio_info
+
+        contract, out = self.contract, []
+        for entry in self.datafile.entries:
+            try:
+                info = audio_info(entry.wav)
+            except AudioError:
+                out.append(contract.target_length)
+                continue
+            if contract.resample:  # the length it will have at the contract's rate
+                samples, (size, shift) = math.ceil(info.frames * contract.sample_rate / info.sample_rate), contract.window
+            else:
+                samples, (size, shift) = info.frames, contract.replace(sample_rate=info.sample_rate).window
+            frames = 0 if samples < size else 1 + (samples - size) // shift
+            out.append(min(frames, contract.target_length))
+        return out
 
     def _waveform(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.datafile.entries[index].wav

@@ -55,6 +55,7 @@ from .pos_embed import NUM_PREFIX_TOKENS, adapt_pos_embed, crop_time
 log = logging.getLogger(__name__)
 
 PATCH = 16
+Patchout = tuple  # (rows, cols): kept frequency rows and time columns of the patch grid (see draw_patchout)
 
 
 @dataclass(frozen=True)
@@ -481,25 +482,48 @@ class ASTModel(nn.Module):
             )
 
     def forward_tokens(
-        self, x: torch.Tensor, attn_maps: list | None = None, *, any_length: bool = False
+        self,
+        x: torch.Tensor,
+        attn_maps: list | None = None,
+        *,
+        any_length: bool = False,
+        positions: str = "centre",
+        patchout: Patchout | None = None,
     ) -> torch.Tensor:
         """All output tokens after the final norm: ``(B, 2 + f_dim * t_dim, D)``.
 
         ``any_length=True`` accepts 16..``input_tdim`` frames: the position grid is cut to the
         input's patch columns by AST's rule (:func:`~ast_audio.pos_embed.crop_time`), which
-        equals the model after ``set_input_size(input_tdim=T)``.
+        equals the model after ``set_input_size(input_tdim=T)``; ``positions="start"`` takes
+        the grid's first columns instead (a short clip sees the positions it has when padded
+        to ``input_tdim``: what length-bucketed training needs).
+
+        ``patchout=(rows, cols)``: structured patchout (PaSST). Only the patches of the kept
+        frequency ``rows`` and time ``cols`` of the input's patch grid (index tensors or
+        lists; ``None`` for all of an axis) go through the blocks, each with its own position
+        embedding: ``(B, 2 + len(rows) * len(cols), D)``. See :func:`draw_patchout`.
         """
+        if positions not in ("centre", "start"):
+            raise ConfigError(f"positions must be 'centre' or 'start', got {positions!r}")
         self._check_input(x, any_length)
         v = self.v
         x = x.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
         x = v.patch_embed.proj(x)  # (B, D, f, t)
-        pos = crop_time(v.pos_embed, self.config.grid, x.shape[-1]) if any_length else v.pos_embed
+        f_dim, t_dim = x.shape[-2:]
+        pos = crop_time(v.pos_embed, self.config.grid, t_dim, positions) if any_length else v.pos_embed
         x = x.flatten(2).transpose(1, 2)  # (B, f*t, D): frequency rows, time fastest
         B = x.shape[0]
-        x = torch.cat(
-            [v.cls_token.expand(B, -1, -1), v.dist_token.expand(B, -1, -1), x], dim=1
-        )  # (B, 2+N, D)
-        x = x + pos
+        if patchout is None:
+            x = torch.cat(
+                [v.cls_token.expand(B, -1, -1), v.dist_token.expand(B, -1, -1), x], dim=1
+            )  # (B, 2+N, D)
+            x = x + pos
+        else:  # keep the chosen rows and columns, each patch with its own position
+            D = x.shape[-1]
+            keep = _kept_patches(patchout, f_dim, t_dim, x.device)  # (N',) flat indices of the kept patches
+            x = x[:, keep] + pos[:, NUM_PREFIX_TOKENS:][:, keep]  # (B, N', D)
+            prefix = torch.cat([v.cls_token, v.dist_token], dim=1) + pos[:, :NUM_PREFIX_TOKENS]  # (1, 2, D)
+            x = torch.cat([prefix.expand(B, -1, D), x], dim=1)  # (B, 2+N', D)
         for block in v.blocks:
             if self.grad_checkpointing and attn_maps is None and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
@@ -512,16 +536,35 @@ class ASTModel(nn.Module):
         """AST's pooled token: the mean of the ``cls`` and ``dist`` outputs, ``(B, D)``."""
         return (tokens[:, 0] + tokens[:, 1]) / 2
 
-    def forward_features(self, x: torch.Tensor, *, any_length: bool = False) -> torch.Tensor:
-        """The pooled embedding: mean of the ``cls`` and ``dist`` outputs, ``(B, D)``."""
-        return self.pool(self.forward_tokens(x, any_length=any_length))
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        *,
+        any_length: bool = False,
+        positions: str = "centre",
+        patchout: Patchout | None = None,
+    ) -> torch.Tensor:
+        """The pooled embedding: mean of the ``cls`` and ``dist`` outputs, ``(B, D)``
+        (``any_length``, ``positions``, ``patchout``: see :meth:`forward_tokens`)."""
+        return self.pool(self.forward_tokens(x, any_length=any_length, positions=positions, patchout=patchout))
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Logits of pooled ``features``; with ``pre_logits`` the features themselves (timm's convention)."""
         return features if pre_logits else self.mlp_head(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        any_length: bool = False,
+        positions: str = "centre",
+        patchout: Patchout | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(B, label_dim)``; the options are :meth:`forward_tokens`'s (training uses
+        them: patchout and length-bucketed batches; evaluation and inference use neither)."""
+        return self.forward_head(
+            self.forward_features(x, any_length=any_length, positions=positions, patchout=patchout)
+        )
 
     def token_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Patch outputs laid out on the patch grid: ``(B, f_dim, t_dim, D)``."""
@@ -542,6 +585,55 @@ class ASTModel(nn.Module):
         per_block = 2 * n * d * (3 * d + d + 8 * d) + 2 * 2 * n * n * d
         patch = 2 * cfg.num_patches * d * PATCH * PATCH
         return int(cfg.depth * per_block + patch + 2 * d * cfg.label_dim)
+
+
+# --------------------------------------------------------------------------- structured patchout
+
+def _kept_patches(patchout: Patchout, f_dim: int, t_dim: int, device: torch.device) -> torch.Tensor:
+    """Flat indices (frequency rows, time fastest) of the patches in the kept rows and columns."""
+    rows, cols = patchout
+    rows = torch.arange(f_dim, device=device) if rows is None else torch.as_tensor(rows, device=device)
+    cols = torch.arange(t_dim, device=device) if cols is None else torch.as_tensor(cols, device=device)
+    if rows.numel() == 0 or cols.numel() == 0:
+        raise ConfigError("patchout keeps no patch: at least one frequency row and one time column must stay")
+    if int(rows.min()) < 0 or int(rows.max()) >= f_dim or int(cols.min()) < 0 or int(cols.max()) >= t_dim:
+        raise ConfigError(f"patchout rows/columns out of the {f_dim}x{t_dim} patch grid")
+    return (rows[:, None] * t_dim + cols[None, :]).reshape(-1)
+
+
+def patchout_drops(spec: tuple[float, float], grid: tuple[int, int]) -> tuple[int, int]:
+    """How many frequency rows and time columns of a ``grid`` ``(f_dim, t_dim)`` patchout drops,
+    from ``spec`` ``(f, t)``: a whole number is a count (``4``: four rows), a number in (0, 1) a
+    fraction (``0.4``: 40% of the columns, rounded), 0 none. Dropping every row or every
+    column (or a spec that is neither) is a :class:`ConfigError`."""
+    drops = []
+    for value, size, axis, flag in zip(spec, grid, ("frequency rows", "time columns"), ("f", "t"), strict=True):
+        bad = isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+        if not bad and isinstance(value, float) and value >= 1 and not value.is_integer():
+            bad = True
+        if bad:
+            raise ConfigError(f"--patchout-{flag} must be a count (0, 1, 2...) or a fraction in (0, 1), got {value!r}")
+        count = round(value * size) if 0 < value < 1 else int(value)
+        if count >= size:
+            raise ConfigError(f"--patchout-{flag} {value:g} drops {count} of the {size} {axis}: at least one must stay")
+        drops.append(count)
+    return drops[0], drops[1]
+
+
+def draw_patchout(
+    grid: tuple[int, int], drop_f: int, drop_t: int, generator: torch.Generator | None = None
+) -> Patchout | None:
+    """Kept ``(rows, cols)`` (sorted index tensors; ``None`` for an axis without drops) after
+    dropping ``drop_f`` random frequency rows and ``drop_t`` random time columns of ``grid``;
+    ``None`` when nothing is dropped."""
+    if not drop_f and not drop_t:
+        return None
+    f_dim, t_dim = grid
+    if drop_f >= f_dim or drop_t >= t_dim:
+        raise ConfigError(f"patchout would drop every row or column of the {f_dim}x{t_dim} patch grid")
+    rows = torch.randperm(f_dim, generator=generator)[: f_dim - drop_f].sort().values if drop_f else None
+    cols = torch.randperm(t_dim, generator=generator)[: t_dim - drop_t].sort().values if drop_t else None
+    return rows, cols
 
 
 def size_for(embed_dim: int, num_heads: int | None = None) -> str:

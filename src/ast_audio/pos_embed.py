@@ -55,15 +55,18 @@ def adapt_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
-def crop_time(pos_embed: torch.Tensor, grid_hw: tuple[int, int], new_w: int) -> torch.Tensor:
+def crop_time(pos_embed: torch.Tensor, grid_hw: tuple[int, int], new_w: int, at: str = "centre") -> torch.Tensor:
     """The rule's cut along time only (``new_w <= W``), written so that a tracer keeps ``new_w``
     symbolic: a ``(1, 2 + H*W, D)`` embedding on ``grid_hw`` -> ``(1, 2 + H*new_w, D)``.
 
     Equals ``adapt_pos_embed(pos_embed, (H, W), (H, new_w))`` for every ``new_w <= W``.
+    ``at="start"`` takes the first ``new_w`` columns instead of the centred window: where a
+    short input must see the positions its start has when it is padded to ``W`` columns
+    (training on length-bucketed batches, evaluated padded to the full length).
     """
     old_h, old_w = grid_hw
     dim = pos_embed.shape[2]
-    start = old_w // 2 - new_w // 2
+    start = 0 if at == "start" else old_w // 2 - new_w // 2
     grid = pos_embed[:, NUM_PREFIX_TOKENS:].reshape(1, old_h, old_w, dim)  # (1, H, W, D)
     grid = grid[:, :, start : start + new_w].reshape(1, -1, dim)  # (1, H*new_w, D)
     return torch.cat([pos_embed[:, :NUM_PREFIX_TOKENS], grid], dim=1)

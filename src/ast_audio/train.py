@@ -75,7 +75,7 @@ from .features import InputContract
 from .fileio import atomic_write, clean_stale_temporaries
 from .labels import read_label_csv
 from .metrics import calculate_stats, d_prime
-from .model import ASTModel, ModelInfo
+from .model import PATCH, ASTConfig, ASTModel, ModelInfo, draw_patchout, patch_grid, patchout_drops
 from .pipeline import Augmentation
 from .plots import plot_curves
 from .runtime import pick_device, training_amp
@@ -160,6 +160,7 @@ def train_step(
     amp_dtype: torch.dtype | None = None,
     micro_batch: int | None = None,
     label_smoothing: float = 0.0,
+    forward_kwargs: dict | None = None,
 ) -> torch.Tensor:
     """One optimiser step on a batch: forward of ``net`` (a model, or any callable giving
     logits: ``bench/`` passes Hugging Face's) under autocast when ``amp_dtype``, the loss
@@ -169,7 +170,10 @@ def train_step(
     ``micro_batch``: gradient accumulation. The batch is cut into chunks of that many clips,
     each chunk's mean loss weighted by its share of the batch and its gradients added up
     (DDP synchronises only the last), then one step: the update of the whole batch, with
-    one chunk's activations in memory at a time."""
+    one chunk's activations in memory at a time.
+
+    ``forward_kwargs``: passed to every ``net`` call (the trainer's patchout and the cut
+    of a length-bucketed batch: :meth:`ASTModel.forward`'s options)."""
     optimizer.zero_grad(set_to_none=True)
     total = len(features)
     size = micro_batch or total
@@ -180,7 +184,7 @@ def train_step(
         last = i == len(starts) - 1
         with contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
             with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = net(x)
+                logits = net(x, **forward_kwargs) if forward_kwargs else net(x)
             value = loss_value(logits.float(), y, loss, label_smoothing)
             if len(starts) > 1:
                 value = value * (len(x) / total)
@@ -189,6 +193,13 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     return value_sum
+
+
+def bucket_length(longest: int, config: ASTConfig) -> int:
+    """Frames a length-bucketed batch is cut to: its ``longest`` clip's real frames rounded up
+    to whole patch columns (``16 + k * tstride``), at most the model's ``input_tdim``."""
+    columns = 1 if longest <= PATCH else -(-(longest - PATCH) // config.tstride) + 1
+    return min(PATCH + (columns - 1) * config.tstride, config.input_tdim)
 
 
 def parameter_groups(model: ASTModel, freeze: int | str | None = None, llrd: float = 1.0) -> list[dict]:
@@ -234,6 +245,7 @@ class Run:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     state: RunState
+    patchout: tuple[int, int] = (0, 0)  # frequency rows and time columns dropped per step (full-length grid)
 
     @property
     def models_dir(self) -> Path:
@@ -253,6 +265,9 @@ class Run:
         if len(labels) != cfg.n_class:
             raise ConfigError(f"--n_class is {cfg.n_class} but {cfg.label_csv} has {len(labels)} labels")
         shards = is_shard_spec(cfg.data_train)  # WebDataset shards (ast_audio.shards) instead of a datafile
+        if cfg.bucket_by_length and shards:
+            raise ConfigError("--bucket-by-length needs a datafile: shards stream their clips in a fixed order, "
+                              "which cannot be grouped by length")  # fmt: skip
         datafiles = {"train": read_shards(cfg.data_train, labels) if shards else
                      read_datafile(cfg.data_train, labels, skip_bad=cfg.skip_bad),
                      "valid": read_datafile(cfg.data_val, labels, skip_bad=cfg.skip_bad)}  # fmt: skip
@@ -269,7 +284,9 @@ class Run:
             weight_file = weight_file_for(cfg.data_train)
             weights = (read_weights(weight_file, len(datafiles["train"])) if weight_file.exists()
                        else balanced_weights(datafiles["train"]))  # fmt: skip
-        sampler = EpochSampler(len(train_set), cfg.seed, ctx.rank, ctx.world, weights)
+        lengths = train_set.natural_frames() if cfg.bucket_by_length else None
+        sampler = EpochSampler(len(train_set), cfg.seed, ctx.rank, ctx.world, weights, lengths=lengths,
+                               batch_size=cfg.batch_size * cfg.grad_accum)  # fmt: skip
         if shards:  # a stream that splits, shuffles and balances itself (no sampler, no weight file)
             train_set = sampler = ShardStream(datafiles["train"], contract, augmentation, seed=cfg.seed,
                                               fbank_on=fbank_on, rank=ctx.rank, world=ctx.world, balanced=cfg.bal,
@@ -286,6 +303,7 @@ class Run:
             audioset_pretrain=cfg.audioset_pretrain, model_size=cfg.model_size, verbose=ctx.main, depth=cfg.depth,
         )  # fmt: skip
         model.info = ModelInfo(labels=labels.names, label_ids=labels.mids).with_contract(contract)
+        patchout = patchout_drops((cfg.patchout_f, cfg.patchout_t), model.config.grid)  # checked before any work
         model.to(device)
         model.set_grad_checkpointing(cfg.grad_checkpointing)
         groups = parameter_groups(model, cfg.freeze, cfg.llrd)
@@ -303,7 +321,7 @@ class Run:
         if cfg.compile:
             net = torch.compile(net)
         run = cls(cfg, device, ctx, exp, contract, datafiles, train_set, val_set, sampler, loader, model, net,
-                  optimizer, scheduler, scaler, amp_dtype, RunState())  # fmt: skip
+                  optimizer, scheduler, scaler, amp_dtype, RunState(), patchout)  # fmt: skip
         run.state = run._resume()
         return run
 
@@ -356,9 +374,11 @@ class Run:
                 for group in self.optimizer.param_groups:
                     group["lr"] = state.global_step / 1000 * cfg.lr * group.get("lr_scale", 1.0)
             features, targets = self.train_set.model_input(batch, device)
+            features, options = self.step_input(features, batch["frames"], state.global_step)
             loss = train_step(self.net, features, targets, self.optimizer, self.scaler, loss=cfg.loss,
                               amp_dtype=self.amp_dtype, label_smoothing=cfg.label_smoothing,
-                              micro_batch=cfg.batch_size // ctx.world if cfg.grad_accum > 1 else None)  # fmt: skip
+                              micro_batch=cfg.batch_size // ctx.world if cfg.grad_accum > 1 else None,
+                              forward_kwargs=options)  # fmt: skip
             loss_sum += loss.double() * len(features)
             seen += len(features)
             state.global_step += 1
@@ -379,6 +399,27 @@ class Run:
             raise TrainingError(f"the training loss of epoch {epoch} is {mean}; lower --lr or check the data",
                                 cfg.exp_dir)  # fmt: skip
         return mean
+
+    def step_input(self, features: torch.Tensor, frames: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """A training batch as the model takes it, and the model options of its step: with
+        length bucketing the features cut to the batch's longest clip (whole patch columns,
+        the grid's first columns: :func:`bucket_length`); with patchout the rows and columns
+        kept at this step, drawn from ``(seed, step)`` (the same on every rank and after a
+        resume; on a cut batch the columns dropped scale with its grid)."""
+        cfg, config = self.cfg, self.model.config
+        options: dict = {}
+        if cfg.bucket_by_length:
+            length = bucket_length(int(frames.max()), config)
+            if length < features.shape[1]:
+                features = features[:, :length]
+                options.update(any_length=True, positions="start")
+        drop_f, drop_t = self.patchout
+        if drop_f or drop_t:
+            grid = patch_grid(config.input_fdim, features.shape[1], config.fstride, config.tstride)
+            drop_t = min(round(drop_t * grid[1] / config.grid[1]), grid[1] - 1)
+            seed = int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])
+            options["patchout"] = draw_patchout(grid, drop_f, drop_t, torch.Generator().manual_seed(seed))
+        return features, options
 
     def predict(self, model: ASTModel, dataset: AudioDataset, batch_size: int | None = None) -> Predictions | None:
         """Scores of ``model`` on ``dataset``; every rank takes part, rank 0 gets them."""
