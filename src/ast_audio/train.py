@@ -31,8 +31,10 @@ What is ours:
   workers or processes (see :mod:`ast_audio.dataset`);
 - ``valid_loss`` is computed on the logits (the original applied the loss to sigmoid
   outputs, which made it incomparable with ``train_loss``);
-- mixed precision: ``amp='auto'`` is fp16 with a gradient scaler on CUDA (as the
-  original) and off on the CPU; ``amp='bf16'`` autocasts to bfloat16 on any device;
+- mixed precision: ``amp='auto'`` is bf16 where the hardware computes it natively (a CPU
+  with AMX or AVX512-BF16, a CUDA GPU with bf16), fp16 with a gradient scaler on other CUDA
+  GPUs (as the original) and off elsewhere (:func:`ast_audio.runtime.training_amp`);
+  ``amp='bf16'`` autocasts to bfloat16 on any device;
 - a non-finite loss stops the run with an error (the last good epoch stays resumable);
 - speed: Adam is the fused implementation (one kernel for all parameters, same update
   rule); ``fbank_on='device'`` (the default on CUDA) has the loader workers only decode
