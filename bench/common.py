@@ -98,13 +98,12 @@ def training_step(
 
 
 def cpu_has_bf16_units() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16); without them
-    torch emulates bf16 matmuls, several times slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16) torch may use; without
+    them torch emulates bf16 matmuls, several times slower than fp32. The library's detector
+    (:func:`ast_audio.runtime.cpu_bf16_units`), so benchmarks and ``precision="auto"`` agree."""
+    from ast_audio.runtime import cpu_bf16_units
+
+    return bool(cpu_bf16_units())
 
 
 def machine() -> str:

@@ -110,6 +110,19 @@ def test_bf16_units_are_read_from_cpuinfo_flags():
     assert cpu_flags("") == set() and cpu_bf16_units(set()) == []
 
 
+def test_a_onednn_isa_cap_takes_the_bf16_units_it_bars():
+    # ONEDNN_MAX_CPU_ISA keeps torch's bf16 matmuls off the units above the cap, so auto
+    # must see the CPU as the cap describes it (bench/model.py uses AVX2 to act as a Zen 3).
+    spr = cpu_flags(SPR)
+    assert cpu_bf16_units(spr, {}) == ["amx_bf16", "avx512_bf16"]
+    assert cpu_bf16_units(spr, {"ONEDNN_MAX_CPU_ISA": "avx2"}) == []
+    assert cpu_bf16_units(spr, {"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}) == []
+    assert cpu_bf16_units(spr, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == ["avx512_bf16"]
+    assert cpu_bf16_units(spr, {"ONEDNN_MAX_CPU_ISA": "ALL"}) == ["amx_bf16", "avx512_bf16"]
+    assert cpu_bf16_units(cpu_flags(ZEN3), {"ONEDNN_MAX_CPU_ISA": "ALL"}) == []  # a cap adds nothing
+    assert runtime.onednn_isa_cap({"ONEDNN_MAX_CPU_ISA": " "}) is None
+
+
 def test_this_cpus_flags_come_from_proc_cpuinfo_or_are_none(monkeypatch, tmp_path):
     runtime._this_cpu_flags.cache_clear()
     monkeypatch.setattr(runtime, "CPUINFO", tmp_path / "cpuinfo")

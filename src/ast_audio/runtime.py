@@ -26,6 +26,7 @@ import contextlib
 import copy
 import functools
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -63,11 +64,29 @@ def _this_cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
-def cpu_bf16_units(flags: set[str] | frozenset[str] | None = None) -> list[str]:
-    """The bf16 matrix units among ``flags`` (default: this CPU's): ``amx_bf16`` (Intel AMX)
-    and ``avx512_bf16`` (Intel Cooper Lake and later, AMD Zen 4 and later)."""
+# oneDNN, which runs torch's bf16 matmuls on the CPU, can be capped to an instruction set by
+# ONEDNN_MAX_CPU_ISA (or its older name DNNL_MAX_CPU_ISA). Under these caps it has no bf16
+# kernels, so bf16 is emulated whatever the CPU has; under AVX512_CORE_BF16 it has no AMX.
+NO_BF16_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+NO_AMX_ISAS = NO_BF16_ISAS | {"AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16"}
+
+
+def onednn_isa_cap(environ: dict[str, str] | None = None) -> str | None:
+    """The instruction-set cap oneDNN was given through the environment (upper case), or ``None``."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA")
+    return value.strip().upper() if value and value.strip() else None
+
+
+def cpu_bf16_units(flags: set[str] | frozenset[str] | None = None, environ: dict[str, str] | None = None) -> list[str]:
+    """The bf16 matrix units among ``flags`` (default: this CPU's) that torch may use:
+    ``amx_bf16`` (Intel AMX) and ``avx512_bf16`` (Intel Cooper Lake and later, AMD Zen 4 and
+    later), less those that an ``ONEDNN_MAX_CPU_ISA`` cap in ``environ`` (default: this
+    process's) keeps oneDNN from using (``AVX2`` there: none, as on an AVX2-only CPU)."""
     flags = _this_cpu_flags() if flags is None else flags
-    return [name for name in BF16_CPU_FLAGS if name in flags]
+    cap = onednn_isa_cap(environ)
+    barred = {"amx_bf16", "avx512_bf16"} if cap in NO_BF16_ISAS else {"amx_bf16"} if cap in NO_AMX_ISAS else set()
+    return [name for name in BF16_CPU_FLAGS if name in flags and name not in barred]
 
 
 def bf16_native(device: torch.device) -> bool:
