@@ -71,17 +71,20 @@ def _metadata(model: ASTModel, dynamic_time: bool) -> dict:
     }
 
 
-class _DynamicTime(nn.Module):
-    """The model on 16..``input_tdim`` frames: :meth:`ASTModel.forward_features` with
-    ``any_length=True`` cuts the position grid to the input's ``t_dim`` in the graph by AST's
-    rule, so a length ``T`` gives the logits of ``load_model(..., input_tdim=T)``."""
+class _Exported(nn.Module):
+    """The model as exported: one input, the logits. With ``dynamic_time``, on 16..``input_tdim``
+    frames: :meth:`ASTModel.forward_features` with ``any_length=True`` cuts the position grid to
+    the input's ``t_dim`` in the graph by AST's rule, so a length ``T`` gives the logits of
+    ``load_model(..., input_tdim=T)``. (The model's own ``forward`` has keyword-only training
+    options, which the legacy ONNX exporter would fill in as positional inputs.)"""
 
-    def __init__(self, model: ASTModel):
+    def __init__(self, model: ASTModel, dynamic_time: bool):
         super().__init__()
         self.model = model
+        self.dynamic_time = dynamic_time
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x, any_length=True))
+        return self.model.forward_head(self.model.forward_features(x, any_length=self.dynamic_time))
 
 
 def _cpu_copy(model: ASTModel) -> ASTModel:
@@ -132,7 +135,7 @@ def export_onnx(
         )
     model = _cpu_copy(model)
     cfg = model.config
-    module = _DynamicTime(model).eval() if dynamic_time else model
+    module = _Exported(model, dynamic_time).eval()
     example = (torch.randn(2, cfg.input_tdim, cfg.input_fdim),)
     kwargs: dict = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "dynamo": dynamo}
     if dynamo:
