@@ -115,7 +115,7 @@ def detection(args, folder: Path) -> list[str]:
     durations = {r.split("\t")[0].rsplit(".", 1)[0]: float(r.split("\t")[1])
                  for r in (scenes / "durations.tsv").read_text().splitlines()[1:]}  # fmt: skip
     for name, path in models:
-        tagger = AudioTagger(path, device="cpu", batch_size=32)
+        tagger = AudioTagger(path, device="cpu", batch_size=32, precision="fp32")  # the reference figures
         cache: dict = {}
         compute: dict = {}
         calibrated = "calibrated" if tagger.thresholds is not None else "NOT calibrated: 0.5"

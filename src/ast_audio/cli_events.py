@@ -165,7 +165,7 @@ def add_commands(sub) -> None:
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
     p.add_argument("--frames-per-call", type=_positive_int, default=1,
                    help="frames scored together: throughput for large models on a CPU, one hop of latency each (1); "
-                   "base384 on 2 CPU cores: --hop 0.25 --frames-per-call 4 --precision int8 keeps up with real time")  # fmt: skip
+                   "base384 on 2 CPU cores: 10 with the default precision auto keeps up with real time (README)")  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as in predict (auto)")
     add_post_processing(p)
