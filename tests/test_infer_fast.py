@@ -71,6 +71,18 @@ def test_int8_leaves_the_callers_model_alone(files):
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_int8_scores_do_not_depend_on_batch_mates(files, checkpoints):
+    # dynamic int8 scales a layer's input by the whole tensor's range: batched naively, a file's
+    # scores would change with the files beside it (and between torchrun ranks). One window at a time.
+    tagger = AudioTagger(checkpoints["single"], device="cpu", batch_size=8, precision="int8")
+    together = tagger.predict(clips(files))
+    for path, got in zip(clips(files), together, strict=True):
+        alone = tagger.predict(path)
+        np.testing.assert_array_equal(got.scores, alone.scores)
+    embedded = tagger.embed(clips(files))[0].embedding
+    np.testing.assert_array_equal(embedded, tagger.embed(clips(files)[0]).embedding)
+
+
 def test_precision_errors_and_the_autocast_synonym(recwarn):
     model = single_label_model()
     with pytest.raises(ConfigError, match="unknown precision 'fp16'; choose one of auto, fp32, bf16, int8"):
@@ -92,6 +104,7 @@ def test_auto_is_the_cpus_fast_path_and_computes_as_it(files, checkpoints, fp32,
     """``precision`` left out is ``"auto"``: int8 on a CPU without bf16 units (same top-1 as fp32,
     probabilities within int8's bound), bf16 on one with them; identical to asking for that path."""
     monkeypatch.setattr(runtime, "_this_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # the flags faked are all there is
     monkeypatch.setattr(runtime, "_told", set())
     tagger = AudioTagger(checkpoints["single"], device="cpu", batch_size=4)
     assert tagger.precision == expected and tagger.autocast == (expected == "bf16")

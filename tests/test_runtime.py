@@ -101,6 +101,13 @@ SPR = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx
 NEOVERSE = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 crc32 bf16 i8mm\n"
 
 
+@pytest.fixture(autouse=True)
+def no_isa_cap(monkeypatch):
+    """These tests fake the CPU's flags; a oneDNN cap in the caller's environment would bar units."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
+
 def test_bf16_units_are_read_from_cpuinfo_flags():
     assert "avx2" in cpu_flags(ZEN3) and "bugs" not in cpu_flags(ZEN3) and "spectre_v1" not in cpu_flags(ZEN3)
     assert cpu_bf16_units(cpu_flags(ZEN3)) == []

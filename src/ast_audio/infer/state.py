@@ -55,6 +55,11 @@ class Member:
     features: InputContract
     window: int  # samples of one model input
     compiled: dict[str, Callable] = field(default_factory=dict)  # "forward" / "tokens" -> torch.compile'd
+    # int8 dynamic quantisation scales each linear layer's input by its whole tensor's range, so a
+    # batched window's scores would depend on its batch-mates (the same file scored differently
+    # alone, in a folder, on another torchrun rank). An int8 member runs its windows one at a time:
+    # a window of 1212 tokens is a large matmul by itself, so little is lost.
+    per_row: bool = False
 
     @classmethod
     def load(cls, index: int, source, device: torch.device, precision: str) -> Member:
@@ -74,7 +79,7 @@ class Member:
                 "the hack fork's way), which the tagger's fixed-length windows do not support; predict with "
                 "`ast-audio recipe hack` or retrain with resample=true"
             )
-        return cls(name, model, contract, contract.samples)
+        return cls(name, model, contract, contract.samples, per_row=precision == "int8")
 
     @property
     def rate(self) -> int:
@@ -103,7 +108,14 @@ class Member:
     def function(self, head: Head, compile: bool, frames: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The model (``Head.PROBS``: logits) or its ``forward_tokens``, through ``torch.compile``
         when asked (compiled on first use). An input of fewer ``frames`` than the model's
-        runs eagerly with the position grid cut (``any_length``)."""
+        runs eagerly with the position grid cut (``any_length``). An int8 member (``per_row``)
+        runs a batch one window at a time, so a window's scores never depend on its batch-mates."""
+        fn = self._function(head, compile, frames)
+        if not self.per_row:
+            return fn
+        return lambda x: torch.cat([fn(x[i : i + 1]) for i in range(x.shape[0])])
+
+    def _function(self, head: Head, compile: bool, frames: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
         if head is Head.PROBS and frames is not None and frames != self.model.config.input_tdim:
             model = self.model
             return lambda x: model.forward_head(model.forward_features(x, any_length=True))
