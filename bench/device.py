@@ -90,16 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(batch, frames, bins, device=device)
     target = torch.zeros(batch, 527, device=device)
     target[:, :3] = 1.0
+    def clips_per_second(step) -> float:
+        """Training clips per second of ``step`` on ``x``, after a warm-up (kernels, allocator, autotuning)."""
+        for _ in range(3):
+            step(x, target)
+        sync(device)
+        begin = time.perf_counter()
+        for _ in range(args.steps):
+            step(x, target)
+        sync(device)
+        return batch * args.steps / (time.perf_counter() - begin)
+
     step = train_step_fn(model, model, torch.bfloat16)
-    for _ in range(3):  # warm-up: kernels, allocator, autotuning
-        step(x, target)
-    sync(device)
-    begin = time.perf_counter()
-    for _ in range(args.steps):
-        step(x, target)
-    sync(device)
-    step_seconds = (time.perf_counter() - begin) / args.steps
-    step_rate = batch / step_seconds
+    step_rate = clips_per_second(step)
+    step_seconds = batch / step_rate
     mfu = flops * step_rate / (peak * 1e12) if peak else None
     print(f"step alone: {step_seconds * 1000:.1f} ms/step, {step_rate:.1f} clips/s"
           + (f", MFU {mfu:.1%}" if mfu is not None else ""), flush=True)  # fmt: skip
@@ -108,15 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = draw_patchout(grid, *patchout_drops((4, 0.5), grid), torch.Generator().manual_seed(0))
     kept = tuple(None if k is None else k.to(device) for k in kept)
     patchout_flops = 3 * forward_flops(lambda v: model(v, patchout=kept), frames, bins, device)
-    patchout_step = train_step_fn(model, lambda v: model(v, patchout=kept), torch.bfloat16)
-    for _ in range(3):
-        patchout_step(x, target)
-    sync(device)
-    begin = time.perf_counter()
-    for _ in range(args.steps):
-        patchout_step(x, target)
-    sync(device)
-    patchout_rate = batch * args.steps / (time.perf_counter() - begin)
+    patchout_rate = clips_per_second(train_step_fn(model, lambda v: model(v, patchout=kept), torch.bfloat16))
     patchout_mfu = patchout_flops * patchout_rate / (peak * 1e12) if peak else None
     patchout_patches = (grid[0] if kept[0] is None else len(kept[0])) * (grid[1] if kept[1] is None else len(kept[1]))
     print(f"step with patchout ({patchout_patches} of {grid[0] * grid[1]} patches): {patchout_rate:.1f} clips/s"
