@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, allocator
 from .errors import AstAudioError, CheckpointError
 
 
@@ -58,6 +58,7 @@ def _runtime_info(device: str | None) -> dict:
         "precision_auto": precision,
         "precision_auto_reason": why,
         "training_amp_auto": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
+        "allocator": allocator.tune(),
     }
 
 
@@ -247,6 +248,7 @@ def _safe_output() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _safe_output()
+    allocator.tune()  # before torch allocates anything: tensor-sized blocks kept for reuse (allocator.py)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:

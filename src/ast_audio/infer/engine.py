@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import runtime
+from .. import allocator, runtime
 from ..errors import AstAudioError, ConfigError
 from ..features import InputContract, frame_sizes
 from ..model import ASTModel
@@ -125,6 +125,8 @@ class AudioTagger:
         if not sources:
             raise ConfigError("AudioTagger needs at least one checkpoint")
         self.device = runtime.device_for(precision, device)
+        if self.device.type == "cpu":
+            allocator.tune()  # freed activations kept for reuse, not faulted in afresh each window (allocator.py)
         precision = runtime.concrete_precision(precision, self.device)  # "auto" -> the device's fast path
         self.batch_size = batch_size
         self.precision = precision
