@@ -15,11 +15,17 @@ import soundfile as sf
 import soxr
 import torch
 
+from ast_audio import allocator
 from ast_audio.data import write_datafile
 from ast_audio.features import InputContract
 from ast_audio.labels import LabelTable, write_label_table
 from ast_audio.pipeline import Augmentation
 from ast_audio.synth import SAMPLE_RATE, make_clip
+
+# Every benchmark runs with the C allocator set as the CLI and the tagger set it, for both
+# sides of a comparison alike (Hugging Face's models run in the same process): freed tensor
+# memory reused instead of faulted in afresh (ast_audio.allocator). AST_AUDIO_MALLOC=default: glibc's own.
+ALLOCATOR = allocator.tune()
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"  # every script's default --output
@@ -119,6 +125,7 @@ def machine() -> str:
     parts = [
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)",
         f"numpy {np.__version__}",
+        f"malloc {ALLOCATOR.split(' (')[0]}",
     ]
     if torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name()}")

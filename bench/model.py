@@ -25,7 +25,9 @@ their logits are compared before anything is timed.
    (Zen 3, Haswell to Comet Lake). On such a CPU auto takes int8: this is where the issue's
    "2x Hugging Face fp32 without bf16 units" is measured when the machine itself has them.
    It is the code path of an AVX2-only CPU, not its microarchitecture (caches, clocks), so
-   the ratios are the figure to read.
+   the ratios are the figure to read. Then once more with glibc's default allocator
+   (``AST_AUDIO_MALLOC=default``: every activation faulted in afresh, as before
+   :mod:`ast_audio.allocator`; Hugging Face's rows too), which shows what that setting is worth.
 
 Writes its table between the ``bench:model`` markers of BENCHMARKS.md.
 """
@@ -45,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from common import BENCHMARKS, machine, publish, timed, training_step
+from common import ALLOCATOR, BENCHMARKS, machine, publish, timed, training_step
 
 from ast_audio import AudioTagger, load_model, runtime
 from ast_audio.checkpoints import export_hf
@@ -152,10 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.tagging_only:
         args.tagging_only.write_text(json.dumps({
             "rows": rows, "auto": auto.precision, "why": auto_why, "capability": torch.backends.cpu.get_cpu_capability(),
-            "load": [load_start, os.getloadavg()[0]],
+            "load": [load_start, os.getloadavg()[0]], "malloc": ALLOCATOR,
         }))  # fmt: skip
         return 0
-    avx2 = [] if args.no_avx2 else avx2_rows(args, work)
+    avx2 = [] if args.no_avx2 else [
+        *avx2_rows(args, work, {}, "The same tagging on AVX2 kernels only"),
+        *avx2_rows(args, work, {"AST_AUDIO_MALLOC": "default"},
+                   "Again on AVX2 kernels, with glibc's default allocator (`AST_AUDIO_MALLOC=default`, for both models)"),
+    ]  # fmt: skip
 
     x = torch.randn(2, 1024, 128)
     target = torch.zeros(2, 527)
@@ -218,19 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     return publish(lines, args, START, END)
 
 
-def avx2_rows(args, work: Path) -> list[str]:
-    """Markdown lines: part 1's fp32, int8 and auto rows in a child process held to AVX2 kernels."""
+def avx2_rows(args, work: Path, env: dict[str, str], title: str) -> list[str]:
+    """Markdown lines: part 1's fp32, int8 and auto rows in a child process held to AVX2 kernels (and ``env``)."""
     out = work / "avx2.json"
     command = [sys.executable, __file__, "--tagging-only", str(out), "--clips", str(args.clips),
                "--repeats", str(args.repeats), "--no-write"]  # fmt: skip
     print("part 4: the tagging rows again on AVX2 kernels", flush=True)
-    subprocess.run(command, env={**os.environ, **AVX2_ENV}, check=True)
+    subprocess.run(command, env={**os.environ, **AVX2_ENV, **env}, check=True)
     got = json.loads(out.read_text())
     hf_rate = got["rows"][0][1]
     return [
         "",
-        f"The same tagging on AVX2 kernels only (a child process with {', '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}; "
-        f"torch reported CPU capability {got['capability']}; load average {got['load'][0]:.1f} to {got['load'][1]:.1f}): "
+        f"{title} (a child process with {', '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}; "
+        f"torch reported CPU capability {got['capability']}; malloc {got['malloc']}; "
+        f"load average {got['load'][0]:.1f} to {got['load'][1]:.1f}): "
         "what a CPU with AVX2 and nothing newer (Zen 3, Haswell to Comet Lake) runs, on this machine's cores. "
         f"`precision=\"auto\"` took {got['auto']} there: {got['why']}.",
         "",
