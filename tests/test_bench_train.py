@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_bench_runs_end_to_end_and_writes_its_section(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\nkept\n")
-    args = ["--model-size", "tiny224", "--depth", "1", "--frames", "128", "--repeats", "1", "--budget", "0.1",
+    args = ["--model-size", "tiny224", "--depth", "1", "--frames", "128", "--repeats", "1", "--budget", "0.1,0.2", "--jobs", "2",
             "--clips", "2", "--test-clips", "1", "--batch-size", "4", "--note", "shared CPU", "--output", str(out)]
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "train.py"), *args],
@@ -31,5 +32,12 @@ def test_train_bench_runs_end_to_end_and_writes_its_section(tmp_path):
     assert all(float(r[3]) > 0 for r in steps)
     assert (len(steps) == 8) != ("bf16: not timed" in text)
     ways = [r for r in rows if r[1].strip().startswith(("plain", "patchout", "bucket"))]
-    assert len(ways) == 4 and all(0 <= float(r[4].strip().rstrip("%")) <= 100 for r in ways)
-    assert all(float(r[2]) >= 1 for r in ways)  # at least one epoch each
+    assert len(ways) == 4 + 2  # varied clips: four ways; long clips (one length): plain and patchout
+    assert "**varied** clips" in text and "**long** clips" in text and "(12x29 = 348 patches)" in text
+    for way in ways:  # "E ep, S s, **A%**" after each of the two marks, epochs and seconds growing
+        cells = [re.fullmatch(r"([\d.]+) ep, (\d+) s, \*\*([\d.]+)%\*\*", c.strip()) for c in way[2:4]]
+        assert all(cells), way
+        epochs, seconds, accuracy = ([float(c[i]) for c in cells] for i in (1, 2, 3))
+        assert 1 <= epochs[0] <= epochs[1] and seconds[0] <= seconds[1]
+        assert all(0 <= a <= 100 for a in accuracy)
+    assert "2 run(s) side by side" in text and "after 0.1 then 0.2 s of training" in text
