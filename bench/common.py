@@ -22,9 +22,9 @@ from ast_audio.labels import LabelTable, write_label_table
 from ast_audio.pipeline import Augmentation
 from ast_audio.synth import SAMPLE_RATE, make_clip
 
-# Every benchmark runs with the C allocator set as the CLI and the tagger set it, for both
-# sides of a comparison alike (Hugging Face's models run in the same process): freed tensor
-# memory reused instead of faulted in afresh (ast_audio.allocator). AST_AUDIO_MALLOC=default: glibc's own.
+# The C allocator as the CLI and the tagger set it (glibc's defaults unless AST_AUDIO_MALLOC=reuse:
+# ast_audio.allocator), for both sides of a comparison alike (Hugging Face's models run in the
+# same process); the machine line says which.
 ALLOCATOR = allocator.tune()
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,9 +25,9 @@ their logits are compared before anything is timed.
    (Zen 3, Haswell to Comet Lake). On such a CPU auto takes int8: this is where the issue's
    "2x Hugging Face fp32 without bf16 units" is measured when the machine itself has them.
    It is the code path of an AVX2-only CPU, not its microarchitecture (caches, clocks), so
-   the ratios are the figure to read. Then once more with glibc's default allocator
-   (``AST_AUDIO_MALLOC=default``: every activation faulted in afresh, as before
-   :mod:`ast_audio.allocator`; Hugging Face's rows too), which shows what that setting is worth.
+   the ratios are the figure to read. Then once more with ``AST_AUDIO_MALLOC=reuse`` (freed
+   tensor memory kept by glibc's malloc, :mod:`ast_audio.allocator`; Hugging Face's rows
+   too), which shows what that opt-in setting is worth.
 
 Writes its table between the ``bench:model`` markers of BENCHMARKS.md.
 """
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     avx2 = [] if args.no_avx2 else [
         *avx2_rows(args, work, {}, "The same tagging on AVX2 kernels only"),
-        *avx2_rows(args, work, {"AST_AUDIO_MALLOC": "default"},
-                   "Again on AVX2 kernels, with glibc's default allocator (`AST_AUDIO_MALLOC=default`, for both models)"),
+        *avx2_rows(args, work, {"AST_AUDIO_MALLOC": "reuse"},
+                   "Again on AVX2 kernels, with `AST_AUDIO_MALLOC=reuse` (freed tensor memory kept, for both models)"),
     ]  # fmt: skip
 
     x = torch.randn(2, 1024, 128)

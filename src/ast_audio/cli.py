@@ -248,7 +248,7 @@ def _safe_output() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _safe_output()
-    allocator.tune()  # before torch allocates anything: tensor-sized blocks kept for reuse (allocator.py)
+    allocator.tune()  # AST_AUDIO_MALLOC=reuse only: freed tensor memory kept for reuse (allocator.py)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:

@@ -126,7 +126,7 @@ class AudioTagger:
             raise ConfigError("AudioTagger needs at least one checkpoint")
         self.device = runtime.device_for(precision, device)
         if self.device.type == "cpu":
-            allocator.tune()  # freed activations kept for reuse, not faulted in afresh each window (allocator.py)
+            allocator.tune()  # AST_AUDIO_MALLOC=reuse only: freed activations kept for reuse (allocator.py)
         precision = runtime.concrete_precision(precision, self.device)  # "auto" -> the device's fast path
         self.batch_size = batch_size
         self.precision = precision
