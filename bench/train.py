@@ -143,7 +143,7 @@ def step_rows(args) -> tuple[list[str], dict]:
     return lines, seconds
 
 
-def write_varied(root: Path, per_class: int, seed: int, min_seconds: float) -> Path:
+def write_clips(root: Path, per_class: int, seed: int, min_seconds: float) -> Path:
     """``per_class`` clips of each synthetic class, each of a random length in ``min_seconds``..3 s."""
     rng = np.random.default_rng(seed)
     (root / "audio").mkdir(parents=True)
@@ -191,8 +191,8 @@ def budget_rows(args, work: Path, scenario: str) -> list[str]:
     small = {**SMALL, "fstride": SCENARIOS[scenario]["strides"], "tstride": SCENARIOS[scenario]["strides"]}
     ways = [w for w in WAYS if not (whole and "bucket_by_length" in w[1])]  # one length: nothing to bucket
     work = work / scenario
-    train_file = write_varied(work / "train", args.clips, 0, shortest)
-    test_file = write_varied(work / "test", args.test_clips, 1, shortest)
+    train_file = write_clips(work / "train", args.clips, 0, shortest)
+    test_file = write_clips(work / "test", args.test_clips, 1, shortest)
     contract = InputContract(target_length=SMALL["audio_length"])
     train_set = AudioDataset(read_datafile(train_file, labels), contract)
     mean, std = norm_stats(train_set)

@@ -2,7 +2,8 @@
 
 - The ``ast-audio`` command as a real subprocess, on the sources these tests import:
   :func:`run_cli` (and :func:`ok` to require exit 0), :func:`run_torchrun`, :func:`start_cli`
-  in the background with :func:`wait_for_file`, :func:`cli_env` for any other subprocess, and
+  in the background with :func:`wait_for_file`, :func:`run_bench` for a benchmark script,
+  :func:`cli_env` for any other subprocess, and
   :func:`cli_in_process` for quick parser-level checks.
 - :class:`Server`: files over HTTP on 127.0.0.1 (downloads, truncated transfers).
 - Fixtures: ``one_thread``, ``ast_home``, ``toy_model`` (a trained tiny model, per session),
@@ -49,6 +50,20 @@ def run_cli(*args: object, timeout: float = 300, **env: object) -> subprocess.Co
     environment variables (``AST_AUDIO_HOME=path``)."""
     cmd = [*CLI, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(**env), timeout=timeout)
+
+
+def run_bench(script: str, *args: object, output: Path, timeout: float = 600) -> str:
+    """``bench/SCRIPT ARGS... --output OUTPUT`` as a real subprocess (from ``bench/``, as ``make
+    bench`` runs it), into an OUTPUT that already holds a line ``kept``; the text it wrote
+    (the run must exit 0)."""
+    output.write_text("# Benchmarks\n\nkept\n")
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    run = subprocess.run(
+        [sys.executable, str(bench / script), *map(str, args), "--output", str(output)],
+        capture_output=True, text=True, timeout=timeout, cwd=bench, env=cli_env(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    return output.read_text()
 
 
 def run_torchrun(*args: object, nproc: int = 2, timeout: float = 300, **env: object) -> subprocess.CompletedProcess:

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import cli_env
+from conftest import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_device_bench_runs_end_to_end_and_writes_its_section(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
-    out.write_text("# Benchmarks\n\nkept\n")
-    args = ["--device", "cpu", "--model-size", "tiny224", "--depth", "1", "--clips", "12", "--batch-size", "6",
-            "--workers", "1", "--steps", "1", "--peak-tflops", "1", "--output", str(out)]  # fmt: skip
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "device.py"), *args],
-        capture_output=True, text=True, timeout=300, cwd=ROOT / "bench", env=cli_env(),
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    text = out.read_text()
+    text = run_bench("device.py", "--device", "cpu", "--model-size", "tiny224", "--depth", "1", "--clips", "12",
+                     "--batch-size", "6", "--workers", "1", "--steps", "1", "--peak-tflops", "1",
+                     output=tmp_path / "BENCHMARKS.md", timeout=300)  # fmt: skip
     assert "kept" in text and "<!-- bench:device:start -->" in text and "<!-- bench:device:end -->" in text
     for row in ("training step alone", "loader alone, first epoch", "second epoch (waveform cache)",
                 "loader + training step, cached clips", "Model FLOP utilisation of the step: "):  # fmt: skip
@@ -41,15 +32,8 @@ def test_bench_scripts_share_common_and_never_import_each_other():
 
 
 def test_shards_bench_runs_end_to_end_and_writes_its_section(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
-    out.write_text("# Benchmarks\n\nkept\n")
-    args = ["--clips", "4", "--workers", "2", "--repeats", "1", "--note", "shared CPU", "--output", str(out)]
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "shards.py"), *args],
-        capture_output=True, text=True, timeout=300, cwd=ROOT / "bench", env=cli_env(),
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    text = out.read_text()
+    text = run_bench("shards.py", "--clips", "4", "--workers", "2", "--repeats", "1", "--note", "shared CPU",
+                     output=tmp_path / "BENCHMARKS.md", timeout=300)  # fmt: skip
     assert "kept" in text and "<!-- bench:shards:start -->" in text and "shared CPU" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "clips/s" not in line and "---" not in line]
     assert len(rows) == 7 and all(float(line.split("|")[4]) > 0 for line in rows)  # 3 + 4 sources, 2 workers

@@ -3,23 +3,7 @@ no figure checked, the figures are the benchmarks')."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-from conftest import cli_env
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_bench(script: str, *args: str, output: Path) -> str:
-    output.write_text("# Benchmarks\n\nkept\n")
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), *args, "--output", str(output)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT / "bench", env=cli_env(),
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    return output.read_text()
+from conftest import run_bench
 
 
 def test_memory_bench_measures_both_settings_in_their_own_processes(tmp_path):

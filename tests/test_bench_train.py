@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-from conftest import cli_env
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_bench
 
 
 def test_train_bench_runs_end_to_end_and_writes_its_section(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
-    out.write_text("# Benchmarks\n\nkept\n")
-    args = ["--model-size", "tiny224", "--depth", "1", "--frames", "128", "--repeats", "1", "--budget", "0.1,0.2", "--jobs", "2",
-            "--clips", "2", "--test-clips", "1", "--batch-size", "4", "--note", "shared CPU", "--output", str(out)]
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train.py"), *args],
-        capture_output=True, text=True, timeout=600, cwd=ROOT / "bench", env=cli_env(),
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    text = out.read_text()
+    text = run_bench("train.py", "--model-size", "tiny224", "--depth", "1", "--frames", "128", "--repeats", "1",
+                     "--budget", "0.1,0.2", "--jobs", "2", "--clips", "2", "--test-clips", "1", "--batch-size", "4",
+                     "--note", "shared CPU", output=tmp_path / "BENCHMARKS.md")  # fmt: skip
     assert "kept" in text and "<!-- bench:train:start -->" in text and "<!-- bench:train:end -->" in text
     assert "shared CPU" in text
     rows = [line.split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
