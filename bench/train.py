@@ -124,7 +124,7 @@ def step_rows(args) -> tuple[list[str], dict]:
             seconds[(name, label)] = timed(step, args.repeats)
         for (who, what), sec in seconds.items():
             if what == label:
-                print(f"training step {label}, {who}: {sec:.2f} s", file=sys.stderr, flush=True)
+                print(f"training step {label}, {who}: {sec:.3g} s", file=sys.stderr, flush=True)
     base = seconds[("Hugging Face", "fp32")]
     lines = [
         f"Training step (forward, BCE, backward, fused Adam: the trainer's `train_step` for both models): "
@@ -134,7 +134,7 @@ def step_rows(args) -> tuple[list[str], dict]:
         "",
         "| model | precision | s/step | clips/s | vs HF fp32 |",
         "| --- | --- | ---: | ---: | ---: |",
-        *[f"| {who} | {label} | {sec:.2f} | {args.step_clips / sec:.2f} | {base / sec:.2f}x |"
+        *[f"| {who} | {label} | {sec:.3g} | {args.step_clips / sec:.3g} | {base / sec:.2f}x |"
           for (who, label), sec in seconds.items()],
     ]  # fmt: skip
     if len(precisions) == 1:
