@@ -15,15 +15,15 @@ import soundfile as sf
 import soxr
 import torch
 
-from ast_audio import allocator
+from ast_audio.audio.synth import SAMPLE_RATE, make_clip
+from ast_audio.base import allocator
 from ast_audio.data import write_datafile
+from ast_audio.data.labels import LabelTable, write_label_table
 from ast_audio.features import InputContract
-from ast_audio.labels import LabelTable, write_label_table
-from ast_audio.pipeline import Augmentation
-from ast_audio.synth import SAMPLE_RATE, make_clip
+from ast_audio.features.pipeline import Augmentation
 
 # The C allocator as the CLI and the tagger set it (glibc's defaults unless AST_AUDIO_MALLOC=reuse:
-# ast_audio.allocator), for both sides of a comparison alike (Hugging Face's models run in the
+# ast_audio.base.allocator), for both sides of a comparison alike (Hugging Face's models run in the
 # same process); the machine line says which.
 ALLOCATOR = allocator.tune()
 
@@ -76,7 +76,7 @@ def train_step_fn(
     logits_of: Callable[[torch.Tensor], torch.Tensor],
     dtype: torch.dtype | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """``step(x, target)``: the library's own step, :func:`ast_audio.train.train_step`
+    """``step(x, target)``: the library's own step, :func:`ast_audio.train.loop.train_step`
     (forward under ``dtype`` autocast, BCE on float32 logits, backward, fused Adam over
     ``model``'s parameters), for our model and Hugging Face's alike: ``logits_of(x)`` gives
     the model's logits."""
@@ -106,8 +106,8 @@ def training_step(
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16) torch may use; without
     them torch emulates bf16 matmuls, several times slower than fp32. The library's detector
-    (:func:`ast_audio.runtime.cpu_bf16_units`), so benchmarks and ``precision="auto"`` agree."""
-    from ast_audio.runtime import cpu_bf16_units
+    (:func:`ast_audio.base.runtime.cpu_bf16_units`), so benchmarks and ``precision="auto"`` agree."""
+    from ast_audio.base.runtime import cpu_bf16_units
 
     return bool(cpu_bf16_units())
 

@@ -49,7 +49,7 @@ from common import (
 )
 
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset, EpochSampler
+from ast_audio.data.dataset import AudioDataset, EpochSampler
 from ast_audio.model import ASTModel, draw_patchout, patchout_drops
 
 START, END = "<!-- bench:device:start -->", "<!-- bench:device:end -->"

@@ -41,16 +41,16 @@ import torch
 from common import BENCHMARKS, cpu_has_bf16_units, machine, publish
 
 from ast_audio import ASTModel
-from ast_audio.evaluate_events import (
+from ast_audio.audio.synth import write_scenes
+from ast_audio.infer import AudioTagger, EventChange, FrameScores
+from ast_audio.infer.events import PostProcessing, detect_events
+from ast_audio.infer.scenes import write_timeline_scores
+from ast_audio.infer.scoring import (
     psds_of_scores,
     read_events,
     read_score_tables,
     score_events,
 )
-from ast_audio.infer import AudioTagger, EventChange, FrameScores
-from ast_audio.infer.events import PostProcessing, detect_events
-from ast_audio.infer.scenes import write_timeline_scores
-from ast_audio.synth import write_scenes
 
 START, END = "<!-- bench:events:start -->", "<!-- bench:events:end -->"
 

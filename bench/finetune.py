@@ -1,7 +1,7 @@
 """Fine-tuning on little data: from scratch vs linear probe vs full fine-tune, on synthetic sounds.
 
 One command (``.venv/bin/python bench/finetune.py``, also run by ``make bench``; a few
-minutes on a CPU). The project's synthetic sounds (:mod:`ast_audio.synth`, one-second
+minutes on a CPU). The project's synthetic sounds (:mod:`ast_audio.audio.synth`, one-second
 clips) are split by class:
 
 1. **pretraining**: a tiny AST (the demo's model: tiny224, 2 blocks, 16x16 patches, 100
@@ -31,13 +31,13 @@ import numpy as np
 from common import BENCHMARKS, machine, publish
 
 from ast_audio import load_model
-from ast_audio.config import TrainConfig
+from ast_audio.audio.synth import CLASSES, write_dataset
 from ast_audio.data import read_datafile, write_datafile
-from ast_audio.dataset import AudioDataset, norm_stats
+from ast_audio.data.dataset import AudioDataset, norm_stats
+from ast_audio.data.labels import LabelTable, write_label_table
 from ast_audio.features import InputContract
-from ast_audio.labels import LabelTable, write_label_table
-from ast_audio.synth import CLASSES, write_dataset
 from ast_audio.train import train
+from ast_audio.train.config import TrainConfig
 
 START, END = "<!-- bench:finetune:start -->", "<!-- bench:finetune:end -->"
 PRETRAIN_CLASSES, NEW_CLASSES = range(0, 6), range(6, 10)

@@ -3,7 +3,7 @@
 One command (``.venv/bin/python bench/memory.py``, also run by ``make bench``). Each
 setting runs in a fresh subprocess (peak RSS is a per-process high-water mark): a random
 base384 model (strides 10/10, 1024 frames, 527 classes), the library's training step
-(:func:`ast_audio.train.train_step`: forward, BCE, backward, fused Adam) ``--steps`` times
+(:func:`ast_audio.train.loop.train_step`: forward, BCE, backward, fused Adam) ``--steps`` times
 on ``--batch`` clips, fp32, with ``set_grad_checkpointing`` off or on. Reported: the
 process's peak RSS, its RSS just before the first step (model, optimiser, imports), the
 difference (what the step added, activations and gradients and Adam's state), and on

@@ -26,7 +26,7 @@ their logits are compared before anything is timed.
    "2x Hugging Face fp32 without bf16 units" is measured when the machine itself has them.
    It is the code path of an AVX2-only CPU, not its microarchitecture (caches, clocks), so
    the ratios are the figure to read. Then once more with ``AST_AUDIO_MALLOC=reuse`` (freed
-   tensor memory kept by glibc's malloc, :mod:`ast_audio.allocator`; Hugging Face's rows
+   tensor memory kept by glibc's malloc, :mod:`ast_audio.base.allocator`; Hugging Face's rows
    too), which shows what that opt-in setting is worth.
 
 Writes its table between the ``bench:model`` markers of BENCHMARKS.md.
@@ -49,10 +49,11 @@ import soundfile as sf
 import torch
 from common import ALLOCATOR, BENCHMARKS, machine, publish, timed, training_step
 
-from ast_audio import AudioTagger, load_model, runtime
+from ast_audio import AudioTagger, load_model
+from ast_audio.audio.synth import SAMPLE_RATE, make_clip
+from ast_audio.base import runtime
 from ast_audio.checkpoints import export_hf
 from ast_audio.model import ASTModel
-from ast_audio.synth import SAMPLE_RATE, make_clip
 
 START, END = "<!-- bench:model:start -->", "<!-- bench:model:end -->"
 # What a CPU with AVX2 and nothing newer runs: every library that picks kernels by the CPU held to AVX2.
@@ -279,7 +280,7 @@ def trained_rows(checkpoint: Path, datafile: Path) -> list[str]:
 
 
 def _labels_of(model):
-    from ast_audio.labels import LabelTable
+    from ast_audio.data.labels import LabelTable
 
     info = model.info
     return LabelTable(list(info.label_ids), list(info.labels))

@@ -51,13 +51,13 @@ from common import (
     write_labels,
 )
 
-from ast_audio.audio import load_audio
-from ast_audio.augment import spec_augment
+from ast_audio.audio.io import load_audio
+from ast_audio.audio.synth import SAMPLE_RATE
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset, EpochSampler
+from ast_audio.data.dataset import AudioDataset, EpochSampler
 from ast_audio.features import normalize, waveform_to_input
+from ast_audio.features.augment import spec_augment
 from ast_audio.model import ASTModel
-from ast_audio.synth import SAMPLE_RATE
 
 START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
 BATCH = 12

@@ -38,7 +38,7 @@ import torch
 from common import BENCHMARKS, ROOT, machine, publish, timed
 
 from ast_audio import ASTConfig, ASTModel, AudioTagger, ModelInfo, save_checkpoint
-from ast_audio.synth import SAMPLE_RATE, make_clip
+from ast_audio.audio.synth import SAMPLE_RATE, make_clip
 
 START, END = "<!-- bench:serve:start -->", "<!-- bench:serve:end -->"
 

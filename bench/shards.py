@@ -38,8 +38,8 @@ from common import (
 )
 
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset, EpochSampler
-from ast_audio.shards import ShardStream, read_shards, write_shards
+from ast_audio.data.dataset import AudioDataset, EpochSampler
+from ast_audio.data.shards import ShardStream, read_shards, write_shards
 
 START, END = "<!-- bench:shards:start -->", "<!-- bench:shards:end -->"
 BATCH = 12

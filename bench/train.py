@@ -3,7 +3,7 @@
 One command (``.venv/bin/python bench/train.py``, also run by ``make bench``; about ten
 minutes on an idle 2-core CPU with the defaults, part 1 half of it).
 
-1. **A training step** (forward, BCE, backward, fused Adam: :func:`ast_audio.train.train_step`,
+1. **A training step** (forward, BCE, backward, fused Adam: :func:`ast_audio.train.loop.train_step`,
    the trainer's own) of base384 (strides 10/10, 1024 frames, 527 classes; ``--steps-clips``
    clips) for Hugging Face's ``ASTForAudioClassification`` and ours holding the same random
    weights (exported with ``export_hf``, logits compared first), fp32; then ours with
@@ -13,8 +13,8 @@ minutes on an idle 2-core CPU with the defaults, part 1 half of it).
    than fp32, so timing it says nothing about training).
 2. **Accuracy after the same training time**: a tiny AST (the demo's: tiny224, 2
    blocks, 16x16 patches) trained from scratch on the project's synthetic sounds
-   (:mod:`ast_audio.synth`) of random length (``--min-seconds``..3 s, padded to 300 frames,
-   as a dataset of varied clips is), by the trainer's own epoch loop (:class:`ast_audio.train.Run`),
+   (:mod:`ast_audio.audio.synth`) of random length (``--min-seconds``..3 s, padded to 300 frames,
+   as a dataset of varied clips is), by the trainer's own epoch loop (:class:`ast_audio.train.loop.Run`),
    scored on held-out clips at full length after each of the ``--budget`` marks (seconds of
    training, default 60 then 180: a short budget favours whatever does more steps, a longer
    one shows whether it also learns as well; scoring is not counted). Training time is CPU
@@ -50,15 +50,15 @@ import soundfile as sf
 import torch
 from common import BENCHMARKS, cpu_has_bf16_units, machine, publish, timed, training_step
 
-from ast_audio.config import TrainConfig
+from ast_audio.audio.synth import CLASSES, SAMPLE_RATE, make_clip
+from ast_audio.base.distributed import Dist
 from ast_audio.data import read_datafile, write_datafile
-from ast_audio.dataset import AudioDataset, norm_stats
-from ast_audio.distributed import Dist
+from ast_audio.data.dataset import AudioDataset, norm_stats
+from ast_audio.data.labels import LabelTable, write_label_table
 from ast_audio.features import InputContract
-from ast_audio.labels import LabelTable, write_label_table
 from ast_audio.model import ASTModel, draw_patchout, patch_grid, patchout_drops
-from ast_audio.synth import CLASSES, SAMPLE_RATE, make_clip
 from ast_audio.train import Run
+from ast_audio.train.config import TrainConfig
 
 START, END = "<!-- bench:train:start -->", "<!-- bench:train:end -->"
 PATCHOUTS = [(0.33, 0.5), (0.33, 0.33)]  # (rows, columns) dropped: PaSST keeps about 2/3 and 1/2..2/3

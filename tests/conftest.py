@@ -103,8 +103,8 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float, poll: floa
 
 def cli_in_process(*args: object) -> int:
     """The ``ast-audio`` parser and subcommand in this process: quick, output in ``capsys``, and
-    library errors raised (not turned into exit status 2 as :func:`ast_audio.cli.main` does)."""
-    from ast_audio.cli import build_parser
+    library errors raised (not turned into exit status 2 as :func:`ast_audio.cli.main.main` does)."""
+    from ast_audio.cli.main import build_parser
 
     parsed = build_parser().parse_args([str(a) for a in args])
     return parsed.func(parsed)

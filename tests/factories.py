@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from ast_audio import ASTConfig, ASTModel, ModelInfo, save_checkpoint
-from ast_audio.presets import PRESETS
+from ast_audio.features.presets import PRESETS
 
 SR = 16000
 MEAN, STD = PRESETS["audioset"].mean, PRESETS["audioset"].std

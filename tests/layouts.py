@@ -18,7 +18,7 @@ from factories import (
     write_truncated_wav,
 )
 
-from ast_audio.labels import read_label_csv
+from ast_audio.data.labels import read_label_csv
 
 # A tiny model, one epoch: what every recipe test runs with (plus its own batch size / length).
 TINY = [
@@ -123,7 +123,7 @@ def write_audioset(root: Path, seed: int = 0) -> dict:
     ``YID_30.000_40.000.wav`` in a subfolder), some segments without a clip, one 0-byte clip."""
     import shutil
 
-    from ast_audio.labels import builtin_label_path
+    from ast_audio.data.labels import builtin_label_path
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The opt-in C allocator setting (ast_audio.allocator, AST_AUDIO_MALLOC=reuse): off unless
+"""The opt-in C allocator setting (ast_audio.base.allocator, AST_AUDIO_MALLOC=reuse): off unless
 asked, what it leaves alone, and that it keeps freed tensor memory for reuse, counted in
 page faults of a real process (a count, not a time)."""
 
@@ -11,13 +11,13 @@ import sys
 import pytest
 from conftest import cli_env, ok, run_cli
 
-from ast_audio import allocator
+from ast_audio.base import allocator
 
 # A child that calls tune(), then allocates and frees a 64 MiB tensor six times, touching
 # every page, and prints the minor page faults of the loop and what tune() said.
 CHILD = """
 import resource, sys, torch
-from ast_audio import allocator
+from ast_audio.base import allocator
 said = allocator.tune()
 for _ in range(2):  # the first ones fault in either case (the heap grows, then settles)
     torch.ones(16 << 20)

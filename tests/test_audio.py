@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from factories import tone, write_audio, write_empty, write_text_as_audio
 
-from ast_audio.audio import AUDIO_EXTENSIONS, AudioInfo, audio_info, load_audio, resample
+from ast_audio.audio.io import AUDIO_EXTENSIONS, AudioInfo, audio_info, load_audio, resample
 from ast_audio.errors import AstAudioError, AudioError, ConfigError
 
 
@@ -160,7 +160,7 @@ def test_truncated_wav_data_loads_what_decodes_with_a_warning(tmp_path, caplog):
     data = good.read_bytes()
     cut = tmp_path / "cut.wav"
     cut.write_bytes(data[: 44 + 2 * 6000 + 1])  # header + 6000 samples + half a sample
-    with caplog.at_level(logging.WARNING, logger="ast_audio.audio"):
+    with caplog.at_level(logging.WARNING, logger="ast_audio.audio.io"):
         y = load_audio(cut)
     assert y.shape == (6000,)
     assert np.abs(y.numpy() - x[:6000]).max() < 1e-4
@@ -174,7 +174,7 @@ def test_truncated_mp3_does_not_crash(tmp_path, caplog):
     good = write_audio(tmp_path / "good.mp3", tone(440, 16000, seconds=2.0), format="MP3")
     cut = tmp_path / "cut.mp3"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="ast_audio.audio"):
+    with caplog.at_level(logging.WARNING, logger="ast_audio.audio.io"):
         y = load_audio(cut)
     assert 0 < len(y) < 32000
     assert torch.isfinite(y).all()
@@ -207,7 +207,7 @@ def test_unsupported_requested_rate(tmp_path):
 
 def test_one_list_of_audio_extensions():
     """Folder searches and name matching all use ``audio.AUDIO_EXTENSIONS`` (no copies that drift)."""
-    from ast_audio import cli_infer
+    from ast_audio.cli import infer as cli_infer
     from ast_audio.recipes import audioset, csvdata
 
     assert cli_infer.AUDIO_EXTENSIONS is AUDIO_EXTENSIONS and audioset.AUDIO_EXTENSIONS is AUDIO_EXTENSIONS

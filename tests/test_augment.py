@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ast_audio.augment import (
+from ast_audio.features.augment import (
     mask_bounds,
     mix_targets,
     mix_waveforms,

@@ -23,10 +23,10 @@ from factories import as_flags, labelled, noise, tiny_ast, write_audio, write_te
 from factories import toy_train_settings as base_args
 
 from ast_audio import load_audio, load_model
+from ast_audio.base.fileio import atomic_write, clean_stale_temporaries, dumps_json, finite_json
 from ast_audio.checkpoints import export_hf, export_original, read_checkpoint, save_checkpoint
+from ast_audio.data.labels import read_label_csv
 from ast_audio.errors import AstAudioError, CheckpointError, DataError
-from ast_audio.fileio import atomic_write, clean_stale_temporaries, dumps_json, finite_json
-from ast_audio.labels import read_label_csv
 
 
 def one_line_error(out: subprocess.CompletedProcess, *needles: str) -> str:

@@ -19,9 +19,9 @@ from ast_audio import AudioTagger
 from ast_audio.checkpoints import export_hf, export_original, load_model, read_checkpoint, save_checkpoint
 from ast_audio.errors import CheckpointError, ConfigError
 from ast_audio.features import InputContract, waveform_to_input
+from ast_audio.features.pipeline import batch_input, fit_waveform
+from ast_audio.features.presets import PRESETS
 from ast_audio.model import ModelInfo
-from ast_audio.pipeline import batch_input, fit_waveform
-from ast_audio.presets import PRESETS
 
 BIN = Path(sys.executable).parent
 
@@ -117,7 +117,7 @@ def test_the_pipeline_equals_waveform_to_input_for_cut_and_padded_clips():
 
 def test_the_tagger_reads_a_file_as_training_does(tmp_path):
     from ast_audio.data import read_datafile
-    from ast_audio.dataset import AudioDataset
+    from ast_audio.data.dataset import AudioDataset
 
     model = trained_like()
     rng = np.random.default_rng(1)

@@ -6,9 +6,9 @@ import torch
 from factories import write_audio, write_toy_dataset
 
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset, Draw, EpochSampler, norm_stats
+from ast_audio.data.dataset import AudioDataset, Draw, EpochSampler, norm_stats
 from ast_audio.features import InputContract, file_to_input
-from ast_audio.pipeline import Augmentation
+from ast_audio.features.pipeline import Augmentation
 
 
 def features_of(dataset: AudioDataset, *keys) -> torch.Tensor:
@@ -114,8 +114,8 @@ def test_device_noise_is_seeded_bounded_and_rolled(tmp_path):
 
 
 def test_waveform_cache_gives_the_same_samples_without_decoding(tmp_path, monkeypatch, caplog):
-    import ast_audio.cache as cache_module
-    from ast_audio.audio import load_audio
+    import ast_audio.audio.cache as cache_module
+    from ast_audio.audio.io import load_audio
 
     root = write_toy_dataset(tmp_path, 2, 1)
     df = read_datafile(root / "train.json", root / "labels.csv")

@@ -180,7 +180,7 @@ def test_scores_dir_tables_give_psds(tmp_path):
     ref.write_text("filename\tonset\toffset\tevent_label\n" + "".join(f"scene.wav\t{a}\t{b}\t{label}\n" for label, a, b in EXPECTED))
     out = run_cli("predict", path, "--checkpoint", model, "--timeline", "--format", "tsv", "--scores-dir", tmp_path / "s")
     assert out.returncode == 0, out.stderr
-    from ast_audio.evaluate_events import read_score_tables
+    from ast_audio.infer.scoring import read_score_tables
 
     (table,) = read_score_tables(tmp_path / "s").values()
     tagger = AudioTagger(model, device="cpu", batch_size=16)

@@ -10,7 +10,7 @@ from conftest import Server
 from factories import deit_state, original_audioset_state
 
 from ast_audio import ASTModel, DownloadError, load_model
-from ast_audio.hub import REGISTRY, PublishedCheckpoint, register_checkpoint
+from ast_audio.checkpoints.hub import REGISTRY, PublishedCheckpoint, register_checkpoint
 
 
 @pytest.fixture
@@ -103,9 +103,10 @@ def test_audioset_pretrain_true_uses_the_default_published_file(ast_home):
 
 
 def test_the_old_import_paths_still_work():
-    """The registry and download moved to ast_audio.hub, the rename tables to ast_audio.layouts;
-    every name ast_audio.checkpoints offered before the split is still there, the same object."""
-    from ast_audio import checkpoints, hub, layouts
+    """The registry and download moved to ast_audio.checkpoints.hub, the rename tables to ast_audio.checkpoints.layouts;
+    every name ast_audio.checkpoints.load offered before the split is still there, the same object."""
+    from ast_audio.checkpoints import hub, layouts
+    from ast_audio.checkpoints import load as checkpoints
 
     for name in ("REGISTRY", "PublishedCheckpoint", "register_checkpoint", "DEFAULT_AUDIOSET", "IMAGENET_FOR_SIZE",
                  "cache_dir", "download", "resolve"):  # fmt: skip

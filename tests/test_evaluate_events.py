@@ -7,7 +7,7 @@ import json
 import numpy as np
 from conftest import run_cli
 
-from ast_audio.evaluate_events import read_events
+from ast_audio.infer.scoring import read_events
 
 REF = """filename\tonset\toffset\tevent_label
 a.wav\t1.000\t3.000\tdog
@@ -53,7 +53,7 @@ def test_bad_tables_are_one_line_errors(tmp_path):
 
 def _table(seconds: float, spans: dict[int, list[tuple[float, float, float]]], classes: int = 2, hop: float = 0.1):
     """A score table of ``seconds`` at ``hop``: ``spans[class]`` = [(start, end, score)], 0 elsewhere."""
-    from ast_audio.evaluate_events import ScoreTable
+    from ast_audio.infer.scoring import ScoreTable
 
     n = round(seconds / hop)
     scores = np.zeros((n, classes))
@@ -64,7 +64,7 @@ def _table(seconds: float, spans: dict[int, list[tuple[float, float, float]]], c
 
 
 def test_psds_over_every_threshold_by_hand():
-    from ast_audio.evaluate_events import psds_of_scores
+    from ast_audio.infer.scoring import psds_of_scores
 
     ref = [{"filename": "a.wav", "onset": 2.0, "offset": 5.0, "event_label": "x"},
            {"filename": "a.wav", "onset": 6.0, "offset": 8.0, "event_label": "y"}]  # fmt: skip
@@ -81,7 +81,7 @@ def test_psds_over_every_threshold_by_hand():
 
 
 def test_score_tables_round_trip_and_evaluate_events_scores(tmp_path):
-    from ast_audio.evaluate_events import read_score_tables, write_score_table
+    from ast_audio.infer.scoring import read_score_tables, write_score_table
 
     ref = tmp_path / "ref.tsv"
     ref.write_text("filename\tonset\toffset\tevent_label\na.wav\t2.0\t5.0\tx\na.wav\t6.0\t8.0\ty\nb.wav\n")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from factories import labelled, perturb, tiny_ast
 
-from ast_audio.export import ExportError, export_onnx, export_torchscript, verify_export
+from ast_audio.checkpoints.export import ExportError, export_onnx, export_torchscript, verify_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from factories import write_audio
 
-import ast_audio.features as features
-from ast_audio.audio import load_audio
+import ast_audio.features.kaldi as kaldi
+from ast_audio.audio.io import load_audio
 from ast_audio.errors import ConfigError
 from ast_audio.features import (
     FeatureConfig,
@@ -22,7 +22,7 @@ from ast_audio.features import (
     pad_or_cut,
     waveform_to_input,
 )
-from ast_audio.presets import PRESETS
+from ast_audio.features.presets import PRESETS
 
 RATES = [8000, 16000, 22050, 44100, 48000]
 
@@ -258,14 +258,14 @@ def test_meta_device_and_constants_cached():
     x = torch.empty(4, 16000, device="meta")
     out = fbank(x, 16000)
     assert out.device.type == "meta" and out.shape == (4, 98, 128)
-    features._constants.cache_clear()
+    kaldi._constants.cache_clear()
     fbank(torch.zeros(2, 1600), 16000)
     fbank(torch.zeros(3, 3200), 16000)
-    info = features._constants.cache_info()
+    info = kaldi._constants.cache_info()
     assert info.misses == 1 and info.hits == 1
     fbank(torch.zeros(1600), 16000, num_mel_bins=64)
     fbank(torch.zeros(1600, dtype=torch.float64), 16000)
-    assert features._constants.cache_info().misses == 3
+    assert kaldi._constants.cache_info().misses == 3
 
 
 def test_mel_banks_follow_kaldi():

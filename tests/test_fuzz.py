@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from ast_audio import load_audio, load_model
 from ast_audio.checkpoints import export_hf, export_original, save_checkpoint
 from ast_audio.data import check_datafile, read_datafile
+from ast_audio.data.labels import read_label_csv
 from ast_audio.errors import AstAudioError
-from ast_audio.labels import read_label_csv
 
 SCALE = max(1, int(os.environ.get("AST_AUDIO_FUZZ", "1")))
 CASES = {"audio": 60, "checkpoint": 30, "json": 25, "datafile": 80, "label_csv": 80}  # per test, times SCALE

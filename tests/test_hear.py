@@ -18,9 +18,10 @@ import torch
 from conftest import cli_env
 from factories import SR, noise, ssast_state, tiny_ast
 
-from ast_audio import AudioTagger, hear, load_model, save_checkpoint
+from ast_audio import AudioTagger, load_model, save_checkpoint
 from ast_audio.errors import ConfigError
 from ast_audio.features import waveform_to_input
+from ast_audio.infer import hear
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def validator(module: str, checkpoint, tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_the_official_validator_passes(checkpoint, tmp_path):
-    out = validator("ast_audio.hear", checkpoint, tmp_path)
+    out = validator("ast_audio.infer.hear", checkpoint, tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "Looks good!" in out.stdout
     assert "Interval between timestamps is 50.0ms" in out.stdout
@@ -57,8 +58,8 @@ def test_the_official_validator_passes(checkpoint, tmp_path):
 
 def test_the_validator_fails_a_module_that_breaks_the_contract(checkpoint, tmp_path):
     (tmp_path / "broken_hear.py").write_text(
-        "from ast_audio.hear import load_model, get_timestamp_embeddings\n"
-        "from ast_audio import hear\n\n\n"
+        "from ast_audio.infer.hear import load_model, get_timestamp_embeddings\n"
+        "from ast_audio.infer import hear\n\n\n"
         "def get_scene_embeddings(audio, model):\n    return hear.get_scene_embeddings(audio, model).double()\n"
     )
     out = validator("broken_hear", checkpoint, tmp_path)

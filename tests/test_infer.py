@@ -20,7 +20,8 @@ from factories import (
 )
 
 from ast_audio import ASTModel, AudioError, ConfigError, FeatureConfig
-from ast_audio.audio import load_audio
+from ast_audio.audio.io import load_audio
+from ast_audio.base.runtime import pick_device
 from ast_audio.checkpoints import export_original
 from ast_audio.features import waveform_to_input
 from ast_audio.infer import (
@@ -31,7 +32,6 @@ from ast_audio.infer import (
     merge_events,
     window_spans,
 )
-from ast_audio.runtime import pick_device
 
 WINDOW_300 = 400 + 299 * 160  # samples of one 300-frame model input (3.015 s)
 

@@ -13,9 +13,10 @@ import torch
 from conftest import cli_in_process, run_cli
 from factories import single_label_model
 
-from ast_audio import ConfigError, runtime
+from ast_audio import ConfigError
+from ast_audio.base import runtime
+from ast_audio.base.runtime import auto_precision
 from ast_audio.infer import AudioTagger
-from ast_audio.runtime import auto_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The two-way rename tables of ``ast_audio.layouts`` against the key sets transformers, timm
+"""The two-way rename tables of ``ast_audio.checkpoints.layouts`` against the key sets transformers, timm
 and the original AST really write."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from factories import deit_state, hf_model, original_audioset_state, tiny_ast
 from safetensors import safe_open
 
 from ast_audio import CheckpointError, ModelInfo
-from ast_audio.layouts import (
+from ast_audio.checkpoints.layouts import (
     DEIT,
     HF,
     HF5,

@@ -7,7 +7,13 @@ import pytest
 from scipy.stats import norm
 from sklearn import metrics as skm
 
-from ast_audio.metrics import average_precision, calculate_stats, d_prime, precision_recall_curve, roc_auc
+from ast_audio.train.metrics import (
+    average_precision,
+    calculate_stats,
+    d_prime,
+    precision_recall_curve,
+    roc_auc,
+)
 
 
 def random_case(seed, n=500, classes=6, ties=False):

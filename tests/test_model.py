@@ -118,7 +118,7 @@ def test_model_file_imports_no_checkpoint_code():
 
 
 def test_pretrained_without_the_checkpoint_code_is_a_clear_error(monkeypatch):
-    import ast_audio.model as model_module
+    import ast_audio.model.ast as model_module
 
     monkeypatch.setattr(model_module, "_WEIGHTS", {})
     with pytest.raises(ConfigError, match="pretrained weights need the checkpoint code"):

@@ -11,8 +11,8 @@ import numpy as np
 from conftest import cli_env
 from PIL import Image
 
+from ast_audio.base.plots import plot_attention, plot_confusion, plot_curves
 from ast_audio.infer import AttentionMap
-from ast_audio.plots import plot_attention, plot_confusion, plot_curves
 
 
 def curve_rows(epochs: int = 3) -> list[list[float]]:
@@ -65,7 +65,7 @@ def test_plotting_changes_neither_the_backend_nor_pyplot(tmp_path):
         matplotlib.use("pdf")  # a caller's own choice, which plotting must leave alone
         import numpy as np
         import test_plots
-        from ast_audio import plots
+        from ast_audio.base import plots
 
         def draw(tag):
             plots.plot_curves(test_plots.curve_rows(), {str(tmp_path)!r} + f"/curves-{{tag}}.png", "acc")

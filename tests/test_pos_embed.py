@@ -118,7 +118,7 @@ def test_audioset_init_refuses_another_width(tmp_path):
 @pytest.mark.parametrize("grid", [(12, 101), (3, 8), (1, 5)])
 def test_crop_time_is_the_rules_time_cut(grid):
     """The traceable cut (``any_length`` forward, ONNX dynamic time) equals the rule for every shorter width."""
-    from ast_audio.pos_embed import adapt_pos_embed, crop_time
+    from ast_audio.model.pos_embed import adapt_pos_embed, crop_time
 
     f_dim, t_dim = grid
     pos = torch.randn(1, 2 + f_dim * t_dim, 8)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ast_audio.cli import build_parser
+from ast_audio.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

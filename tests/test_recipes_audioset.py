@@ -11,7 +11,7 @@ from conftest import ok, run_cli
 from layouts import TINY, report, write_audioset
 
 from ast_audio.data import balanced_weights, read_datafile
-from ast_audio.labels import read_label_csv
+from ast_audio.data.labels import read_label_csv
 from ast_audio.recipes.audioset import match_ytid
 
 

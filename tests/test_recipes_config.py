@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import run_cli
 
-from ast_audio.config import DATASETS, resolve_train_config
 from ast_audio.errors import ConfigError
 from ast_audio.recipes import RECIPES, config_path, read_config, resolve_config
+from ast_audio.train.config import DATASETS, resolve_train_config
 
 # SPEC §5: pretrain, lr, epochs, batch, freqm, timem, mixup, frames, loss, metric, lr schedule, others
 ORIGINAL = {
@@ -107,7 +107,7 @@ def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
 
 def test_a_registered_recipe_brings_its_prepare_flags_and_report(tmp_path, monkeypatch, capsys):
     """Adding a recipe is registering it: the CLI has no code per recipe."""
-    from ast_audio.cli import main
+    from ast_audio.cli.main import main
     from ast_audio.recipes import Recipe, flag
 
     seen = {}

@@ -13,9 +13,9 @@ from conftest import ok, run_cli
 from layouts import EMOTIONS, TINY, report, write_csv_dataset
 
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset, norm_stats
+from ast_audio.data.dataset import AudioDataset, norm_stats
+from ast_audio.data.labels import read_label_csv
 from ast_audio.features import InputContract
-from ast_audio.labels import read_label_csv
 from ast_audio.recipes.csvdata import stratified_split
 
 

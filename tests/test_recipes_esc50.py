@@ -10,7 +10,7 @@ from conftest import ok, run_cli
 from layouts import TINY, report, write_esc50
 
 from ast_audio.data import read_datafile
-from ast_audio.labels import read_label_csv
+from ast_audio.data.labels import read_label_csv
 from ast_audio.recipes.esc50 import fold_summary
 
 
@@ -90,10 +90,10 @@ def test_fold_summary_takes_the_epoch_best_on_average_as_the_original(tmp_path):
 
 
 def test_own_classes_in_esc50_layout_get_their_label_table(tmp_path):
+    from ast_audio.audio.synth import CLASSES, write_dataset
+    from ast_audio.data.labels import read_label_csv
     from ast_audio.errors import DataError
-    from ast_audio.labels import read_label_csv
     from ast_audio.recipes.esc50 import prepare
-    from ast_audio.synth import CLASSES, write_dataset
 
     root = write_dataset(tmp_path / "synth", per_class=5, classes=10, seconds=0.3)
     summary = prepare(root, tmp_path / "out")

@@ -17,13 +17,13 @@ from factories import tone, write_text_as_audio, write_truncated_mp3
 from layouts import TINY, report, write_table
 from safetensors.torch import load_file
 
-from ast_audio.audio import load_audio
+from ast_audio.audio.io import load_audio
 from ast_audio.checkpoints import load_model
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset
+from ast_audio.data.dataset import AudioDataset
+from ast_audio.data.labels import read_label_csv
 from ast_audio.features import FeatureConfig, InputContract, file_to_input, waveform_to_input
-from ast_audio.labels import read_label_csv
-from ast_audio.pipeline import file_input
+from ast_audio.features.pipeline import file_input
 from ast_audio.recipes import config_path, read_config
 from ast_audio.recipes.hack import tail_split
 
@@ -106,7 +106,7 @@ def test_shipped_config_is_the_forks_run_sh():
                 timem=96, mixup=0.0, bal=False, fstride=10, tstride=10, model_size="base384", audio_length=512,
                 dataset_mean=-6.6268077, dataset_std=5.358466, noise=False, loss="CE", metrics="acc", warmup=False,
                 lrscheduler_start=5, lrscheduler_step=1, lrscheduler_decay=0.85)  # fmt: skip
-    from ast_audio.config import resolve_train_config
+    from ast_audio.train.config import resolve_train_config
 
     resolved = resolve_train_config(train)  # the config names run.sh's --dataset esc50 as its preset
     assert {k: getattr(resolved, k) for k in fork} == fork

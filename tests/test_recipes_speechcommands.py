@@ -10,7 +10,7 @@ from conftest import ok, run_cli
 from layouts import TINY, report, write_speechcommands
 
 from ast_audio.data import read_datafile
-from ast_audio.labels import read_label_csv
+from ast_audio.data.labels import read_label_csv
 
 
 @pytest.fixture(scope="module")

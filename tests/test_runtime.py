@@ -9,8 +9,9 @@ import pytest
 import torch
 from factories import tiny_ast
 
-from ast_audio import ConfigError, runtime
-from ast_audio.runtime import (
+from ast_audio import ConfigError
+from ast_audio.base import runtime
+from ast_audio.base.runtime import (
     PRECISIONS,
     auto_precision,
     autocast,
@@ -158,7 +159,7 @@ def test_auto_on_a_cpu(cpu_with, caplog, text, precision, amp):
     cpu_with(text)
     cpu = torch.device("cpu")
     assert auto_precision(cpu)[0] == precision
-    with caplog.at_level(logging.INFO, logger="ast_audio.runtime"):
+    with caplog.at_level(logging.INFO, logger="ast_audio.base.runtime"):
         assert concrete_precision("auto", cpu) == precision
         assert concrete_precision("auto", cpu) == precision
     lines = [r.getMessage() for r in caplog.records]

@@ -8,15 +8,15 @@ import torch
 from conftest import ok, run_cli, run_torchrun
 from factories import as_flags, toy_train_settings, write_audio, write_text_as_audio, write_toy_dataset
 
-from ast_audio.audio import load_audio
+from ast_audio.audio.io import load_audio
+from ast_audio.base.distributed import Dist
+from ast_audio.base.runtime import pick_device
 from ast_audio.data import balanced_weights, read_datafile
-from ast_audio.dataset import AudioDataset, EpochSampler
-from ast_audio.distributed import Dist
+from ast_audio.data.dataset import AudioDataset, EpochSampler
+from ast_audio.data.shards import ShardStream, read_shards, write_shards
 from ast_audio.errors import DataError
 from ast_audio.features import InputContract
-from ast_audio.pipeline import NONE
-from ast_audio.runtime import pick_device
-from ast_audio.shards import ShardStream, read_shards, write_shards
+from ast_audio.features.pipeline import NONE
 from ast_audio.train import Run, TrainConfig
 
 
@@ -75,7 +75,7 @@ def test_flac_shards_hold_16khz_audio(tmp_path):
     (draw,) = list(stream._draws([0], 0))
     assert draw[2].endswith(".tar:000000000") and draw[3][:4] == b"fLaC"
     want = load_audio(wav, 16000)
-    from ast_audio.shards import decode
+    from ast_audio.data.shards import decode
 
     got, rate = decode(draw[3], draw[2], stream.contract)
     assert rate == 16000 and got.shape == want.shape and float((got - want).abs().max()) < 1e-4  # 16-bit
@@ -218,7 +218,7 @@ def test_two_processes_read_disjoint_shards(tmp_path):
 
 
 def test_the_full_audioset_schedule_counts_clips_in_the_shard_index(tmp_path):
-    from ast_audio.config import FULL_AUDIOSET, dataset_defaults
+    from ast_audio.train.config import FULL_AUDIOSET, dataset_defaults
 
     (tmp_path / "index.json").write_text(json.dumps({"format": "ast-audio-shards", "samples": FULL_AUDIOSET + 1}))
     assert dataset_defaults("audioset", str(tmp_path))["lrscheduler_start"] == 2  # the full set's schedule

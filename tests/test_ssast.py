@@ -9,9 +9,9 @@ from factories import as_flags, ssast_state, write_toy_dataset
 from factories import toy_train_settings as base_args
 
 from ast_audio import load_model
+from ast_audio.checkpoints.hub import REGISTRY
 from ast_audio.errors import CheckpointError
-from ast_audio.hub import REGISTRY
-from ast_audio.presets import PRESETS
+from ast_audio.features.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

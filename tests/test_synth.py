@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 from conftest import run_cli
 
+from ast_audio.audio.synth import CLASSES, SAMPLE_RATE, make_clip, make_scene, write_dataset
 from ast_audio.features import fbank
-from ast_audio.synth import CLASSES, SAMPLE_RATE, make_clip, make_scene, write_dataset
 
 
 def test_layout_and_determinism(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from factories import write_audio
 
-from ast_audio.audio import load_audio
+from ast_audio.audio.io import load_audio
 from ast_audio.features import FeatureConfig, fbank, waveform_to_input
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".venv" / "reference" / "torchaudio_kaldi.py"

@@ -179,9 +179,9 @@ def test_bf16_balanced_sampling_and_skipped_entries(toy, tmp_path):
 
 def test_evaluate_ensemble_row_scores_the_mean_of_the_members(toy, tmp_path):
     from ast_audio.data import read_datafile
-    from ast_audio.dataset import AudioDataset
-    from ast_audio.evaluate import evaluate_checkpoints, predict_dataset
-    from ast_audio.metrics import calculate_stats
+    from ast_audio.data.dataset import AudioDataset
+    from ast_audio.train.evaluate import evaluate_checkpoints, predict_dataset
+    from ast_audio.train.metrics import calculate_stats
 
     exp = tmp_path / "exp"
     train(TrainConfig(**base_args(toy, exp, n_epochs=2, save_model=True)))

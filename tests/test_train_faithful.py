@@ -11,8 +11,8 @@ import pytest
 from conftest import run_cli, run_torchrun
 from factories import as_flags, toy_train_settings, write_toy_dataset
 
-from ast_audio.metrics import calculate_stats, d_prime
 from ast_audio.train import TrainConfig, train
+from ast_audio.train.metrics import calculate_stats, d_prime
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_dataset_flag_fills_in_what_the_older_run_py_did(toy, tmp_path):
 
 
 def test_dataset_defaults_follow_the_older_traintest():
-    from ast_audio.config import dataset_defaults, resolve_train_config
+    from ast_audio.train.config import dataset_defaults, resolve_train_config
 
     sc = resolve_train_config({"dataset": "speechcommands"})
     assert (sc.audio_length, sc.noise, sc.loss, sc.metrics) == (128, True, "BCE", "acc")

@@ -13,10 +13,10 @@ from conftest import run_cli
 from factories import as_flags, write_toy_dataset
 from factories import toy_train_settings as base_args
 
-from ast_audio.config import TrainConfig, load_config_file
 from ast_audio.errors import ConfigError
 from ast_audio.model import ASTModel
 from ast_audio.train import parameter_groups, train
+from ast_audio.train.config import TrainConfig, load_config_file
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from factories import toy_train_settings as base_args
 
 from ast_audio import ConfigError
 from ast_audio.data import read_datafile
-from ast_audio.dataset import AudioDataset, EpochSampler
+from ast_audio.data.dataset import AudioDataset, EpochSampler
+from ast_audio.features.pipeline import fit_waveform, load_clip
 from ast_audio.model import ASTConfig, ASTModel
-from ast_audio.pipeline import fit_waveform, load_clip
 from ast_audio.train import Run, TrainConfig, bucket_length, train
 
 
@@ -88,7 +88,7 @@ def test_bad_patchout_is_a_one_line_error(toy, tmp_path, flags, message):
 
 
 def test_patchout_and_bucketing_from_a_toml_config(toy, tmp_path):
-    from ast_audio.cli_train import train_config_from_args
+    from ast_audio.cli.train import train_config_from_args
 
     path = tmp_path / "run.toml"
     path.write_text("[train]\npatchout_f = 3\npatchout_t = 0.25\nbucket_by_length = true\n")

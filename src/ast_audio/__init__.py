@@ -5,8 +5,8 @@ Public API::
     from ast_audio import ASTModel, load_model, load_audio, fbank, FeatureConfig, waveform_to_input
 """
 
-from .audio import AudioInfo, audio_info, load_audio, resample
-from .checkpoints import REGISTRY, load_model, save_checkpoint  # also hands ASTModel its weight loaders
+from .audio.io import AudioInfo, audio_info, load_audio, resample
+from .checkpoints.load import REGISTRY, load_model, save_checkpoint  # also hands ASTModel its weight loaders
 from .errors import (
     AstAudioError,
     AudioError,
@@ -16,19 +16,13 @@ from .errors import (
     DownloadError,
     ExportError,
 )
-from .features import (
-    FeatureConfig,
-    InputContract,
-    fbank,
-    file_to_input,
-    normalize,
-    pad_or_cut,
-    waveform_to_input,
-)
+from .features.contract import InputContract, file_to_input, normalize, pad_or_cut, waveform_to_input
+from .features.kaldi import fbank
 from .infer import AudioTagger, Embedding, Event, Prediction, Timeline, Window, plot_attention
-from .model import SIZES, ASTConfig, ASTModel, ModelInfo
+from .model.ast import SIZES, ASTConfig, ASTModel, ModelInfo
 
 __version__ = "0.1.0"
+FeatureConfig = InputContract  # the older name, kept for code written against it
 
 __all__ = [
     "ASTConfig",

@@ -1,7 +1,7 @@
 """Inference for people: tags, timelines, embeddings and attention maps for any recording.
 
 :class:`AudioTagger` wraps one checkpoint, or several (an ensemble), from any source
-:func:`~ast_audio.checkpoints.load_model` accepts, and takes paths, lists of paths or
+:func:`~ast_audio.checkpoints.load.load_model` accepts, and takes paths, lists of paths or
 waveforms with their sample rate.
 
 The package, by job:
@@ -15,8 +15,8 @@ The package, by job:
   ``stream``: :meth:`AudioTagger.stream` over audio blocks as they arrive;
 - ``inputs``: paths and waveforms in, mono waveforms at the model's rate out.
 
-Device and precision choice live in :mod:`ast_audio.runtime`, the attention plot in
-:mod:`ast_audio.plots` (both leaf modules: training and evaluation use them too).
+Device and precision choice live in :mod:`ast_audio.base.runtime`, the attention plot in
+:mod:`ast_audio.base.plots` (both leaf modules: training and evaluation use them too).
 
 Decisions, in one place:
 
@@ -25,9 +25,9 @@ Decisions, in one place:
   without names gets ``"class N"``.
 - **Features** follow the checkpoint's input contract (``model.input_contract``: rate,
   mono policy, bins, frames, length, statistics, activation) through the batched
-  pipeline of training and evaluation (:mod:`ast_audio.pipeline`). A checkpoint without
+  pipeline of training and evaluation (:mod:`ast_audio.features.pipeline`). A checkpoint without
   normalisation statistics uses AudioSet's, with one logged warning (the one policy,
-  :func:`ast_audio.model.missing_statistics`).
+  :func:`ast_audio.model.ast.missing_statistics`).
 - **Model windows.** One model input covers ``input_tdim`` frames, i.e.
   ``25 ms + (input_tdim - 1) * 10 ms`` of audio (10.255 s for 1024 frames). A clip that
   fits is one window, padded with zero frames as in training. A longer clip is cut into
@@ -60,11 +60,11 @@ Decisions, in one place:
   into a PNG (a matplotlib Figure on its own Agg canvas; no pyplot, no backend change).
 
 Everything runs under ``torch.inference_mode()``; ``device=None`` picks CUDA when
-available, else the CPU (:func:`ast_audio.runtime.pick_device`).
+available, else the CPU (:func:`ast_audio.base.runtime.pick_device`).
 """
 
-from ..plots import plot_attention
-from ..runtime import PRECISIONS, pick_device
+from ..base.plots import plot_attention
+from ..base.runtime import PRECISIONS, pick_device
 from .attention import attention_grid, grid_to_frames
 from .engine import AGGREGATES, AudioTagger
 from .events import EventChange, EventTracker, PostProcessing, detect_events

@@ -3,7 +3,7 @@ and spread back onto the model input's ``(frames, mel bins)``.
 
 Rollout follows Abnar and Zuidema (2020): per layer the heads are averaged, the identity
 added and rows renormalised, and the layers multiplied through. Drawing the result is
-:func:`ast_audio.plots.plot_attention`.
+:func:`ast_audio.base.plots.plot_attention`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..model import PATCH, ASTModel
+from ..model.ast import PATCH, ASTModel
 
 __all__ = ["METHODS", "attention_grid", "grid_to_frames"]
 

@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import allocator, runtime
+from ..base import allocator, runtime
+from ..base.plots import plot_attention
 from ..errors import AstAudioError, ConfigError
-from ..features import InputContract, frame_sizes
-from ..model import ASTModel
-from ..pipeline import batch_input, fit_waveform
-from ..plots import plot_attention
+from ..features.contract import InputContract
+from ..features.kaldi import frame_sizes
+from ..features.pipeline import batch_input, fit_waveform
+from ..model.ast import ASTModel
 from .attention import attention_grid, grid_to_frames
 from .events import EventChange, PostProcessing, detect_events
 from .frames import DEFAULT_HOP, DEFAULT_WINDOW, FrameGrid
@@ -53,10 +54,10 @@ AGGREGATES = tuple(REDUCE)  # ("max", "mean")
 class AudioTagger:
     """Tag, time, embed and explain recordings with one AST checkpoint or an ensemble.
 
-    ``checkpoint`` is anything :func:`~ast_audio.checkpoints.load_model` accepts (a file,
+    ``checkpoint`` is anything :func:`~ast_audio.checkpoints.load.load_model` accepts (a file,
     a Hugging Face folder, a published name) or an :class:`ASTModel`, or a list of these:
     an ensemble whose members' probabilities are averaged. ``device=None`` picks CUDA when
-    available (:func:`ast_audio.runtime.pick_device`). ``batch_size`` model windows go
+    available (:func:`ast_audio.base.runtime.pick_device`). ``batch_size`` model windows go
     through the model at once (windows of several files share batches).
 
     ``precision`` is how the model computes (features are always float32); ``None`` means
@@ -64,7 +65,7 @@ class AudioTagger:
     is the precision in use (never ``"auto"``):
 
     - ``"auto"`` (default): the fast path of the device, chosen at run time and logged
-      (:func:`ast_audio.runtime.auto_precision`): ``"bf16"`` on a CPU with bf16 matrix
+      (:func:`ast_audio.base.runtime.auto_precision`): ``"bf16"`` on a CPU with bf16 matrix
       units (AMX or AVX512-BF16, read from ``/proc/cpuinfo``) or a CUDA device with bf16,
       ``"int8"`` on a CPU without them, ``"fp32"`` on a GPU without bf16. Pass
       ``"fp32"`` where results must equal the reference (calibration, comparisons).
@@ -351,7 +352,7 @@ class AudioTagger:
         )  # fmt: skip
 
     def plot(self, audio: Audio, out: str | os.PathLike, sample_rate: int | None = None, **kwargs) -> Path:
-        """:meth:`attention` then :func:`~ast_audio.plots.plot_attention` into the PNG ``out``."""
+        """:meth:`attention` then :func:`~ast_audio.base.plots.plot_attention` into the PNG ``out``."""
         return plot_attention(self.attention(audio, sample_rate, **kwargs), out)
 
     # ----------------------------------------------------------------- the engine
@@ -423,7 +424,7 @@ class AudioTagger:
         """Model input ``[B, T, F]`` of model windows (waveforms ``[samples]`` at ``m.rate``).
 
         The engine's one place from waveform to features (batches and ``attention``): the
-        batched pipeline of training and evaluation (:mod:`ast_audio.pipeline`) with the
+        batched pipeline of training and evaluation (:mod:`ast_audio.features.pipeline`) with the
         member's input contract, on the tagger's device; a window shorter than the model's
         is zero-padded and its missing frames are zero, as ``waveform_to_input`` gives.
         """

@@ -141,7 +141,7 @@ def calibrate_event_thresholds(
     """Per-class on thresholds that maximise each class's event-based F1 on labelled recordings.
 
     ``recordings`` are ``(file name, frame scores [frames, classes], duration)`` as the
-    reference (:func:`ast_audio.evaluate_events.read_events` rows) names them. Each candidate
+    reference (:func:`ast_audio.infer.scoring.read_events` rows) names them. Each candidate
     threshold is applied to every class with the rest of ``post`` (median, hysteresis at
     ``off_ratio`` of it, gaps, minimum duration) and the events scored by sed_eval (collar
     200 ms, offsets max(200 ms, 20%)); a class's F1 depends on its own events only, so each
@@ -150,7 +150,7 @@ def calibrate_event_thresholds(
     """
     from dataclasses import replace
 
-    from ..evaluate_events import event_f1
+    from .scoring import event_f1
 
     def rows(threshold) -> list[dict]:
         out = []

@@ -1,6 +1,6 @@
 """What the tagger accepts, normalised: paths and waveforms in, mono waveforms at a rate out.
 
-A path is decoded by :func:`~ast_audio.audio.load_audio` (mono, resampled); a waveform
+A path is decoded by :func:`~ast_audio.audio.io.load_audio` (mono, resampled); a waveform
 ``[samples]`` comes with its sample rate and is checked (not empty, finite) and
 resampled. A batch ``[n, samples]`` or a list gives a list of results, one input one
 result.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..audio import load_audio, resample
+from ..audio.io import load_audio, resample
 from ..errors import ConfigError
 
 __all__ = ["Audio", "Input", "as_inputs", "load_input", "one_or_list"]

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
-from ..evaluate_events import read_events, write_score_table
 from .events import PostProcessing, calibrate_event_thresholds, median_filter
+from .scoring import read_events, write_score_table
 
 __all__ = ["calibrate_on_scenes", "write_timeline_scores"]
 

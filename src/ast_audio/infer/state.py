@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import runtime
+from ..base import runtime
 from ..errors import ConfigError
-from ..features import InputContract
-from ..model import ASTModel
+from ..features.contract import InputContract
+from ..model.ast import ASTModel
 from .windows import window_spans
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class Member:
 
     @classmethod
     def load(cls, index: int, source, device: torch.device, precision: str) -> Member:
-        """Member ``index`` of a tagger from a :func:`~ast_audio.checkpoints.load_model` source or a model."""
-        from ..checkpoints import load_model
+        """Member ``index`` of a tagger from a :func:`~ast_audio.checkpoints.load.load_model` source or a model."""
+        from ..checkpoints.load import load_model
 
         if isinstance(source, ASTModel):
             model, name = source.to(device).eval(), f"model {index}"

@@ -18,7 +18,7 @@ recipe             config                                 deliverable (in the ex
 ``hf``             ``hf.toml``                            the best model (``eval_result.csv`` with a test split)
 =================  =====================================  ==========================================
 
-Settings, lowest to highest: :class:`~ast_audio.train.TrainConfig` defaults, the shipped
+Settings, lowest to highest: :class:`~ast_audio.train.loop.TrainConfig` defaults, the shipped
 config, ``--config FILE`` (a TOML with a ``[train]`` table of TrainConfig fields and a
 ``[recipe]`` table of recipe options), then ``--set key=value`` (either kind; the string
 is coerced to the setting's type: ``true``/``false``, integers, floats, ``1,2`` lists,
@@ -28,7 +28,7 @@ experiment settings belong to the recipe and cannot be set.
 Idempotence: prepared data goes to ``EXP/data`` (or ``--data-dir``) with a
 ``prepared.json`` stamp of its inputs; running the recipe again reuses it when the inputs
 are unchanged, and training resumes in the same experiment folders (see
-:func:`ast_audio.train.train`), so an interrupted recipe is finished by running the same
+:func:`ast_audio.train.loop.train`), so an interrupted recipe is finished by running the same
 command again. ``EXP/recipe.json`` records the resolved settings and
 ``EXP/recipe_result.json`` the deliverable's numbers.
 
@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..config import coerce
+from ..base.fileio import read_toml
 from ..errors import ConfigError, DataError
-from ..fileio import read_toml
+from ..train.config import coerce
 from . import audioset, csvdata, esc50, hack, hf, speechcommands
 
 __all__ = ["RECIPES", "Flag", "Recipe", "RecipeContext", "config_path", "flag", "resolve_config", "run_recipe"]
@@ -198,7 +198,7 @@ def config_path(name: str, variant: str = "") -> Path:
 
 def read_config(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(train settings, recipe options)`` of a recipe config TOML."""
-    from ..config import check_train_table
+    from ..train.config import check_train_table
 
     path = Path(path)
     data = read_toml(path)
@@ -239,7 +239,7 @@ def resolve_config(
 
     The user's keys are those of ``config`` and ``sets``: a recipe derives a setting (the
     ESC-50 lr without AudioSet pretraining, the csv statistics) only when the user did not."""
-    from ..config import TrainConfig, resolve_train_config
+    from ..train.config import TrainConfig, resolve_train_config
 
     recipe = get_recipe(name)
     pairs = parse_sets(recipe, sets)
@@ -268,7 +268,7 @@ def resolve_config(
             )
     probe = resolve_train_config(train, {"data_train": "-", "data_val": "-", "label_csv": "-"})
     probe.check()
-    from ..model import SIZES
+    from ..model.ast import SIZES
 
     if probe.model_size not in SIZES:
         raise ConfigError(f"unknown model_size {probe.model_size!r}; choose one of {', '.join(SIZES)}")

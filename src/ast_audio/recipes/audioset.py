@@ -34,10 +34,10 @@ import logging
 import os
 from pathlib import Path
 
-from ..audio import AUDIO_EXTENSIONS
-from ..data import read_datafile, write_datafile, write_weights
+from ..audio.io import AUDIO_EXTENSIONS
+from ..data.datafiles import read_datafile, write_datafile, write_weights
+from ..data.labels import builtin_label_path, read_label_csv
 from ..errors import ConfigError, DataError
-from ..labels import builtin_label_path, read_label_csv
 from .common import check_clips, copy_label_table, ensure_prepared, fingerprint, write_report
 
 log = logging.getLogger(__name__)
@@ -181,8 +181,8 @@ VARIANTS = {"full": "full_train", "balanced": "balanced_train"}
 def run(ctx) -> dict:
     import numpy as np
 
-    from ..config import resolve_train_config
-    from ..train import train
+    from ..train.config import resolve_train_config
+    from ..train.loop import train
 
     variant = ctx.options["variant"]
     if variant not in VARIANTS:

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .. import __version__
-from ..data import check_audio_files, check_clip  # noqa: F401 (check_clip re-exported)
+from ..base.fileio import atomic_write
+from ..data.datafiles import check_audio_files, check_clip  # noqa: F401 (check_clip re-exported)
 from ..errors import DataError
-from ..fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def default_workers() -> int:
 def check_clips(
     paths: Iterable[Path], workers: int | None = None, progress: bool | None = None
 ) -> dict[Path, str]:
-    """Decode every file once (:func:`ast_audio.data.check_audio_files`, the check of
+    """Decode every file once (:func:`ast_audio.data.datafiles.check_audio_files`, the check of
     ``ast-audio check``); ``{path: reason}`` for the bad ones."""
     paths = list(dict.fromkeys(paths))
     bad = check_audio_files(paths, workers or default_workers(), progress)

@@ -69,12 +69,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..audio import AUDIO_EXTENSIONS as EXTENSIONS
-from ..audio import load_audio
-from ..data import read_datafile, write_datafile
+from ..audio.io import AUDIO_EXTENSIONS as EXTENSIONS
+from ..audio.io import load_audio
+from ..base.fileio import atomic_write
+from ..data.datafiles import read_datafile, write_datafile
+from ..data.labels import LabelTable, read_label_csv, write_label_table
 from ..errors import AudioError, ConfigError, DataError
-from ..fileio import atomic_write
-from ..labels import LabelTable, read_label_csv, write_label_table
 from .common import check_clips, ensure_prepared, fingerprint, write_report, write_text_atomic
 
 if TYPE_CHECKING:
@@ -301,8 +301,8 @@ def _prepare(
     train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed, audio_length,
     num_mel_bins, workers, progress, folds=0,
 ) -> dict:  # fmt: skip
-    from ..dataset import AudioDataset, norm_stats
-    from ..features import InputContract
+    from ..data.dataset import AudioDataset, norm_stats
+    from ..features.contract import InputContract
 
     column, binary, items, bad = read_labels(train_csv, audio_dir, label_column, workers, progress)
     good = [(p, labels) for p, labels in items if p not in bad]
@@ -354,13 +354,13 @@ def predict_files(
     """``[(label or None, error or None), ...]``: the model's top class for each file (with
     per-class ``thresholds``: the ``;``-joined classes whose sigmoid score reaches its
     threshold, in label order, possibly none), its input made as the checkpoint's input
-    contract says (:func:`ast_audio.pipeline.file_input`: resampled to the model's rate, or at
+    contract says (:func:`ast_audio.features.pipeline.file_input`: resampled to the model's rate, or at
     the file's own rate for a ``resample=false`` model)."""
     import torch
 
-    from ..checkpoints import load_model
-    from ..pipeline import file_input
-    from ..runtime import pick_device
+    from ..base.runtime import pick_device
+    from ..checkpoints.load import load_model
+    from ..features.pipeline import file_input
 
     device = pick_device(device)
     model = load_model(checkpoint, device=device)
@@ -447,12 +447,12 @@ def predict_test_list(
 def write_thresholds(checkpoint: Path, valid: str | os.PathLike, label_csv: str | os.PathLike, out: Path,
                      device: str | None = None) -> list[float]:  # fmt: skip
     """Per-class thresholds of a multi-label model: the best F1 of each class on the validation
-    clips (:func:`ast_audio.metrics.f1_thresholds`), written to ``out`` as ``label,threshold,f1``."""
-    from ..checkpoints import load_model
-    from ..dataset import AudioDataset
-    from ..evaluate import predict_dataset
-    from ..metrics import f1_thresholds
-    from ..runtime import pick_device
+    clips (:func:`ast_audio.train.metrics.f1_thresholds`), written to ``out`` as ``label,threshold,f1``."""
+    from ..base.runtime import pick_device
+    from ..checkpoints.load import load_model
+    from ..data.dataset import AudioDataset
+    from ..train.evaluate import predict_dataset
+    from ..train.metrics import f1_thresholds
 
     model = load_model(checkpoint, device=pick_device(device))
     datafile = read_datafile(valid, label_csv)
@@ -472,8 +472,8 @@ def write_thresholds(checkpoint: Path, valid: str | os.PathLike, label_csv: str 
 
 
 def run(ctx) -> dict:
-    from ..config import resolve_train_config
-    from ..train import train
+    from ..train.config import resolve_train_config
+    from ..train.loop import train
 
     opts = ctx.options
     test_csv = ctx.root / opts["test_csv"] if opts["test_csv"] else None
@@ -523,8 +523,8 @@ def _cross_validate(ctx, values: dict, owned: dict, summary: dict) -> dict:
     """K-fold cross-validation, as the ESC-50 recipe: a run per fold in ``EXP/fold{k}``, then
     ``acc_fold.csv`` (``map_fold.csv`` for mAP) of each fold's main metric at the epoch best on
     the folds' mean, and their mean (:func:`ast_audio.recipes.esc50.fold_summary`)."""
-    from ..config import resolve_train_config
-    from ..train import train
+    from ..train.config import resolve_train_config
+    from ..train.loop import train
     from .esc50 import fold_summary
 
     folds = list(range(1, summary["folds"] + 1))

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import write_datafile
+from ..data.datafiles import write_datafile
+from ..data.labels import LabelTable, read_label_csv, write_label_table
 from ..errors import ConfigError, DataError
-from ..labels import LabelTable, read_label_csv, write_label_table
 from .common import check_clips, ensure_prepared, fingerprint, require_file, write_report
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,8 @@ def result_lines(result: dict) -> list[str]:
 
 
 def run(ctx) -> dict:
-    from ..config import resolve_train_config
-    from ..train import train
+    from ..train.config import resolve_train_config
+    from ..train.loop import train
 
     folds = check_folds(ctx.options["folds"])
     summary = prepare(ctx.root, ctx.data_dir, workers=ctx.workers, force=ctx.force_prepare)

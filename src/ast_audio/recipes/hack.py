@@ -34,7 +34,7 @@ their own sample rates). The fork's steps and ours:
   16 kHz, as every other recipe and the published checkpoints do. It is the training
   setting ``resample`` (``TrainConfig.resample``), saved in the model's input contract
   (``resample = false``), so training, evaluation and this recipe's prediction step all
-  compute features at each file's rate (:mod:`ast_audio.pipeline`); ``ast-audio
+  compute features at each file's rate (:mod:`ast_audio.features.pipeline`); ``ast-audio
   predict`` refuses such a model with a clear message rather than resampling.
 
 The deliverable is ``submission.csv`` (``EXP/`` or ``EXP/final/``) in the format of the
@@ -49,7 +49,7 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-from ..data import write_datafile
+from ..data.datafiles import write_datafile
 from ..errors import ConfigError, DataError
 from .common import ensure_prepared, fingerprint, write_report
 from .csvdata import (
@@ -146,8 +146,8 @@ def _flag(options: dict, key: str) -> bool:
 
 
 def run(ctx) -> dict:
-    from ..config import resolve_train_config
-    from ..train import train
+    from ..train.config import resolve_train_config
+    from ..train.loop import train
 
     opts = ctx.options
     final = _flag(opts, "final")

@@ -6,7 +6,7 @@ Layout read (``--dataset PATH``, nothing is downloaded): a folder written by
 (split names from the file names, ``train-00000-of-00001.parquet``), read with the
 packaged builder of that format. The audio column is read as encoded bytes
 (``Audio(decode=False)``): ``datasets`` 4+ decodes audio through torchcodec, which this
-package does not need; each clip is decoded here by :func:`ast_audio.audio.load_audio`.
+package does not need; each clip is decoded here by :func:`ast_audio.audio.io.load_audio`.
 
 - **Splits**: ``train``; validation from ``validation`` / ``valid`` / ``val`` / ``dev``,
   else a stratified share of train (``--valid-fraction``, ``--seed``: the csv recipe's
@@ -38,10 +38,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..audio import load_audio
-from ..data import read_datafile, write_datafile
+from ..audio.io import load_audio
+from ..base.fileio import atomic_write
+from ..data.datafiles import read_datafile, write_datafile
 from ..errors import AudioError, ConfigError, DataError
-from ..fileio import atomic_write
 from .common import default_workers, ensure_prepared, fingerprint, write_report, write_text_atomic
 from .csvdata import LABEL_CSV, check_valid_fraction, stratified_split, write_labels
 
@@ -216,8 +216,8 @@ def prepare(
 
 def _prepare(source, out, audio_column, label_column, valid_fraction, seed, audio_length, num_mel_bins, workers,
              progress) -> dict:  # fmt: skip
-    from ..dataset import AudioDataset, norm_stats
-    from ..features import InputContract
+    from ..data.dataset import AudioDataset, norm_stats
+    from ..features.contract import InputContract
 
     splits = pick_splits(open_dataset(source), source)
     train = splits["train"]
@@ -264,8 +264,8 @@ def _prepare(source, out, audio_column, label_column, valid_fraction, seed, audi
 
 
 def run(ctx) -> dict:
-    from ..config import resolve_train_config
-    from ..train import train
+    from ..train.config import resolve_train_config
+    from ..train.loop import train
 
     opts = ctx.options
     summary = prepare(

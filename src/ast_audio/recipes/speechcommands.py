@@ -24,9 +24,9 @@ import logging
 import os
 from pathlib import Path
 
-from ..data import write_datafile
+from ..data.datafiles import write_datafile
+from ..data.labels import builtin_label_path, read_label_csv
 from ..errors import DataError
-from ..labels import builtin_label_path, read_label_csv
 from .common import check_clips, copy_label_table, ensure_prepared, fingerprint, require_file, write_report
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ def _prepare(root: Path, out: Path, workers: int | None, progress: bool | None) 
 def run(ctx) -> dict:
     import numpy as np
 
-    from ..config import resolve_train_config
-    from ..train import train
+    from ..train.config import resolve_train_config
+    from ..train.loop import train
 
     summary = prepare(ctx.root, ctx.data_dir, workers=ctx.workers, force=ctx.force_prepare)
     cfg = resolve_train_config(ctx.train, {

@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from ..audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from ..errors import AstAudioError
 from ..infer import AudioTagger, plot_attention
 from ..infer.results import labels_json

@@ -7,7 +7,7 @@
 - :func:`read_upload` takes the audio from the raw body or a multipart ``file`` field.
 - :func:`decode` writes it to a private temporary file (``mkstemp``: mode 0600, a name of
   its own; only a known audio extension of the client's file name is kept, no other part
-  of it), decodes it with :func:`~ast_audio.audio.load_audio` (every check of the library:
+  of it), decodes it with :func:`~ast_audio.audio.io.load_audio` (every check of the library:
   undecodable, truncated, NaN, unsupported rate) and always removes the file.
 """
 
@@ -21,7 +21,7 @@ from pathlib import PurePath
 
 import torch
 
-from ..audio import AUDIO_EXTENSIONS, audio_info, load_audio
+from ..audio.io import AUDIO_EXTENSIONS, audio_info, load_audio
 from ..errors import AudioError
 from .metrics import Metrics
 

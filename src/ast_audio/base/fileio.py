@@ -1,0 +1,154 @@
+"""Writing files so that a reader (or a crash) never sees half of one.
+
+Every file we write goes through a temporary file beside it, named
+``.{stem}.{pid}.{random}.tmp{suffix}`` (downloads: ``.{name}.{pid}.{random}.part``), renamed
+onto the target when complete. A process killed mid-write leaves its temporary behind:
+:func:`clean_stale_temporaries` removes those whose writer is no longer running (training
+runs it on their folders at start, the checkpoint cache before a download). The finished
+file gets the mode the user's umask gives a new file (``mkstemp`` alone would leave 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Our temporaries: a dot, the target's stem or name, the writer's pid, mkstemp's random part.
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{6,}\.(?:tmp.*|part)$")
+# Temporaries of the naming before the pid was in it: stale once this old (seconds).
+_OLD_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(?:tmp.*|part)$")
+OLD_TEMPORARY_AGE = 3600.0
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as a dict; a missing or malformed file is a one-line ``ConfigError``."""
+    from ..errors import ConfigError
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable TOML config ({err})") from None
+
+
+def _umask() -> int:
+    """The process's umask (read from ``/proc`` where it is, else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
+def make_temporary(path: Path, suffix: str) -> tuple[int, Path]:
+    """A new temporary file beside ``path`` in our naming (``(fd, path)``, as ``mkstemp``), its
+    folder created; a folder we cannot create or write is a one-line ``AstAudioError``."""
+    from ..errors import AstAudioError
+
+    if path.is_dir():
+        raise AstAudioError("is a folder; give a file name to write", path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name if suffix == '.part' else path.stem}.{os.getpid()}.",
+                                    suffix=suffix, dir=path.parent)  # fmt: skip
+    except OSError as err:
+        raise AstAudioError(f"cannot write here ({err.strerror or err})", path) from None
+    return fd, Path(name)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    The rename is atomic on POSIX file systems: ``path`` holds either the old or the new
+    content, never a partial file; a failed ``write`` leaves nothing behind. The file gets
+    the mode of any new file under the user's umask.
+    """
+    path = Path(path)
+    fd, tmp = make_temporary(path, f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of our own naming in ``folder`` whose writer is gone (its pid
+    is not running; one of the older pid-less naming: an hour old). Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        path = folder / name
+        match = _TEMPORARY.match(name)
+        try:
+            if match:
+                stale = int(match.group(1)) != os.getpid() and not _running(int(match.group(1)))
+            else:
+                stale = bool(_OLD_TEMPORARY.match(name)) and now - path.lstat().st_mtime > OLD_TEMPORARY_AGE
+            if stale and path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        log.info("%s: removed %d temporary files left by interrupted writes", folder, len(removed))
+    return removed
+
+
+def finite_json(obj: object) -> object:
+    """``obj`` with every non-finite float (NaN, Inf) replaced by ``None``: standard JSON has no
+    NaN, so what we write says ``null`` there (dump with ``allow_nan=False`` to be sure)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
+        return finite_json(obj.item())
+    return obj
+
+
+def dumps_json(obj: object, **kwargs) -> str:
+    """``json.dumps`` that never writes non-standard JSON (non-finite floats become ``null``)."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kwargs)

@@ -1,0 +1,115 @@
+"""The project's figures as PNG files: training curves, a confusion matrix, an attention map.
+
+A leaf module (numpy, matplotlib and :mod:`ast_audio.base.fileio` only), so training,
+evaluation, the demo and inference can all draw with it.
+
+Every figure is a :class:`matplotlib.figure.Figure` on its own Agg canvas: no pyplot, no
+``matplotlib.use(...)``, so drawing here changes neither the caller's backend nor pyplot's
+figures and state, and works without a display. Every PNG is written atomically
+(:func:`~ast_audio.base.fileio.atomic_write`); missing folders are created. matplotlib is
+imported on the first figure, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from .fileio import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_attention", "plot_confusion", "plot_curves"]
+
+DPI = 100
+
+
+class AttentionLike(Protocol):
+    """What :func:`plot_attention` reads (an :class:`ast_audio.infer.AttentionMap`)."""
+
+    path: str | None
+    start: float
+    method: str
+    features: np.ndarray  # [frames, mel bins]
+    map: np.ndarray  # [frames, mel bins]
+    labels: list[tuple[str, float]]
+    frame_shift: float
+
+
+def _figure(**kwargs) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib loads on first use only
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)  # the figure's own canvas: pyplot never sees it
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+
+
+def plot_curves(rows: Sequence[Sequence[float]], path: str | os.PathLike, metric: str) -> Path:
+    """Training curves as a PNG: losses (left); the main metric, its checkpoint ensemble and mAUC (right).
+
+    ``rows`` are the rows of the original ``result.csv``, one per epoch: ``metric``,
+    mAUC, ..., train loss (column 5), valid loss (6), cumulative ``metric`` (7).
+    """
+    data = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)  # (epochs, columns)
+    epochs = np.arange(1, len(rows) + 1)
+    fig = _figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    left.plot(epochs, data[:, 5], "o-", label="train loss")
+    left.plot(epochs, data[:, 6], "o-", label="valid loss")
+    left.set_xlabel("epoch")
+    left.legend()
+    right.plot(epochs, data[:, 0], "o-", label=metric)
+    right.plot(epochs, data[:, 7], "o--", label=f"cum {metric} (checkpoint ensemble)")
+    right.plot(epochs, data[:, 1], "o-", label="mAUC")
+    right.set_xlabel("epoch")
+    right.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | os.PathLike, title: str) -> Path:
+    """A single-label run's confusion matrix (``matrix[true, predicted]`` counts) as a PNG."""
+    matrix = np.asarray(matrix)
+    fig = _figure(figsize=(7, 6))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_attention(att: AttentionLike, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Save spectrogram, attention map and top labels of ``att`` as a PNG; returns the path."""
+    frames = att.features.shape[0]
+    extent = (att.start, att.start + frames * att.frame_shift, 0, att.features.shape[1])
+    fig = _figure(figsize=(10, 7.5), layout="constrained")
+    ax_spec, ax_att, ax_top = fig.subplots(3, 1, height_ratios=(3, 3, 2))
+    ax_spec.imshow(att.features.T, origin="lower", aspect="auto", extent=extent, cmap="magma")
+    ax_spec.set(ylabel="mel bin", title=title or (att.path or "waveform"))
+    ax_att.imshow(att.features.T, origin="lower", aspect="auto", extent=extent, cmap="gray")
+    shown = att.map / att.map.max() if att.map.max() > 0 else att.map
+    image = ax_att.imshow(shown.T, origin="lower", aspect="auto", extent=extent, cmap="inferno", alpha=0.6)
+    ax_att.set(ylabel="mel bin", xlabel="time (s)", title=f"attention ({att.method}), scaled to its maximum")
+    fig.colorbar(image, ax=ax_att, fraction=0.02)
+    names = [name for name, _ in att.labels][::-1]
+    ax_top.barh(names, [score for _, score in att.labels][::-1], color="tab:blue")
+    ax_top.set(xlim=(0, 1), xlabel="probability", title="top labels")
+    return _save(fig, path)

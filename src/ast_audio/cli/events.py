@@ -1,0 +1,203 @@
+"""``ast-audio listen | calibrate | evaluate-events``: sound events live, thresholds, event metrics.
+
+Thin commands over :meth:`ast_audio.infer.AudioTagger.stream`, :mod:`ast_audio.audio.sources`,
+:func:`ast_audio.infer.events.calibrate_thresholds` and :mod:`ast_audio.infer.scoring`;
+the detection and post-processing flags are ``predict --timeline``'s
+(:func:`ast_audio.cli.infer.add_post_processing`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..base.runtime import PRECISIONS
+from ..errors import ConfigError
+from .infer import _positive_float, _positive_int, add_post_processing, post_processing
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ..checkpoints.load import load_model, save_checkpoint
+    from ..data.datafiles import read_datafile
+    from ..infer import AudioTagger
+    from ..infer.events import calibrate_thresholds
+
+    out = Path(args.out or args.checkpoint)
+    if out.suffix not in (".safetensors", ".pt"):
+        raise ConfigError(f"{out}: calibrated thresholds are saved in ast-audio's format; give --out FILE.safetensors")
+    if (args.data is None) == (args.scenes is None):
+        raise ConfigError("calibrate needs either --data and --label-csv (clips) or --scenes DIR (recordings with events)")
+    if args.scenes is not None:
+        return _calibrate_on_scenes(args, out)
+    if args.label_csv is None:
+        raise ConfigError("--data needs --label-csv")
+    model = load_model(args.checkpoint)
+    data = read_datafile(args.data, args.label_csv)
+    if len(data.labels) != model.config.label_dim:
+        raise ConfigError(f"{args.label_csv}: {len(data.labels)} labels, the checkpoint has {model.config.label_dim} outputs")
+    tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32")  # thresholds of the reference
+    predictions = tagger.predict([e.wav for e in data.entries], top_k=1)
+    scores = np.stack([p.scores for p in predictions])  # (clips, C)
+    thresholds = calibrate_thresholds(scores, data.targets())
+    model.info = replace(model.info, thresholds=[round(float(t), 6) for t in thresholds])
+    save_checkpoint(model.cpu(), out)
+    names = model.info.labels or [f"class {i}" for i in range(len(thresholds))]
+    print(f"{out}: per-class thresholds from {len(scores)} clips of {args.data}")
+    for name, t in zip(names, thresholds, strict=True):
+        print(f"  {t:.4f}  {name}")
+    return 0
+
+
+def _calibrate_on_scenes(args: argparse.Namespace, out: Path) -> int:
+    from ..checkpoints.load import load_model, save_checkpoint
+    from ..infer import AudioTagger
+    from ..infer.scenes import calibrate_on_scenes
+
+    if args.threshold is not None:
+        raise ConfigError("--threshold: calibrate --scenes chooses the thresholds; the other post-processing flags apply")
+    model = load_model(args.checkpoint)
+    calibration = calibrate_on_scenes(
+        AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32"), args.scenes,
+        post=post_processing(args), window=args.window, hop=args.hop,
+    )  # fmt: skip
+    from dataclasses import replace
+
+    model.info = replace(model.info, thresholds=[round(float(t), 6) for t in calibration.thresholds])
+    save_checkpoint(model.cpu(), out)
+    print(f"{out}: per-class event thresholds from the scenes of {args.scenes}, by event F1 (sed_eval)")
+    print(f"event F1: {calibration.before:.4f} with every class at 0.5, {calibration.after:.4f} calibrated")
+    names = model.info.labels or [f"class {i}" for i in range(len(calibration.thresholds))]
+    for name, t in zip(names, calibration.thresholds, strict=True):
+        f1 = calibration.class_f1.get(name)
+        print(f"  {t:.2f}  {name}" + ("" if f1 is None else f"  (F1 {f1[0]:.3f} -> {f1[1]:.3f})"))
+    return 0
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+
+    from ..audio.sources import file_blocks, microphone_blocks, paced, stdin_blocks
+    from ..infer import AudioTagger, EventChange
+
+    tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    flag = {"stop": False}
+
+    def stop() -> bool:
+        return flag["stop"]
+
+    def interrupted(signum, frame) -> None:  # Ctrl-C: the source ends, the stream closes open events
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        if args.input is None:
+            rate = args.rate or tagger.members[0].rate
+            blocks = microphone_blocks(rate, args.block, stop, args.mic)
+        elif args.input == "-":
+            rate = args.rate or tagger.members[0].rate
+            blocks = stdin_blocks(rate, args.block, stop, ffmpeg=args.ffmpeg)
+        else:
+            rate, blocks = file_blocks(args.input, args.block, stop)
+            if not args.as_fast_as_possible:
+                blocks = paced(blocks, rate, stop)
+        table = args.format == "table" or (args.format is None and sys.stdout.isatty())
+        for item in tagger.stream(blocks, rate, window=args.window, hop=args.hop, post=post_processing(args),
+                                  top_k=3, frames_per_call=args.frames_per_call):  # fmt: skip
+            if isinstance(item, EventChange):
+                if table:
+                    print(f"\r{item.time:9.2f}  {item.kind:5s}  {item.label}  ({item.score:.2f})" + " " * 20)
+                else:
+                    print(json.dumps(item.to_json()))
+                sys.stdout.flush()
+            elif table:
+                top = "  ".join(f"{name} {score:.2f}" for name, score in item.labels)
+                print(f"\r{item.end:9.2f}  {top}"[:100].ljust(100), end="", flush=True)
+        if table:
+            print()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _cmd_evaluate_events(args: argparse.Namespace) -> int:
+    from ..infer.scoring import score_events
+
+    scores = score_events(args.ref, args.pred, scores=args.scores, durations=args.durations)
+    if args.format == "json":
+        print(json.dumps(scores.to_json(), indent=2))
+        return 0
+    print(f"reference events {scores.reference_events}" + ("" if args.pred is None else f", predicted {scores.predicted_events}"))
+    if args.pred is not None:
+        print(f"event-based (collar 200 ms, offset max(200 ms, 20%)): F1 {scores.event_f1:.4f}  "
+              f"precision {scores.event_precision:.4f}  recall {scores.event_recall:.4f}  ER {scores.event_error_rate:.4f}")
+        print(f"segment-based (1 s): F1 {scores.segment_f1:.4f}  ER {scores.segment_error_rate:.4f}")
+    source = ("score tables, every threshold" if scores.psds_from == "scores"
+              else "the event tables' operating point only; --scores DIR for every threshold")
+    print(f"PSDS (DTC 0.7, GTC 0.7, alpha_ct 0, alpha_st 0, max eFPR 100/h; {source}): {scores.psds:.4f}")
+    for label in sorted(set(scores.class_wise_event_f1) | set(scores.class_wise_psds)):
+        f1 = scores.class_wise_event_f1.get(label)
+        psds = scores.class_wise_psds.get(label)
+        print(f"  {'' if f1 is None else f'F1 {f1:.4f}  '}{'' if psds is None else f'PSDS {psds:.4f}  '}{label}")
+    return 0  # fmt: skip
+
+
+def add_commands(sub) -> None:
+    """Register ``listen``, ``calibrate`` and ``evaluate-events`` on the subparsers of ``ast_audio.cli.main``."""
+    p = sub.add_parser("listen", help="live tagging: events as they start and end (microphone, file or stdin)",
+                       description="Reads the microphone (sounddevice/PortAudio), or --input FILE paced in real "
+                       "time, or --input - (raw 16-bit mono PCM at --rate; --ffmpeg: any format), and prints each "
+                       "event as it starts and ends: JSON lines {event, label, time, score} (a live table on a "
+                       "terminal). Ctrl-C closes open events cleanly.")  # fmt: skip
+    p.add_argument("--checkpoint", action="extend", nargs="+", required=True, help="file, folder or published name")
+    p.add_argument("--input", default=None, help="an audio file, or - for stdin (default: the microphone)")
+    p.add_argument("--rate", type=_positive_int, default=None, help="stdin / microphone sample rate (the model's)")
+    p.add_argument("--ffmpeg", action="store_true", help="stdin is any format ffmpeg decodes")
+    p.add_argument("--mic", default=None, help="sounddevice input device (name or index)")
+    p.add_argument("--as-fast-as-possible", action="store_true", help="--input FILE: do not pace in real time")
+    p.add_argument("--block", type=_positive_float, default=0.1, help="seconds of audio read at a time (0.1)")
+    p.add_argument("--format", choices=["json", "table"], default=None, help="default: table on a terminal, else json")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("--frames-per-call", type=_positive_int, default=1,
+                   help="frames scored together: throughput for large models on a CPU, one hop of latency each (1); "
+                   "base384 on 2 CPU cores: 10 with the default precision auto keeps up with real time (README)")  # fmt: skip
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as in predict (auto)")
+    add_post_processing(p)
+    p.set_defaults(func=_cmd_listen)
+
+    p = sub.add_parser("calibrate", help="per-class thresholds from labelled clips or scenes, into the checkpoint",
+                       description="Scores every clip of --data and picks for each class the threshold with the best "
+                       "clip F1; or detects the events of the recordings of --scenes DIR (synth --scenes' layout: "
+                       "audio/, reference.tsv) at thresholds 0.05-0.95 and picks for each class the one with the "
+                       "best event F1 (sed_eval, DCASE collars). Stores them in the checkpoint's metadata (predict: "
+                       "present/absent per class; timeline and listen: the on thresholds of events).")  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="an ast-audio checkpoint (.safetensors or .pt)")
+    p.add_argument("--data", default=None, help="labelled datafile (the training format)")
+    p.add_argument("--label-csv", default=None, help="the label CSV of the datafile")
+    p.add_argument("--scenes", default=None, help="a folder of recordings with reference events (audio/, reference.tsv)")
+    p.add_argument("--out", default=None, help="where to write the calibrated checkpoint (default: in place)")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", default=None)
+    add_post_processing(p)
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("evaluate-events", help="score predicted events against reference events (sed_eval, sed_scores_eval)",
+                       description="Event-based F1/ER (collar 200 ms on onsets, max(200 ms, 20%%) on offsets) and "
+                       "segment-based F1/ER (1 s) by sed_eval; PSDS (DCASE scenario 1) by sed_scores_eval, over every "
+                       "threshold of --scores tables (predict --timeline --scores-dir), else at the operating point "
+                       "of the --pred tables. Event tables are DCASE TSV: filename, onset, offset, event_label.")  # fmt: skip
+    p.add_argument("--ref", required=True, help="reference events (TSV)")
+    p.add_argument("--pred", default=None, nargs="+",
+                   help="predicted events (TSV); several: PSDS operating points, the first one scored for F1")  # fmt: skip
+    p.add_argument("--scores", default=None,
+                   help="a folder of frame score tables (predict --timeline --scores-dir): PSDS over every threshold")  # fmt: skip
+    p.add_argument("--durations", default=None, help="filename<TAB>duration (TSV), e.g. synth --scenes' durations.tsv")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=_cmd_evaluate_events)
+

@@ -1,0 +1,367 @@
+"""``ast-audio predict | embed | export``: inference commands over :mod:`ast_audio.infer` and :mod:`ast_audio.checkpoints.export`.
+
+Paths may be files or folders (walked recursively for audio files, in sorted order,
+hidden files and folders skipped). A file that cannot be read is reported as one line
+``ast-audio: error: <path>: <reason>`` on stderr and the others are still processed; the
+exit status is then 1. Usage errors and fatal errors (a bad checkpoint, no input at all)
+exit with 2, as every ``ast-audio`` command does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+from ..audio.io import AUDIO_EXTENSIONS, file_problem
+from ..base.fileio import atomic_write, dumps_json
+from ..base.runtime import PRECISIONS
+from ..errors import AstAudioError, AudioError, ConfigError
+from ..infer.sharded import run_sharded, wants_shards
+
+GROUP_FILES = 64  # files per library call: output appears as it is ready, memory stays bounded
+
+
+def _report(err: AstAudioError) -> None:
+    print(f"ast-audio: error: {err}", file=sys.stderr, flush=True)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def expand_paths(paths: list[str]) -> tuple[list[str], list[AstAudioError]]:
+    """Files named and audio files under folders (recursive, sorted), and errors for missing paths."""
+    files: list[str] = []
+    errors: list[AstAudioError] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [
+                    os.path.join(root, n)
+                    for n in names
+                    if not n.startswith(".") and Path(n).suffix.lower() in AUDIO_EXTENSIONS
+                ]
+            files += sorted(found)
+        elif path.exists():
+            files.append(name)
+        else:
+            errors.append(AudioError(file_problem(name) or "file not found", name))
+    return list(dict.fromkeys(files)), errors
+
+
+def _groups(files: list[str], size: int):
+    for i in range(0, len(files), size):
+        yield files[i : i + size]
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm.auto import tqdm
+
+    # Off with -q, for a single file, and when stderr is not a terminal (tqdm's disable=None).
+    return tqdm(total=total, unit="file", disable=True if quiet or total < 2 else None, leave=False)
+
+
+class _Output:
+    """Writes predictions or timelines as a table, JSON or CSV on stdout, as they come.
+
+    JSON objects and CSV rows are the results' own (``to_json``, ``csv_rows``, ``CSV_HEADER``).
+    """
+
+    def __init__(self, fmt: str, timeline: bool):
+        from ..infer import Prediction, Timeline
+
+        self.fmt, self.timeline = fmt, timeline
+        self.objects: list[dict] = []
+        if fmt == "tsv" and not timeline:
+            raise ConfigError("--format tsv (DCASE events) needs --timeline")
+        delimiter = "\t" if fmt == "tsv" else ","
+        self.csv = csv.writer(sys.stdout, lineterminator="\n", delimiter=delimiter) if fmt in ("csv", "tsv") else None
+        if self.csv:
+            header = Timeline.TSV_HEADER if fmt == "tsv" else (Timeline if timeline else Prediction).CSV_HEADER
+            self.csv.writerow(header)
+
+    def prediction(self, p) -> None:
+        if self.fmt == "json":
+            self.objects.append(p.to_json())
+        elif self.csv:
+            self.csv.writerows(p.csv_rows())
+        else:
+            windows = f", {len(p.spans)} windows, max over windows" if len(p.spans) > 1 else ""
+            print(f"{p.path}  ({p.duration:.2f} s{windows})")
+            for rank, (name, score) in enumerate(p.labels, 1):
+                print(f"  {rank:2d}  {score:.4f}  {name}")
+            if p.present is not None:
+                print(f"  present (calibrated thresholds): {', '.join(p.present) or 'none'}")
+        sys.stdout.flush()
+
+    def timeline_of(self, t) -> None:
+        if self.fmt == "json":
+            self.objects.append(t.to_json())
+        elif self.csv:
+            self.csv.writerows(t.tsv_rows() if self.fmt == "tsv" else t.csv_rows())
+        else:
+            print(f"{t.path}  ({t.duration:.2f} s, {len(t.windows)} windows)")
+            for w in t.windows:
+                top = ", ".join(f"{name} {score:.2f}" for name, score in w.labels)
+                print(f"  {w.start:8.2f} - {w.end:8.2f}  {top}")
+            print(f"  events ({len(t.events)}):")
+            for e in t.events:
+                print(f"  {e.start:8.2f} - {e.end:8.2f}  {e.label}  (peak {e.peak:.2f})")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            print(dumps_json(self.objects, indent=2))  # standard JSON: a non-finite score is null
+
+
+class _Failures:
+    """Reports each file that could not be read (one stderr line) and counts them."""
+
+    def __init__(self, errors=()):
+        self.count = 0
+        for err in errors:
+            self(err)
+
+    def __call__(self, err: AstAudioError) -> None:
+        self.count += 1
+        _report(err)
+
+
+def _files_and_tagger(args: argparse.Namespace):
+    """The audio files named by ``args.paths`` (folders searched), the tagger, the failure counter."""
+    from ..infer import AudioTagger
+
+    files, missing = expand_paths(args.paths)
+    failures = _Failures(missing)
+    if not files:
+        raise ConfigError(
+            f"no audio files found in {', '.join(args.paths)} ({', '.join(sorted(AUDIO_EXTENSIONS))})"
+        )
+    tagger = AudioTagger(
+        args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision,
+        compile=args.compile,
+    )  # fmt: skip
+    return files, tagger, failures
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ..infer.scenes import write_timeline_scores
+
+    if args.scores_dir is not None and not (args.timeline and args.events == "frames") or args.scores_dir and args.out:
+        raise ConfigError("--scores-dir writes detection frame scores: it needs --timeline (with --events frames), not --out")
+    if wants_shards(args):  # --out DIR: one shard per process, resumable (ast_audio.infer.sharded)
+        return run_sharded(args, _files_and_tagger)
+    files, tagger, on_error = _files_and_tagger(args)
+    if args.scores_dir is not None:
+        stems = sorted(Path(f).stem for f in files)
+        twice = sorted({s for a, s in zip(stems, stems[1:], strict=False) if a == s})
+        if twice:
+            raise ConfigError(f"--scores-dir: one table per file stem, and {twice[0]!r} names several files")
+    out = _Output(args.format, args.timeline)
+    with _progress(len(files), args.quiet) as bar:
+        for group in _groups(files, GROUP_FILES):
+            if args.timeline:
+                for t in tagger.timeline(group, args.window, args.hop, threshold=args.threshold, top_k=args.top_k,
+                                         post=post_processing(args), method=args.events,
+                                         aggregate=args.aggregate, on_error=on_error):  # fmt: skip
+                    out.timeline_of(t)
+                    if args.scores_dir is not None:
+                        write_timeline_scores(t, args.scores_dir, tagger.ignored, post_processing(args))
+            else:
+                for p in tagger.predict(group, top_k=args.top_k, aggregate=args.aggregate, on_error=on_error):
+                    out.prediction(p)
+            bar.update(len(group))
+    out.close()
+    return 1 if on_error.count else 0
+
+
+def post_processing(args: argparse.Namespace):
+    """The event post-processing of the flags of :func:`add_post_processing`."""
+    from ..infer.events import PostProcessing
+
+    return PostProcessing(threshold=args.threshold, off_ratio=args.off_ratio, median=args.median,
+                          min_duration=args.min_duration, min_gap=args.min_gap)  # fmt: skip
+
+
+def add_post_processing(p: argparse.ArgumentParser) -> None:
+    """Detection frames and event post-processing flags (predict --timeline, listen)."""
+    from ..infer.events import PostProcessing
+
+    d = PostProcessing()
+    p.add_argument("--window", type=_positive_float, default=None,
+                   help="seconds each frame's window sees (default 0.5, at most the model input; --events windows: 10)")  # fmt: skip
+    p.add_argument("--hop", type=_positive_float, default=None,
+                   help="seconds between frames (default 0.1; --events windows: 5)")  # fmt: skip
+    p.add_argument("--threshold", type=float, default=None,
+                   help="on threshold of every class (default: the checkpoint's calibrated ones, else 0.5)")  # fmt: skip
+    p.add_argument("--off-ratio", type=float, default=d.off_ratio,
+                   help=f"hysteresis: a class goes off below off-ratio x its on threshold ({d.off_ratio})")  # fmt: skip
+    p.add_argument("--median", type=float, default=d.median, help=f"median filter, seconds ({d.median})")
+    p.add_argument("--min-duration", type=float, default=d.min_duration,
+                   help=f"shorter events are dropped, seconds ({d.min_duration})")  # fmt: skip
+    p.add_argument("--min-gap", type=float, default=d.min_gap,
+                   help=f"events of a class closer than this merge, seconds ({d.min_gap})")  # fmt: skip
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    if wants_shards(args):  # --out DIR: one shard per process, resumable (ast_audio.infer.sharded)
+        return run_sharded(args, _files_and_tagger)
+    files, tagger, on_error = _files_and_tagger(args)
+    results = []
+    with _progress(len(files), args.quiet) as bar:
+        for group in _groups(files, GROUP_FILES):
+            results += tagger.embed(group, tokens=args.tokens, on_error=on_error)
+            bar.update(len(group))
+    if not results:
+        raise ConfigError("no file could be read; nothing written")
+    if args.per_window:
+        arrays = {
+            "paths": np.array([r.path for r in results for _ in r.spans], dtype=str),
+            "starts": np.array([s for r in results for s, _ in r.spans], dtype=np.float64),
+            "ends": np.array([e for r in results for _, e in r.spans], dtype=np.float64),
+            "embeddings": np.concatenate([r.window_embeddings for r in results]).astype(np.float32),
+        }
+        if args.tokens:
+            arrays["tokens"] = np.concatenate([r.tokens for r in results]).astype(np.float32)
+    else:
+        arrays = {
+            "paths": np.array([r.path for r in results], dtype=str),
+            "durations": np.array([r.duration for r in results], dtype=np.float64),
+            "embeddings": np.stack([r.embedding for r in results]).astype(np.float32),
+        }
+        if args.tokens:
+            arrays["tokens"] = np.stack([r.tokens.mean(axis=0) for r in results]).astype(np.float32)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: numpy adds no ".npz" to the name
+            np.savez(fh, **arrays)
+
+    out = atomic_write(Path(args.out), write)
+    rows, dim = arrays["embeddings"].shape
+    unit = "windows" if args.per_window else "files"
+    print(
+        f"{out}: {rows} {unit} x {dim} dims"
+        + (f", token grids {list(arrays['tokens'].shape[1:])}" if args.tokens else "")
+    )
+    return 1 if on_error.count else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..checkpoints.export import TOLERANCE, export_onnx, export_torchscript, verify_export
+    from ..checkpoints.load import load_model
+
+    out = Path(args.out)
+    fmt = args.format or ("onnx" if out.suffix == ".onnx" else "torchscript")
+    if fmt == "torchscript" and args.dynamic_time:
+        raise ConfigError("--dynamic-time needs --format onnx (TorchScript is traced at a fixed length)")
+    model = load_model(args.checkpoint, input_tdim=args.input_tdim)
+    cfg = model.config
+    if fmt == "onnx":
+        export_onnx(model, out, dynamic_time=args.dynamic_time, dynamo=not args.legacy_exporter)
+    else:
+        export_torchscript(model, out)
+    time_axis = f"16..{cfg.input_tdim}" if args.dynamic_time else str(cfg.input_tdim)
+    print(f"wrote {out}: {fmt}, input [batch, {time_axis}, {cfg.input_fdim}] normalised fbank "
+          f"(batch dynamic; features are not in the graph), logits [batch, {cfg.label_dim}]")  # fmt: skip
+    if args.no_verify:
+        return 0
+    lengths = (
+        sorted({cfg.input_tdim, max(16, cfg.input_tdim // 2), 16}, reverse=True)
+        if args.dynamic_time
+        else None
+    )
+    diff = verify_export(model, out, kind=fmt, lengths=lengths)
+    runtime = "onnxruntime" if fmt == "onnx" else "TorchScript"
+    print(
+        f"verified: {runtime} logits match PyTorch within {TOLERANCE:g} on random input (max |diff| {diff:.2e})"
+    )
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``predict``, ``embed`` and ``export`` on the subparsers of ``ast_audio.cli.main``."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "paths", nargs="+", metavar="PATH", help="audio files or folders (searched recursively)"
+        )
+        p.add_argument("--checkpoint", action="extend", nargs="+", required=True,
+                       help="file, Hugging Face folder or published name; several (repeated or listed) = ensemble")  # fmt: skip
+        p.add_argument(
+            "-b", "--batch-size", type=_positive_int, default=8, help="model windows per batch (8)"
+        )
+        p.add_argument("--device", default=None,
+                       help="cpu, cuda, cuda:1... (default: cuda if available; the CPU for --precision int8)")  # fmt: skip
+        p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto: bf16 on a CPU with bf16 units (AMX, AVX512-BF16) or a GPU with bf16, int8 on "
+                       "other CPUs, fp32 on other GPUs; fp32: the reference; bf16 autocast; int8: dynamically "
+                       "quantised Linear layers, CPU only (auto)")  # fmt: skip
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the model: slow start, batches padded to --batch-size")  # fmt: skip
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="tag audio files: top labels, or a timeline of long recordings",
+                       description="Top labels of each file (long files: max over model windows), or with "
+                       "--timeline the scores of each window and the merged events.")  # fmt: skip
+    common(p)
+    p.add_argument("-k", "--top-k", type=_positive_int, default=5, help="labels shown per file or window (5)")
+    p.add_argument("--format", choices=["table", "json", "csv", "tsv"], default="table",
+                   help="table; json (a list of objects); csv: path,rank,label,score (with --timeline: "
+                   "the events, path,label,start,end,peak,onset,offset); tsv (--timeline): DCASE "
+                   "filename,onset,offset,event_label")  # fmt: skip
+    p.add_argument("--aggregate", choices=["max", "mean"], default="max",
+                   help="how the model windows of a long file (or timeline window) combine (max)")  # fmt: skip
+    p.add_argument("--timeline", action="store_true",
+                   help="sound events in time: scores every --hop seconds, events with onsets and offsets")  # fmt: skip
+    p.add_argument("--events", choices=["frames", "windows"], default="frames",
+                   help="frames: post-processed detection frames (default); windows: the earlier "
+                   "--window/--hop windows merged where a label reaches --threshold")  # fmt: skip
+    p.add_argument("--out", default=None, help="a folder: one CSV/JSONL shard per process (torchrun), resumable")
+    p.add_argument("--scores-dir", default=None,
+                   help="--timeline: also write each file's frame scores (median-filtered as --median says) to "
+                   "DIR/<file stem>.tsv (onset, offset, a column per class), the tables evaluate-events --scores "
+                   "reads for PSDS")  # fmt: skip
+    add_post_processing(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("embed", help="pooled embeddings of audio files into an .npz",
+                       description="Writes paths, durations and embeddings [N, dim] (float32); a long file's "
+                       "embedding is the mean over its model windows (--per-window: one row per window).")  # fmt: skip
+    common(p)
+    p.add_argument("--out", required=True, help="the .npz file to write; a folder (or under torchrun): .npy shards")
+    p.add_argument("--tokens", action="store_true", help="also the token grids [N, f_dim, t_dim, dim]")
+    p.add_argument("--per-window", action="store_true", help="one row per model window (adds starts, ends)")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("export", help="the model as ONNX or TorchScript, checked against PyTorch",
+                       description="Exports the model alone (normalised fbank in, logits out; features stay "
+                       "outside the graph) and checks the exported logits against PyTorch within 1e-4.")  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="file, Hugging Face folder or published name")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default=None,
+                   help="default: onnx for a .onnx file, else torchscript")  # fmt: skip
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--dynamic-time", action="store_true",
+                   help="ONNX: accept 16..input_tdim frames (positions cut by AST's rule); default fixed")  # fmt: skip
+    p.add_argument("--input-tdim", type=_positive_int, default=None,
+                   help="re-grid the model to this many frames first (see load_model)")  # fmt: skip
+    p.add_argument("--legacy-exporter", action="store_true", help="ONNX: torch's TorchScript-based exporter")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    p.set_defaults(func=_cmd_export)

@@ -1,0 +1,240 @@
+"""``ast-audio train | evaluate | weights | stats``: the original ``run.py`` flags and friends."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..train.config import parse_bool
+
+
+def _flag(value: str) -> bool:
+    """The original passed booleans as ``True``/``False`` (and ``--bal bal``/``none``)."""
+    flag = parse_bool(value)
+    if flag is None:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    return flag
+
+
+def _flag_or_path(value: str) -> bool | str:
+    """``True``/``False`` as in the original, or a checkpoint file / published name."""
+    flag = parse_bool(value)
+    return value if flag is None else flag
+
+
+def _freeze(value: str) -> int | str:
+    """``N`` (the patch embedding and the first N blocks) or ``all`` (everything but the head)."""
+    if value.strip().lower() == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {value!r}") from None
+
+
+def _betas(value: str) -> tuple[float, float]:
+    """Adam's two betas, ``0.9,0.999``."""
+    try:
+        first, second = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 0.9,0.999, got {value!r}") from None
+    return first, second
+
+
+def _count_or_fraction(value: str) -> int | float:
+    """Patchout: a count of rows/columns (``4``) or a fraction of them (``0.4``)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count like 4 or a fraction like 0.4, got {value!r}") from None
+    return int(number) if number.is_integer() else number
+
+
+# (flags, TrainConfig field, type); original names first, our spellings as aliases.
+_TRAIN_FLAGS = [
+    (["--data-train", "--data_train"], "data_train", str),
+    (["--data-val", "--data_val"], "data_val", str),
+    (["--data-eval", "--data_eval"], "data_eval", str),
+    (["--label-csv", "--label_csv"], "label_csv", str),
+    (["--n_class", "--n-class"], "n_class", int),
+    (["--exp-dir", "--exp_dir"], "exp_dir", str),
+    (["--lr"], "lr", float),
+    (["-b", "--batch-size", "--batch_size"], "batch_size", int),
+    (["-w", "--num-workers", "--num_workers"], "num_workers", int),
+    (["--n-epochs", "--n_epochs"], "n_epochs", int),
+    (["--freqm"], "freqm", int),
+    (["--timem"], "timem", int),
+    (["--mixup"], "mixup", float),
+    (["--bal"], "bal", _flag),
+    (["--fstride"], "fstride", int),
+    (["--tstride"], "tstride", int),
+    (["--imagenet_pretrain", "--imagenet-pretrain"], "imagenet_pretrain", _flag_or_path),
+    (["--audioset_pretrain", "--audioset-pretrain"], "audioset_pretrain", _flag_or_path),
+    (["--dataset_mean", "--dataset-mean"], "dataset_mean", float),
+    (["--dataset_std", "--dataset-std"], "dataset_std", float),
+    (["--audio_length", "--audio-length"], "audio_length", int),
+    (["--noise"], "noise", _flag),
+    (["--metrics"], "metrics", str),
+    (["--loss"], "loss", str),
+    (["--warmup"], "warmup", _flag),
+    (["--lrscheduler_start"], "lrscheduler_start", int),
+    (["--lrscheduler_step"], "lrscheduler_step", int),
+    (["--lrscheduler_decay"], "lrscheduler_decay", float),
+    (["--wa"], "wa", _flag),
+    (["--wa_start"], "wa_start", int),
+    (["--wa_end"], "wa_end", int),
+    (["--save_model", "--save-model"], "save_model", _flag),
+    (["--dataset"], "dataset", str),
+    (["--model-size", "--model_size"], "model_size", str),
+    (["--depth"], "depth", int),
+    (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", int),
+    (["--seed"], "seed", int),
+    (["--resample"], "resample", _flag),
+    (["--amp"], "amp", str),
+    (["--fbank-on", "--fbank_on"], "fbank_on", str),
+    (["--cache-dir", "--cache_dir"], "cache_dir", str),
+    (["--compile"], "compile", _flag),
+    (["--device"], "device", str),
+    (["--skip-bad", "--skip_bad"], "skip_bad", _flag),
+    (["--progress"], "progress", _flag),
+    (["--grad-accum", "--grad_accum"], "grad_accum", int),
+    (["--grad-checkpointing", "--grad_checkpointing"], "grad_checkpointing", _flag),
+    (["--freeze"], "freeze", _freeze),
+    (["--llrd"], "llrd", float),
+    (["--patience"], "patience", int),
+    (["--min-delta", "--min_delta"], "min_delta", float),
+    (["--label-smoothing", "--label_smoothing"], "label_smoothing", float),
+    (["--weight-decay", "--weight_decay"], "weight_decay", float),
+    (["--betas"], "betas", _betas),
+    (["--patchout-f", "--patchout_f"], "patchout_f", _count_or_fraction),
+    (["--patchout-t", "--patchout_t"], "patchout_t", _count_or_fraction),
+    (["--bucket-by-length", "--bucket_by_length"], "bucket_by_length", _flag),
+]
+# When to reach for the fine-tuning flags (the README's "Fine-tuning on your data" says more).
+_HELP = {
+    "grad_accum": "optimiser step every K micro-batches of -b clips: a large batch on a small GPU",
+    "grad_checkpointing": "recompute block activations in backward: less memory for ~1/3 more compute",
+    "freeze": "freeze the patch embedding and the first N blocks; 'all' = linear probe (few clips per class)",
+    "llrd": "layer-wise lr decay, e.g. 0.75: lower layers move less than the head (small data)",
+    "patience": "stop after N epochs without a gain of the main metric over --min-delta (0: never)",
+    "min_delta": "the smallest gain that counts for --patience",
+    "label_smoothing": "CE only: soften one-hot targets, e.g. 0.1, against over-confident overfitting",
+    "weight_decay": "Adam's weight decay",
+    "betas": "Adam's betas, as 0.95,0.999",
+    "patchout_f": "structured patchout (training only): drop N frequency rows of the patch grid per step, "
+    "or a fraction like 0.3",
+    "patchout_t": "structured patchout: drop N time columns per step, or a fraction like 0.4",
+    "bucket_by_length": "group clips of similar length into batches and cut each batch to its longest clip",
+}
+# Accepted for compatibility with the original's scripts, without effect here.
+_IGNORED = ["--model", "--n-print-steps", "--lr_patience", "--lr-patience"]
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """Defaults <- ``--dataset``'s settings <- ``--config`` file <- flags given on the command line."""
+    from ..train.config import load_config_file, resolve_train_config
+
+    values = load_config_file(args.config) if args.config else {}
+    flags = {name: getattr(args, name) for _, name, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
+    return resolve_train_config(values, flags)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..train.loop import train
+
+    cfg = train_config_from_args(args)
+    state = train(cfg)
+    if state.stopped:
+        print(f"stopped after epoch {state.epoch}: {state.stopped}")
+    if state.rows:
+        print(f"done: {state.epoch} epochs, best {cfg.metrics} {state.best_metric:.4f} at epoch {state.best_epoch}; "
+              f"results in {cfg.exp_dir}")  # fmt: skip
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..train.evaluate import STATS_COLUMNS, evaluate_checkpoints, stats_row, write_stats_csv
+
+    results = evaluate_checkpoints(
+        args.checkpoint, args.data, args.label_csv, batch_size=args.batch_size, num_workers=args.num_workers,
+        device=args.device, dataset_mean=args.dataset_mean, dataset_std=args.dataset_std,
+    )  # fmt: skip
+    print("\t".join(STATS_COLUMNS))
+    for name, stats in results:
+        row = stats_row(name, stats)
+        print("\t".join([row[0]] + [f"{v:.6f}" for v in row[1:]]))
+    if args.out:
+        write_stats_csv(args.out, results)
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from ..data.datafiles import read_datafile, write_weights
+
+    out = write_weights(read_datafile(args.datafile, args.label_csv), args.out)
+    print(out)
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from ..data.datafiles import read_datafile
+    from ..data.dataset import AudioDataset, norm_stats
+    from ..features.contract import InputContract
+
+    datafile = read_datafile(args.datafile, args.label_csv)
+    conf = InputContract(num_mel_bins=args.num_mel_bins, target_length=args.audio_length)
+    mean, std = norm_stats(AudioDataset(datafile, conf), num_workers=args.num_workers)
+    print(f"dataset_mean={mean:.7f} dataset_std={std:.7f}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    from ..train.config import DATASETS, TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train or fine-tune (the original run.py flags; rerun the same command to resume)",
+        description="Train AST. Flags keep the original run.py names; booleans take True/False. "
+        "Settings: defaults < --config FILE (TOML) < flags. Running the same command again resumes.",
+    )  # fmt: skip
+    p.add_argument("--config", help="a recipe config (TOML) whose settings the flags override")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for flags, name, kind in _TRAIN_FLAGS:
+        nargs = "?" if kind in (_flag, _flag_or_path) else None
+        extra = {"const": True} if nargs else {}
+        text = f"(default {defaults[name]!r})"
+        if name in _HELP:
+            text = f"{_HELP[name]} {text}"
+        if name == "dataset":
+            extra["choices"] = list(DATASETS)
+            text = "the older run.py flag: fill in that dataset's length, statistics, noise, loss, metric, warm-up, "
+            text += "schedule (and AudioSet's weight averaging) where no flag or --config sets them"
+        p.add_argument(*flags, dest=name, type=kind, default=None, nargs=nargs, help=text, **extra)
+    for flag in _IGNORED:
+        p.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="score checkpoints (and their ensemble) on a datafile")
+    p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints; several = ensemble")
+    p.add_argument("--data", required=True, help="datafile JSON")
+    p.add_argument("--label-csv", required=True)
+    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("-w", "--num-workers", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dataset-mean", type=float, default=None, help="override the checkpoint's statistics")
+    p.add_argument("--dataset-std", type=float, default=None)
+    p.add_argument("--out", help="write the rows as CSV here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("weights", help="balanced-sampling weights of a datafile (written next to it)")
+    p.add_argument("datafile")
+    p.add_argument("--label-csv", required=True)
+    p.add_argument("--out", help="default: <datafile>_weight.csv, as the original")
+    p.set_defaults(func=_cmd_weights)
+
+    p = sub.add_parser("stats", help="normalisation statistics (dataset_mean, dataset_std) of a datafile")
+    p.add_argument("datafile")
+    p.add_argument("--label-csv", required=True)
+    p.add_argument("--audio-length", type=int, default=1024, help="frames, as in training")
+    p.add_argument("--num-mel-bins", type=int, default=128)
+    p.add_argument("-w", "--num-workers", type=int, default=0)
+    p.set_defaults(func=_cmd_stats)

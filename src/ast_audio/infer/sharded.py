@@ -1,0 +1,179 @@
+"""``predict`` / ``embed`` with ``--out DIR``: many files, one output shard per process,
+resumable. Under ``torchrun --nproc_per_node N -m ast_audio predict|embed ... --out DIR`` each
+process (``RANK`` of ``WORLD_SIZE``) takes every N-th file of the sorted inputs; a plain
+``ast-audio`` run is one process. No collective is needed: the processes never talk.
+
+Shards (``R`` the rank, ``W`` the world size, five digits each):
+
+- ``predict``: ``predictions-R-of-W.csv`` with ``--format csv`` (the CSV header and rows of
+  ``--format csv``), else ``predictions-R-of-W.jsonl`` (one ``to_json`` object per line);
+- ``embed``: ``embeddings-R-of-W.npy`` (``[files, dim]`` float32) and
+  ``embeddings-R-of-W.jsonl`` (``{"path", "duration"}`` of each row, in the same order).
+
+Resuming: a shard grows by whole groups of files; after each group its files are flushed to
+disk and ``.R-of-W.progress.json`` records their committed sizes (atomically). A rerun cuts
+each shard back to its committed size (a killed run leaves at most one partial group,
+which is dropped) and skips the files it already holds; files in shards of another world
+size (an earlier run with another N) are finished and skipped too. So a run killed at any
+point and rerun ends with every readable file exactly once. Unreadable files are reported
+on stderr (exit status 1) and tried again by a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..base.fileio import atomic_write
+from ..errors import ConfigError
+
+GROUP = 16  # files per commit
+_NPY_HEADER = 128  # bytes: room for any row count, so the header is rewritten in place
+
+
+def _npy_header(rows: int, dim: int) -> bytes:
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+    body = text.ljust(_NPY_HEADER - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
+
+
+def rank_and_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def wants_shards(args: argparse.Namespace) -> bool:
+    """``--out`` names a folder (predict: any ``--out``; embed: not a ``.npz`` file), or torchrun runs us."""
+    out = getattr(args, "out", None)
+    if out is None:
+        return False
+    return args.command == "predict" or rank_and_world()[1] > 1 or not str(out).endswith(".npz")
+
+
+class _Shard:
+    """The files of one process's shard and their committed sizes."""
+
+    def __init__(self, out: Path, kind: str, names: list[str], rank: int, world: int):
+        self.tag = f"{rank:05d}-of-{world:05d}"
+        self.paths = [out / f"{kind}-{self.tag}.{name}" for name in names]
+        self.progress = out / f".{self.tag}.progress.json"
+        self.committed = {"sizes": [0] * len(names), "rows": 0}
+        if self.progress.exists():
+            self.committed = json.loads(self.progress.read_text(encoding="utf-8"))
+        for path, size in zip(self.paths, self.committed["sizes"], strict=True):
+            with open(path, "ab") as fh:
+                fh.truncate(size)  # drop what a killed run wrote after its last commit
+
+    def append(self, chunks: list[bytes], rows: int, header: bytes | None = None) -> None:
+        for path, chunk in zip(self.paths, chunks, strict=True):
+            with open(path, "r+b") as fh:
+                fh.seek(0, io.SEEK_END)
+                fh.write(chunk)
+                if header is not None and path.suffix == ".npy":
+                    fh.seek(0)
+                    fh.write(header)
+                fh.flush()
+                os.fsync(fh.fileno())
+        self.committed = {"sizes": [p.stat().st_size for p in self.paths], "rows": self.committed["rows"] + rows}
+        text = json.dumps(self.committed)
+        atomic_write(self.progress, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _done_paths(out: Path, kind: str, world: int, own: Path) -> tuple[set[str], set[str]]:
+    """Paths in shards of other world sizes (finished), and in this process's own listing."""
+    others, mine = set(), set()
+    for path in out.glob(f"{kind}-*-of-*.*"):
+        match = re.fullmatch(rf"{kind}-\d{{5}}-of-(\d{{5}})\.(jsonl|csv)", path.name)
+        if not match or (int(match.group(1)) == world and path != own):
+            continue
+        target = mine if path == own else others
+        if match.group(2) == "csv":
+            with open(path, newline="", encoding="utf-8") as fh:
+                target.update(row[0] for row in list(csv.reader(fh))[1:] if row)
+        else:
+            target.update(json.loads(line)["path"] for line in path.read_text(encoding="utf-8").splitlines() if line)
+    return others, mine
+
+
+def _my_files(files: list[str], out: Path, kind: str, listing: Path) -> tuple[list[str], int]:
+    """This process's files still to do, and how many of its share an earlier run did."""
+    rank, world = rank_and_world()
+    others, mine = _done_paths(out, kind, world, listing)
+    remaining = [f for f in files if f not in others]
+    todo = [f for f in remaining[rank::world] if f not in mine]
+    return todo, len(remaining[rank::world]) - len(todo)
+
+
+def run_sharded(args: argparse.Namespace, files_and_tagger) -> int:
+    """``predict`` / ``embed`` into ``--out DIR``: this process's share of the inputs (see the
+    module notes); ``files_and_tagger(args)`` is the command's own setup."""
+    if args.device is None and rank_and_world()[1] > 1:
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per process, as torchrun's LOCAL_RANK says
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    files, tagger, on_error = files_and_tagger(args)
+    return (run_predict if args.command == "predict" else run_embed)(args, files, tagger, on_error)
+
+
+def run_predict(args: argparse.Namespace, files: list[str], tagger, on_error) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = rank_and_world()
+    ext = "csv" if args.format == "csv" else "jsonl"
+    shard = _Shard(out, "predictions", [ext], rank, world)
+    todo, done = _my_files(files, out, "predictions", shard.paths[0])
+    if shard.committed["sizes"][0] == 0 and ext == "csv":
+        from . import Prediction, Timeline
+
+        header = (Timeline if args.timeline else Prediction).CSV_HEADER
+        shard.append([(",".join(header) + "\n").encode()], 0)
+    for i in range(0, len(todo), GROUP):
+        group = todo[i : i + GROUP]
+        if args.timeline:
+            results = tagger.timeline(group, args.window, args.hop, threshold=args.threshold, top_k=args.top_k,
+                                      aggregate=args.aggregate, on_error=on_error)  # fmt: skip
+        else:
+            results = tagger.predict(group, top_k=args.top_k, aggregate=args.aggregate, on_error=on_error)
+        text = io.StringIO()
+        for r in results:
+            if ext == "csv":
+                csv.writer(text, lineterminator="\n").writerows(r.csv_rows())
+            else:
+                text.write(json.dumps(r.to_json()) + "\n")
+        shard.append([text.getvalue().encode()], len(results))
+    print(f"{shard.paths[0]}: {len(todo) - on_error.count} new files, {done} from an earlier run")
+    return 1 if on_error.count else 0
+
+
+def run_embed(args: argparse.Namespace, files: list[str], tagger, on_error) -> int:
+    if args.tokens or args.per_window:
+        raise ConfigError("--tokens and --per-window write one .npz: give --out FILE.npz (without torchrun)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = rank_and_world()
+    shard = _Shard(out, "embeddings", ["npy", "jsonl"], rank, world)
+    todo, done = _my_files(files, out, "embeddings", shard.paths[1])
+    rows_now, size = shard.committed["rows"], shard.committed["sizes"][0]
+    if rows_now:  # the header as committed (a killed run may have counted rows it did not commit)
+        with open(shard.paths[0], "r+b") as fh:
+            fh.write(_npy_header(rows_now, (size - _NPY_HEADER) // 4 // rows_now))
+    for i in range(0, len(todo), GROUP):
+        results = tagger.embed(todo[i : i + GROUP], on_error=on_error)
+        if not results:
+            continue
+        rows = np.stack([r.embedding for r in results]).astype("<f4")
+        dim = rows.shape[1]
+        total = shard.committed["rows"] + len(rows)
+        header = _npy_header(total, dim)
+        lines = "".join(json.dumps({"path": r.path, "duration": round(r.duration, 3)}) + "\n" for r in results)
+        first = shard.committed["sizes"][0] == 0
+        shard.append([(header if first else b"") + rows.tobytes(), lines.encode()], len(rows), header)
+    print(f"{shard.paths[0]}: {shard.committed['rows']} rows ({done} files from an earlier run)")
+    return 1 if on_error.count else 0
