@@ -1,0 +1,131 @@
+"""``ast-audio checkpoints | download | info | convert``: the published checkpoints, what a
+checkpoint holds and how it would run here, and rewriting one in another layout."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..base import allocator
+from ..errors import CheckpointError
+
+
+def _cmd_checkpoints(args: argparse.Namespace) -> int:
+    from ..checkpoints.load import REGISTRY, cache_dir
+
+    home = cache_dir()
+    print(f"cache: {home}")
+    for entry in REGISTRY.values():
+        state = "cached" if (home / entry.filename).exists() else "-"
+        strides = f"{entry.fstride}/{entry.tstride}" if entry.layout == "ast" else entry.model_size
+        print(f"{entry.name:36s} {strides:9s} {state:7s} {entry.score}")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from ..checkpoints.load import REGISTRY, cache_dir, download, resolve
+
+    for name in args.names:
+        key = name.removesuffix(".pth")
+        if key not in REGISTRY:
+            raise CheckpointError("not a known checkpoint name (see `ast-audio checkpoints`)", name)
+        if args.url:
+            entry = REGISTRY[key]
+            path = download(args.url, cache_dir() / entry.filename, progress=not args.quiet)
+        else:
+            path = resolve(key, progress=not args.quiet)
+        print(path)
+    return 0
+
+
+def _runtime_info(device: str | None) -> dict:
+    """This machine's bf16 units and what ``precision="auto"`` and ``--amp auto`` pick on ``device``."""
+    import torch
+
+    from ..base import runtime
+
+    chosen = runtime.pick_device(device)
+    precision, why = runtime.auto_precision(chosen)
+    amp, _ = runtime.training_amp("auto", chosen)
+    return {
+        "device": str(chosen),
+        "cpu_bf16_units": runtime.cpu_bf16_units(),  # amx_bf16 / avx512_bf16 in /proc/cpuinfo
+        "bf16_native": runtime.bf16_native(chosen),
+        "precision_auto": precision,
+        "precision_auto_reason": why,
+        "training_amp_auto": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
+        "allocator": allocator.tune(),
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ..base.fileio import dumps_json
+    from ..checkpoints.load import load_model, read_checkpoint
+
+    if args.source is None:
+        print(dumps_json({"runtime": _runtime_info(args.device)}, indent=2))
+        return 0
+    raw = read_checkpoint(args.source)
+    model = load_model(args.source, allow_nonfinite=args.allow_nonfinite)
+    cfg, info = model.config, model.info
+    out = {
+        "path": str(raw.path),
+        "layout": raw.layout,
+        "config": cfg.to_dict(),
+        "patch_grid": list(cfg.grid),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "labels": len(info.labels) if info.labels else None,
+        "first_labels": (info.labels or [])[:5],
+        "dataset_mean": info.dataset_mean,
+        "dataset_std": info.dataset_std,
+        "multilabel": info.multilabel,
+        "input_contract": model.input_contract.to_dict(),  # what turns audio into this model's input
+        "runtime": _runtime_info(args.device),  # how it would compute here
+    }
+    print(dumps_json(out, indent=2))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from ..checkpoints.load import export_hf, export_original, load_model, save_checkpoint
+
+    model = load_model(
+        args.source, label_dim=args.label_dim, fstride=args.fstride, tstride=args.tstride,
+        input_tdim=args.input_tdim, input_fdim=args.input_fdim, allow_nonfinite=args.allow_nonfinite,
+    )  # fmt: skip
+    out = Path(args.out)
+    if args.format == "hf":
+        export_hf(model, out)
+        from ..checkpoints.model_card import write_model_card
+
+        write_model_card(model, out, args.source)  # README.md: the folder is ready to upload
+    elif args.format == "original":
+        export_original(model, out)
+    else:
+        save_checkpoint(model, out)
+    print(out)
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("checkpoints", help="list the published checkpoints and whether they are cached")
+    p.set_defaults(func=_cmd_checkpoints)
+    p = sub.add_parser("download", help="fetch published checkpoints into the cache")
+    p.add_argument("names", nargs="+", help="checkpoint names (see `ast-audio checkpoints`)")
+    p.add_argument("--url", help="fetch from this address instead (a mirror)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download)
+    p = sub.add_parser("info", help="describe a checkpoint (layout, config, labels, input contract) and this "
+                       "machine's runtime (bf16 units, what precision auto picks)")  # fmt: skip
+    p.add_argument("source", nargs="?", help="file, Hugging Face folder or published name (none: the runtime only)")
+    p.add_argument("--device", default=None, help="the device the runtime entry is about (default: cuda if available)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load NaN/Inf weights anyway (forensics)")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("convert", help="rewrite a checkpoint in another layout")
+    p.add_argument("source", help="file, Hugging Face folder or published name")
+    p.add_argument("out", help="output file (ast-audio, original) or folder (hf)")
+    p.add_argument("--format", choices=["ast-audio", "hf", "original"], default="ast-audio")
+    for flag in ("label-dim", "fstride", "tstride", "input-tdim", "input-fdim"):
+        p.add_argument(f"--{flag}", type=int, default=None, help="adapt the model (see load_model)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="convert NaN/Inf weights anyway (forensics)")
+    p.set_defaults(func=_cmd_convert)
