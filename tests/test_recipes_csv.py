@@ -16,7 +16,7 @@ from ast_audio.data import read_datafile
 from ast_audio.data.dataset import AudioDataset, norm_stats
 from ast_audio.data.labels import read_label_csv
 from ast_audio.features import InputContract
-from ast_audio.recipes.csvdata import stratified_split
+from ast_audio.recipes.splits import stratified_split
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ their own sample rates). The fork's steps and ours:
 
 The deliverable is ``submission.csv`` (``EXP/`` or ``EXP/final/``) in the format of the
 hackathon's ``sample_submission.csv`` with ``submission_notes.csv`` beside it: see
-:func:`ast_audio.recipes.csvdata.write_submission`.
+:func:`ast_audio.recipes.submission.write_submission`.
 """
 
 from __future__ import annotations
@@ -53,14 +53,12 @@ from ..data.datafiles import write_datafile
 from ..errors import ConfigError, DataError
 from .common import ensure_prepared, fingerprint, write_report
 from .csvdata import (
-    check_valid_fraction,
-    majority_label,
-    predict_test_list,
     prepare_test_list,
     read_labelled,
-    stratified_split,
     write_labels,
 )
+from .splits import check_valid_fraction, stratified_split
+from .submission import majority_label, predict_test_list
 
 log = logging.getLogger(__name__)
 
