@@ -257,7 +257,7 @@ def _prepare(
     good = [(p, labels) for p, labels in items if p not in bad]
     names = binary or sorted({label for _, labels in good for label in labels})
     multilabel = bool(binary) or any(len(labels) > 1 for _, labels in good)
-    # strata: the label (set) of each clip, in label order; single-label data splits as before
+    # strata: the label (set) of each clip, in label order (single-label data: one stratum per class)
     order = {name: i for i, name in enumerate(names)}
     keys = [tuple(sorted(order[label] for label in labels)) for _, labels in good]
     strata = {key: i for i, key in enumerate(sorted(set(keys)))}
