@@ -3,12 +3,14 @@
 ``docs/cli.md`` holds the marker ``<!-- cli-reference -->``; at build time it is replaced by one
 section per subcommand (nested ones such as ``prepare esc50`` included), in the parser's order:
 its usage, description and a table of its arguments, read from ``ast_audio.cli.build_parser()``.
-Nothing is pasted, so the page cannot drift from the flags the program accepts.
+Nothing is pasted, so the page cannot drift from the flags the program accepts. The API pages
+also lose the Sphinx role names that the docstrings put before code (``:func:``).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +21,9 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))  # document this tree's sources, as mkdocstrings does (paths: [src])
 
 MARKER = "<!-- cli-reference -->"
+# The docstrings name objects with Sphinx roles (:func:`load_model`); Markdown renders the role as
+# text before the code, so the API pages drop it and keep the code.
+SPHINX_ROLE = re.compile(r":(?:func|meth|class|mod|attr|data|exc|obj|const):(?=<code>)")
 CLI_PAGE = "cli.md"
 WIDTH = 96  # usage lines wrap here, whatever the terminal of the build
 
@@ -75,7 +80,7 @@ def subcommand_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = 
 
 
 def _section(words: tuple[str, ...], summary: str, parser: argparse.ArgumentParser) -> list[str]:
-    level = "#" * (1 + len(words))
+    level = "#" * (2 + len(words))
     lines = [f"{level} ast-audio {' '.join(words)}", ""]
     if summary:
         lines += [_escape(summary[0].upper() + summary[1:]) + ".", ""]
@@ -120,3 +125,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER not in markdown:
         raise PluginError(f"docs/{CLI_PAGE}: the marker {MARKER} is missing; the CLI reference goes there")
     return markdown.replace(MARKER, cli_reference())
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    return SPHINX_ROLE.sub("", html)
