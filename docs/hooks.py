@@ -52,6 +52,8 @@ def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 
 def _default(action: argparse.Action) -> str:
+    if action.required and action.option_strings:
+        return "required"
     if action.default in (None, argparse.SUPPRESS) or isinstance(action, argparse._StoreConstAction):
         return ""
     if isinstance(action.default, (list, tuple)):
@@ -83,7 +85,7 @@ def _section(words: tuple[str, ...], summary: str, parser: argparse.ArgumentPars
     level = "#" * (2 + len(words))
     lines = [f"{level} ast-audio {' '.join(words)}", ""]
     if summary:
-        lines += [_escape(summary[0].upper() + summary[1:]) + ".", ""]
+        lines += [_escape(summary if summary.endswith((".", ")")) else summary + "."), ""]
     usage = _formatter(parser)
     usage.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
     lines += ["```text", usage.format_help().strip(), "```", ""]

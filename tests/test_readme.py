@@ -119,3 +119,12 @@ def test_the_pages_show_commands():
     assert "make demo" in readme and "make test" in readme
     assert any(c.startswith("ast-audio predict") for c in readme) and any(c.startswith("ast-audio serve") for c in readme)
     assert len(shell_commands()) >= 65 and len(PYTHON) >= 8  # the README held 57 and 6 before the site
+
+
+def test_the_readme_links_point_at_files():
+    """The README is read on GitHub, outside the site's strict build: its relative links are checked here."""
+    links = re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", TEXT["README.md"])
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert len(local) >= 15 and "docs/cli.md" in local
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
