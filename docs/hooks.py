@@ -22,8 +22,12 @@ if str(SRC) not in sys.path:
 
 MARKER = "<!-- cli-reference -->"
 # The docstrings name objects with Sphinx roles (:func:`load_model`); Markdown renders the role as
-# text before the code, so the API pages drop it and keep the code.
-SPHINX_ROLE = re.compile(r":(?:func|meth|class|mod|attr|data|exc|obj|const):(?=<code>)")
+# text before the code, so the API pages drop it and keep the code (the name alone after a ~).
+TABLE_CELL = re.compile(r"<td>.*?</td>", flags=re.S)
+SPHINX_ROLE = re.compile(r":(?:func|meth|class|mod|attr|data|exc|obj|const):<code>(~?)([^<]*)</code>")
+# A reStructuredText simple table in a docstring (rows between lines of ``=====  ===``) is a
+# paragraph to Markdown; the API pages show it as the fixed-width text it is.
+RST_TABLE = re.compile(r"<p>(=+(?: +=+)+\n.*?\n=+(?: +=+)+)</p>", flags=re.S)
 CLI_PAGE = "cli.md"
 WIDTH = 96  # usage lines wrap here, whatever the terminal of the build
 
@@ -129,5 +133,19 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     return markdown.replace(MARKER, cli_reference())
 
 
+def _unescape_pipes(cell: re.Match) -> str:
+    return cell.group(0).replace("\\|", "|")
+
+
 def on_page_content(html: str, page, config, files) -> str:
-    return SPHINX_ROLE.sub("", html)
+    # A table cell's code keeps the backslash of an escaped pipe (`a\|b`) in Python-Markdown,
+    # where GitHub drops it; the site drops it too, so one table source reads the same in both.
+    html = TABLE_CELL.sub(_unescape_pipes, html)
+    html = RST_TABLE.sub(r"<pre><code>\1</code></pre>", html)
+    return SPHINX_ROLE.sub(_sphinx_role, html)
+
+
+def _sphinx_role(role: re.Match) -> str:
+    """``:func:`~a.b.name``` shows ``name`` (Sphinx's tilde), ``:func:`a.b``` shows ``a.b``."""
+    tilde, target = role.groups()
+    return f"<code>{target.rsplit('.', 1)[-1] if tilde else target}</code>"
