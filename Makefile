@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCHAUDIO_REF_VERSION := 2.11.0
 TORCHAUDIO_REF := $(VENV)/reference/torchaudio_kaldi.py
 
-.PHONY: install browser test lint bench demo clean
+.PHONY: install browser test lint bench demo docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ lint: $(STAMP)
 
 test: install lint
 	$(BIN)/pytest -q
+
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link or reference fails; offline
+# (no fonts or scripts fetched). `make test` builds it too, in tests/test_docs.py.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 demo: install
 	$(BIN)/ast-audio demo --out runs/demo
