@@ -97,10 +97,10 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
         if args.input is None:
-            rate = args.rate or tagger.members[0].rate
+            rate = args.rate or tagger.rate
             blocks = microphone_blocks(rate, args.block, stop, args.mic)
         elif args.input == "-":
-            rate = args.rate or tagger.members[0].rate
+            rate = args.rate or tagger.rate
             blocks = stdin_blocks(rate, args.block, stop, ffmpeg=args.ffmpeg)
         else:
             rate, blocks = file_blocks(args.input, args.block, stop)
