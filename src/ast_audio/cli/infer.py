@@ -84,7 +84,7 @@ class _Output:
     """
 
     def __init__(self, fmt: str, timeline: bool):
-        from ..infer import Prediction, Timeline
+        from ..infer.results import Prediction, Timeline
 
         self.fmt, self.timeline = fmt, timeline
         self.objects: list[dict] = []
@@ -146,7 +146,7 @@ class _Failures:
 def _files_and_tagger(args: argparse.Namespace, device: str | None = None):
     """The audio files named by ``args.paths`` (folders searched), the tagger (on ``device``, default
     ``--device``), the failure counter."""
-    from ..infer import AudioTagger
+    from ..infer.engine import AudioTagger
 
     files, missing = expand_paths(args.paths)
     failures = _Failures(missing)

@@ -17,6 +17,11 @@ which is dropped) and skips the files it already holds; files in shards of anoth
 size (an earlier run with another N) are finished and skipped too. So a run killed at any
 point and rerun ends with every readable file exactly once. Unreadable files are reported
 on stderr (exit status 1) and tried again by a rerun.
+
+:func:`write_predictions` and :func:`write_embeddings` take the tagger, the files and explicit
+options (:class:`PredictOptions`: the same object ``predict`` uses for stdout, so every flag
+reaches the shards too) and return what they did (:class:`Written`); :mod:`ast_audio.cli.infer`
+turns the flags into them and prints the summary.
 """
 
 from __future__ import annotations

@@ -28,8 +28,10 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from ..base.plots import plot_attention
 from ..errors import AstAudioError
-from ..infer import AudioTagger, PostProcessing, plot_attention
+from ..infer.engine import AudioTagger
+from ..infer.events import PostProcessing
 from ..infer.frames import DEFAULT_HOP, DEFAULT_WINDOW
 from ..infer.results import labels_json
 from .batching import Batcher, Job, overall_labels
@@ -101,7 +103,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
 
     async def waveform(request: Request) -> tuple[torch.Tensor, str]:
         data, name = await read_upload(request)
-        return await run_in_threadpool(decode, data, name, batcher.rate, settings.max_duration), name
+        return await run_in_threadpool(decode, data, name, tagger.rate, settings.max_duration), name
 
     async def run(job: Job):
         try:
@@ -138,7 +140,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
                 raise Rejected(422, str(err)) from None
         wave, name = await waveform(request)
         if timeline:
-            count = len(wave) / batcher.rate / grid.hop
+            count = len(wave) / tagger.rate / grid.hop
             if count > MAX_TIMELINE_WINDOWS:
                 raise Rejected(422, f"{name}: a timeline of {count:.0f} windows; at most {MAX_TIMELINE_WINDOWS} "
                                     "(choose a longer hop)")  # fmt: skip
@@ -179,7 +181,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
         wave, name = await waveform(request)
 
         def explain():
-            return tagger.attention(wave, sample_rate=batcher.rate, start=start, method=method, top_k=top_k)
+            return tagger.attention(wave, sample_rate=tagger.rate, start=start, method=method, top_k=top_k)
 
         try:
             att = await asyncio.wait_for(batcher.on_model_thread(explain), settings.timeout)
@@ -200,7 +202,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
             "checkpoints": [PurePath(m.name).name for m in tagger.members],
             "labels": list(tagger.labels),
             "multilabel": tagger.multilabel,
-            "sample_rate": batcher.rate,
+            "sample_rate": tagger.rate,
             "window_seconds": round(member.window / member.rate, 3),
             "input_contract": member.features.to_dict(),
             "device": str(tagger.device),

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..infer import AudioTagger, PostProcessing, Timeline
-from ..infer.results import top_labels
+from ..infer.engine import AudioTagger
+from ..infer.events import PostProcessing
+from ..infer.results import Timeline, top_labels
 from .metrics import Metrics
 
 __all__ = ["Batcher", "Job", "overall_labels"]
@@ -37,9 +38,9 @@ _STOP = object()
 @dataclass
 class Job:
     """One request: ``kind`` is ``"predict"``, ``"timeline"`` or ``"embed"``; ``key`` holds the
-    settings a whole engine call shares (aggregate; window, hop and aggregate, ``None`` for the
-    tagger's defaults); ``top_k`` and ``post`` (a timeline's event post-processing) are the
-    request's own."""
+    settings a whole engine call shares (predict: the aggregate; timeline: window and hop, ``None``
+    for the tagger's defaults, and the aggregate); ``top_k`` and ``post`` (a timeline's event
+    post-processing) are the request's own."""
 
     kind: str
     wave: torch.Tensor  # (S,) mono at the tagger's rate
@@ -55,7 +56,6 @@ class Batcher:
     def __init__(self, tagger: AudioTagger, *, max_batch: int = 16, max_wait: float = 0.01,
                  metrics: Metrics | None = None):  # fmt: skip
         self.tagger = tagger
-        self.rate = tagger.rate
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.metrics = metrics or Metrics()
@@ -150,14 +150,14 @@ class Batcher:
         kind, waves, t = jobs[0].kind, [job.wave for job in jobs], self.tagger
         if kind == "predict":
             (aggregate,) = jobs[0].key
-            out = t.predict(waves, sample_rate=self.rate, top_k=0, aggregate=aggregate)
+            out = t.predict(waves, sample_rate=t.rate, top_k=0, aggregate=aggregate)
             for job, p in zip(jobs, out, strict=True):
                 p.labels = top_labels(p.scores, t.labels, job.top_k)
             windows = sum(len(p.spans) for p in out)
         elif kind == "timeline":
             window, hop, aggregate = jobs[0].key
             post = jobs[0].post
-            out = t.timeline(waves, window, hop, sample_rate=self.rate, post=post, top_k=0, aggregate=aggregate)
+            out = t.timeline(waves, window, hop, sample_rate=t.rate, post=post, top_k=0, aggregate=aggregate)
             for job, tl in zip(jobs, out, strict=True):
                 for w in tl.windows:
                     w.labels = top_labels(w.scores, t.labels, job.top_k)
@@ -165,7 +165,7 @@ class Batcher:
                     tl.events = t.frame_events(tl.scores, t.frame_grid(window, hop).hop, tl.duration, job.post)
             windows = sum(len(tl.windows) for tl in out)
         elif kind == "embed":
-            out = t.embed(waves, sample_rate=self.rate)
+            out = t.embed(waves, sample_rate=t.rate)
             windows = sum(len(e.spans) for e in out)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
