@@ -204,7 +204,7 @@ def test_cli_flags_reach_the_tagger(folder, checkpoints, tmp_path, monkeypatch):
             seen.append((kwargs["precision"], kwargs["compile"]))
             super().__init__(*args, **{**kwargs, "compile": False})  # the plumbing, not a slow compile
 
-    monkeypatch.setattr("ast_audio.infer.AudioTagger", Spy)
+    monkeypatch.setattr("ast_audio.infer.engine.AudioTagger", Spy)  # where the commands import it from
     assert cli_in_process("predict", good[0], "--checkpoint", checkpoints["single"]) == 0
     assert cli_in_process("predict", good[0], "--checkpoint", checkpoints["single"], "--precision", "bf16", "--compile") == 0
     assert cli_in_process("embed", good[0], "--checkpoint", checkpoints["single"], "--out", tmp_path / "e.npz",

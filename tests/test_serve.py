@@ -127,6 +127,9 @@ def test_info_health_metrics_and_openapi(tagger, clips):
     assert info["labels"] == ["low tone", "high tone", "noise"] and info["multilabel"] is False
     assert info["input_contract"] == json.loads(json.dumps(contract)) and info["sample_rate"] == contract["sample_rate"]
     assert info["limits"]["max_upload_mb"] == 7 and info["checkpoints"] == ["best_audio_model.safetensors"]
+    d, grid = PostProcessing(), tagger.frame_grid()
+    assert info["timeline"] == {"hop": grid.hop, "window": grid.window, "off_ratio": d.off_ratio, "median": d.median,
+                                "min_duration": d.min_duration, "min_gap": d.min_gap}  # fmt: skip
     text = metrics.text
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'ast_audio_requests_total{method="POST",route="/api/predict",status="200"} 1' in text
@@ -158,13 +161,15 @@ def test_bad_input_is_answered_with_its_reason_and_leaves_nothing_behind(tagger,
             "aggregate": c.post("/api/predict?aggregate=median", content=clips["low"].read_bytes()),
             "window": c.post("/api/predict?timeline=true&window=-1", content=clips["low"].read_bytes()),
             "windows": c.post("/api/predict?timeline=true&hop=0.00001", content=clips["low"].read_bytes()),
+            "off_ratio": c.post("/api/predict?timeline=true&off_ratio=2", content=clips["low"].read_bytes()),
+            "median": c.post("/api/predict?timeline=true&median=-1", content=clips["low"].read_bytes()),
             "format": c.post("/api/embed?format=pickle", content=clips["low"].read_bytes()),
         }
         still_fine = c.post("/api/predict", content=clips["low"].read_bytes())
     status = {name: a.status_code for name, a in answers.items()}
     assert status == {"text": 415, "empty": 422, "no file field": 422, "truncated": 422, "nan": 422, "too long": 422,
                       "too large": 413, "too large, chunked": 413, "top_k": 422, "aggregate": 422, "window": 422,
-                      "windows": 422, "format": 422}  # fmt: skip
+                      "windows": 422, "off_ratio": 422, "median": 422, "format": 422}  # fmt: skip
     detail = {name: str(a.json()["detail"]) for name, a in answers.items()}
     assert detail["text"] == "notes.wav: not a decodable audio file (Format not recognised)"
     assert detail["truncated"].startswith("upload: truncated file")
@@ -173,6 +178,8 @@ def test_bad_input_is_answered_with_its_reason_and_leaves_nothing_behind(tagger,
     assert detail["too large"] == detail["too large, chunked"] == "request body over the limit of 0.25 MB (--max-upload-mb)"
     assert "file" in detail["no file field"] and "empty body" in detail["empty"]
     assert detail["windows"] == "upload: a timeline of 100000 windows; at most 10000 (choose a longer hop)"
+    assert detail["off_ratio"] == "off_ratio must be in (0, 1], got 2.0"  # PostProcessing's own rules, as the CLI's
+    assert detail["median"] == "median, min_duration and min_gap must not be negative"
     assert still_fine.status_code == 200 and top(still_fine.json()) == "low tone"
     assert not list(private_tmp.iterdir())  # every upload's temporary file was removed
 
@@ -216,6 +223,26 @@ def test_the_queue_shares_engine_calls_and_finishes_what_is_queued_when_stopped(
     np.testing.assert_allclose(results[-1].embedding, tagger.embed(waves[0], sample_rate=SR).embedding, atol=1e-5)
     # 21 jobs in batches of at most 8 requests: 8 + 8 + (4 predict + 1 embed: two calls of one kind each)
     assert metrics.batches.total == 4 and metrics.batches.sum == 21
+
+
+def test_timelines_of_one_engine_call_keep_each_requests_post_processing(tagger):
+    wave = torch.from_numpy(toy_sequence([LOW, NOISE, LOW], 2.0, seed=4))
+    posts = [PostProcessing(), PostProcessing(min_duration=2.5), PostProcessing(threshold=0.9, median=0)]
+
+    async def scenario():
+        batcher = Batcher(tagger, max_batch=8)
+        await batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(Job("timeline", wave, (None, None, "max"), 3, post)))
+                 for post in posts]  # fmt: skip
+        answers = await asyncio.gather(*tasks)
+        await batcher.stop()
+        return answers, batcher.metrics
+
+    answers, metrics = asyncio.run(scenario())
+    assert metrics.batches.total == 1  # one engine call for the three requests
+    expected = [tagger.timeline(wave, sample_rate=SR, post=post, top_k=3).events for post in posts]
+    assert [a.events for a in answers] == expected
+    assert expected[0] != expected[1] and expected[0] != expected[2]
 
 
 def test_a_failing_request_does_not_fail_the_others_of_its_batch(tagger):

@@ -25,7 +25,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     from ..checkpoints.load import load_model, save_checkpoint
     from ..data.datafiles import read_datafile
-    from ..infer import AudioTagger
+    from ..infer.engine import AudioTagger
     from ..infer.events import calibrate_thresholds
 
     out = Path(args.out or args.checkpoint)
@@ -56,7 +56,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _calibrate_on_scenes(args: argparse.Namespace, out: Path) -> int:
     from ..checkpoints.load import load_model, save_checkpoint
-    from ..infer import AudioTagger
+    from ..infer.engine import AudioTagger
     from ..infer.scenes import calibrate_on_scenes
 
     if args.threshold is not None:
@@ -83,7 +83,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     import signal
 
     from ..audio.sources import file_blocks, microphone_blocks, paced, stdin_blocks
-    from ..infer import AudioTagger, EventChange
+    from ..infer.engine import AudioTagger
+    from ..infer.events import EventChange
 
     tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision)
     flag = {"stop": False}
@@ -97,10 +98,10 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
         if args.input is None:
-            rate = args.rate or tagger.members[0].rate
+            rate = args.rate or tagger.rate
             blocks = microphone_blocks(rate, args.block, stop, args.mic)
         elif args.input == "-":
-            rate = args.rate or tagger.members[0].rate
+            rate = args.rate or tagger.rate
             blocks = stdin_blocks(rate, args.block, stop, ffmpeg=args.ffmpeg)
         else:
             rate, blocks = file_blocks(args.input, args.block, stop)

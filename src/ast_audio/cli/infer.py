@@ -19,7 +19,7 @@ from ..audio.io import AUDIO_EXTENSIONS, file_problem
 from ..base.fileio import atomic_write, dumps_json
 from ..base.runtime import PRECISIONS
 from ..errors import AstAudioError, AudioError, ConfigError
-from ..infer.sharded import run_sharded, wants_shards
+from ..infer.sharded import PredictOptions, shard_device, wants_shards, write_embeddings, write_predictions
 
 GROUP_FILES = 64  # files per library call: output appears as it is ready, memory stays bounded
 
@@ -84,7 +84,7 @@ class _Output:
     """
 
     def __init__(self, fmt: str, timeline: bool):
-        from ..infer import Prediction, Timeline
+        from ..infer.results import Prediction, Timeline
 
         self.fmt, self.timeline = fmt, timeline
         self.objects: list[dict] = []
@@ -143,9 +143,10 @@ class _Failures:
         _report(err)
 
 
-def _files_and_tagger(args: argparse.Namespace):
-    """The audio files named by ``args.paths`` (folders searched), the tagger, the failure counter."""
-    from ..infer import AudioTagger
+def _files_and_tagger(args: argparse.Namespace, device: str | None = None):
+    """The audio files named by ``args.paths`` (folders searched), the tagger (on ``device``, default
+    ``--device``), the failure counter."""
+    from ..infer.engine import AudioTagger
 
     files, missing = expand_paths(args.paths)
     failures = _Failures(missing)
@@ -154,10 +155,16 @@ def _files_and_tagger(args: argparse.Namespace):
             f"no audio files found in {', '.join(args.paths)} ({', '.join(sorted(AUDIO_EXTENSIONS))})"
         )
     tagger = AudioTagger(
-        args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision,
+        args.checkpoint, device=device or args.device, batch_size=args.batch_size, precision=args.precision,
         compile=args.compile,
     )  # fmt: skip
     return files, tagger, failures
+
+
+def _predict_options(args: argparse.Namespace) -> PredictOptions:
+    """What the ``predict`` flags ask of the tagger, for every output path (stdout, ``--out DIR``)."""
+    return PredictOptions(top_k=args.top_k, aggregate=args.aggregate, timeline=args.timeline, window=args.window,
+                          hop=args.hop, method=args.events, post=post_processing(args))  # fmt: skip
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -165,8 +172,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.scores_dir is not None and not (args.timeline and args.events == "frames") or args.scores_dir and args.out:
         raise ConfigError("--scores-dir writes detection frame scores: it needs --timeline (with --events frames), not --out")
-    if wants_shards(args):  # --out DIR: one shard per process, resumable (ast_audio.infer.sharded)
-        return run_sharded(args, _files_and_tagger)
+    options = _predict_options(args)
+    if wants_shards("predict", args.out):  # --out DIR: one shard per process, resumable (ast_audio.infer.sharded)
+        files, tagger, on_error = _files_and_tagger(args, shard_device(args.device))
+        done = write_predictions(args.out, files, tagger, options, csv_rows=args.format == "csv", on_error=on_error)
+        print(f"{done.path}: {done.new} new files, {done.earlier} from an earlier run")
+        return 1 if on_error.count else 0
     files, tagger, on_error = _files_and_tagger(args)
     if args.scores_dir is not None:
         stems = sorted(Path(f).stem for f in files)
@@ -176,16 +187,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = _Output(args.format, args.timeline)
     with _progress(len(files), args.quiet) as bar:
         for group in _groups(files, GROUP_FILES):
-            if args.timeline:
-                for t in tagger.timeline(group, args.window, args.hop, threshold=args.threshold, top_k=args.top_k,
-                                         post=post_processing(args), method=args.events,
-                                         aggregate=args.aggregate, on_error=on_error):  # fmt: skip
-                    out.timeline_of(t)
-                    if args.scores_dir is not None:
-                        write_timeline_scores(t, args.scores_dir, tagger.ignored, post_processing(args))
-            else:
-                for p in tagger.predict(group, top_k=args.top_k, aggregate=args.aggregate, on_error=on_error):
-                    out.prediction(p)
+            for result in options.results(tagger, group, on_error):
+                if not args.timeline:
+                    out.prediction(result)
+                    continue
+                out.timeline_of(result)
+                if args.scores_dir is not None:
+                    write_timeline_scores(result, args.scores_dir, tagger.ignored, options.post)
             bar.update(len(group))
     out.close()
     return 1 if on_error.count else 0
@@ -200,14 +208,18 @@ def post_processing(args: argparse.Namespace):
 
 
 def add_post_processing(p: argparse.ArgumentParser) -> None:
-    """Detection frames and event post-processing flags (predict --timeline, listen)."""
+    """Detection frames and event post-processing flags (predict --timeline, listen, calibrate); their
+    defaults are the library's (:mod:`ast_audio.infer.frames`, :class:`~ast_audio.infer.events.PostProcessing`)."""
     from ..infer.events import PostProcessing
+    from ..infer.frames import DEFAULT_HOP, DEFAULT_WINDOW
+    from ..infer.windows import DEFAULT_WINDOWS
 
     d = PostProcessing()
     p.add_argument("--window", type=_positive_float, default=None,
-                   help="seconds each frame's window sees (default 0.5, at most the model input; --events windows: 10)")  # fmt: skip
+                   help=f"seconds each frame's window sees (default {DEFAULT_WINDOW:g}, at most the model input; "
+                   f"--events windows: {DEFAULT_WINDOWS[0]:g})")  # fmt: skip
     p.add_argument("--hop", type=_positive_float, default=None,
-                   help="seconds between frames (default 0.1; --events windows: 5)")  # fmt: skip
+                   help=f"seconds between frames (default {DEFAULT_HOP:g}; --events windows: {DEFAULT_WINDOWS[1]:g})")  # fmt: skip
     p.add_argument("--threshold", type=float, default=None,
                    help="on threshold of every class (default: the checkpoint's calibrated ones, else 0.5)")  # fmt: skip
     p.add_argument("--off-ratio", type=float, default=d.off_ratio,
@@ -222,8 +234,13 @@ def add_post_processing(p: argparse.ArgumentParser) -> None:
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    if wants_shards(args):  # --out DIR: one shard per process, resumable (ast_audio.infer.sharded)
-        return run_sharded(args, _files_and_tagger)
+    if wants_shards("embed", args.out):  # --out DIR: one shard per process, resumable (ast_audio.infer.sharded)
+        if args.tokens or args.per_window:
+            raise ConfigError("--tokens and --per-window write one .npz: give --out FILE.npz (without torchrun)")
+        files, tagger, on_error = _files_and_tagger(args, shard_device(args.device))
+        done = write_embeddings(args.out, files, tagger, on_error=on_error)
+        print(f"{done.path}: {done.rows} rows ({done.earlier} files from an earlier run)")
+        return 1 if on_error.count else 0
     files, tagger, on_error = _files_and_tagger(args)
     results = []
     with _progress(len(files), args.quiet) as bar:
@@ -332,8 +349,8 @@ def add_commands(sub) -> None:
     p.add_argument("--timeline", action="store_true",
                    help="sound events in time: scores every --hop seconds, events with onsets and offsets")  # fmt: skip
     p.add_argument("--events", choices=["frames", "windows"], default="frames",
-                   help="frames: post-processed detection frames (default); windows: the earlier "
-                   "--window/--hop windows merged where a label reaches --threshold")  # fmt: skip
+                   help="frames: post-processed detection frames (default); windows: long "
+                   "--window/--hop windows (no post-processing) merged where a label reaches --threshold")  # fmt: skip
     p.add_argument("--out", default=None, help="a folder: one CSV/JSONL shard per process (torchrun), resumable")
     p.add_argument("--scores-dir", default=None,
                    help="--timeline: also write each file's frame scores (median-filtered as --median says) to "

@@ -10,11 +10,12 @@ from ..errors import ConfigError
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from ..serve import ServeSettings, create_app, run
+        from ..serve import run
+        from ..serve.app import ServeSettings, create_app
     except ImportError as err:
         raise ConfigError(f"ast-audio serve needs the serve extra ({err.name} is missing): "
                           "pip install 'ast-audio[serve]'") from None  # fmt: skip
-    from ..infer import AudioTagger
+    from ..infer.engine import AudioTagger
 
     tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size,
                          precision=args.precision, compile=args.compile)  # fmt: skip

@@ -13,7 +13,8 @@ The package, by job:
 - ``frames``: the detection grid (a window centred on every hop); ``events``: the event
   post-processing (median filter, hysteresis, gaps, short events) and its live tracker;
   ``stream``: :meth:`AudioTagger.stream` over audio blocks as they arrive;
-- ``inputs``: paths and waveforms in, mono waveforms at the model's rate out.
+- ``inputs``: paths and waveforms in, mono waveforms at the model's rate out;
+- ``sharded``: ``predict`` / ``embed`` of many files into resumable shards, one per process.
 
 Device and precision choice live in :mod:`ast_audio.base.runtime`, the attention plot in
 :mod:`ast_audio.base.plots` (both leaf modules: training and evaluation use them too).
@@ -45,7 +46,10 @@ Decisions, in one place:
 - **Timelines** (``method="frames"``, the default): a frame every ``hop`` (0.1) seconds,
   scored by a ``window`` (0.5 s, at most the model's input) centred on it, then the
   post-processing of :mod:`.events`; events carry onsets and offsets at the hop's
-  resolution. ``method="windows"``: windows of ``window`` seconds every ``hop`` seconds, the last one
+  resolution. These defaults live in :meth:`AudioTagger.frame_grid` (from
+  :mod:`.frames`) and :class:`PostProcessing`, and ``predict --timeline``, ``listen``, the
+  service and the page all take them from there, so one file gives one set of events.
+  ``method="windows"``: windows of ``window`` (10) seconds every ``hop`` (5) seconds, the last one
   aligned to the end. A timeline window shorter than the model input is padded as in
   training; a longer one is scored like ``predict`` scores a clip (model windows inside
   it, aggregated). Consecutive windows where a label's score is at least ``threshold``

@@ -40,9 +40,9 @@ from .attention import attention_grid, grid_to_frames
 from .events import EventChange, PostProcessing, detect_events
 from .frames import DEFAULT_HOP, DEFAULT_WINDOW, FrameGrid
 from .inputs import Audio, Input, as_inputs, load_input, one_or_list
-from .results import AttentionMap, Embedding, FrameScores, Prediction, Timeline, Window, top_labels
+from .results import AttentionMap, Embedding, Event, FrameScores, Prediction, Timeline, Window, top_labels
 from .state import REDUCE, Batch, Head, Member, Outputs, Plan, Record, Segment, Windows
-from .windows import merge_events, window_spans
+from .windows import DEFAULT_WINDOWS, merge_events, window_spans
 
 __all__ = ["AGGREGATES", "AudioTagger"]
 
@@ -85,23 +85,10 @@ class AudioTagger:
     smaller batch reuses the compiled graph instead of compiling again; a few files in a
     large ``batch_size`` therefore cost a full batch. ``attention`` always runs eagerly.
     With ``"int8"`` it works, but the graph breaks at every quantised Linear, so expect
-    little from it (not measured).
+    little from it.
 
-    Measured on a 2-core Intel Xeon with AMX (base384, 1024 frames, batch 4, model
-    forward only; logit differences against fp32; "-": not measured):
-
-    ======================  =========  ===================  ==============================
-    precision / compile     s / clip   max logit diff       note
-    ======================  =========  ===================  ==============================
-    fp32                    0.83       (reference)
-    bf16                    0.26       0.02
-    int8                    0.56       0.17                 bf16 is faster on this CPU
-    fp32 + compile          0.83       -                    no gain
-    bf16 + compile          0.23       -                    ~15% over bf16 eager
-    ======================  =========  ===================  ==============================
-
-    ``torch.compile`` first spends 10-40 s compiling (per member and per output kind), so
-    it pays off on long runs only.
+    ``torch.compile`` first spends tens of seconds compiling (per member and per output
+    kind), so it pays off on long runs only.
 
     ``predict``, ``timeline`` and ``embed`` take ``on_error``: without it, the first input
     that cannot be read raises its ``AstAudioError``; with it, the error is passed to it
@@ -207,9 +194,10 @@ class AudioTagger:
         no threshold: the checkpoint's calibrated ones, else 0.5). ``windows`` are the
         frames. Labels named ``background`` (a "nothing" class) make no events.
 
-        ``method="windows"``: the earlier timeline, windows of ``window`` (10) seconds every
-        ``hop`` (5) seconds, each scored as ``predict`` scores a clip, and consecutive windows
-        where a label reaches ``threshold`` (0.5) merged into one event (:func:`merge_events`).
+        ``method="windows"``: windows of ``window`` (10) seconds every ``hop`` (5) seconds
+        (:data:`~.windows.DEFAULT_WINDOWS`), each scored as ``predict`` scores a clip, and
+        consecutive windows where a label reaches ``threshold`` (0.5) merged into one event
+        (:func:`merge_events`); ``post`` does not apply.
         """
         _check_aggregate(aggregate)
         if method not in ("frames", "windows"):
@@ -227,7 +215,7 @@ class AudioTagger:
                     scores = self._frame_probs(waves, range(grid.count(length)), grid, None, aggregate)
                 out.append(self._frames_timeline(item.path, scores, grid, length / grid.rate, post, top_k))
             return one_or_list(out, single)
-        window, hop = window or 10.0, hop or 5.0
+        window, hop = window or DEFAULT_WINDOWS[0], hop or DEFAULT_WINDOWS[1]
         if not (window > 0 and hop > 0):
             raise ConfigError(f"timeline window and hop must be positive seconds, got {window} and {hop}")
         out = []
@@ -271,6 +259,12 @@ class AudioTagger:
         return stream_events(self, chunks, sample_rate, grid, post, top_k, frames_per_call, on_model)
 
     @property
+    def rate(self) -> int:
+        """The sample rate the tagger takes audio at: the first member's (waveforms handed in
+        without a ``sample_rate``, live input, the service's uploads, timelines' segments)."""
+        return self.members[0].rate
+
+    @property
     def thresholds(self) -> list[float] | None:
         """Per-class thresholds calibrated for the (first) checkpoint (its input contract), or ``None``."""
         thresholds = self.members[0].features.thresholds
@@ -282,12 +276,22 @@ class AudioTagger:
         return [i for i, name in enumerate(self.labels) if name.strip().lower() == "background"]
 
     def frame_grid(self, window: float | None = None, hop: float | None = None) -> FrameGrid:
-        """The detection frames at the first member's rate (defaults: 0.5 s windows, at most the
-        model's input, every 0.1 s)."""
+        """The detection frames at :attr:`rate`: the one place their defaults are settled
+        (``timeline``, ``stream``, the CLI and the service all come here). ``None`` means
+        :data:`~.frames.DEFAULT_WINDOW` (at most the model's input) and :data:`~.frames.DEFAULT_HOP`."""
         m = self.members[0]
         if window is None:
             window = min(DEFAULT_WINDOW, m.window / m.rate)
-        return FrameGrid(DEFAULT_HOP if hop is None else hop, window, m.rate)
+        return FrameGrid(DEFAULT_HOP if hop is None else hop, window, self.rate)
+
+    def frame_events(
+        self, scores: np.ndarray, hop: float, duration: float, post: PostProcessing | None = None
+    ) -> list[Event]:
+        """The events of detection-frame scores ``[frames, C]`` (one row every ``hop`` seconds)
+        under ``post`` (default :class:`PostProcessing`), with the checkpoint's calibrated
+        thresholds and without the ignored classes: what ``timeline`` does with its frames."""
+        return detect_events(scores, hop, self.labels, post or PostProcessing(), duration=duration,
+                             calibrated=self.thresholds, ignore=self.ignored)  # fmt: skip
 
     def embed(
         self,
@@ -363,12 +367,12 @@ class AudioTagger:
         records: list[Record] = []
         with torch.inference_mode():
             for item, waves in self._loaded(inputs, on_error, progress):
-                num_samples = len(waves[self.members[0].rate])
+                num_samples = len(waves[self.rate])
                 segments = [
                     Segment(s0, s1, [Windows() for _ in self.members])
                     for s0, s1 in self._segments(num_samples, plan)
                 ]
-                records.append(Record(item.path, num_samples / self.members[0].rate, segments))
+                records.append(Record(item.path, num_samples / self.rate, segments))
                 for segment in segments:
                     for batch, windows in zip(batches, segment.members, strict=True):
                         m, wave = batch.member, waves[batch.member.rate]
@@ -382,8 +386,8 @@ class AudioTagger:
         return records
 
     def _segments(self, num_samples: int, plan: Plan) -> list[tuple[float, float]]:
-        """``[start, end)`` seconds of the segments of a recording (at the first member's rate)."""
-        rate = self.members[0].rate
+        """``[start, end)`` seconds of the segments of a recording (at :attr:`rate`)."""
+        rate = self.rate
         if plan.timeline is None:
             return [(0.0, num_samples / rate)]
         window, hop = plan.timeline
@@ -481,9 +485,7 @@ class AudioTagger:
             Window(i * grid.hop, min((i + 1) * grid.hop, duration), row, top_labels(row, self.labels, top_k))
             for i, row in enumerate(scores)
         ]
-        events = detect_events(scores, grid.hop, self.labels, post, duration=duration,
-                               calibrated=self.thresholds, ignore=self.ignored)  # fmt: skip
-        return Timeline(path, duration, list(self.labels), windows, events)
+        return Timeline(path, duration, list(self.labels), windows, self.frame_events(scores, grid.hop, duration, post))
 
     def _autocast(self):
         return runtime.autocast(self.device, self.precision)

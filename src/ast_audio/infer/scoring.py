@@ -23,7 +23,7 @@ PSDS is computed two ways:
   the tables themselves where their events nest, as a threshold sweep's do). This
   underrates a system compared with its score tables and is printed as such.
 
-psds_eval (the first implementation, last released 2021) is no longer used: it fails on
+psds_eval (the first implementation, last released 2021) is not used: it fails on
 numpy 2 and pandas 3. sed_scores_eval's Cython code needs writable arrays and pandas 3
 hands out read-only ones from float64 frames, so the score columns are given to it as
 float32 (it converts them to a new float64 array).

@@ -17,23 +17,35 @@ which is dropped) and skips the files it already holds; files in shards of anoth
 size (an earlier run with another N) are finished and skipped too. So a run killed at any
 point and rerun ends with every readable file exactly once. Unreadable files are reported
 on stderr (exit status 1) and tried again by a rerun.
+
+:func:`write_predictions` and :func:`write_embeddings` take the tagger, the files and explicit
+options (:class:`PredictOptions`: the same object ``predict`` uses for stdout, so every flag
+reaches the shards too) and return what they did (:class:`Written`); :mod:`ast_audio.cli.infer`
+turns the flags into them and prints the summary.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..base.fileio import atomic_write
-from ..errors import ConfigError
+from ..errors import AstAudioError
+from .events import PostProcessing
+from .results import Prediction, Timeline
 
+__all__ = ["PredictOptions", "rank_and_world", "shard_device", "wants_shards", "Written", "write_embeddings",
+           "write_predictions"]
+
+OnError = Callable[[AstAudioError], None]
 GROUP = 16  # files per commit
 _NPY_HEADER = 128  # bytes: room for any row count, so the header is rewritten in place
 
@@ -48,12 +60,47 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def wants_shards(args: argparse.Namespace) -> bool:
-    """``--out`` names a folder (predict: any ``--out``; embed: not a ``.npz`` file), or torchrun runs us."""
-    out = getattr(args, "out", None)
+def wants_shards(command: str, out: str | os.PathLike | None) -> bool:
+    """Whether ``command``'s ``out`` is a folder of shards: ``predict``: any ``out``; ``embed``:
+    an ``out`` not ending in ``.npz``, or any ``out`` under torchrun."""
     if out is None:
         return False
-    return args.command == "predict" or rank_and_world()[1] > 1 or not str(out).endswith(".npz")
+    return command == "predict" or rank_and_world()[1] > 1 or not os.fspath(out).endswith(".npz")
+
+
+def shard_device(device: str | None) -> str | None:
+    """The device of this process: under torchrun without a ``device``, the GPU of ``LOCAL_RANK``
+    (one GPU per process) where CUDA is available; otherwise ``device`` as given."""
+    if device is None and rank_and_world()[1] > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What ``predict`` asks of the tagger for each group of files, in every output path (stdout
+    or shards): tags (``top_k``, ``aggregate``), or with ``timeline`` the arguments of
+    :meth:`~.engine.AudioTagger.timeline` (``window``, ``hop``, ``method``, ``post``; the on
+    threshold is ``post.threshold``)."""
+
+    top_k: int = 5
+    aggregate: str = "max"
+    timeline: bool = False
+    window: float | None = None
+    hop: float | None = None
+    method: str = "frames"
+    post: PostProcessing = field(default_factory=PostProcessing)
+
+    def results(self, tagger, files: list[str], on_error) -> list:
+        """The :class:`~.results.Prediction` s or :class:`~.results.Timeline` s of ``files``."""
+        if self.timeline:
+            return tagger.timeline(files, self.window, self.hop, threshold=self.post.threshold, post=self.post,
+                                   method=self.method, top_k=self.top_k, aggregate=self.aggregate,
+                                   on_error=on_error)  # fmt: skip
+        return tagger.predict(files, top_k=self.top_k, aggregate=self.aggregate, on_error=on_error)
 
 
 class _Shard:
@@ -110,52 +157,61 @@ def _my_files(files: list[str], out: Path, kind: str, listing: Path) -> tuple[li
     return todo, len(remaining[rank::world]) - len(todo)
 
 
-def run_sharded(args: argparse.Namespace, files_and_tagger) -> int:
-    """``predict`` / ``embed`` into ``--out DIR``: this process's share of the inputs (see the
-    module notes); ``files_and_tagger(args)`` is the command's own setup."""
-    if args.device is None and rank_and_world()[1] > 1:
-        import torch
+@dataclass(frozen=True)
+class Written:
+    """What a writer did: its shard ``path`` (the predictions, or the embeddings' ``.npy``), the
+    files it added (``new``), those an earlier run had written (``earlier``), the files that could
+    not be read (``failed``, left for a rerun) and the rows the shard now holds."""
 
-        if torch.cuda.is_available():  # one GPU per process, as torchrun's LOCAL_RANK says
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    files, tagger, on_error = files_and_tagger(args)
-    return (run_predict if args.command == "predict" else run_embed)(args, files, tagger, on_error)
+    path: Path
+    new: int
+    earlier: int
+    failed: int
+    rows: int
 
 
-def run_predict(args: argparse.Namespace, files: list[str], tagger, on_error) -> int:
-    out = Path(args.out)
+class _Counted:
+    """``on_error`` (when given) that also counts the files that failed."""
+
+    def __init__(self, on_error: OnError | None):
+        self.on_error, self.count = on_error, 0
+
+    def __call__(self, err: AstAudioError) -> None:
+        self.count += 1
+        if self.on_error is not None:
+            self.on_error(err)
+
+
+def write_predictions(out: str | os.PathLike, files: list[str], tagger, options: PredictOptions, *,
+                      csv_rows: bool = False, on_error: OnError | None = None) -> Written:  # fmt: skip
+    """This process's share of ``files`` through ``options`` into its shard in ``out``: CSV rows
+    with ``csv_rows``, else JSON lines (see the module notes). A file that cannot be read goes to
+    ``on_error`` and is left for a rerun (without ``on_error`` its error is raised)."""
+    out, on_error = Path(out), _Counted(on_error)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world()
-    ext = "csv" if args.format == "csv" else "jsonl"
+    ext = "csv" if csv_rows else "jsonl"
     shard = _Shard(out, "predictions", [ext], rank, world)
     todo, done = _my_files(files, out, "predictions", shard.paths[0])
-    if shard.committed["sizes"][0] == 0 and ext == "csv":
-        from . import Prediction, Timeline
-
-        header = (Timeline if args.timeline else Prediction).CSV_HEADER
+    if shard.committed["sizes"][0] == 0 and csv_rows:
+        header = (Timeline if options.timeline else Prediction).CSV_HEADER
         shard.append([(",".join(header) + "\n").encode()], 0)
     for i in range(0, len(todo), GROUP):
-        group = todo[i : i + GROUP]
-        if args.timeline:
-            results = tagger.timeline(group, args.window, args.hop, threshold=args.threshold, top_k=args.top_k,
-                                      aggregate=args.aggregate, on_error=on_error)  # fmt: skip
-        else:
-            results = tagger.predict(group, top_k=args.top_k, aggregate=args.aggregate, on_error=on_error)
+        results = options.results(tagger, todo[i : i + GROUP], on_error)
         text = io.StringIO()
         for r in results:
-            if ext == "csv":
+            if csv_rows:
                 csv.writer(text, lineterminator="\n").writerows(r.csv_rows())
             else:
                 text.write(json.dumps(r.to_json()) + "\n")
         shard.append([text.getvalue().encode()], len(results))
-    print(f"{shard.paths[0]}: {len(todo) - on_error.count} new files, {done} from an earlier run")
-    return 1 if on_error.count else 0
+    return Written(shard.paths[0], len(todo) - on_error.count, done, on_error.count, shard.committed["rows"])
 
 
-def run_embed(args: argparse.Namespace, files: list[str], tagger, on_error) -> int:
-    if args.tokens or args.per_window:
-        raise ConfigError("--tokens and --per-window write one .npz: give --out FILE.npz (without torchrun)")
-    out = Path(args.out)
+def write_embeddings(out: str | os.PathLike, files: list[str], tagger, *, on_error: OnError | None = None) -> Written:
+    """This process's share of ``files``' pooled embeddings into its ``.npy`` and ``.jsonl`` shard
+    in ``out`` (see the module notes); failures as in :func:`write_predictions`."""
+    out, on_error = Path(out), _Counted(on_error)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world()
     shard = _Shard(out, "embeddings", ["npy", "jsonl"], rank, world)
@@ -175,5 +231,4 @@ def run_embed(args: argparse.Namespace, files: list[str], tagger, on_error) -> i
         lines = "".join(json.dumps({"path": r.path, "duration": round(r.duration, 3)}) + "\n" for r in results)
         first = shard.committed["sizes"][0] == 0
         shard.append([(header if first else b"") + rows.tobytes(), lines.encode()], len(rows), header)
-    print(f"{shard.paths[0]}: {shard.committed['rows']} rows ({done} files from an earlier run)")
-    return 1 if on_error.count else 0
+    return Written(shard.paths[0], len(todo) - on_error.count, done, on_error.count, shard.committed["rows"])

@@ -19,8 +19,8 @@ What it yields, in time order:
   ``to_json()`` is the line ``ast-audio listen`` prints.
 
 ``frames_per_call`` frames are scored together (one batch): a large model on a CPU reads
-all its weights for every forward of a few tokens, so ten 0.5 s windows at once ran 2.3x
-faster than one at a time for base384 (bench/events.py), at the price of
+all its weights for every forward of a few tokens, so several short windows in one call
+cost little more than one (bench/events.py measures it), at the price of
 ``frames_per_call - 1`` hops of latency.
 
 Audio older than every window still to come is dropped, so memory stays bounded.

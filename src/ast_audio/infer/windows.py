@@ -13,7 +13,9 @@ import numpy as np
 from ..errors import ConfigError
 from .results import Event, Window
 
-__all__ = ["merge_events", "window_spans"]
+__all__ = ["DEFAULT_WINDOWS", "merge_events", "window_spans"]
+
+DEFAULT_WINDOWS = (10.0, 5.0)  # (window, hop) seconds of ``timeline(method="windows")``: AudioSet's clip length, half overlapping
 
 
 def window_spans(length: int, window: int, hop: int) -> list[tuple[int, int]]:

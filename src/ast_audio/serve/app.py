@@ -28,8 +28,11 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from ..base.plots import plot_attention
 from ..errors import AstAudioError
-from ..infer import AudioTagger, plot_attention
+from ..infer.engine import AudioTagger
+from ..infer.events import PostProcessing
+from ..infer.frames import DEFAULT_HOP, DEFAULT_WINDOW
 from ..infer.results import labels_json
 from .batching import Batcher, Job, overall_labels
 from .metrics import Metrics
@@ -41,6 +44,7 @@ __all__ = ["STATIC", "ServeSettings", "create_app"]
 STATIC = Path(__file__).resolve().parent / "static"  # the page: package data, no build step
 MAX_MESSAGE = 2**20  # bytes of one WebSocket audio message
 MAX_TIMELINE_WINDOWS = 10_000
+_POST = PostProcessing()  # the post-processing defaults, the CLI's and the library's
 
 
 @dataclass
@@ -76,7 +80,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
     settings = settings or ServeSettings()
     metrics = Metrics()
     batcher = Batcher(tagger, max_batch=settings.max_batch, max_wait=settings.max_wait, metrics=metrics)
-    member = tagger.members[0]
+    member = tagger.members[0]  # its input contract and model-input length, shown by /api/info
     open_streams: set[WebSocket] = set()
 
     @contextlib.asynccontextmanager
@@ -99,7 +103,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
 
     async def waveform(request: Request) -> tuple[torch.Tensor, str]:
         data, name = await read_upload(request)
-        return await run_in_threadpool(decode, data, name, batcher.rate, settings.max_duration), name
+        return await run_in_threadpool(decode, data, name, tagger.rate, settings.max_duration), name
 
     async def run(job: Job):
         try:
@@ -112,22 +116,35 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
     @app.post("/api/predict", openapi_extra=_AUDIO_BODY)
     async def predict(
         request: Request,
-        top_k: int = Query(5, ge=1, le=10000, description="labels per answer (and per timeline window)"),
-        threshold: float = Query(0.5, ge=0, le=1, description="timeline: score at which a window joins an event"),
-        timeline: bool = Query(False, description="scores per window and merged events"),
-        window: float = Query(10.0, gt=0, description="timeline window, seconds"),
-        hop: float = Query(5.0, gt=0, description="timeline hop, seconds"),
+        top_k: int = Query(5, ge=1, le=10000, description="labels per answer (and per timeline frame)"),
+        timeline: bool = Query(False, description="detection frames and the events found in them"),
+        window: float | None = Query(None, gt=0, description=f"timeline: seconds each frame's window sees "
+                                     f"(default {DEFAULT_WINDOW:g}, at most the model input)"),
+        hop: float | None = Query(None, gt=0, description=f"timeline: seconds between frames (default {DEFAULT_HOP:g})"),
+        threshold: float | None = Query(None, ge=0, le=1, description="timeline: on threshold of every class "
+                                        "(default: the checkpoint's calibrated ones, else 0.5)"),
+        off_ratio: float = Query(_POST.off_ratio, description="timeline: off at off_ratio x the on threshold"),
+        median: float = Query(_POST.median, description="timeline: median filter, seconds"),
+        min_duration: float = Query(_POST.min_duration, description="timeline: shorter events are dropped, seconds"),
+        min_gap: float = Query(_POST.min_gap, description="timeline: closer events of a class merge, seconds"),
         aggregate: Literal["max", "mean"] = Query("max", description="how model windows combine"),
     ) -> dict:
-        """Top labels of the audio; with ``timeline=true`` the CLI's timeline object (windows and
-        events) plus ``labels``: each label's maximum over the windows."""
+        """Top labels of the audio; with ``timeline=true`` the timeline object of ``predict --timeline
+        --format json`` (the same defaults and post-processing; frames and events) plus ``labels``:
+        each label's maximum over the frames."""
+        if timeline:  # the options are checked before the upload is read, by the library's own rules
+            try:
+                post = PostProcessing(threshold, off_ratio, median, min_duration, min_gap)
+                grid = tagger.frame_grid(window, hop)
+            except AstAudioError as err:
+                raise Rejected(422, str(err)) from None
         wave, name = await waveform(request)
         if timeline:
-            count = len(wave) / batcher.rate / hop
+            count = len(wave) / tagger.rate / grid.hop
             if count > MAX_TIMELINE_WINDOWS:
                 raise Rejected(422, f"{name}: a timeline of {count:.0f} windows; at most {MAX_TIMELINE_WINDOWS} "
                                     "(choose a longer hop)")  # fmt: skip
-            result = await run(Job("timeline", wave, (window, hop, aggregate), top_k, threshold))
+            result = await run(Job("timeline", wave, (window, hop, aggregate), top_k, post))
             result.path = name
             return {**result.to_json(), "labels": labels_json(overall_labels(result, tagger.labels, top_k))}
         result = await run(Job("predict", wave, (aggregate,), top_k))
@@ -164,7 +181,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
         wave, name = await waveform(request)
 
         def explain():
-            return tagger.attention(wave, sample_rate=batcher.rate, start=start, method=method, top_k=top_k)
+            return tagger.attention(wave, sample_rate=tagger.rate, start=start, method=method, top_k=top_k)
 
         try:
             att = await asyncio.wait_for(batcher.on_model_thread(explain), settings.timeout)
@@ -177,21 +194,23 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
 
     @app.get("/api/info")
     async def info() -> dict:
-        """The labels and the input contract of the checkpoint, the live stream's default frames, and the
-        service's limits."""
+        """The labels and the input contract of the checkpoint, the default detection frames (of timelines
+        and the live stream) and post-processing, and the service's limits."""
         grid = tagger.frame_grid()
         return {
             "version": __version__,
             "checkpoints": [PurePath(m.name).name for m in tagger.members],
             "labels": list(tagger.labels),
             "multilabel": tagger.multilabel,
-            "sample_rate": batcher.rate,
+            "sample_rate": tagger.rate,
             "window_seconds": round(member.window / member.rate, 3),
             "input_contract": member.features.to_dict(),
             "device": str(tagger.device),
             "precision": tagger.precision,
             "stream": {"hop": grid.hop, "window": round(grid.window, 3),  # WS /api/stream's detection frames
                        "calibrated_thresholds": tagger.thresholds is not None},  # else 0.5 (without ?threshold=)
+            "timeline": {"hop": grid.hop, "window": round(grid.window, 3), "off_ratio": _POST.off_ratio,
+                         "median": _POST.median, "min_duration": _POST.min_duration, "min_gap": _POST.min_gap},
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_duration": settings.max_duration,
                        "timeout": settings.timeout, "max_batch": settings.max_batch,
                        "max_wait": settings.max_wait, "max_streams": settings.max_streams},  # fmt: skip

@@ -6,10 +6,10 @@ seconds after the first one), groups it by what is asked (tags with the same
 aggregation, timelines with the same window and hop, embeddings) and gives each group to
 the tagger in one call, so the windows of every request in the group share the engine's
 batches of ``batch_size`` model windows. The model runs on one worker thread: calls never
-overlap, and requests that arrive while it computes form the next batch. ``top_k`` and
-``threshold`` differ per request and are applied to the scores afterwards
-(:func:`~ast_audio.infer.results.top_labels`, :func:`~ast_audio.infer.detect_events` with the
-tagger's post-processing, as ``timeline`` does).
+overlap, and requests that arrive while it computes form the next batch. ``top_k`` and the
+event post-processing differ per request and are applied to the scores afterwards
+(:func:`~ast_audio.infer.results.top_labels`, :meth:`~ast_audio.infer.AudioTagger.frame_events`,
+what ``timeline`` does with its frames).
 
 When an engine call fails, its requests are run again one by one, so only the request at
 fault gets the error. ``stop()`` finishes everything already queued before it returns
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..infer import AudioTagger, PostProcessing, Timeline, detect_events
-from ..infer.results import top_labels
+from ..infer.engine import AudioTagger
+from ..infer.events import PostProcessing
+from ..infer.results import Timeline, top_labels
 from .metrics import Metrics
 
 __all__ = ["Batcher", "Job", "overall_labels"]
@@ -37,14 +38,15 @@ _STOP = object()
 @dataclass
 class Job:
     """One request: ``kind`` is ``"predict"``, ``"timeline"`` or ``"embed"``; ``key`` holds the
-    settings a whole engine call shares (aggregate; window and hop); ``top_k`` and
-    ``threshold`` are the request's own."""
+    settings a whole engine call shares (predict: the aggregate; timeline: window and hop, ``None``
+    for the tagger's defaults, and the aggregate); ``top_k`` and ``post`` (a timeline's event
+    post-processing) are the request's own."""
 
     kind: str
-    wave: torch.Tensor  # (S,) mono at the tagger's first member's rate
+    wave: torch.Tensor  # (S,) mono at the tagger's rate
     key: tuple = ()
     top_k: int = 5
-    threshold: float = 0.5
+    post: PostProcessing = field(default_factory=PostProcessing)
     future: asyncio.Future | None = field(default=None, repr=False)
 
 
@@ -54,7 +56,6 @@ class Batcher:
     def __init__(self, tagger: AudioTagger, *, max_batch: int = 16, max_wait: float = 0.01,
                  metrics: Metrics | None = None):  # fmt: skip
         self.tagger = tagger
-        self.rate = tagger.members[0].rate
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.metrics = metrics or Metrics()
@@ -149,21 +150,22 @@ class Batcher:
         kind, waves, t = jobs[0].kind, [job.wave for job in jobs], self.tagger
         if kind == "predict":
             (aggregate,) = jobs[0].key
-            out = t.predict(waves, sample_rate=self.rate, top_k=0, aggregate=aggregate)
+            out = t.predict(waves, sample_rate=t.rate, top_k=0, aggregate=aggregate)
             for job, p in zip(jobs, out, strict=True):
                 p.labels = top_labels(p.scores, t.labels, job.top_k)
             windows = sum(len(p.spans) for p in out)
         elif kind == "timeline":
             window, hop, aggregate = jobs[0].key
-            out = t.timeline(waves, window, hop, sample_rate=self.rate, top_k=0, aggregate=aggregate)
+            post = jobs[0].post
+            out = t.timeline(waves, window, hop, sample_rate=t.rate, post=post, top_k=0, aggregate=aggregate)
             for job, tl in zip(jobs, out, strict=True):
                 for w in tl.windows:
                     w.labels = top_labels(w.scores, t.labels, job.top_k)
-                tl.events = detect_events(tl.scores, hop, t.labels, PostProcessing(job.threshold), duration=tl.duration,
-                                          calibrated=t.thresholds, ignore=t.ignored)  # fmt: skip
+                if job.post != post:  # the frames are shared; the events are this request's own
+                    tl.events = t.frame_events(tl.scores, t.frame_grid(window, hop).hop, tl.duration, job.post)
             windows = sum(len(tl.windows) for tl in out)
         elif kind == "embed":
-            out = t.embed(waves, sample_rate=self.rate)
+            out = t.embed(waves, sample_rate=t.rate)
             windows = sum(len(e.spans) for e in out)
         else:
             raise ValueError(f"unknown job kind {kind!r}")

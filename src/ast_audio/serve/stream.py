@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..infer import AudioTagger, FrameScores, PostProcessing
+from ..infer.engine import AudioTagger
+from ..infer.events import PostProcessing
+from ..infer.results import FrameScores
 
 __all__ = ["live_updates"]
 

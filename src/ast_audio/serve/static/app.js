@@ -123,8 +123,7 @@ async function tag(blob, name) {
   drawFile(blob);
   const form = new FormData();
   form.append("file", blob, name);
-  const window = info ? info.window_seconds : 10;
-  const query = new URLSearchParams({ top_k: "5", timeline: "true", window: String(window), hop: String(window / 2) });
+  const query = new URLSearchParams({ top_k: "5", timeline: "true" }); // frames and events: the service's defaults, predict --timeline's
   let response, body;
   try {
     response = await fetch(`api/predict?${query}`, { method: "POST", body: form });
@@ -141,7 +140,7 @@ async function tag(blob, name) {
   }
   renderLabels(body.labels);
   renderTimeline(body);
-  setStatus(`${name}: ${body.duration.toFixed(2)} s, ${body.windows.length} window(s), ${body.events.length} event(s)`);
+  setStatus(`${name}: ${body.duration.toFixed(2)} s, ${body.windows.length} frame(s), ${body.events.length} event(s)`);
   if ($("attention-on").checked) await showAttention(blob, name);
 }
 
