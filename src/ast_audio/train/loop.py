@@ -35,6 +35,7 @@ from ..checkpoints.load import load_model, save_checkpoint
 from ..data.datafiles import Datafile, read_datafile
 from ..data.dataset import AudioDataset, SkippedLog
 from ..data.labels import LabelTable, read_label_csv
+from ..data.shards import ShardSet
 from ..data.source import TrainingData, training_data
 from ..errors import ConfigError
 from ..features.contract import InputContract
@@ -96,7 +97,7 @@ class Run:
     exp: Path
     contract: InputContract
     data: TrainingData
-    datafiles: dict[str, Datafile | object]  # train (a datafile or shards), valid and (optionally) eval
+    datafiles: dict[str, Datafile | ShardSet]  # train (a datafile or shards), valid and (optionally) eval
     val_set: AudioDataset
     loader: torch.utils.data.DataLoader
     model: ASTModel
