@@ -50,7 +50,8 @@ from common import (
 
 from ast_audio.data import read_datafile
 from ast_audio.data.dataset import AudioDataset, EpochSampler
-from ast_audio.model import ASTModel, draw_patchout, patchout_drops
+from ast_audio.model import ASTModel, draw_patchout
+from ast_audio.train.config import patchout_drops
 
 START, END = "<!-- bench:device:start -->", "<!-- bench:device:end -->"
 

@@ -56,9 +56,9 @@ from ast_audio.data import read_datafile, write_datafile
 from ast_audio.data.dataset import AudioDataset, norm_stats
 from ast_audio.data.labels import LabelTable, write_label_table
 from ast_audio.features import InputContract
-from ast_audio.model import ASTModel, draw_patchout, patch_grid, patchout_drops
+from ast_audio.model import ASTModel, draw_patchout, patch_grid
 from ast_audio.train import Run
-from ast_audio.train.config import TrainConfig
+from ast_audio.train.config import TrainConfig, patchout_drops
 
 START, END = "<!-- bench:train:start -->", "<!-- bench:train:end -->"
 PATCHOUTS = [(0.33, 0.5), (0.33, 0.33)]  # (rows, columns) dropped: PaSST keeps about 2/3 and 1/2..2/3

@@ -77,6 +77,42 @@ def test_a_saved_contract_that_disagrees_with_the_model_is_refused(tmp_path):
         load_model(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.parametrize("with_contract", [False, True])
+def test_checkpoints_with_the_flat_metadata_of_earlier_versions_give_the_same_contract(tmp_path, with_contract):
+    """Files written before ModelInfo held the contract keep its settings as flat keys of
+    ``info``, with the contract object beside them (``with_contract``) or without it."""
+    from safetensors.torch import load_file, save_file
+
+    model = trained_like(frame_shift=12.5, thresholds=[0.25, 0.5, 0.75])
+    path = save_checkpoint(model, tmp_path / "new.safetensors")
+    flat = {"labels": ["a", "b", "c"], "label_ids": None, "dataset_mean": -5.5, "dataset_std": 3.25,
+            "multilabel": False, "sample_rate": 8000, "mono": "mean", "frame_length": 25.0, "frame_shift": 12.5,
+            "resample": True, "thresholds": [0.25, 0.5, 0.75], "extra": {}}  # fmt: skip
+    meta = {"format": "ast-audio", "version": 1, "config": model.config.to_dict(), "info": flat}
+    if with_contract:
+        meta["input_contract"] = model.input_contract.to_dict()
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(path), str(old), metadata={"ast-audio": json.dumps(meta), "format": "pt"})
+    torch.save({**meta, "state_dict": load_file(path)}, tmp_path / "old.pt")
+    for source in (old, tmp_path / "old.pt"):
+        back = load_model(source)
+        assert back.input_contract == model.input_contract == load_model(path).input_contract
+        assert back.input_contract.thresholds == (0.25, 0.5, 0.75) and back.input_contract.activation == "softmax"
+        assert back.info.labels == ["a", "b", "c"] and back.info.contract is back.input_contract
+        assert (back.info.dataset_mean, back.info.dataset_std, back.info.multilabel) == (-5.5, 3.25, False)
+
+
+def test_model_info_holds_the_contract_at_the_models_input_size():
+    model = trained_like()
+    assert model.info.contract.target_length == 64 and model.input_contract is model.info.contract
+    model.set_input_size(input_tdim=48)
+    assert model.input_contract.target_length == 48 and model.input_contract.mean == -5.5
+    info = ModelInfo.from_dict(model.info.to_dict())
+    assert info == model.info
+    model.reset_classifier(5)
+    assert model.info.labels is None and model.input_contract.activation == "softmax"
+
+
 def test_foreign_layouts_get_their_contract_once_at_load(tmp_path, caplog):
     source = tiny_ast(label_dim=527, fstride=16, tstride=16, input_tdim=1024)
     pth = export_original(source, tmp_path / "audioset_16_16_0.4422.pth")

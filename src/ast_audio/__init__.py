@@ -6,7 +6,8 @@ Public API::
 """
 
 from .audio.io import AudioInfo, audio_info, load_audio, resample
-from .checkpoints.load import REGISTRY, load_model, save_checkpoint  # also hands ASTModel its weight loaders
+from .checkpoints.hub import REGISTRY
+from .checkpoints.load import load_model, save_checkpoint  # also hands ASTModel its weight loaders
 from .errors import (
     AstAudioError,
     AudioError,
@@ -19,7 +20,9 @@ from .errors import (
 from .features.contract import InputContract, file_to_input, normalize, pad_or_cut, waveform_to_input
 from .features.kaldi import fbank
 from .infer import AudioTagger, Embedding, Event, Prediction, Timeline, Window, plot_attention
-from .model.ast import SIZES, ASTConfig, ASTModel, ModelInfo
+from .model.ast import ASTModel
+from .model.config import SIZES, ASTConfig
+from .model.info import ModelInfo
 
 __version__ = "0.1.0"
 FeatureConfig = InputContract  # the older name, kept for code written against it

@@ -170,9 +170,12 @@ def device_for(precision: str, device: str | torch.device | None = None) -> torc
     return chosen
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of ``precision`` on ``device``: bfloat16 for ``"bf16"``, else off."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(device: torch.device | str, dtype: torch.dtype | str | None) -> contextlib.AbstractContextManager:
+    """The one autocast context of training, evaluation and inference: ``dtype`` on ``device``
+    (a precision name: bfloat16 for ``"bf16"``, off for the others), off for ``None``."""
+    if isinstance(dtype, str):
+        dtype = torch.bfloat16 if dtype == "bf16" else None
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def training_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:

@@ -55,16 +55,16 @@ MAX_BATCH = 4096  # upper bound declared to torch.export for the symbolic batch 
 
 
 def _metadata(model: ASTModel, dynamic_time: bool) -> dict:
-    cfg, info = model.config, model.info
-    return {
+    cfg, info, contract = model.config, model.info, model.input_contract
+    return {  # the contract's flat keys too, for readers of the metadata that predate input_contract
         "config": cfg.to_dict(),
         "labels": info.labels,
         "label_ids": info.label_ids,
-        "dataset_mean": info.dataset_mean,
-        "dataset_std": info.dataset_std,
-        "multilabel": info.multilabel,
-        "sample_rate": info.sample_rate,
-        "input_contract": model.input_contract.to_dict(),  # what turns audio into the input below
+        "dataset_mean": contract.mean if info.statistics else None,
+        "dataset_std": contract.std if info.statistics else None,
+        "multilabel": contract.activation == "sigmoid",
+        "sample_rate": contract.sample_rate,
+        "input_contract": contract.to_dict(),  # what turns audio into the input below
         "input": f"{INPUT_NAME}: float32 [batch, time, {cfg.input_fdim}] normalised Kaldi fbank",
         "time_axis": f"16..{cfg.input_tdim}" if dynamic_time else str(cfg.input_tdim),
         "output": f"{OUTPUT_NAME}: float32 [batch, {cfg.label_dim}] (no sigmoid/softmax)",

@@ -15,7 +15,7 @@ the names the hub files hold) and ``hf5`` (transformers 5's in-memory names). SS
 self-supervised checkpoints (Gong et al., AAAI 2022) are the ``ast`` names plus pretraining
 parts that fine-tuning drops (:data:`SSAST_PRETRAINING`) and the input size they were
 pretrained on (``p_input_fdim`` / ``p_input_tdim``); :func:`infer_config` reads them. Also here:
-the Hugging Face ``config.json`` <-> :class:`~ast_audio.model.ast.ASTConfig` mapping and the
+the Hugging Face ``config.json`` <-> :class:`~ast_audio.model.config.ASTConfig` mapping and the
 architecture implied by a state dict in our names (:func:`infer_config`).
 
 Over 400 lines because a layout's key table, its config mapping and the checks that refuse
@@ -33,10 +33,13 @@ from functools import cached_property
 
 import torch
 
+from ..base.checks import is_number
 from ..data.labels import read_label_csv
 from ..errors import CheckpointError, ConfigError
+from ..features.contract import InputContract
 from ..features.presets import PRESETS
-from ..model.ast import SIZES, ASTConfig, ModelInfo, patch_grid, size_for
+from ..model.config import SIZES, ASTConfig, patch_grid, size_for
+from ..model.info import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ def original_to_hf(state: StateDict) -> StateDict:
 
 def _finite(value: object, name: str) -> float:
     """A statistic of ``preprocessor_config.json`` as a finite float."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise ConfigError(f"preprocessor_config.json: {name} must be a finite number, got {value!r}"[:200])
     return float(value)
 
@@ -245,30 +248,34 @@ def config_from_hf(
         depth=int(hf.get("num_hidden_layers", 12)),
         layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
     )
-    info = ModelInfo()
+    labels = None
     id2label = hf.get("id2label") or {}
     if id2label and len(id2label) == config.label_dim:
-        info.labels = [
-            str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(config.label_dim)
-        ]
-    info.multilabel = hf.get("problem_type") != "single_label_classification"
+        labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(config.label_dim)]
+    single = hf.get("problem_type") == "single_label_classification"
+    contract = {"activation": "softmax" if single else "sigmoid"}
+    stats = None
     if preprocessor is not None:
         if not isinstance(preprocessor, dict):
             raise ConfigError("preprocessor_config.json is not a JSON object")
         mean, std = preprocessor.get("mean"), preprocessor.get("std")
         if mean is not None and std is not None:  # null: written for a model without statistics
-            info.dataset_mean, info.dataset_std = _finite(mean, "mean"), _finite(std, "std")
-            if info.dataset_std <= 0:
+            stats = _finite(mean, "mean"), _finite(std, "std")
+            if stats[1] <= 0:
                 raise ConfigError(f"preprocessor_config.json: std must be positive, got {std!r}")
-        info.sample_rate = int(preprocessor.get("sampling_rate", 16000))
-    if config.label_dim == 527 and info.dataset_mean is None:
-        info.dataset_mean, info.dataset_std = PRESETS["audioset"].mean, PRESETS["audioset"].std
-    return config, info
+        contract["sample_rate"] = int(preprocessor.get("sampling_rate", 16000))
+    if config.label_dim == 527 and stats is None:
+        stats = PRESETS["audioset"].mean, PRESETS["audioset"].std
+    if stats is not None:
+        contract.update(mean=stats[0], std=stats[1])
+    return config, ModelInfo(labels=labels, contract=InputContract(**contract), statistics=stats is not None)
 
 
 def config_to_hf(cfg: ASTConfig, info: ModelInfo) -> tuple[dict, dict]:
     """``config.json`` and ``preprocessor_config.json`` of a Hugging Face ``ASTForAudioClassification``."""
     labels = info.labels or [f"LABEL_{i}" for i in range(cfg.label_dim)]
+    contract, stats = info.contract, info.statistics
+    multilabel = contract.activation == "sigmoid"
     config = {
         "architectures": ["ASTForAudioClassification"],
         "model_type": "audio-spectrogram-transformer",
@@ -289,18 +296,18 @@ def config_to_hf(cfg: ASTConfig, info: ModelInfo) -> tuple[dict, dict]:
         "num_mel_bins": cfg.input_fdim,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
-        "problem_type": "multi_label_classification" if info.multilabel else "single_label_classification",
+        "problem_type": "multi_label_classification" if multilabel else "single_label_classification",
     }
     preprocessor = {
         "feature_extractor_type": "ASTFeatureExtractor",
         "feature_size": 1,
         "num_mel_bins": cfg.input_fdim,
         "max_length": cfg.input_tdim,
-        "sampling_rate": info.sample_rate,
+        "sampling_rate": contract.sample_rate,
         "padding_value": 0.0,
-        "do_normalize": info.dataset_mean is not None,
-        "mean": info.dataset_mean,
-        "std": info.dataset_std,
+        "do_normalize": stats,
+        "mean": contract.mean if stats else None,
+        "std": contract.std if stats else None,
         "return_attention_mask": False,
     }
     return config, preprocessor
@@ -375,17 +382,13 @@ def infer_config(
         else:
             tdim = (t_dim - 1) * native_t + 16
     config = ASTConfig(label_dim, native_f, native_t, fdim, tdim, model_size, depth)
-    info = ModelInfo()
-    if defaults is not None:
-        table = read_label_csv(defaults.label_table)
-        if len(table) == label_dim:
-            info.labels, info.label_ids = table.names, table.mids
-        info.dataset_mean, info.dataset_std, info.multilabel = (
-            defaults.mean,
-            defaults.std,
-            defaults.multilabel,
-        )
-    return config, info
+    if defaults is None:
+        return config, ModelInfo()
+    table = read_label_csv(defaults.label_table)
+    names, mids = (table.names, table.mids) if len(table) == label_dim else (None, None)
+    activation = "sigmoid" if defaults.multilabel else "softmax"
+    contract = InputContract(mean=defaults.mean, std=defaults.std, activation=activation)
+    return config, ModelInfo(labels=names, label_ids=mids, contract=contract)
 
 
 def _ssast_config(
@@ -412,6 +415,5 @@ def _ssast_config(
             f"{n_patches} patch positions do not fit the {config.grid[0]}x{config.grid[1]} grid of its pretraining "
             f"input ({fdim} bins x {tdim} frames, 16x16 patches without overlap)", path,
         )  # fmt: skip
-    audioset = PRESETS["audioset"]  # SSAST was pretrained on AudioSet + Librispeech with AudioSet's statistics
-    info = ModelInfo(dataset_mean=audioset.mean, dataset_std=audioset.std, extra={"pretraining": "ssast"})
-    return config, info
+    # SSAST was pretrained on AudioSet + Librispeech with AudioSet's statistics (the contract's defaults)
+    return config, ModelInfo(contract=InputContract(), extra={"pretraining": "ssast"})

@@ -1,34 +1,12 @@
-"""Reading every checkpoint layout AST users arrive with, safely, and our own format.
+"""Loading checkpoints into models, and writing ours.
 
-(Over 400 lines: four layouts are read and two written here, each with its checks and
-one-line errors; the registry, the renames and the download live in their own modules.)
-
-Layouts (all converted to the original AST parameter names, ``v.*`` + ``mlp_head.*``, by
-the rename tables of :mod:`ast_audio.checkpoints.layouts`):
-
-- ``ast``: the original AST ``.pth`` (``module.`` prefix from DataParallel or not);
-- ``deit``: timm / facebookresearch DeiT distilled ImageNet weights (``{"model": sd}`` or sd);
-- ``ssast``: SSAST's self-supervised pretraining checkpoints (``module.``, patch-based, no
-  classifier: loading puts a fresh head on; the pretraining heads are dropped);
-- ``hf``: Hugging Face ``ASTForAudioClassification`` / ``ASTModel``, with the key names of
-  transformers 4 (``encoder.layer.N.attention.attention.query``, what the hub files hold)
-  or transformers 5 (``layers.N.attention.q_proj``), plus ``config.json``;
-- ``ast-audio``: ours, self-describing: a ``.safetensors`` file whose metadata holds the
-  config, label names and normalisation stats, or a weights-only torch file holding the
-  same as a dict.
-
-Nothing is unpickled beyond tensors and plain containers (``weights_only=True``); a file
-with any other pickled object is refused before any of it runs. Published names resolve
-through :mod:`ast_audio.checkpoints.hub`.
+:func:`load_model` is "read safely (:mod:`~ast_audio.checkpoints.read`), infer the config,
+adapt, load strictly"; the registry and the rename tables live in
+:mod:`~ast_audio.checkpoints.hub` and :mod:`~ast_audio.checkpoints.layouts`.
 
 This module gives :class:`~ast_audio.model.ast.ASTModel` its pretrained weights: on import it
-hands :func:`init_from_pretrained` and :func:`_load` to :func:`ast_audio.model.ast.provide_weights`,
-which the constructor's ``imagenet_pretrain`` / ``audioset_pretrain`` and
-``ASTModel.from_pretrained`` call (the model file never imports this one).
-
-About 450 lines, over the project's ~400: reading and loading stay together because
-``load_model`` is exactly "read safely, infer the config, adapt, load strictly", and the
-registry and rename tables already live apart (:mod:`~ast_audio.checkpoints.hub`, :mod:`~ast_audio.checkpoints.layouts`).
+hands :func:`init_from_pretrained` and :func:`_load` to :func:`ast_audio.model.weights.provide_weights`
+(the model file never imports this one).
 """
 
 from __future__ import annotations
@@ -36,261 +14,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..base.fileio import atomic_write
-from ..data.labels import read_label_csv  # noqa: F401 (re-exported, as before the split)
-from ..errors import CheckpointError, ConfigError, DownloadError  # noqa: F401 (DownloadError re-exported)
-from ..features.contract import InputContract
-from ..features.presets import PRESETS  # noqa: F401 (re-exported)
-from ..model import ast as _model
-from ..model.ast import SIZES, ASTConfig, ASTModel, ModelInfo, patch_grid, size_for  # noqa: F401 (re-exported)
+from ..errors import CheckpointError
+from ..model.ast import ASTModel
+from ..model.config import ASTConfig
+from ..model.info import missing_statistics
 from ..model.pos_embed import adapt_pos_embed
-from .hub import (  # noqa: F401 (re-exported: ast_audio.checkpoints.load has always offered them)
-    DEFAULT_AUDIOSET,
-    IMAGENET_FOR_SIZE,
-    REGISTRY,
-    PublishedCheckpoint,
-    cache_dir,
-    download,
-    name_hint,
-    published_entry,
-    register_checkpoint,
-    resolve,
-)
-from .layouts import (  # noqa: F401 (hf_to_original / original_to_hf re-exported)
-    DEIT,
-    ORIGINAL,
-    config_from_hf,
-    config_to_hf,
-    drop_ssast_pretraining,
-    drop_unused,
-    from_ours,
-    hf_to_original,
-    infer_config,
-    is_ssast,
-    original_to_hf,
-    to_ours,
-)
+from ..model.weights import provide_weights
+from .hub import DEFAULT_AUDIOSET, IMAGENET_FOR_SIZE
+from .layouts import ORIGINAL, config_to_hf, from_ours, original_to_hf
+from .read import FORMAT_NAME, FORMAT_VERSION, check_finite, check_fits, checkpoint_config, read_checkpoint
 
 log = logging.getLogger(__name__)
-
-FORMAT_NAME = "ast-audio"
-FORMAT_VERSION = 1
-
-# --------------------------------------------------------------------------- safe reading
-
-
-def _torch_load(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        detail = next(
-            (line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else ""
-        )
-        raise CheckpointError(
-            "refused: the file holds pickled Python objects besides tensors, which could run code when loaded "
-            f"(only weights are loaded; {detail.strip()[:160]})",
-            path,
-        ) from None
-    except Exception as err:  # noqa: BLE001 - a corrupt archive or pickle fails in many ways (fuzzing found IndexError, ...)
-        raise CheckpointError(
-            f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})", path
-        ) from None
-
-
-def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"not a readable safetensors file ({str(err)[:160]})", path) from None
-
-
-def _only_tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError("expected a state dict (a mapping of names to tensors)", path)
-    for key in ("model", "state_dict", "model_state_dict"):
-        inner = obj.get(key)
-        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            obj = inner
-            break
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(
-            f"expected a state dict of tensors; {bad[0]!r} is a {type(obj[bad[0]]).__name__}", path
-        )
-    return {str(k): v for k, v in obj.items()}
-
-
-@dataclass
-class RawCheckpoint:
-    """Tensors in the original AST naming, with what is known of the architecture."""
-
-    state: dict[str, torch.Tensor]
-    layout: str
-    path: Path
-    config: ASTConfig | None = None  # known exactly (ours, HF config) or None (infer)
-    info: ModelInfo | None = None
-    published: PublishedCheckpoint | None = None
-
-
-def read_checkpoint(source: str | os.PathLike) -> RawCheckpoint:
-    """Resolve ``source`` and read it into the original AST naming (no model built)."""
-    path = resolve(source)
-    published = published_entry(path)
-    if path.is_dir():
-        return _read_hf_dir(path)
-    if path.suffix == ".json":
-        return _read_hf_dir(path.parent)
-    if path.suffix == ".safetensors":
-        state, meta = _safetensors_load(path)
-        if FORMAT_NAME in meta:
-            try:
-                doc = json.loads(meta[FORMAT_NAME])
-            except json.JSONDecodeError as err:
-                raise CheckpointError(f"ast-audio checkpoint whose metadata is not JSON ({err})", path) from None
-            return _ours(state, doc, path)
-    else:
-        obj = _torch_load(path)
-        if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
-            return _ours(_only_tensors(obj.get("state_dict"), path), obj, path)
-        state = _only_tensors(obj, path)
-    return _classify(state, path, published)
-
-
-def _ours(state: dict[str, torch.Tensor], meta: dict, path: Path) -> RawCheckpoint:
-    try:
-        if not isinstance(meta, dict):
-            raise TypeError(f"the metadata is a JSON {type(meta).__name__}, not an object")
-        if not isinstance(meta.get("config"), dict):
-            raise TypeError("no 'config' object")
-        config = ASTConfig.from_dict(meta["config"])
-        info = ModelInfo.from_dict(meta.get("info") or {})
-        if "input_contract" in meta:  # written since the contract exists: it is what the model takes
-            info = _with_contract(info, config, InputContract.from_dict(meta["input_contract"]), path)
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ConfigError) as err:
-        raise CheckpointError(f"ast-audio checkpoint with a broken config: {err}", path) from None
-    return RawCheckpoint(state, FORMAT_NAME, path, config, info)
-
-
-def _with_contract(info: ModelInfo, config: ASTConfig, contract: InputContract, path: Path) -> ModelInfo:
-    """``info`` with the audio, feature and score settings of a saved input contract, which
-    must agree with the architecture on the input size."""
-    if (contract.num_mel_bins, contract.target_length) != (config.input_fdim, config.input_tdim):
-        raise CheckpointError(
-            f"the input contract ({contract.target_length} frames x {contract.num_mel_bins} bins) disagrees with "
-            f"the model config ({config.input_tdim} x {config.input_fdim})", path,
-        )  # fmt: skip
-    return info.with_contract(contract)
-
-
-def _classify(
-    state: dict[str, torch.Tensor], path: Path, published: PublishedCheckpoint | None
-) -> RawCheckpoint:
-    if all(k.startswith("module.") for k in state):
-        state = to_ours(state, ORIGINAL, path=path)
-    keys = set(state)
-    if "v.cls_token" in keys and is_ssast(state):
-        return RawCheckpoint(drop_unused(drop_ssast_pretraining(state)), "ssast", path, published=published)
-    if "v.cls_token" in keys:
-        return RawCheckpoint(drop_unused(state), "ast", path, published=published)
-    if "cls_token" in keys and "dist_token" in keys:
-        return RawCheckpoint(drop_unused(to_ours(state, DEIT, path=path)), "deit", path, published=published)
-    if any("embeddings.cls_token" in k for k in keys):
-        config_file = path.parent / "config.json"
-        hf_config = _read_json(config_file) if config_file.exists() else None
-        return _hf_checkpoint(state, path, hf_config)
-    raise CheckpointError(
-        "unrecognised checkpoint layout (neither original AST, DeiT, Hugging Face AST nor ast-audio); "
-        f"first keys: {', '.join(sorted(keys)[:3])}",
-        path,
-    )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read JSON: {err}", path) from None
-
-
-# --------------------------------------------------------------------------- Hugging Face
-
-
-def _read_hf_dir(folder: Path) -> RawCheckpoint:
-    config_file = folder / "config.json"
-    if not config_file.exists():
-        raise CheckpointError("a Hugging Face model folder needs config.json", folder)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        weights = folder / name
-        if weights.exists():
-            break
-    else:
-        raise CheckpointError("no model.safetensors or pytorch_model.bin in the folder", folder)
-    if weights.suffix == ".safetensors":
-        state, _ = _safetensors_load(weights)
-    else:
-        state = _only_tensors(_torch_load(weights), weights)
-    return _hf_checkpoint(state, weights, _read_json(config_file))
-
-
-def _hf_checkpoint(state: dict[str, torch.Tensor], path: Path, hf: dict | None) -> RawCheckpoint:
-    state = hf_to_original(state, path)
-    if hf is None:
-        return RawCheckpoint(state, "hf", path)
-    pre = path.parent / "preprocessor_config.json"
-    try:
-        config, info = config_from_hf(hf, state, _read_json(pre) if pre.exists() else None)
-    except (ConfigError, TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
-        raise CheckpointError(f"config.json does not describe an AST model: {err}", path) from None
-    return RawCheckpoint(state, "hf", path, config, info)
-
-
-def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Refuse a checkpoint with a NaN or infinite value, naming the first such parameter."""
-    for key, tensor in state.items():
-        if tensor.is_floating_point() or tensor.is_complex():
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise CheckpointError(
-                    f"parameter {key!r} has {bad} non-finite values (NaN or Inf): the model would output NaN "
-                    "(load_model(..., allow_nonfinite=True) or --allow-nonfinite loads it anyway, to inspect it)",
-                    path,
-                )
-
-
-def _check_fits(state: dict[str, torch.Tensor], config: ASTConfig, path: Path) -> None:
-    """A config (from the file's own JSON) that cannot fit its tensors is refused before a
-    model of its size is built: width and depth."""
-    token = state.get("v.cls_token")
-    if token is not None and token.shape[-1] != config.embed_dim:
-        raise CheckpointError(f"the config describes a {config.model_size} model ({config.embed_dim} dims) but "
-                              f"the weights have {token.shape[-1]} dims", path)  # fmt: skip
-    blocks = {k.split(".")[2] for k in state if k.startswith("v.blocks.")}
-    if len(blocks) != config.depth:
-        raise CheckpointError(f"the config describes {config.depth} blocks but the weights have {len(blocks)}", path)
-
-
-def _infer_config(
-    raw: RawCheckpoint, *, fstride=None, tstride=None, input_fdim=None, input_tdim=None
-) -> tuple[ASTConfig, ModelInfo]:
-    """The architecture a checkpoint was trained with: its own config, else inferred from its tensors."""
-    if raw.config is not None:
-        return raw.config, raw.info or ModelInfo()
-    return infer_config(
-        raw.state, raw.layout, raw.path, name_hint=name_hint(raw.path, raw.published),
-        fstride=fstride, tstride=tstride, input_fdim=input_fdim, input_tdim=input_tdim,
-    )  # fmt: skip
-
 
 # --------------------------------------------------------------------------- loading into models
 
@@ -355,7 +95,7 @@ def init_from_imagenet(model: ASTModel, source: bool | str | os.PathLike) -> Non
         source = IMAGENET_FOR_SIZE[cfg.model_size]
     raw = read_checkpoint(source)
     check_finite(raw.state, raw.path)
-    src_cfg, _ = _infer_config(raw)
+    src_cfg, _ = checkpoint_config(raw)
     if raw.layout == "deit":
         side = src_cfg.grid[0]
         expected = cfg.size.imagenet_grid
@@ -382,13 +122,15 @@ def init_from_audioset(model: ASTModel, source: bool | str | os.PathLike) -> Non
     check_finite(raw.state, raw.path)
     if raw.layout == "deit":
         raise CheckpointError("this is an ImageNet DeiT file; pass it as imagenet_pretrain", raw.path)
-    src_cfg, info = _infer_config(raw)
+    src_cfg, info = checkpoint_config(raw)
     if src_cfg.depth != cfg.depth:
         raise CheckpointError(
             f"the checkpoint has {src_cfg.depth} blocks but the model has {cfg.depth}", raw.path
         )
     load_state_strict(model.v, _backbone_state(raw.state, src_cfg, cfg, raw.path), raw.path, "v.")
-    model.info = replace(model.info, dataset_mean=info.dataset_mean, dataset_std=info.dataset_std)
+    if info.statistics:  # the statistics the trunk was trained with
+        stats = {"mean": info.contract.mean, "std": info.contract.std}
+        model.info = replace(model.info, contract=model.info.contract.replace(**stats), statistics=True)
 
 
 def init_from_pretrained(model: ASTModel, source: bool | str | os.PathLike, kind: str) -> None:
@@ -433,18 +175,18 @@ def _load(
     if not allow_nonfinite:
         check_finite(raw.state, raw.path)
     if raw.layout == "deit":
-        deit_cfg, _ = _infer_config(raw)
+        deit_cfg, _ = checkpoint_config(raw)
         model = cls(
             label_dim or 527, fstride or 10, tstride or 10, input_fdim or 128, input_tdim or 1024,
             imagenet_pretrain=str(raw.path), model_size=deit_cfg.model_size, verbose=False, depth=deit_cfg.depth,
         )  # fmt: skip
         return model.to(device).eval() if device else model.eval()
-    native, info = _infer_config(
+    native, info = checkpoint_config(
         raw, fstride=fstride, tstride=tstride, input_fdim=input_fdim, input_tdim=input_tdim
     )
-    _check_fits(raw.state, native, raw.path)
+    check_fits(raw.state, native, raw.path)
     wanted = native.replace(fstride=fstride, tstride=tstride, input_tdim=input_tdim, input_fdim=input_fdim)
-    model = cls.from_config(wanted, _model.missing_statistics(info, raw.path))  # the one policy, once, at load
+    model = cls.from_config(wanted, missing_statistics(info, raw.path))  # the one policy, once, at load
     load_state_strict(model.v, _backbone_state(raw.state, native, wanted, raw.path), raw.path, "v.")
     head = {k[len("mlp_head.") :]: v for k, v in raw.state.items() if k.startswith("mlp_head.")}
     if raw.layout == "ssast":  # self-supervised: no classifier, the model's fresh head stays
@@ -468,7 +210,7 @@ def _load(
 
 
 # The model file does not import this one: the checkpoint code hands it the weight loaders.
-_model.provide_weights(init_trunk=init_from_pretrained, load=_load)
+provide_weights(init_trunk=init_from_pretrained, load=_load)
 
 
 # --------------------------------------------------------------------------- our format
@@ -481,9 +223,8 @@ def _cpu_state(model: ASTModel) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
     """Write ``model`` in the self-describing format, atomically.
 
-    ``.safetensors``: weights + JSON metadata (config, info, and the complete input
-    contract that :func:`load_model` rebuilds from them, for readers without this
-    package, like Hugging Face's ``preprocessor_config.json``). Any other suffix: a
+    ``.safetensors``: weights + JSON metadata (config, labels and the complete input
+    contract, readable without this package, like Hugging Face's ``preprocessor_config.json``). Any other suffix: a
     weights-only torch file ``{"format", "version", "config", "info", "input_contract",
     "state_dict", **extra}``.
     """
@@ -492,7 +233,7 @@ def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | N
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "config": model.config.to_dict(),
-        "info": model.info.to_dict(),
+        "info": {"labels": model.info.labels, "label_ids": model.info.label_ids, "extra": model.info.extra},
         "input_contract": model.input_contract.to_dict(),
     }
     state = _cpu_state(model)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.checks import is_number
 from ..base.fileio import atomic_write
 from ..model.ast import ASTModel
 
@@ -76,7 +77,7 @@ def _run_sections(run: Path) -> list[str]:
     recipe = run / "recipe_result.json"
     if recipe.is_file():
         result = json.loads(recipe.read_text(encoding="utf-8"))
-        numbers = [(k, _number(v)) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+        numbers = [(k, _number(v)) for k, v in result.items() if is_number(v)]
         if numbers:
             lines += ["", f"Recipe `{result.get('recipe', '?')}` (`recipe_result.json`):", ""]
             lines += _table(("result", "value"), numbers)

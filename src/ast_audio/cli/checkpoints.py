@@ -11,7 +11,7 @@ from ..errors import CheckpointError
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
-    from ..checkpoints.load import REGISTRY, cache_dir
+    from ..checkpoints.hub import REGISTRY, cache_dir
 
     home = cache_dir()
     print(f"cache: {home}")
@@ -23,7 +23,7 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from ..checkpoints.load import REGISTRY, cache_dir, download, resolve
+    from ..checkpoints.hub import REGISTRY, cache_dir, download, resolve
 
     for name in args.names:
         key = name.removesuffix(".pth")
@@ -60,7 +60,8 @@ def _runtime_info(device: str | None) -> dict:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..base.fileio import dumps_json
-    from ..checkpoints.load import load_model, read_checkpoint
+    from ..checkpoints.load import load_model
+    from ..checkpoints.read import read_checkpoint
 
     if args.source is None:
         print(dumps_json({"runtime": _runtime_info(args.device)}, indent=2))

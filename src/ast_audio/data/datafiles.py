@@ -208,10 +208,14 @@ def write_datafile(path: str | os.PathLike, rows: list[tuple[str | os.PathLike, 
 # --------------------------------------------------------------------------- balanced sampling
 
 
+def class_weights(counts: np.ndarray) -> np.ndarray:
+    """The original's balanced-sampling weight of each class from its clip ``counts``: ``1000 / (count + 0.01)``."""
+    return 1000.0 / (counts + 0.01)
+
+
 def balanced_weights(datafile: Datafile) -> np.ndarray:
-    """Per-clip sampling weights: class weight ``1000 / (count + 0.01)``, summed over a clip's labels."""
-    counts = datafile.targets().sum(0)  # (classes,)
-    class_weight = 1000.0 / (counts + 0.01)
+    """Per-clip sampling weights: :func:`class_weights` summed over a clip's labels."""
+    class_weight = class_weights(datafile.targets().sum(0))  # (classes,)
     return np.array([class_weight[list(e.labels)].sum() for e in datafile.entries], dtype=np.float64)
 
 

@@ -9,7 +9,7 @@ model input, either
 
 - in the loader's ``collate`` on the CPU (``fbank_on="loader"``, the original's way: the
   workers return finished ``features``), or
-- on the model's device in :meth:`AudioDataset.model_input` (``fbank_on="device"``: the
+- on the model's device in :func:`model_input` (``fbank_on="device"``: the
   workers only decode and mix, a GPU does the filterbanks).
 
 Both give the same features for the same draws. A contract with ``resample=False`` (the
@@ -27,8 +27,8 @@ of the dataset. A plain integer index (evaluation) is the draw ``(index, 0, inde
 
 A clip that turns out unreadable when drawn (undecodable, empty, gone: only existence is
 checked when the datafile is read) does not stop the loader: its item says so, and
-:meth:`AudioDataset.collate` leaves it out of the batch (``skip_bad=True``; the batch's
-``skipped`` lists ``(path, reason)``) or makes the batch one that :meth:`AudioDataset.model_input`
+:func:`collate` leaves it out of the batch (``skip_bad=True``; the batch's
+``skipped`` lists ``(path, reason)``) or makes the batch one that :func:`model_input`
 refuses with a :class:`~ast_audio.errors.DataError` naming the file and how to skip it
 (the error is raised in the main process, so it reads the same with any number of workers).
 :class:`SkippedLog` records what was left out, each file once.
@@ -180,21 +180,13 @@ class AudioDataset(torch.utils.data.Dataset):
         cache_dir: str | None = None,
         skip_bad: bool = False,
     ):
-        if fbank_on not in FBANK_ON:
-            raise ConfigError(f"fbank_on must be one of {', '.join(FBANK_ON)}, got {fbank_on!r}")
         self.datafile = datafile
         self.contract = contract
         self.augmentation = augmentation
         self.seed = seed
-        self.fbank_on = fbank_on
         self.skip_bad = skip_bad
         self.num_classes = len(datafile.labels)
-        if not contract.resample:
-            log.info("%s: features at each file's own sample rate (resample=false)", datafile.path)
-            if cache_dir or fbank_on == "device":
-                log.warning("resample=false: filterbanks in the loader, no waveform cache (fbank_on=device and "
-                            "cache_dir are not used)")  # fmt: skip
-                self.fbank_on, cache_dir = "loader", None
+        self.fbank_on, cache_dir = fbank_place(contract, fbank_on, cache_dir, datafile.path)
         self._cache = WaveformCache(cache_dir) if cache_dir else None
 
     def __len__(self) -> int:
@@ -232,7 +224,7 @@ class AudioDataset(torch.utils.data.Dataset):
         probability ``mixup`` (a partner at another rate is resampled to the clip's)."""
         waveform, rate = self._waveform(index)
         target = self.datafile.entries[index].target(self.num_classes)
-        if self.augmentation.mixup > 0 and rng.random() < self.augmentation.mixup:
+        if self.augmentation.mixes(rng):
             partner = int(rng.integers(len(self)))
             lam = mixup_lambda(rng)
             other, other_rate = self._waveform(partner)
@@ -250,29 +242,8 @@ class AudioDataset(torch.utils.data.Dataset):
         return draw_item(waveform, rate, target, rng, self.contract, self.augmentation)
 
     def collate(self, items: list[dict]) -> dict:
-        """Stack items; with ``fbank_on="loader"`` also compute the features here (in the
-        loader worker), so the batch carries ``features`` instead of the signal. Unreadable
-        clips are left out (``skip_bad``; listed in ``batch["skipped"]``, and a batch of
-        nothing else has no ``target``) or turn the batch into ``{"bad": [...]}``, which
-        :meth:`model_input` refuses."""
-        bad = [item["bad"] for item in items if "bad" in item]
-        if bad and not self.skip_bad:
-            return {"bad": bad}
-        items = [item for item in items if "bad" not in item]
-        if not items:
-            return {"skipped": bad}
-        batch = torch.utils.data.default_collate(items)
-        batch["skipped"] = bad
-        if self.fbank_on == "loader":
-            batch["features"] = self._features(batch)
-            batch.pop("waveform", None)
-            batch.pop("fbank", None)
-        return batch
-
-    def _features(self, batch: dict) -> torch.Tensor:
-        x = batch["fbank"] if "fbank" in batch else batch_fbank(batch["waveform"], batch["frames"], self.contract)
-        drawn = {k: batch[k] for k in ("masks", "noise", "roll")}
-        return finish_input(x, self.contract, self.augmentation, **drawn)
+        """:func:`collate` with this dataset's contract and settings."""
+        return collate(items, self.contract, self.augmentation, fbank_on=self.fbank_on, skip_bad=self.skip_bad)
 
     def loader(self, batch_size: int, sampler=None, num_workers: int = 0, **kwargs) -> torch.utils.data.DataLoader:
         """A ``DataLoader`` over this dataset with its :meth:`collate`."""
@@ -281,19 +252,67 @@ class AudioDataset(torch.utils.data.Dataset):
         )
 
     def model_input(self, batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A collated batch as ``(features [B, T, F], targets [B, C])`` on ``device``, in either mode."""
-        if "bad" in batch:
-            path, reason = batch["bad"][0]
-            raise DataError(
-                f"{reason}; `ast-audio check DATAFILE` lists every such file, and training with --skip-bad True "
-                "leaves them out", path,
-            )  # fmt: skip
-        device = torch.device(device)
-        targets = batch["target"].to(device, non_blocking=True)
-        if "features" in batch:
-            return batch["features"].to(device, non_blocking=True), targets
-        moved = {k: batch[k].to(device, non_blocking=True) for k in ("waveform", "fbank", "frames", "masks") if k in batch}
-        return self._features({**batch, **moved}), targets
+        """:func:`model_input` with this dataset's contract and augmentation."""
+        return model_input(batch, device, self.contract, self.augmentation)
+
+
+def fbank_place(contract: InputContract, fbank_on: str, cache_dir: str | None, source: object) -> tuple[str, str | None]:
+    """Where a dataset computes filterbanks and the waveform cache it uses: as asked, except
+    that a contract with ``resample=False`` computes them in the loader, without a cache."""
+    if fbank_on not in FBANK_ON:
+        raise ConfigError(f"fbank_on must be one of {', '.join(FBANK_ON)}, got {fbank_on!r}")
+    if contract.resample:
+        return fbank_on, cache_dir
+    log.info("%s: features at each file's own sample rate (resample=false)", source)
+    if cache_dir or fbank_on == "device":
+        log.warning("resample=false: filterbanks in the loader, no waveform cache (fbank_on=device and "
+                    "cache_dir are not used)")  # fmt: skip
+    return "loader", None
+
+
+def collate(items: list[dict], contract: InputContract, augmentation: Augmentation = NONE, *,
+            fbank_on: str = "loader", skip_bad: bool = False) -> dict:  # fmt: skip
+    """Stack items; with ``fbank_on="loader"`` also compute the features here (in the loader
+    worker), so the batch carries ``features`` instead of the signal. Unreadable clips are
+    left out (``skip_bad``; listed in ``batch["skipped"]``, and a batch of nothing else has
+    no ``target``) or turn the batch into ``{"bad": [...]}``, which :func:`model_input` refuses."""
+    bad = [item["bad"] for item in items if "bad" in item]
+    if bad and not skip_bad:
+        return {"bad": bad}
+    items = [item for item in items if "bad" not in item]
+    if not items:
+        return {"skipped": bad}
+    batch = torch.utils.data.default_collate(items)
+    batch["skipped"] = bad
+    if fbank_on == "loader":
+        batch["features"] = _features(batch, contract, augmentation)
+        batch.pop("waveform", None)
+        batch.pop("fbank", None)
+    return batch
+
+
+def _features(batch: dict, contract: InputContract, augmentation: Augmentation) -> torch.Tensor:
+    x = batch["fbank"] if "fbank" in batch else batch_fbank(batch["waveform"], batch["frames"], contract)
+    drawn = {k: batch[k] for k in ("masks", "noise", "roll")}
+    return finish_input(x, contract, augmentation, **drawn)
+
+
+def model_input(batch: dict, device: torch.device | str, contract: InputContract,
+                augmentation: Augmentation = NONE) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A collated batch as ``(features [B, T, F], targets [B, C])`` on ``device``, whether the
+    loader computed the features or the batch carries the signal."""
+    if "bad" in batch:
+        path, reason = batch["bad"][0]
+        raise DataError(
+            f"{reason}; `ast-audio check DATAFILE` lists every such file, and training with --skip-bad True "
+            "leaves them out", path,
+        )  # fmt: skip
+    device = torch.device(device)
+    targets = batch["target"].to(device, non_blocking=True)
+    if "features" in batch:
+        return batch["features"].to(device, non_blocking=True), targets
+    moved = {k: batch[k].to(device, non_blocking=True) for k in ("waveform", "fbank", "frames", "masks") if k in batch}
+    return _features({**batch, **moved}, contract, augmentation), targets
 
 
 class SkippedLog:

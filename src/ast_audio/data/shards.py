@@ -41,8 +41,8 @@ from ..errors import AudioError, DataError
 from ..features.augment import mixup_lambda
 from ..features.contract import InputContract
 from ..features.pipeline import NONE, Augmentation
-from .datafiles import Datafile, read_datafile
-from .dataset import AudioDataset, draw_item, mix_clips
+from .datafiles import class_weights, read_datafile
+from .dataset import collate, draw_item, fbank_place, mix_clips, model_input
 from .labels import LabelTable, read_label_csv
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,8 @@ def _samples(path: Path):
 
 class ShardStream(torch.utils.data.IterableDataset):
     """Training draws from shards, as :class:`~ast_audio.data.dataset.AudioDataset` items (the same
-    decoding, mixup, fitting, augmentation, ``collate`` and ``model_input``).
+    decoding, mixup, fitting, augmentation, :func:`~ast_audio.data.dataset.collate` and
+    :func:`~ast_audio.data.dataset.model_input`).
 
     - **Splitting.** Each epoch the shards are shuffled by ``(seed, epoch)``, the same on every
       rank, and dealt to ``world x loader workers`` slots, each shard to the slot with the
@@ -345,13 +346,12 @@ class ShardStream(torch.utils.data.IterableDataset):
     ):
         self.shards, self.contract, self.augmentation = shards, contract, augmentation
         self.seed, self.rank, self.world, self.buffer, self.balanced = seed, rank, world, max(1, buffer), balanced
-        self.frame = AudioDataset(Datafile(shards.path, shards.labels, []), contract, augmentation, seed=seed,
-                                  fbank_on=fbank_on, skip_bad=skip_bad)  # fmt: skip
-        self.fbank_on = self.frame.fbank_on
+        self.fbank_on, _ = fbank_place(contract, fbank_on, None, shards.path)
+        self.skip_bad = skip_bad
         self.num_classes = len(shards.labels)
         self.label_index = shards.labels.index()
         counts = shards.label_counts()
-        self.class_weight = 1000.0 / (counts + 0.01)
+        self.class_weight = class_weights(counts)
         self.total_weight = float((counts * self.class_weight).sum())
         self.epoch = 0
 
@@ -410,7 +410,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         try:
             waveform, rate = decode(audio, name, self.contract)
             target = self._target(labels)
-            if self.augmentation.mixup > 0 and rng.random() < self.augmentation.mixup and pool:
+            if self.augmentation.mixes(rng) and pool:
                 partner = pool[int(rng.integers(len(pool)))]
                 lam = mixup_lambda(rng)
                 other, other_rate = decode(partner[3], partner[2], self.contract)
@@ -462,13 +462,13 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield self._item(pool.pop(), pool, epoch)
             yielded += 1
 
-    # -- AudioDataset's batching
+    # -- batching: the same functions as AudioDataset's
 
     def collate(self, items: list[dict]) -> dict:
-        return self.frame.collate(items)
+        return collate(items, self.contract, self.augmentation, fbank_on=self.fbank_on, skip_bad=self.skip_bad)
 
     def model_input(self, batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.frame.model_input(batch, device)
+        return model_input(batch, device, self.contract, self.augmentation)
 
     def loader(self, batch_size: int, sampler=None, num_workers: int = 0, **kwargs) -> torch.utils.data.DataLoader:
         """A ``DataLoader`` (the stream splits and shuffles itself: ``sampler`` is not used;

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..audio.io import load_audio, resample
+from ..base.checks import is_number
 from ..errors import ConfigError
 from .kaldi import fbank, frame_sizes
 from .presets import PRESETS
@@ -59,7 +60,7 @@ class InputContract:
             )
         for name in ("mean", "std", "frame_length", "frame_shift"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            if not is_number(value) or not np.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if self.normalize and not self.std > 0:
             raise ConfigError(f"normalisation std must be positive, got {self.std}")

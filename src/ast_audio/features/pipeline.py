@@ -58,6 +58,11 @@ class Augmentation:
         if self.freqm < 0 or self.timem < 0 or not 0.0 <= self.mixup <= 1.0:
             raise ConfigError(f"bad augmentation: freqm={self.freqm}, timem={self.timem}, mixup={self.mixup}")
 
+    def mixes(self, rng: np.random.Generator) -> bool:
+        """Whether a draw mixes its clip with a partner (probability ``mixup``); draws one
+        number from ``rng`` when mixup is on, which is part of a run's reproducibility."""
+        return self.mixup > 0 and rng.random() < self.mixup
+
 
 NONE = Augmentation()
 

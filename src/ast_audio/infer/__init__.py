@@ -28,7 +28,7 @@ Decisions, in one place:
   mono policy, bins, frames, length, statistics, activation) through the batched
   pipeline of training and evaluation (:mod:`ast_audio.features.pipeline`). A checkpoint without
   normalisation statistics uses AudioSet's, with one logged warning (the one policy,
-  :func:`ast_audio.model.ast.missing_statistics`).
+  :func:`ast_audio.model.info.missing_statistics`).
 - **Model windows.** One model input covers ``input_tdim`` frames, i.e.
   ``25 ms + (input_tdim - 1) * 10 ms`` of audio (10.255 s for 1024 frames). A clip that
   fits is one window, padded with zero frames as in training. A longer clip is cut into

@@ -37,7 +37,7 @@ import os
 
 import torch
 
-from ..checkpoints.load import DEFAULT_AUDIOSET
+from ..checkpoints.hub import DEFAULT_AUDIOSET
 from ..checkpoints.load import load_model as _load_checkpoint
 from ..errors import ConfigError
 from ..features.contract import waveform_to_input

@@ -1,6 +1,10 @@
-"""The Audio Spectrogram Transformer: architecture (:mod:`.ast`) and position embeddings
-(:mod:`.pos_embed`). ``from ast_audio.model.ast import ASTModel`` keeps working."""
+"""The Audio Spectrogram Transformer: architecture (:mod:`.ast`), its config (:mod:`.config`),
+labels and input contract (:mod:`.info`), structured patchout (:mod:`.patchout`) and position
+embeddings (:mod:`.pos_embed`). ``from ast_audio.model.ast import ASTModel`` keeps working."""
 
-from .ast import PATCH, SIZES, ASTConfig, ASTModel, ModelInfo, draw_patchout, patch_grid, patchout_drops
+from .ast import ASTModel
+from .config import PATCH, SIZES, ASTConfig, patch_grid
+from .info import ModelInfo
+from .patchout import draw_patchout
 
-__all__ = ["PATCH", "SIZES", "ASTConfig", "ASTModel", "ModelInfo", "draw_patchout", "patch_grid", "patchout_drops"]
+__all__ = ["PATCH", "SIZES", "ASTConfig", "ASTModel", "ModelInfo", "draw_patchout", "patch_grid"]

@@ -1,8 +1,5 @@
 """The Audio Spectrogram Transformer (Gong, Chung and Glass, Interspeech 2021).
 
-(Over 400 lines: the config, the blocks, the model and its surgery read top to bottom in
-one file, as nanoGPT's and timm's do.)
-
 A DeiT *distilled* ViT over a log-mel spectrogram: 16x16 patches cut with strides
 ``(fstride, tstride)``, a ``cls`` and a ``dist`` token in front, learned absolute
 positions, pre-norm transformer blocks, and a head over the mean of the two tokens.
@@ -16,32 +13,21 @@ re-grids the position embedding for another length or strides (the rule lives in
 :meth:`ASTModel.forward_features` / :meth:`ASTModel.forward_head` give the pooled token
 (``pre_logits=True``), and ``any_length=True`` runs inputs shorter than ``input_tdim``
 with the position grid cut in the graph (what the ONNX export with a dynamic time axis
-traces).
+traces). The config is :mod:`ast_audio.model.config`; labels and the input contract are
+:mod:`ast_audio.model.info`.
 
-**Pretrained weights, without importing the checkpoint code.** Arrows point down: this
-file never imports :mod:`~ast_audio.checkpoints.hub`, :mod:`~ast_audio.checkpoints.layouts` or
-:mod:`~ast_audio.checkpoints.load`, not even inside a function. Yet the original constructor
-(``ASTModel(..., imagenet_pretrain=True)``) must load weights, and
-:meth:`ASTModel.from_pretrained` is the classmethod for loading. Decision: the checkpoint
-module, when imported, hands its two loaders to :func:`provide_weights` (``init_trunk``
-for the constructor's ``imagenet_pretrain`` / ``audioset_pretrain``, ``load`` for
-``from_pretrained``, i.e. ``load_model``). ``ast_audio/__init__.py`` imports
-:mod:`ast_audio.checkpoints.load`, and Python runs a package's ``__init__`` before any of its
-modules, so ``from ast_audio.model.ast import ASTModel`` finds them in place; a model built
-without them (nothing imported the checkpoint code) raises a clear error instead of
-silently skipping the weights. A factory in place of the class was rejected: it would
-break ``isinstance`` and subclassing of ``ASTModel``.
-
-About 460 lines, over the project's ~400: the config, the blocks, the model and its
-surgery are kept in one file so that it reads top to bottom like the paper (nanoGPT's
-``model.py``); ``ModelInfo`` stays here because its callers import it from here.
+**Pretrained weights without importing the checkpoint code.** Arrows point down, so this
+file never imports :mod:`ast_audio.checkpoints`, yet the original constructor
+(``ASTModel(..., imagenet_pretrain=True)``) loads weights and :meth:`ASTModel.from_pretrained`
+is the loading classmethod: the checkpoint module, when imported, hands its loaders to
+:func:`~ast_audio.model.weights.provide_weights` (a factory in place of the class would
+break ``isinstance`` and subclassing).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -50,165 +36,13 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..features.contract import InputContract
+from .config import PATCH, ASTConfig
+from .info import ModelInfo, describe, missing_statistics
+from .patchout import Patchout, kept_patches
 from .pos_embed import NUM_PREFIX_TOKENS, adapt_pos_embed, crop_time
+from .weights import weights
 
 log = logging.getLogger(__name__)
-
-PATCH = 16
-Patchout = tuple  # (rows, cols): kept frequency rows and time columns of the patch grid (see draw_patchout)
-
-
-@dataclass(frozen=True)
-class SizeSpec:
-    embed_dim: int
-    num_heads: int
-    imagenet_grid: int  # side of the square position grid of the DeiT ImageNet weights
-
-
-SIZES: dict[str, SizeSpec] = {
-    "tiny224": SizeSpec(192, 3, 14),
-    "small224": SizeSpec(384, 6, 14),
-    "base224": SizeSpec(768, 12, 14),
-    "base384": SizeSpec(768, 12, 24),
-}
-
-
-# Upper bounds of a config: 65536 frames is 11 minutes at AST's 10 ms shift, four times the
-# longest input any published recipe uses; the rest are far above any AST that exists.
-MAX_CONFIG = {"input_tdim": 65536, "input_fdim": 4096, "label_dim": 100_000, "depth": 64, "fstride": 4096,
-              "tstride": 65536}  # fmt: skip
-MAX_PATCHES = 1 << 18  # the position embedding of base384 is then 0.8 GB
-
-
-def patch_grid(input_fdim: int, input_tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
-    """Number of patches along frequency and time: ``(dim - 16) // stride + 1``."""
-    return (input_fdim - PATCH) // fstride + 1, (input_tdim - PATCH) // tstride + 1
-
-
-@dataclass(frozen=True)
-class ASTConfig:
-    """Everything that fixes the architecture and the input it takes."""
-
-    label_dim: int = 527
-    fstride: int = 10
-    tstride: int = 10
-    input_fdim: int = 128
-    input_tdim: int = 1024
-    model_size: str = "base384"
-    depth: int = 12
-    layer_norm_eps: float = 1e-6
-
-    def __post_init__(self):
-        if self.model_size not in SIZES:
-            raise ConfigError(f"unknown model_size {self.model_size!r}; choose one of {', '.join(SIZES)}")
-        for name in ("label_dim", "fstride", "tstride", "depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("input_fdim", "input_tdim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < PATCH:
-                raise ConfigError(
-                    f"{name}={value!r} is shorter than one {PATCH}x{PATCH} patch; it must be an integer >= {PATCH}"
-                )
-        # Sizes are bounded before anything is allocated: a config asking for more is an error, not
-        # an attempt to allocate it (a corrupt max_length would ask for terabytes).
-        for name, limit in MAX_CONFIG.items():
-            if getattr(self, name) > limit:
-                raise ConfigError(f"{name}={getattr(self, name)} is beyond the supported {limit}")
-        if self.num_patches > MAX_PATCHES:
-            raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} patch grid is beyond the supported {MAX_PATCHES} "
-                              "patches (input_tdim/input_fdim too large or strides too small)")  # fmt: skip
-        if not isinstance(self.layer_norm_eps, int | float) or not 0 < self.layer_norm_eps < 1:
-            raise ConfigError(f"layer_norm_eps must be a number in (0, 1), got {self.layer_norm_eps!r}")
-
-    @property
-    def size(self) -> SizeSpec:
-        return SIZES[self.model_size]
-
-    @property
-    def embed_dim(self) -> int:
-        return self.size.embed_dim
-
-    @property
-    def num_heads(self) -> int:
-        return self.size.num_heads
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Patch grid ``(f_dim, t_dim)``."""
-        return patch_grid(self.input_fdim, self.input_tdim, self.fstride, self.tstride)
-
-    @property
-    def num_patches(self) -> int:
-        f_dim, t_dim = self.grid
-        return f_dim * t_dim
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ASTConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
-
-    def replace(self, **changes) -> ASTConfig:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
-@dataclass
-class ModelInfo:
-    """What a checkpoint says about its outputs and inputs, beyond the architecture."""
-
-    labels: list[str] | None = None  # display names, in output order
-    label_ids: list[str] | None = None  # e.g. AudioSet mids, in output order
-    dataset_mean: float | None = None
-    dataset_std: float | None = None
-    multilabel: bool = True  # sigmoid scores (True) or softmax (False)
-    sample_rate: int = 16000
-    mono: str = "mean"  # channels -> one: their mean
-    frame_length: float = 25.0  # ms
-    frame_shift: float = 10.0  # ms
-    resample: bool = True  # False: features at each file's own sample rate
-    thresholds: list[float] | None = None  # per-class event/decision thresholds (ast-audio calibrate)
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelInfo:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def with_contract(self, contract: InputContract) -> ModelInfo:
-        """This info with the audio, feature and score settings of ``contract`` (its input
-        size belongs to the architecture, :class:`ASTConfig`); the inverse of
-        :attr:`ASTModel.input_contract`."""
-        return replace(
-            self, sample_rate=contract.sample_rate, mono=contract.mono, frame_length=contract.frame_length,
-            frame_shift=contract.frame_shift, dataset_mean=contract.mean, dataset_std=contract.std,
-            multilabel=contract.activation == "sigmoid", resample=contract.resample,
-            thresholds=None if contract.thresholds is None else list(contract.thresholds),
-        )  # fmt: skip
-
-
-def missing_statistics(info: ModelInfo, source: object = None) -> ModelInfo:
-    """The one policy for a checkpoint without normalisation statistics: use AudioSet's
-    (what every published AST was trained with) and say so once, naming the values."""
-    if info.dataset_mean is not None and info.dataset_std is not None:
-        return info
-    default = InputContract()
-    where = f"{source}: " if source is not None else ""
-    log.warning(
-        "%sthe checkpoint records no normalisation statistics; using AudioSet's (mean %s, std %s). "
-        "Pass the statistics it was trained with if they differ", where, default.mean, default.std,
-    )  # fmt: skip
-    return replace(info, dataset_mean=default.mean, dataset_std=default.std)
-
 
 # --------------------------------------------------------------------------- blocks
 
@@ -281,27 +115,6 @@ class Backbone(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
 
 
-# --------------------------------------------------------------------------- pretrained weights
-
-# Filled by ast_audio.checkpoints.load when it is imported (see the module notes).
-_WEIGHTS: dict[str, Callable] = {}
-
-
-def provide_weights(*, init_trunk: Callable, load: Callable) -> None:
-    """Hand the model its weight loaders: ``init_trunk(model, source, kind)`` initialises the
-    trunk in place (``kind`` ``"imagenet"`` or ``"audioset"``), ``load(cls, source, **adapt)``
-    builds a whole model from a checkpoint. Called by :mod:`ast_audio.checkpoints.load` on import."""
-    _WEIGHTS.update(init_trunk=init_trunk, load=load)
-
-
-def _weights(name: str) -> Callable:
-    if name not in _WEIGHTS:
-        raise ConfigError(
-            "pretrained weights need the checkpoint code: import ast_audio (or ast_audio.checkpoints.load) first"
-        )
-    return _WEIGHTS[name]
-
-
 # --------------------------------------------------------------------------- model
 
 
@@ -338,23 +151,18 @@ class ASTModel(nn.Module):
             label_dim, fstride, tstride, input_fdim, input_tdim, model_size, depth, layer_norm_eps
         )
         self.config = cfg
-        self.info = ModelInfo()
+        self.info = ModelInfo()  # labels and input contract (see the info property)
         self.grad_checkpointing = False  # see set_grad_checkpointing
         self.v = Backbone(cfg)
         self.mlp_head = nn.Sequential(nn.LayerNorm(cfg.embed_dim), nn.Linear(cfg.embed_dim, label_dim))
         self.reset_parameters()
 
         if audioset_pretrain:
-            _weights("init_trunk")(self, audioset_pretrain, "audioset")
+            weights("init_trunk")(self, audioset_pretrain, "audioset")
         elif imagenet_pretrain:
-            _weights("init_trunk")(self, imagenet_pretrain, "imagenet")
+            weights("init_trunk")(self, imagenet_pretrain, "imagenet")
         if verbose:
-            f_dim, t_dim = cfg.grid
-            log.info(
-                "AST %s: %d layers, strides %d/%d, %dx%d patches (%d), %d outputs, %.1fM parameters",
-                model_size, depth, fstride, tstride, f_dim, t_dim, f_dim * t_dim, label_dim,
-                sum(p.numel() for p in self.parameters()) / 1e6,
-            )  # fmt: skip
+            log.info(describe(cfg, sum(p.numel() for p in self.parameters())))
 
     @classmethod
     def from_config(cls, cfg: ASTConfig, info: ModelInfo | None = None) -> ASTModel:
@@ -383,7 +191,7 @@ class ASTModel(nn.Module):
         """A model in eval mode from any checkpoint: a file, a Hugging Face folder or a published
         name (what :func:`ast_audio.load_model` takes). Arguments that differ from the
         checkpoint's adapt it (re-gridded positions, a fresh head)."""
-        return _weights("load")(
+        return weights("load")(
             cls, source, label_dim=label_dim, fstride=fstride, tstride=tstride,
             input_tdim=input_tdim, input_fdim=input_fdim, device=device,
         )  # fmt: skip
@@ -414,19 +222,19 @@ class ASTModel(nn.Module):
         self.info = replace(self.info, labels=None, label_ids=None)
 
     @property
-    def input_contract(self) -> InputContract:
-        """What this model takes: its input size (config) and the audio, features,
-        statistics and score activation its checkpoint carries (info). Statistics that no
-        one recorded are AudioSet's, with a warning (:func:`missing_statistics`)."""
-        cfg, info = self.config, missing_statistics(self.info)
-        return InputContract(
-            sample_rate=info.sample_rate, mono=info.mono, num_mel_bins=cfg.input_fdim,
-            frame_length=info.frame_length, frame_shift=info.frame_shift, target_length=cfg.input_tdim,
-            mean=info.dataset_mean, std=info.dataset_std, activation="sigmoid" if info.multilabel else "softmax",
-            resample=info.resample, thresholds=None if info.thresholds is None else tuple(info.thresholds),
-        )  # fmt: skip
+    def info(self) -> ModelInfo:
+        """Labels and input contract; the contract's input size is always this model's."""
+        return self._info
 
-    new_head = reset_classifier  # the name this project used first
+    @info.setter
+    def info(self, info: ModelInfo) -> None:
+        self._info = info.fit(self.config)
+
+    @property
+    def input_contract(self) -> InputContract:
+        """What this model takes: ``info.contract``; statistics that no one recorded are
+        AudioSet's, with a warning (:func:`~ast_audio.model.info.missing_statistics`)."""
+        return missing_statistics(self.info).contract
 
     def layer_ids(self) -> dict[str, int]:
         """The layer of every parameter, for freezing and layer-wise lr decay (BEiT's numbering):
@@ -467,6 +275,7 @@ class ASTModel(nn.Module):
         v.pos_embed = nn.Parameter(pos, requires_grad=v.pos_embed.requires_grad)
         v.patch_embed.proj.stride = (new.fstride, new.tstride)
         self.config = new
+        self.info = self.info  # the contract takes the new input size
         return self
 
     # ----------------------------------------------------------------- forward
@@ -520,7 +329,7 @@ class ASTModel(nn.Module):
             x = x + pos
         else:  # keep the chosen rows and columns, each patch with its own position
             D = x.shape[-1]
-            keep = _kept_patches(patchout, f_dim, t_dim, x.device)  # (N',) flat indices of the kept patches
+            keep = kept_patches(patchout, f_dim, t_dim, x.device)  # (N',) flat indices of the kept patches
             x = x[:, keep] + pos[:, NUM_PREFIX_TOKENS:][:, keep]  # (B, N', D)
             prefix = torch.cat([v.cls_token, v.dist_token], dim=1) + pos[:, :NUM_PREFIX_TOKENS]  # (1, 2, D)
             x = torch.cat([prefix.expand(B, -1, D), x], dim=1)  # (B, 2+N', D)
@@ -585,65 +394,3 @@ class ASTModel(nn.Module):
         per_block = 2 * n * d * (3 * d + d + 8 * d) + 2 * 2 * n * n * d
         patch = 2 * cfg.num_patches * d * PATCH * PATCH
         return int(cfg.depth * per_block + patch + 2 * d * cfg.label_dim)
-
-
-# --------------------------------------------------------------------------- structured patchout
-
-def _kept_patches(patchout: Patchout, f_dim: int, t_dim: int, device: torch.device) -> torch.Tensor:
-    """Flat indices (frequency rows, time fastest) of the patches in the kept rows and columns."""
-    rows, cols = patchout
-    rows = torch.arange(f_dim, device=device) if rows is None else torch.as_tensor(rows, device=device)
-    cols = torch.arange(t_dim, device=device) if cols is None else torch.as_tensor(cols, device=device)
-    if rows.numel() == 0 or cols.numel() == 0:
-        raise ConfigError("patchout keeps no patch: at least one frequency row and one time column must stay")
-    if int(rows.min()) < 0 or int(rows.max()) >= f_dim or int(cols.min()) < 0 or int(cols.max()) >= t_dim:
-        raise ConfigError(f"patchout rows/columns out of the {f_dim}x{t_dim} patch grid")
-    return (rows[:, None] * t_dim + cols[None, :]).reshape(-1)
-
-
-def patchout_drops(spec: tuple[float, float], grid: tuple[int, int]) -> tuple[int, int]:
-    """How many frequency rows and time columns of a ``grid`` ``(f_dim, t_dim)`` patchout drops,
-    from ``spec`` ``(f, t)``: a whole number is a count (``4``: four rows), a number in (0, 1) a
-    fraction (``0.4``: 40% of the columns, rounded), 0 none. Dropping every row or every
-    column (or a spec that is neither) is a :class:`ConfigError`."""
-    drops = []
-    for value, size, axis, flag in zip(spec, grid, ("frequency rows", "time columns"), ("f", "t"), strict=True):
-        bad = isinstance(value, bool) or not isinstance(value, int | float) or value < 0
-        if not bad and isinstance(value, float) and value >= 1 and not value.is_integer():
-            bad = True
-        if bad:
-            raise ConfigError(f"--patchout-{flag} must be a count (0, 1, 2...) or a fraction in (0, 1), got {value!r}")
-        count = round(value * size) if 0 < value < 1 else int(value)
-        if count >= size:
-            raise ConfigError(f"--patchout-{flag} {value:g} drops {count} of the {size} {axis}: at least one must stay")
-        drops.append(count)
-    return drops[0], drops[1]
-
-
-def draw_patchout(
-    grid: tuple[int, int], drop_f: int, drop_t: int, generator: torch.Generator | None = None
-) -> Patchout | None:
-    """Kept ``(rows, cols)`` (sorted index tensors; ``None`` for an axis without drops) after
-    dropping ``drop_f`` random frequency rows and ``drop_t`` random time columns of ``grid``;
-    ``None`` when nothing is dropped."""
-    if not drop_f and not drop_t:
-        return None
-    f_dim, t_dim = grid
-    if drop_f >= f_dim or drop_t >= t_dim:
-        raise ConfigError(f"patchout would drop every row or column of the {f_dim}x{t_dim} patch grid")
-    rows = torch.randperm(f_dim, generator=generator)[: f_dim - drop_f].sort().values if drop_f else None
-    cols = torch.randperm(t_dim, generator=generator)[: t_dim - drop_t].sort().values if drop_t else None
-    return rows, cols
-
-
-def size_for(embed_dim: int, num_heads: int | None = None) -> str:
-    """The ``model_size`` name for a trunk of this width (base384 for 768)."""
-    for name in ("tiny224", "small224", "base384"):
-        spec = SIZES[name]
-        if spec.embed_dim == embed_dim and (num_heads is None or spec.num_heads == num_heads):
-            return name
-    heads = "" if num_heads is None else f" and {num_heads} heads"
-    raise ConfigError(
-        f"no AST size has embedding dimension {embed_dim}{heads} "
-        f"(known: {', '.join(f'{k} {s.embed_dim}/{s.num_heads}' for k, s in SIZES.items())})"
-    )

@@ -268,7 +268,7 @@ def resolve_config(
             )
     probe = resolve_train_config(train, {"data_train": "-", "data_val": "-", "label_csv": "-"})
     probe.check()
-    from ..model.ast import SIZES
+    from ..model.config import SIZES
 
     if probe.model_size not in SIZES:
         raise ConfigError(f"unknown model_size {probe.model_size!r}; choose one of {', '.join(SIZES)}")

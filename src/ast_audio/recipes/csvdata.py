@@ -64,6 +64,7 @@ from pathlib import Path
 
 from ..audio.io import AUDIO_EXTENSIONS as EXTENSIONS
 from ..audio.io import load_audio
+from ..base.checks import is_int
 from ..data.datafiles import read_datafile, write_datafile
 from ..data.labels import LabelTable, read_label_csv, write_label_table
 from ..errors import AudioError, ConfigError, DataError
@@ -219,7 +220,7 @@ def prepare(
 ) -> dict:  # fmt: skip
     """A CSV-labelled dataset -> train / valid datafiles, label CSV, statistics and test list in ``out``."""
     check_valid_fraction(valid_fraction)
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds == 1 or folds < 0:
+    if not is_int(folds) or folds == 1 or folds < 0:
         raise ConfigError(f"folds must be 0 (one validation split) or 2 or more, got {folds!r}")
     train_csv = Path(train_csv).expanduser().resolve()
     audio_dir = Path(audio_dir).expanduser().resolve()

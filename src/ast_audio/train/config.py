@@ -13,8 +13,10 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base.checks import is_int, is_number
 from ..base.fileio import read_toml
 from ..errors import ConfigError
+from ..features.contract import InputContract
 from ..features.presets import PRESETS
 
 # What the older run.py/traintest.py (the one the "hack" fork's run.sh drives) derived from
@@ -244,10 +246,10 @@ class TrainConfig:
             raise ConfigError(f"weight averaging needs 1 <= wa_start <= wa_end, got {self.wa_start}..{self.wa_end}")
 
     def _check_fine_tuning(self) -> None:
-        if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+        if not is_int(self.grad_accum) or self.grad_accum < 1:
             raise ConfigError(f"grad_accum must be a positive integer, got {self.grad_accum!r}")
         if self.freeze is not None and self.freeze != "all":
-            if isinstance(self.freeze, bool) or not isinstance(self.freeze, int) or not 0 <= self.freeze <= self.depth:
+            if not is_int(self.freeze) or not 0 <= self.freeze <= self.depth:
                 raise ConfigError(f"freeze must be 0..depth ({self.depth}) or 'all', got {self.freeze!r}")
         if not 0 < self.llrd <= 1:
             raise ConfigError(f"llrd must be in (0, 1] (1: no decay), got {self.llrd!r}")
@@ -260,14 +262,13 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         betas = self.betas
-        numbers = isinstance(betas, tuple) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+        numbers = isinstance(betas, tuple) and all(is_number(b) for b in betas)
         if not numbers or len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}")
 
     def _check_speed(self) -> None:
         for flag, value in (("f", self.patchout_f), ("t", self.patchout_t)):
-            bad = isinstance(value, bool) or not isinstance(value, int | float) or value < 0
-            if bad or (isinstance(value, float) and value >= 1 and not value.is_integer()):
+            if not _patchout_value(value):
                 raise ConfigError(f"patchout_{flag} must be a count (0, 1, 2...) or a fraction in (0, 1), got {value!r}")
         if not isinstance(self.bucket_by_length, bool):
             raise ConfigError(f"bucket_by_length must be true or false, got {self.bucket_by_length!r}")
@@ -275,3 +276,32 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+
+def _patchout_value(value: object) -> bool:
+    """A patchout setting: a count (0, 1, 2..., a whole float included) or a fraction in (0, 1)."""
+    return is_number(value) and value >= 0 and not (isinstance(value, float) and value >= 1 and not value.is_integer())
+
+
+def patchout_drops(spec: tuple[float, float], grid: tuple[int, int]) -> tuple[int, int]:
+    """How many frequency rows and time columns of a ``grid`` ``(f_dim, t_dim)`` patchout drops,
+    from ``spec`` ``(f, t)`` (``--patchout-f``/``--patchout-t``): a whole number is a count
+    (``4``: four rows), a number in (0, 1) a fraction (``0.4``: 40% of the columns, rounded),
+    0 none. Dropping every row or every column (or a spec that is neither) is a :class:`ConfigError`."""
+    drops = []
+    for value, size, axis, flag in zip(spec, grid, ("frequency rows", "time columns"), ("f", "t"), strict=True):
+        if not _patchout_value(value):
+            raise ConfigError(f"--patchout-{flag} must be a count (0, 1, 2...) or a fraction in (0, 1), got {value!r}")
+        count = round(value * size) if 0 < value < 1 else int(value)
+        if count >= size:
+            raise ConfigError(f"--patchout-{flag} {value:g} drops {count} of the {size} {axis}: at least one must stay")
+        drops.append(count)
+    return drops[0], drops[1]
+
+
+def contract_of(cfg: TrainConfig) -> InputContract:
+    """The input contract a run trains with (and writes into its checkpoints)."""
+    return InputContract(
+        num_mel_bins=cfg.num_mel_bins, target_length=cfg.audio_length, mean=cfg.dataset_mean, std=cfg.dataset_std,
+        activation="sigmoid" if cfg.loss == "BCE" else "softmax", resample=cfg.resample,
+    )  # fmt: skip

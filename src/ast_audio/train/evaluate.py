@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..base.fileio import atomic_write
-from ..base.runtime import pick_device
+from ..base.runtime import autocast, pick_device
 from ..data.datafiles import read_datafile
 from ..data.dataset import AudioDataset
 from ..data.labels import read_label_csv
@@ -71,7 +71,7 @@ def predict_dataset(
     with torch.inference_mode():
         for batch in loader:
             features, targets = dataset.model_input(batch, device)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with autocast(device, autocast_dtype):
                 logits = model(features)
             logits = logits.float()
             loss_sum += float(loss_value(logits, targets, loss)) * len(features)
@@ -115,8 +115,6 @@ def evaluate_checkpoints(
     dataset_std: float | None = None,
 ) -> list[tuple[str, Stats]]:
     """Stats of each checkpoint on ``data`` and, for several, of the mean of their scores."""
-    from dataclasses import replace
-
     from ..checkpoints.load import load_model
 
     labels = read_label_csv(label_csv)
@@ -129,9 +127,10 @@ def evaluate_checkpoints(
         model = load_model(source, device=device)
         if model.config.label_dim != len(labels):
             raise ConfigError(f"{source}: the model has {model.config.label_dim} outputs, the label CSV {len(labels)}")
-        if dataset_mean is not None:
-            model.info = replace(model.info, dataset_mean=dataset_mean, dataset_std=dataset_std)
-        dataset = AudioDataset(datafile, model.input_contract)
+        contract = model.input_contract
+        if dataset_mean is not None:  # statistics given in place of the checkpoint's
+            contract = contract.replace(mean=dataset_mean, std=dataset_std)
+        dataset = AudioDataset(datafile, contract)
         preds = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device)
         members.append(preds.scores)
         results.append((str(source), calculate_stats(preds.scores, targets)))

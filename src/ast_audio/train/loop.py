@@ -1,65 +1,26 @@
-"""Training AST as the original recipes did, without losing work, on one CPU or many GPUs.
+"""A training run: :class:`Run` builds the data, the model and the optimiser once, runs the
+epochs (validation after each, the original's files and scores written by rank 0), the
+end-of-run evaluations (weight averaging, the best model on valid and eval) and keeps
+``models/last.pt`` so that running the same command again resumes after the last
+completed epoch and ends exactly where an uninterrupted run would have. :func:`train` is
+the entry point; under ``torchrun`` it runs DDP (only rank 0 writes; validation is
+gathered from every rank before the metrics). What the run writes keeps the original
+``traintest.py``'s files and layouts (``result.csv``, ``wa_result.csv``,
+``eval_result.csv``, ``predictions/``).
 
-(Over 400 lines: one :class:`Run` keeps the epoch loop, the end-of-run evaluations, the
-run's files and its resume together, so the whole of a run reads top to bottom here.)
-
-What matches the original (``run.py`` / ``traintest.py``): Adam with weight decay 5e-7
-and betas (0.95, 0.999); optional warm-up (first 1000 steps, every 50 steps
-``lr = step / 1000 * lr``); MultiStepLR with milestones ``range(start, 1000, step)``
-stepped per epoch; BCE or CE; validation after every epoch; ``result.csv`` with the ten
-columns ``[main metric, mAUC, avg precision, avg recall, d_prime, train_loss, valid_loss,
-cum main metric, cum mAUC, lr]`` (no header, one row per epoch, ``cum`` = the average of
-every epoch's predictions so far); the best model by the main metric; weight averaging
-of epochs ``wa_start..wa_end`` with ``wa_result.csv``; the best model scored on a
-separate eval set in ``eval_result.csv`` (val acc, val mAUC, eval acc, eval mAUC, one
-value per line); the validation scores of every epoch in ``predictions/`` (``target.csv``,
-``predictions_{epoch}.csv`` of the latest epoch, ``cum_predictions.csv``, and
-``predictions_wa.csv``, ``predictions_valid_set.csv``, ``predictions_eval_set.csv`` of the
-end-of-run evaluations), in the original's layouts.
-
-What is ours:
-- resumable: ``models/last.pt`` (written atomically after every epoch) holds model,
-  optimiser, scheduler, scaler, step counter, RNG state, result rows, the ensemble and
-  weight-averaging sums; running the same command again continues after the last
-  completed epoch and ends exactly where an uninterrupted run would have;
-- DDP under ``torchrun``: ``batch_size`` is the global batch, split across processes;
-  only rank 0 writes; validation is gathered from every rank before metrics; the
-  end-of-run evaluations (averaged model, best model on valid and eval) run on every rank
-  too, from the files rank 0 wrote;
-- augmentation per draw: the sampler hands each draw's (clip, epoch, position) to the
-  dataset, so every draw is augmented afresh and identically for any number of loader
-  workers or processes (see :mod:`ast_audio.data.dataset`);
-- ``valid_loss`` is computed on the logits (the original applied the loss to sigmoid
-  outputs, which made it incomparable with ``train_loss``);
-- mixed precision: ``amp='auto'`` is bf16 where the hardware computes it natively (a CPU
-  with AMX or AVX512-BF16, a CUDA GPU with bf16), fp16 with a gradient scaler on other CUDA
-  GPUs (as the original) and off elsewhere (:func:`ast_audio.base.runtime.training_amp`);
-  ``amp='bf16'`` autocasts to bfloat16 on any device;
-- a non-finite loss stops the run with an error (the last good epoch stays resumable);
-- speed: Adam is the fused implementation (one kernel for all parameters, same update
-  rule); ``fbank_on='device'`` (the default on CUDA) has the loader workers only decode
-  and the filterbanks computed on the GPU per batch; ``cache_dir`` keeps decoded,
-  resampled waveforms so that later epochs skip decoding; ``compile=True`` runs the model
-  under ``torch.compile`` (no gain measured on the CPU; meant for GPUs);
-- fine-tuning knobs, off by default: gradient accumulation (``grad_accum``: the loader
-  batch is ``batch_size x grad_accum``, :func:`train_step` cuts it into micro-batches;
-  warm-up and schedules count optimiser steps), activation checkpointing of the blocks,
-  frozen layers and layer-wise lr decay (:func:`parameter_groups`, kept and checked by
-  resume), early stopping (``patience``/``min_delta``: the run ends as an ended run does and
-  says why), CE label smoothing, Adam's weight decay and betas.
+(Over 400 lines: the epoch loop, the end-of-run evaluations and the run's files read top
+to bottom in one class.)
 """
 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,49 +32,29 @@ from ..base.fileio import atomic_write, clean_stale_temporaries
 from ..base.plots import plot_curves
 from ..base.runtime import pick_device, training_amp
 from ..checkpoints.load import load_model, save_checkpoint
-from ..data.datafiles import Datafile, balanced_weights, read_datafile, read_weights, weight_file_for
-from ..data.dataset import AudioDataset, EpochSampler, SkippedLog
-from ..data.labels import read_label_csv
-from ..data.shards import ShardStream, is_shard_spec, read_shards
-from ..errors import AstAudioError, ConfigError
+from ..data.datafiles import Datafile, read_datafile
+from ..data.dataset import AudioDataset, SkippedLog
+from ..data.labels import LabelTable, read_label_csv
+from ..data.shards import ShardSet
+from ..data.source import TrainingData, training_data
+from ..errors import ConfigError
 from ..features.contract import InputContract
 from ..features.pipeline import Augmentation
-from ..model.ast import PATCH, ASTConfig, ASTModel, ModelInfo, draw_patchout, patch_grid, patchout_drops
-from .config import TrainConfig
-from .evaluate import Predictions, loss_value, predict_dataset
+from ..model.ast import ASTModel
+from ..model.config import patch_grid
+from ..model.info import ModelInfo
+from ..model.patchout import draw_patchout
+from .config import TrainConfig, contract_of, patchout_drops
+from .evaluate import Predictions, predict_dataset
 from .metrics import calculate_stats, d_prime
+from .resume import RESUME_FILE, RunState, TrainingError, load_resume, save_resume
+from .step import bucket_length, parameter_groups, train_step
 
-__all__ = ["EpochSampler", "Run", "RunState", "TrainConfig", "TrainingError", "train", "train_step"]
+__all__ = ["Run", "RunState", "TrainingError", "train"]
 
 log = logging.getLogger(__name__)
 
-RESUME_FILE = "last.pt"
 PREDICTIONS = "predictions"
-
-
-class TrainingError(AstAudioError):
-    """A run that cannot go on (diverged, or an experiment folder that belongs to another run)."""
-
-
-# Settings that may change between a run and its resumption.
-_MAY_CHANGE_ON_RESUME = {
-    "n_epochs", "num_workers", "device", "progress", "exp_dir", "wa_end", "fbank_on", "cache_dir", "compile",
-    "grad_checkpointing",
-}  # fmt: skip
-
-
-@dataclass
-class RunState:
-    epoch: int = 0  # last completed epoch (1-based, as the original counts)
-    global_step: int = 0
-    best_metric: float = -math.inf
-    best_epoch: int = 0
-    rows: list = field(default_factory=list)  # result.csv rows so far
-    ensemble_sum: torch.Tensor | None = None  # sum of every epoch's validation scores
-    wa_sum: dict | None = None
-    wa_count: int = 0
-    stale_epochs: int = 0  # epochs in a row without a gain of the main metric over min_delta
-    stopped: str | None = None  # why the run stopped before n_epochs (early stopping)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -143,86 +84,6 @@ def _bar_disabled(cfg: TrainConfig, ctx: Dist) -> bool | None:
     return False if cfg.progress else None
 
 
-def contract_of(cfg: TrainConfig) -> InputContract:
-    """The input contract a run trains with (and writes into its checkpoints)."""
-    return InputContract(
-        num_mel_bins=cfg.num_mel_bins, target_length=cfg.audio_length, mean=cfg.dataset_mean, std=cfg.dataset_std,
-        activation="sigmoid" if cfg.loss == "BCE" else "softmax", resample=cfg.resample,
-    )  # fmt: skip
-
-
-def train_step(
-    net: Callable[[torch.Tensor], torch.Tensor],
-    features: torch.Tensor,
-    targets: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    *,
-    loss: str = "BCE",
-    amp_dtype: torch.dtype | None = None,
-    micro_batch: int | None = None,
-    label_smoothing: float = 0.0,
-    forward_kwargs: dict | None = None,
-) -> torch.Tensor:
-    """One optimiser step on a batch: forward of ``net`` (a model, or any callable giving
-    logits: ``bench/`` passes Hugging Face's) under autocast when ``amp_dtype``, the loss
-    on float32 logits, backward through the scaler, step. Returns the detached loss. This
-    is the step ``train`` runs and ``bench/`` times.
-
-    ``micro_batch``: gradient accumulation. The batch is cut into chunks of that many clips,
-    each chunk's mean loss weighted by its share of the batch and its gradients added up
-    (DDP synchronises only the last), then one step: the update of the whole batch, with
-    one chunk's activations in memory at a time.
-
-    ``forward_kwargs``: passed to every ``net`` call (the trainer's patchout and the cut
-    of a length-bucketed batch: :meth:`ASTModel.forward`'s options)."""
-    optimizer.zero_grad(set_to_none=True)
-    total = len(features)
-    size = micro_batch or total
-    starts = range(0, total, size)
-    value_sum = torch.zeros((), device=features.device)
-    for i, start in enumerate(starts):
-        x, y = features[start : start + size], targets[start : start + size]
-        last = i == len(starts) - 1
-        with contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
-            with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = net(x, **forward_kwargs) if forward_kwargs else net(x)
-            value = loss_value(logits.float(), y, loss, label_smoothing)
-            if len(starts) > 1:
-                value = value * (len(x) / total)
-            scaler.scale(value).backward()
-        value_sum += value.detach()
-    scaler.step(optimizer)
-    scaler.update()
-    return value_sum
-
-
-def bucket_length(longest: int, config: ASTConfig) -> int:
-    """Frames a length-bucketed batch is cut to: its ``longest`` clip's real frames rounded up
-    to whole patch columns (``16 + k * tstride``), at most the model's ``input_tdim``."""
-    columns = 1 if longest <= PATCH else -(-(longest - PATCH) // config.tstride) + 1
-    return min(PATCH + (columns - 1) * config.tstride, config.input_tdim)
-
-
-def parameter_groups(model: ASTModel, freeze: int | str | None = None, llrd: float = 1.0) -> list[dict]:
-    """The optimiser's parameter groups. ``freeze``: the parameters of layers ``0..N`` of
-    :meth:`ASTModel.layer_ids` (the patch embedding, tokens and positions, then the first
-    N blocks), or with ``"all"`` every parameter but the head's, get ``requires_grad=False``
-    and stay out. ``llrd < 1``: one group per layer, the head's first, layer ``l`` at
-    ``lr_scale = llrd ** (depth + 1 - l)``; else one group. Each group names its parameters
-    (``names``), which the resume file keeps and checks."""
-    ids, top = model.layer_ids(), model.config.depth + 1
-    groups: dict[int, list] = {}
-    for name, param in model.named_parameters():
-        frozen = not name.startswith("mlp_head.") if freeze == "all" else freeze is not None and ids[name] <= freeze
-        if frozen:
-            param.requires_grad_(False)
-        if param.requires_grad:
-            groups.setdefault(ids[name] if llrd != 1 else top, []).append((name, param))
-    return [{"params": [p for _, p in members], "names": [n for n, _ in members], "lr_scale": llrd ** (top - layer)}
-            for layer, members in sorted(groups.items(), reverse=True)]  # fmt: skip
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -235,10 +96,9 @@ class Run:
     ctx: Dist
     exp: Path
     contract: InputContract
-    datafiles: dict[str, Datafile]  # train, valid and (optionally) eval
-    train_set: AudioDataset
+    data: TrainingData
+    datafiles: dict[str, Datafile | ShardSet]  # train (a datafile or shards), valid and (optionally) eval
     val_set: AudioDataset
-    sampler: EpochSampler
     loader: torch.utils.data.DataLoader
     model: ASTModel
     net: torch.nn.Module  # the model as trained: DDP-wrapped and/or compiled
@@ -261,53 +121,68 @@ class Run:
     def skipped_log(self) -> SkippedLog:
         return SkippedLog(self.exp / "skipped_entries.txt")
 
+    @property
+    def train_set(self) -> torch.utils.data.Dataset:
+        return self.data.dataset
+
+    @property
+    def sampler(self):
+        """What ``set_epoch`` goes to: the epoch sampler, or the shard stream itself."""
+        return self.data.sampler or self.data.dataset
+
     @classmethod
     def build(cls, cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path) -> Run:
         labels = read_label_csv(cfg.label_csv)
         if len(labels) != cfg.n_class:
             raise ConfigError(f"--n_class is {cfg.n_class} but {cfg.label_csv} has {len(labels)} labels")
-        shards = is_shard_spec(cfg.data_train)  # WebDataset shards (ast_audio.data.shards) instead of a datafile
-        if cfg.bucket_by_length and shards:
-            raise ConfigError("--bucket-by-length needs a datafile: shards stream their clips in a fixed order, "
-                              "which cannot be grouped by length")  # fmt: skip
-        datafiles = {"train": read_shards(cfg.data_train, labels) if shards else
-                     read_datafile(cfg.data_train, labels, skip_bad=cfg.skip_bad),
-                     "valid": read_datafile(cfg.data_val, labels, skip_bad=cfg.skip_bad)}  # fmt: skip
+        contract = contract_of(cfg)
+        data, datafiles, val_set, loader = cls._data(cfg, device, ctx, labels, contract)
+        model, patchout = cls._model(cfg, device, ctx, labels, contract)
+        net, optimizer, scheduler, scaler, amp_dtype = cls._optimiser(cfg, device, ctx, model)
+        run = cls(cfg, device, ctx, exp, contract, data, datafiles, val_set, loader, model, net, optimizer, scheduler,
+                  scaler, amp_dtype, RunState(), patchout)  # fmt: skip
+        run.state = load_resume(exp / "models" / RESUME_FILE, cfg, model, optimizer, scheduler, scaler)
+        return run
+
+    @staticmethod
+    def _data(cfg: TrainConfig, device: torch.device, ctx: Dist, labels: LabelTable, contract: InputContract):
+        """The training data (files or shards), the validation and eval datafiles, the
+        validation set and the training loader (a batch per optimiser step: ``grad_accum``
+        micro-batches)."""
+        fbank_on = cfg.fbank_on if cfg.fbank_on != "auto" else "device" if device.type == "cuda" else "loader"
+        augmentation = Augmentation(freqm=cfg.freqm, timem=cfg.timem, mixup=cfg.mixup, noise=cfg.noise)
+        data = training_data(cfg.data_train, labels, contract, augmentation, seed=cfg.seed, rank=ctx.rank,
+                             world=ctx.world, fbank_on=fbank_on, cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad,
+                             balanced=cfg.bal, batch_size=cfg.batch_size * cfg.grad_accum,
+                             by_length=cfg.bucket_by_length)  # fmt: skip
+        datafiles = {"train": data.source, "valid": read_datafile(cfg.data_val, labels, skip_bad=cfg.skip_bad)}
         if cfg.data_eval:
             datafiles["eval"] = read_datafile(cfg.data_eval, labels, skip_bad=cfg.skip_bad)
-        contract = contract_of(cfg)
-        augmentation = Augmentation(freqm=cfg.freqm, timem=cfg.timem, mixup=cfg.mixup, noise=cfg.noise)
-        fbank_on = cfg.fbank_on if cfg.fbank_on != "auto" else "device" if device.type == "cuda" else "loader"
-        train_set = AudioDataset(datafiles["train"], contract, augmentation, seed=cfg.seed, fbank_on=fbank_on,
-                                 cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad)  # fmt: skip
         val_set = AudioDataset(datafiles["valid"], contract, fbank_on=fbank_on, cache_dir=cfg.cache_dir)
-        weights = None
-        if cfg.bal and not shards:
-            weight_file = weight_file_for(cfg.data_train)
-            weights = (read_weights(weight_file, len(datafiles["train"])) if weight_file.exists()
-                       else balanced_weights(datafiles["train"]))  # fmt: skip
-        lengths = train_set.natural_frames() if cfg.bucket_by_length else None
-        sampler = EpochSampler(len(train_set), cfg.seed, ctx.rank, ctx.world, weights, lengths=lengths,
-                               batch_size=cfg.batch_size * cfg.grad_accum)  # fmt: skip
-        if shards:  # a stream that splits, shuffles and balances itself (no sampler, no weight file)
-            train_set = sampler = ShardStream(datafiles["train"], contract, augmentation, seed=cfg.seed,
-                                              fbank_on=fbank_on, rank=ctx.rank, world=ctx.world, balanced=cfg.bal,
-                                              skip_bad=cfg.skip_bad)
-        loader = train_set.loader(  # a batch per optimiser step: grad_accum micro-batches
-            cfg.batch_size // ctx.world * cfg.grad_accum, sampler, cfg.num_workers, pin_memory=device.type == "cuda",
-            persistent_workers=cfg.num_workers > 0,
-        )  # fmt: skip
+        loader = data.loader(cfg.batch_size // ctx.world * cfg.grad_accum, cfg.num_workers,
+                             pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)  # fmt: skip
+        return data, datafiles, val_set, loader
 
+    @staticmethod
+    def _model(cfg: TrainConfig, device: torch.device, ctx: Dist, labels: LabelTable, contract: InputContract):
+        """The model (seeded, pretrained as asked, carrying the labels and the contract) and
+        the patchout drops per step, checked before any work."""
         torch.manual_seed(cfg.seed)
         model = ASTModel(
             label_dim=cfg.n_class, fstride=cfg.fstride, tstride=cfg.tstride, input_fdim=cfg.num_mel_bins,
             input_tdim=cfg.audio_length, imagenet_pretrain=cfg.imagenet_pretrain,
             audioset_pretrain=cfg.audioset_pretrain, model_size=cfg.model_size, verbose=ctx.main, depth=cfg.depth,
         )  # fmt: skip
-        model.info = ModelInfo(labels=labels.names, label_ids=labels.mids).with_contract(contract)
-        patchout = patchout_drops((cfg.patchout_f, cfg.patchout_t), model.config.grid)  # checked before any work
+        model.info = ModelInfo(labels=labels.names, label_ids=labels.mids, contract=contract)
+        patchout = patchout_drops((cfg.patchout_f, cfg.patchout_t), model.config.grid)
         model.to(device)
         model.set_grad_checkpointing(cfg.grad_checkpointing)
+        return model, patchout
+
+    @staticmethod
+    def _optimiser(cfg: TrainConfig, device: torch.device, ctx: Dist, model: ASTModel):
+        """The model as trained (DDP, compiled), fused Adam over the parameter groups, the
+        original's MultiStepLR, and the mixed precision (autocast dtype and gradient scaler)."""
         groups = parameter_groups(model, cfg.freeze, cfg.llrd)
         for group in groups:
             group["lr"] = cfg.lr * group["lr_scale"]
@@ -322,10 +197,7 @@ class Run:
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if cfg.compile:
             net = torch.compile(net)
-        run = cls(cfg, device, ctx, exp, contract, datafiles, train_set, val_set, sampler, loader, model, net,
-                  optimizer, scheduler, scaler, amp_dtype, RunState(), patchout)  # fmt: skip
-        run.state = run._resume()
-        return run
+        return net, optimizer, scheduler, scaler, amp_dtype
 
     # ------------------------------------------------------------- the loop
 
@@ -337,7 +209,7 @@ class Run:
             if state.stopped:  # a run that stopped early stays stopped when run again
                 break
             begin = time.time()
-            self.sampler.set_epoch(epoch)
+            self.data.set_epoch(epoch)
             train_loss = self.train_one_epoch(epoch)
             preds = self.predict(self.model, self.val_set)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -348,7 +220,8 @@ class Run:
             state.epoch = epoch
             state.stopped = ctx.from_main([state.stopped])[0]
             if ctx.main:
-                self._save_resume()
+                save_resume(self.models_dir / RESUME_FILE, self.cfg, self.model, self.optimizer, self.scheduler,
+                            self.scaler, state)  # fmt: skip
             ctx.barrier()
         if state.stopped:
             log.info("stopped early after epoch %d: %s", state.epoch, state.stopped)
@@ -375,7 +248,7 @@ class Run:
             if cfg.warmup and state.global_step <= 1000 and state.global_step % 50 == 0:
                 for group in self.optimizer.param_groups:
                     group["lr"] = state.global_step / 1000 * cfg.lr * group.get("lr_scale", 1.0)
-            features, targets = self.train_set.model_input(batch, device)
+            features, targets = self.data.model_input(batch, device)
             features, options = self.step_input(features, batch["frames"], state.global_step)
             loss = train_step(self.net, features, targets, self.optimizer, self.scaler, loss=cfg.loss,
                               amp_dtype=self.amp_dtype, label_smoothing=cfg.label_smoothing,
@@ -535,52 +408,6 @@ class Run:
         )
         log.info("training %s on %d clips, validating on %d; %d processes on %s", self.exp,
                  len(self.datafiles["train"]), len(self.datafiles["valid"]), self.ctx.world, self.device)  # fmt: skip
-
-    def _save_resume(self) -> None:
-        state_dict = {
-            "format": "ast-audio-run",
-            "config": dataclasses.asdict(self.cfg),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),  # its groups name their parameters (parameter_groups)
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "state": dataclasses.asdict(self.state),
-        }
-        atomic_write(self.models_dir / RESUME_FILE, lambda tmp: torch.save(state_dict, tmp))
-
-    def _resume(self) -> RunState:
-        cfg, path = self.cfg, self.models_dir / RESUME_FILE
-        if not path.exists():
-            return RunState()
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable resume file gets the same message
-            raise TrainingError(f"cannot read the resume checkpoint ({type(err).__name__}: {err})"[:300], path) from None
-        if not isinstance(saved, dict) or saved.get("format") != "ast-audio-run":
-            raise TrainingError("not an ast-audio run checkpoint", path)
-        new, defaults = dataclasses.asdict(cfg), dataclasses.asdict(TrainConfig())
-        old = {**defaults, **saved["config"]}  # a setting added since that run had its default there
-        changed = [k for k in new if k not in _MAY_CHANGE_ON_RESUME and old.get(k) != new[k]]
-        if changed:
-            k = changed[0]
-            raise TrainingError(
-                f"this experiment folder holds a run with other settings ({k}: {old.get(k)!r} there, {new[k]!r} now); "
-                "use another --exp-dir to start a new run",
-                cfg.exp_dir,
-            )
-        self.model.load_state_dict(saved["model"])
-        groups = [(g.get("names"), g.get("lr_scale", 1.0)) for g in saved["optimizer"]["param_groups"]]
-        if groups[0][0] is not None and groups != [(g["names"], g["lr_scale"]) for g in self.optimizer.param_groups]:
-            raise TrainingError("the resume checkpoint's parameter groups (frozen layers, lr decay) differ from this "
-                                "run's; use another --exp-dir to start a new run", path)  # fmt: skip
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = RunState(**saved["state"])
-        log.info("resuming %s after epoch %d (step %d)", cfg.exp_dir, state.epoch, state.global_step)
-        return state
 
 
 def train(cfg: TrainConfig) -> RunState:
