@@ -55,7 +55,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 test: install lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 demo: install
 	$(BIN)/ast-audio demo --out runs/demo
