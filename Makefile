@@ -55,7 +55,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 test: install lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # The documentation site (mkdocs.yml, docs/): strict, so a broken link or reference fails; offline
 # (no fonts or scripts fetched). `make test` builds it too, in tests/test_docs.py.

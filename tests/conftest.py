@@ -1,10 +1,14 @@
 """Shared fixtures and helpers of the test suite.
 
-- The ``ast-audio`` command as a real subprocess, on the sources these tests import:
+- The ``ast-audio`` command in this process: :func:`run_main` (``cli.main.main(argv)``, the
+  environment and result of :func:`run_cli`, without the ~2 s a fresh interpreter spends
+  importing torch), and :func:`cli_in_process` for quick parser-level checks.
+- The ``ast-audio`` command as a real subprocess, on the sources these tests import, where the
+  process boundary is what is tested (the entry point, kill -9 and resume, stdin, output of C
+  libraries or at interpreter exit, a fresh process's threads, allocator or imports):
   :func:`run_cli` (and :func:`ok` to require exit 0), :func:`run_torchrun`, :func:`start_cli`
-  in the background with :func:`wait_for_file`, :func:`run_bench` for a benchmark script,
-  :func:`cli_env` for any other subprocess, and
-  :func:`cli_in_process` for quick parser-level checks.
+  in the background with :func:`wait_for_file`, :func:`run_bench` for a benchmark script, and
+  :func:`cli_env` for any other subprocess.
 - :class:`Server`: files over HTTP on 127.0.0.1 (downloads, truncated transfers).
 - Fixtures: ``one_thread``, ``ast_home``, ``toy_model`` (a trained tiny model, per session),
   and, per module, ``files`` (real audio of each
@@ -17,12 +21,17 @@ What the tests build (audio signals and writers, tiny models and checkpoints) is
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import io
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -50,6 +59,84 @@ def run_cli(*args: object, timeout: float = 300, **env: object) -> subprocess.Co
     environment variables (``AST_AUDIO_HOME=path``)."""
     cmd = [*CLI, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(**env), timeout=timeout)
+
+
+# The warning filters of a fresh interpreter (no -W, no PYTHONWARNINGS): what a subprocess shows.
+FRESH_WARNING_FILTERS = [
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""),
+    ("ignore", ImportWarning, ""),
+    ("ignore", ResourceWarning, ""),
+]
+FRESH_TORCH_SEED = 67280421310721  # torch.initial_seed() of a fresh process
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def run_main(*args: object, timeout: float | None = None, **env: object) -> subprocess.CompletedProcess:
+    """``ast-audio ARGS...`` in this process, through :func:`ast_audio.cli.main.main`: what
+    :func:`run_cli` returns (``returncode``, ``stdout``, ``stderr`` as text), in the environment
+    it gives (:func:`cli_env`: ``AST_AUDIO_OFFLINE=1``, then ``env``), without a new interpreter.
+
+    The process-wide state a subprocess would start fresh is set up for the run and put back
+    after it: the environment variables, torch's thread count (``OMP_NUM_THREADS`` in ``env``)
+    and its global random generator (a fresh process's seed), the root logger (so ``main``'s
+    ``logging.basicConfig`` writes to the captured stderr at the level ``-v`` asks for), and the
+    warning filters (a fresh interpreter's, shown on the captured stderr, not recorded by
+    pytest). ``SystemExit`` (argparse: 2 for a usage error, 0 for ``--help``) becomes the exit
+    status; an uncaught exception is printed as a traceback with status 1, as Python does.
+    ``timeout`` is accepted for :func:`run_cli`'s signature and not enforced."""
+    from ast_audio.cli.main import main
+
+    env = {"AST_AUDIO_OFFLINE": "1", **{k: str(v) for k, v in env.items()}}
+    saved_env = {k: os.environ.get(k) for k in env}
+    threads = torch.get_num_threads()
+    rng = torch.random.get_rng_state()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n") for _ in range(2))
+    try:
+        os.environ.update(env)
+        if "OMP_NUM_THREADS" in env:
+            torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+        torch.manual_seed(FRESH_TORCH_SEED)
+        root.handlers.clear()
+        root.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.resetwarnings()
+            for action, category, module in reversed(FRESH_WARNING_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module)
+            warnings.showwarning = _show_warning
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+                if stop.code is not None and not isinstance(stop.code, int):
+                    print(stop.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.flush()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.random.set_rng_state(rng)
+        torch.set_num_threads(threads)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    texts = []
+    for stream in (out, err):
+        stream.flush()
+        texts.append(stream.buffer.getvalue().decode("utf-8"))
+    return subprocess.CompletedProcess(["ast-audio", *map(str, args)], code or 0, texts[0], texts[1])
 
 
 def run_bench(script: str, *args: object, output: Path, timeout: float = 600) -> str:

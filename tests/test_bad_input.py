@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import CLI, Server, cli_env, ok, run_cli
+from conftest import CLI, Server, cli_env, ok, run_cli, run_main
 from factories import as_flags, labelled, noise, tiny_ast, write_audio, write_text_as_audio, write_toy_dataset
 from factories import toy_train_settings as base_args
 
@@ -124,7 +124,7 @@ def test_check_reports_every_bad_file_in_one_pass(tmp_path):
     datafile = tmp_path / "data.json"
     data = [{"wav": str(p), "labels": "/m/a"} for p in rows] + [{"wav": "", "labels": "/m/a"}]
     datafile.write_text(json.dumps({"data": data}))
-    out = run_cli("check", datafile, "-q")
+    out = run_main("check", datafile, "-q")
     assert out.returncode == 1, out.stderr
     reported = out.stdout.splitlines()
     assert len(reported) == 6, reported  # every bad entry, none of the good one
@@ -135,7 +135,7 @@ def test_check_reports_every_bad_file_in_one_pass(tmp_path):
     assert any("entry 6" in line and "missing or empty 'wav'" in line for line in reported)
     assert "6 of 7 entries unusable" in out.stderr
     (tmp_path / "ok.json").write_text(json.dumps({"data": data[:1]}))
-    assert ok(run_cli("check", tmp_path / "ok.json", "-q")).stdout == ""
+    assert ok(run_main("check", tmp_path / "ok.json", "-q")).stdout == ""
 
 
 def test_check_with_a_label_csv_also_reports_unknown_labels(tmp_path):
@@ -143,7 +143,7 @@ def test_check_with_a_label_csv_also_reports_unknown_labels(tmp_path):
     (tmp_path / "labels.csv").write_text("index,mid,display_name\n0,/m/a,A\n")
     data = [{"wav": str(good), "labels": "/m/a"}, {"wav": str(good), "labels": "/m/zzz"}]
     (tmp_path / "d.json").write_text(json.dumps({"data": data}))
-    out = run_cli("check", tmp_path / "d.json", "--label-csv", tmp_path / "labels.csv", "-q")
+    out = run_main("check", tmp_path / "d.json", "--label-csv", tmp_path / "labels.csv", "-q")
     assert out.returncode == 1 and "'/m/zzz' is not in the label CSV" in out.stdout
 
 
@@ -191,7 +191,7 @@ def test_every_format_round_trips_through_every_other(first, described, tmp_path
 def test_hf_export_without_statistics_reads_back(tmp_path):
     export_hf(tiny_ast(label_dim=3), tmp_path / "hf")  # a model that records no statistics
     assert strict_json((tmp_path / "hf" / "preprocessor_config.json").read_text())["mean"] is None
-    info = strict_json(ok(run_cli("info", tmp_path / "hf")).stdout)
+    info = strict_json(ok(run_main("info", tmp_path / "hf")).stdout)
     assert info["layout"] == "hf" and info["dataset_mean"] is not None  # AudioSet's, with a warning
 
 
@@ -206,10 +206,10 @@ def test_non_finite_weights_are_refused_naming_the_parameter(value, tmp_path, cl
     path = save_checkpoint(model, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match=r"v\.blocks\.1\.mlp\.fc2\.weight.*non-finite"):
         load_model(path)
-    one_line_error(run_cli("predict", clip, "--checkpoint", path, "--format", "json"), "v.blocks.1.mlp.fc2.weight")
-    forensic = strict_json(ok(run_cli("info", path, "--allow-nonfinite")).stdout)
+    one_line_error(run_main("predict", clip, "--checkpoint", path, "--format", "json"), "v.blocks.1.mlp.fc2.weight")
+    forensic = strict_json(ok(run_main("info", path, "--allow-nonfinite")).stdout)
     assert forensic["parameters"] > 0
-    ok(run_cli("convert", path, tmp_path / "copy.pt", "--allow-nonfinite"))
+    ok(run_main("convert", path, tmp_path / "copy.pt", "--allow-nonfinite"))
     copied = load_model(tmp_path / "copy.pt", allow_nonfinite=True).v.blocks[1].mlp.fc2.weight
     assert not torch.isfinite(copied).all()
 
@@ -217,7 +217,7 @@ def test_non_finite_weights_are_refused_naming_the_parameter(value, tmp_path, cl
 def test_json_output_is_standard_even_for_non_finite_scores(tmp_path, clip, model_file):
     from ast_audio import AudioTagger
 
-    out = ok(run_cli("predict", clip, "--checkpoint", model_file, "--format", "json"))
+    out = ok(run_main("predict", clip, "--checkpoint", model_file, "--format", "json"))
     assert strict_json(out.stdout)[0]["labels"]
     model = tiny_ast(label_dim=3)
     with torch.no_grad():
@@ -284,7 +284,7 @@ def test_broken_checkpoint_metadata_is_one_line(tmp_path, model_file):
             read_checkpoint(path) if "metadata" in name else load_model(path)
         assert str(path) in str(caught.value) and "\n" not in str(caught.value), name
         if name in ("metadata not JSON", "config a list", "absurd max_length"):  # the tracebacks, as run
-            one_line_error(run_cli("info", path), str(path).split("/")[-1])
+            one_line_error(run_main("info", path), str(path).split("/")[-1])
 
 
 def test_an_absurd_size_is_refused_before_anything_is_allocated():
@@ -305,7 +305,7 @@ def test_a_bad_cache_folder_is_one_line(tmp_path):
     read_only.mkdir()
     read_only.chmod(0o555)
     with Server({"w.pth": body}) as server:
-        one_line_error(run_cli("download", "audioset_10_10_0.4593", "--url", f"{server.url}/w.pth", "-q",
+        one_line_error(run_main("download", "audioset_10_10_0.4593", "--url", f"{server.url}/w.pth", "-q",
                                AST_AUDIO_HOME=home_file, AST_AUDIO_OFFLINE=0), "is a file, not a folder")  # fmt: skip
         out = subprocess.run(unprivileged(*CLI, "download", "audioset_10_10_0.4593", "--url", f"{server.url}/w.pth",
                                           "-q"), capture_output=True, text=True, timeout=120,
@@ -316,9 +316,9 @@ def test_a_bad_cache_folder_is_one_line(tmp_path):
 
 def test_export_to_a_folder_and_dynamic_time_at_16_frames_are_one_line(tmp_path, model_file):
     (tmp_path / "out").mkdir()
-    one_line_error(run_cli("export", "--checkpoint", model_file, "--out", tmp_path / "out", "--format", "onnx"),
+    one_line_error(run_main("export", "--checkpoint", model_file, "--out", tmp_path / "out", "--format", "onnx"),
                    "is a folder")  # fmt: skip
-    one_line_error(run_cli("export", "--checkpoint", model_file, "--out", tmp_path / "m.onnx", "--input-tdim", "16",
+    one_line_error(run_main("export", "--checkpoint", model_file, "--out", tmp_path / "m.onnx", "--input-tdim", "16",
                            "--dynamic-time"), "dynamic time axis needs input_tdim above 16")  # fmt: skip
     with pytest.raises(AstAudioError, match="is a folder"):
         atomic_write(tmp_path / "out", lambda tmp: tmp.write_text("x"))
@@ -365,7 +365,7 @@ def test_training_cleans_what_a_killed_writer_left(tmp_path):
                               text=True).stdout)  # fmt: skip
     leftover = exp / "models" / f".last.{dead}.k2j3h4g5.tmp.pt"
     leftover.write_bytes(b"half a checkpoint")
-    ok(run_cli("train", *as_flags(base_args(toy, exp, n_epochs=1, batch_size=3)), OMP_NUM_THREADS=1))
+    ok(run_main("train", *as_flags(base_args(toy, exp, n_epochs=1, batch_size=3)), OMP_NUM_THREADS=1))
     assert not leftover.exists()
     assert not [p for p in exp.rglob(".*") if p.is_file()]
 
@@ -405,7 +405,7 @@ def test_a_label_csv_with_a_byte_order_mark_is_read(tmp_path):
 
 def test_offline_stops_download_with_an_explicit_url(tmp_path):
     with Server({"w.pth": b"x" * 100}) as server:
-        out = run_cli("download", "audioset_10_10_0.4593", "--url", f"{server.url}/w.pth", "-q",
+        out = run_main("download", "audioset_10_10_0.4593", "--url", f"{server.url}/w.pth", "-q",
                       AST_AUDIO_HOME=tmp_path, AST_AUDIO_OFFLINE=1)  # fmt: skip
         assert server.hits == []
     one_line_error(out, "AST_AUDIO_OFFLINE=1")

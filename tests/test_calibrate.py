@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_main
 from factories import SR, loudness_model, noise, write_audio
 
 from ast_audio.checkpoints import load_model, save_checkpoint
@@ -37,7 +37,7 @@ def test_calibrate_command_stores_thresholds_that_predict_and_timeline_use(tmp_p
             entries.append({"wav": str(path), "labels": mid})
     (tmp_path / "valid.json").write_text(json.dumps({"data": entries}))
     out_path = tmp_path / "calibrated.safetensors"
-    out = run_cli("calibrate", "--checkpoint", model_path, "--data", tmp_path / "valid.json", "--label-csv",
+    out = run_main("calibrate", "--checkpoint", model_path, "--data", tmp_path / "valid.json", "--label-csv",
                   tmp_path / "labels.csv", "--out", out_path)  # fmt: skip
     assert out.returncode == 0, out.stderr
     thresholds = load_model(out_path).info.thresholds
@@ -76,7 +76,7 @@ def test_calibrate_scenes_picks_event_thresholds_that_find_the_events(tmp_path):
     (scenes / "reference.tsv").write_text(
         "filename\tonset\toffset\tevent_label\ns.wav\t0\t4\tquiet\ns.wav\t4\t7\tloud\ns.wav\t7\t10\tquiet\n"
     )
-    out = run_cli("calibrate", "--checkpoint", ckpt, "--scenes", scenes, "--out", tmp_path / "cal.safetensors")
+    out = run_main("calibrate", "--checkpoint", ckpt, "--scenes", scenes, "--out", tmp_path / "cal.safetensors")
     assert out.returncode == 0, out.stderr
     # before: quiet's two events found, loud's missed: TP 2, FP 0, FN 1, F1 = 2*2 / (2 + 3) = 0.8
     assert "event F1: 0.8000 with every class at 0.5, 1.0000 calibrated" in out.stdout, out.stdout
@@ -86,7 +86,7 @@ def test_calibrate_scenes_picks_event_thresholds_that_find_the_events(tmp_path):
     assert thresholds[0] == 0.35 and thresholds[2] == 0.5, thresholds
     tl = AudioTagger(tmp_path / "cal.safetensors", device="cpu").timeline(str(scenes / "audio" / "s.wav"))
     assert [e.label for e in tl.events] == ["quiet", "loud", "quiet"]
-    both = run_cli("calibrate", "--checkpoint", ckpt, "--scenes", scenes, "--data", "x.json")
+    both = run_main("calibrate", "--checkpoint", ckpt, "--scenes", scenes, "--data", "x.json")
     assert both.returncode == 2 and "either --data and --label-csv (clips) or --scenes DIR" in both.stderr
 
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import cli_in_process, run_cli
+from conftest import cli_in_process, run_cli, run_main
 from factories import SR, loudness_model, noise, write_audio
 
 from ast_audio import ConfigError, save_checkpoint
@@ -36,7 +36,7 @@ def test_folder_with_corrupt_files_reports_them_and_predicts_the_rest(folder, ch
 
 def test_ensemble_csv(folder, checkpoints):
     root, good, _ = folder
-    out = run_cli("predict", *good, "--checkpoint", checkpoints["single"], "--checkpoint", checkpoints["multi"], "--format", "csv")
+    out = run_main("predict", *good, "--checkpoint", checkpoints["single"], "--checkpoint", checkpoints["multi"], "--format", "csv")
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert list(rows[0]) == ["path", "rank", "label", "score"]
@@ -51,7 +51,7 @@ def test_timeline_of_a_long_file(tmp_path):
     parts = [noise(30, 1e-4, seed=1), noise(30, 0.3, seed=2), noise(35, 1e-4, seed=3)]
     write_audio(path, np.concatenate(parts), SR)
     model = save_checkpoint(loudness_model(), tmp_path / "loud.safetensors")
-    out = run_cli(
+    out = run_main(
         "predict", path, "--checkpoint", model, "--timeline", "--events", "windows", "--window", 10, "--hop", 5, "--format", "json"
     )
     assert out.returncode == 0, out.stderr
@@ -74,14 +74,14 @@ def test_embed_writes_npz(folder, checkpoints, tmp_path):
 
 
 def test_export_onnx_verifies_parity(checkpoints, tmp_path):
-    out = run_cli("export", "--checkpoint", checkpoints["multi"], "--format", "onnx", "--out", tmp_path / "m.onnx")
+    out = run_main("export", "--checkpoint", checkpoints["multi"], "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert out.returncode == 0, out.stderr
     assert "verified: onnxruntime logits match PyTorch within 0.0001" in out.stdout
     assert "input [batch, 128, 128]" in out.stdout and (tmp_path / "m.onnx").stat().st_size > 0
 
 
 def test_nothing_to_do_exits_2(tmp_path, checkpoints):
-    out = run_cli("predict", tmp_path, "--checkpoint", checkpoints["single"])  # an empty folder
+    out = run_main("predict", tmp_path, "--checkpoint", checkpoints["single"])  # an empty folder
     assert out.returncode == 2 and out.stderr.startswith("ast-audio: error: no audio files")
 
 

@@ -7,11 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 
 def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli("demo", "--out", out, *extra, timeout=900)
+    return run_main("demo", "--out", out, *extra, timeout=900)
 
 
 def test_small_demo_writes_everything_and_reruns_without_training(tmp_path):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cli_in_process, run_cli
+from conftest import cli_in_process, run_cli, run_main
 from factories import SR, loudness_model, noise, write_audio
 
 from ast_audio.checkpoints import save_checkpoint
@@ -109,12 +109,12 @@ def test_cli_timeline_tsv_and_json_onsets(tmp_path, capsys):
     got = [(r[3], float(r[1]), float(r[2])) for r in rows[1:]]
     assert {r[0] for r in rows[1:]} == {"scene.wav"} and all(len(r[1].split(".")[1]) == 3 for r in rows[1:])
     assert close(sorted(got, key=lambda g: g[1]), EXPECTED, 0.25), got
-    out = run_cli("predict", path, "--checkpoint", model, "--timeline", "--format", "json", "--min-gap", "0")
+    out = run_main("predict", path, "--checkpoint", model, "--timeline", "--format", "json", "--min-gap", "0")
     assert out.returncode == 0, out.stderr
     (result,) = json.loads(out.stdout)
     assert len(result["windows"]) == 100
     assert all(e["onset"] == e["start"] and e["offset"] == e["end"] for e in result["events"])
-    bad = run_cli("predict", path, "--checkpoint", model, "--format", "tsv")
+    bad = run_main("predict", path, "--checkpoint", model, "--format", "tsv")
     assert bad.returncode == 2 and "--format tsv (DCASE events) needs --timeline" in bad.stderr
 
 
@@ -122,7 +122,7 @@ def test_listen_prints_the_offline_events_as_json_lines(tmp_path):
     path = write_audio(tmp_path / "scene.wav", scene(), SR)
     model = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
     offline = AudioTagger(model, device="cpu").timeline(path)
-    out = run_cli("listen", "--checkpoint", model, "--input", path, "--as-fast-as-possible")
+    out = run_main("listen", "--checkpoint", model, "--input", path, "--as-fast-as-possible")
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(x["label"], x["time"]) for x in lines if x["event"] == "start"] == [(e.label, e.start) for e in offline.events]
@@ -178,7 +178,7 @@ def test_scores_dir_tables_give_psds(tmp_path):
     model = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
     ref = tmp_path / "ref.tsv"
     ref.write_text("filename\tonset\toffset\tevent_label\n" + "".join(f"scene.wav\t{a}\t{b}\t{label}\n" for label, a, b in EXPECTED))
-    out = run_cli("predict", path, "--checkpoint", model, "--timeline", "--format", "tsv", "--scores-dir", tmp_path / "s")
+    out = run_main("predict", path, "--checkpoint", model, "--timeline", "--format", "tsv", "--scores-dir", tmp_path / "s")
     assert out.returncode == 0, out.stderr
     from ast_audio.infer.scoring import read_score_tables
 
@@ -189,11 +189,11 @@ def test_scores_dir_tables_give_psds(tmp_path):
 
     # the scores the detection thresholds: median-filtered over 0.75 s (9 frames), 6 decimals
     assert np.abs(table.scores - median_filter(tagger.timeline(str(path)).scores, 9)).max() <= 5e-7
-    got = run_cli("evaluate-events", "--ref", ref, "--scores", tmp_path / "s", "--format", "json")
+    got = run_main("evaluate-events", "--ref", ref, "--scores", tmp_path / "s", "--format", "json")
     assert got.returncode == 0, got.stderr
     psds = json.loads(got.stdout)
     # the scores are ~0 or ~1 but at the two changes (within a window, 0.5 s): some threshold finds
     # every event with no false alarm, so both classes' TPR is 1 from eFPR 0; "never" has no reference event
     assert psds["psds"] == 1.0 and set(psds["class_wise_psds"]) == {"loud", "quiet"}
-    bad = run_cli("predict", path, "--checkpoint", model, "--scores-dir", tmp_path / "s")
+    bad = run_main("predict", path, "--checkpoint", model, "--scores-dir", tmp_path / "s")
     assert bad.returncode == 2 and "--scores-dir writes detection frame scores: it needs --timeline" in bad.stderr

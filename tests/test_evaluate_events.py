@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import run_cli
+from conftest import run_main
 
 from ast_audio.infer.scoring import read_events
 
@@ -27,7 +27,7 @@ b.wav\t0.550\t2.150\tdog
 def test_event_based_f1_with_the_dcase_collars(tmp_path):
     (tmp_path / "ref.tsv").write_text(REF)
     (tmp_path / "pred.tsv").write_text(PRED)
-    out = run_cli("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "pred.tsv", "--format", "json")
+    out = run_main("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "pred.tsv", "--format", "json")
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     # TP 2, FP 1, FN 2: precision 2/3, recall 1/2, F1 4/7; ER = (S + D + I) / N = (0 + 2 + 1) / 4
@@ -36,17 +36,17 @@ def test_event_based_f1_with_the_dcase_collars(tmp_path):
     assert got["reference_events"] == 4 and got["predicted_events"] == 3
     assert got["class_wise_event_f1"]["dog"] == 1.0
     assert 0 < got["segment_f1"] < 1
-    perfect = run_cli("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "ref.tsv")
+    perfect = run_main("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "ref.tsv")
     assert perfect.returncode == 0 and "F1 1.0000" in perfect.stdout
 
 
 def test_bad_tables_are_one_line_errors(tmp_path):
     (tmp_path / "ref.tsv").write_text(REF)
     (tmp_path / "bad.tsv").write_text("a.wav\t3.0\t1.0\tdog\n")
-    out = run_cli("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "bad.tsv")
+    out = run_main("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "bad.tsv")
     assert out.returncode == 2 and out.stderr.strip() == f"ast-audio: error: {tmp_path / 'bad.tsv'}: line 1: onset 3.0 after offset 1.0 (or negative)"
     (tmp_path / "other.tsv").write_text("c.wav\t1.0\t2.0\tdog\n")
-    out = run_cli("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "other.tsv")
+    out = run_main("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "other.tsv")
     assert out.returncode == 2 and "predictions for files not in the reference: c.wav" in out.stderr
     assert read_events(tmp_path / "ref.tsv")[1] == {"filename": "a.wav", "onset": 5.0, "offset": 6.0, "event_label": "cat"}
 
@@ -96,7 +96,7 @@ def test_score_tables_round_trip_and_evaluate_events_scores(tmp_path):
     back = read_score_tables(scores)
     assert sorted(back) == ["a", "b"] and back["a"].labels == ["x", "y"] and back["b"].duration == 36.0
     assert np.abs(back["a"].scores - a.scores).max() <= 5e-7 and np.abs(back["a"].times - a.times).max() <= 5e-7
-    out = run_cli("evaluate-events", "--ref", ref, "--scores", scores, "--format", "json")
+    out = run_main("evaluate-events", "--ref", ref, "--scores", scores, "--format", "json")
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     # b.wav adds 36 s with no alarm: x's false alarm is 1 per 108 s = 33.3/h; x's area (100 - 33.3) / 100
@@ -104,10 +104,10 @@ def test_score_tables_round_trip_and_evaluate_events_scores(tmp_path):
     assert abs(got["class_wise_psds"]["x"] - x) < 1e-6 and got["class_wise_psds"]["y"] == 1.0
     assert abs(got["psds"] - (x + 1) / 2) < 1e-6 and got["psds_from"] == "scores" and got["event_f1"] is None
     (scores / "c.tsv").write_text("onset\toffset\tx\ty\n0.0\t1.0\t0.5\t0.5\n")
-    out = run_cli("evaluate-events", "--ref", ref, "--scores", scores)
+    out = run_main("evaluate-events", "--ref", ref, "--scores", scores)
     assert out.returncode == 2 and "score tables and reference name different files: not in the reference: c" in out.stderr
     (scores / "c.tsv").write_text("onset\toffset\tx\ty\n0.0\t1.0\t0.5\t0.5\n1.5\t2.0\t0.5\t0.5\n")
-    out = run_cli("evaluate-events", "--ref", ref, "--scores", scores)
+    out = run_main("evaluate-events", "--ref", ref, "--scores", scores)
     assert out.returncode == 2 and out.stderr.strip() == (
         f"ast-audio: error: {scores / 'c.tsv'}: frames must follow each other: each onset the previous offset, "
         "each offset after its onset"
@@ -117,14 +117,14 @@ def test_score_tables_round_trip_and_evaluate_events_scores(tmp_path):
 def test_psds_of_event_tables_is_one_operating_point(tmp_path):
     (tmp_path / "ref.tsv").write_text(REF)
     (tmp_path / "pred.tsv").write_text(PRED)
-    out = run_cli("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "ref.tsv", "--format", "json")
+    out = run_main("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "ref.tsv", "--format", "json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["psds"] == 1.0 and json.loads(out.stdout)["psds_from"] == "events"
     # b.wav's cat (4-8 s) missed, no false alarm: cat's TPR is 1/2 (a.wav's cat, 5.2-6.0 against 5-6,
     # covers 80% of it: GTC 0.7 met), dog's 1: PSDS 0.75
     (tmp_path / "pred.tsv").write_text(PRED.replace("5.300", "5.200"))
-    out = run_cli("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "pred.tsv", "--format", "json")
+    out = run_main("evaluate-events", "--ref", tmp_path / "ref.tsv", "--pred", tmp_path / "pred.tsv", "--format", "json")
     got = json.loads(out.stdout)
     assert got["class_wise_psds"] == {"cat": 0.5, "dog": 1.0} and got["psds"] == 0.75
-    none = run_cli("evaluate-events", "--ref", tmp_path / "ref.tsv")
+    none = run_main("evaluate-events", "--ref", tmp_path / "ref.tsv")
     assert none.returncode == 2 and "give predicted events (--pred) or score tables (--scores)" in none.stderr

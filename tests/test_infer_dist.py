@@ -3,7 +3,7 @@ import json
 import signal
 
 import numpy as np
-from conftest import ok, run_cli, run_torchrun, start_cli, wait_for_file
+from conftest import ok, run_main, run_torchrun, start_cli, wait_for_file
 from factories import SR, noise, write_audio, write_text_as_audio
 
 
@@ -35,7 +35,7 @@ def test_torchrun_predict_and_embed_split_files_into_one_shard_per_process(tmp_p
     assert shards == ["predictions-00000-of-00002.csv", "predictions-00001-of-00002.csv"]
     paths = csv_paths(out)
     assert sorted(paths) == sorted(str(p) for p in clips.glob("clip*.wav")) and len(set(paths)) == 9
-    single = ok(run_cli("predict", clips / "clip004.wav", "--checkpoint", checkpoints["multi"], "--format", "csv",
+    single = ok(run_main("predict", clips / "clip004.wav", "--checkpoint", checkpoints["multi"], "--format", "csv",
                         "-k", "2"))  # fmt: skip
     rows = [r for s in out.glob("predictions-*.csv") for r in csv.reader(open(s)) if r[0].endswith("clip004.wav")]
     assert rows == list(csv.reader(single.stdout.splitlines()))[1:]  # the same rows as one process gives
@@ -43,7 +43,7 @@ def test_torchrun_predict_and_embed_split_files_into_one_shard_per_process(tmp_p
     emb = tmp_path / "emb"
     res = run_torchrun("embed", clips, "--checkpoint", checkpoints["multi"], "--out", emb)
     assert res.returncode == 1
-    assert run_cli("embed", clips, "--checkpoint", checkpoints["multi"], "--out", tmp_path / "all.npz").returncode == 1
+    assert run_main("embed", clips, "--checkpoint", checkpoints["multi"], "--out", tmp_path / "all.npz").returncode == 1
     reference = np.load(tmp_path / "all.npz")
     want = dict(zip(reference["paths"].tolist(), reference["embeddings"], strict=True))
     got = {}
@@ -70,14 +70,14 @@ def test_a_killed_run_completes_on_rerun_without_duplicates(tmp_path, checkpoint
     assert 0 < len(written) < 120  # killed mid-run
     with open(shard, "a") as fh:  # and as if killed in the middle of writing a group
         fh.write('{"path": "' + str(clips / "clip119.wav") + '", "dur')
-    res = ok(run_cli(*args))
+    res = ok(run_main(*args))
     assert f"{len(written)} from an earlier run" in res.stdout
     paths = [json.loads(line)["path"] for line in shard.read_text().splitlines()]
     assert sorted(paths) == sorted(str(p) for p in clips.glob("*.wav"))  # none missing, none twice
     assert paths[: len(written)] == [json.loads(line)["path"] for line in written]
-    again = ok(run_cli(*args))
+    again = ok(run_main(*args))
     assert "0 new files, 120 from an earlier run" in again.stdout and len(shard.read_text().splitlines()) == 120
-    other = ok(run_cli(*args, RANK=1, WORLD_SIZE=2))  # as one of two processes: the one-process shard counts
+    other = ok(run_main(*args, RANK=1, WORLD_SIZE=2))  # as one of two processes: the one-process shard counts
     assert "0 new files, 0 from an earlier run" in other.stdout
 
 
@@ -85,14 +85,14 @@ def test_embed_rerun_drops_an_uncommitted_tail(tmp_path, checkpoints):
     clips = audio_folder(tmp_path / "in", 20)
     out = tmp_path / "emb"
     args = ("embed", clips, "--checkpoint", checkpoints["single"], "--out", out, "-q")
-    ok(run_cli(*args))
+    ok(run_main(*args))
     npy, listing = out / "embeddings-00000-of-00001.npy", out / "embeddings-00000-of-00001.jsonl"
     first = np.load(npy)
     progress = json.loads((out / ".00000-of-00001.progress.json").read_text())
     progress["sizes"] = [128 + 16 * first.shape[1] * 4, len("".join(listing.read_text().splitlines(True)[:16]))]
     progress["rows"] = 16  # as if killed after the first group of 16 was committed
     (out / ".00000-of-00001.progress.json").write_text(json.dumps(progress))
-    res = ok(run_cli(*args))
+    res = ok(run_main(*args))
     assert "16 files from an earlier run" in res.stdout
     again = np.load(npy)
     lines = [json.loads(line)["path"] for line in listing.read_text().splitlines()]

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cli_in_process, run_cli
+from conftest import cli_in_process, run_cli, run_main
 from factories import single_label_model
 
 from ast_audio import ConfigError
@@ -182,7 +182,7 @@ def test_cli_predict_int8(folder, checkpoints):
 
 def test_cli_embed_bf16(folder, checkpoints, tmp_path):
     _, good, _ = folder
-    out = run_cli(
+    out = run_main(
         "embed", *good, "--checkpoint", checkpoints["single"], "--precision", "bf16", "--out", tmp_path / "e.npz"
     )
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ok, run_cli
+from conftest import ok, run_main
 from factories import toy_train_settings, write_toy_dataset
 
 from ast_audio import load_model, save_checkpoint
@@ -27,7 +27,7 @@ def run(tmp_path_factory):
 def test_card_holds_labels_contract_settings_and_results_and_transformers_loads_it(run, tmp_path):
     source = run / "models" / "best_audio_model.safetensors"
     folder = tmp_path / "toy-ast"
-    ok(run_cli("convert", source, folder, "--format", "hf"))
+    ok(run_main("convert", source, folder, "--format", "hf"))
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: audio-classification\n")
     assert "# toy-ast" in card and "`best_audio_model.safetensors`" in card
@@ -60,7 +60,7 @@ def test_card_of_a_file_outside_a_run_has_no_training_section(tmp_path):
     path = save_checkpoint(multilabel_model(), tmp_path / "multi.safetensors")
     (tmp_path / "config.json").write_text("{}")  # not a run's config.json
     folder = tmp_path / "hf"
-    ok(run_cli("convert", path, folder, "--format", "hf"))
+    ok(run_main("convert", path, folder, "--format", "hf"))
     card = (folder / "README.md").read_text()
     assert "## Labels (3)" in card and "sigmoid (multi-label)" in card
     assert "## Training" not in card and "## Results" not in card

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ok, run_cli
+from conftest import ok, run_main
 from layouts import TINY, report, write_audioset
 
 from ast_audio.data import balanced_weights, read_datafile
@@ -36,7 +36,7 @@ def test_prepare_matches_clips_counts_missing_and_writes_weights(audioset, tmp_p
     root, info = audioset
     out = tmp_path / "prepared"
     segments = sorted(root.glob("*_segments.csv"))
-    result = ok(run_cli("prepare", "audioset", "--segments", *segments, "--audio-dir", root / "audio",
+    result = ok(run_main("prepare", "audioset", "--segments", *segments, "--audio-dir", root / "audio",
                     "--label-csv", root / "class_labels_indices.csv", "--out", out))  # fmt: skip
     assert 'missing: {"balanced_train": 2, "eval": 1, "unbalanced_train": 1}' in result.stdout
 
@@ -62,7 +62,7 @@ def test_prepare_matches_clips_counts_missing_and_writes_weights(audioset, tmp_p
 def test_full_recipe_uses_weights_warmup_and_weight_averaging(audioset, tmp_path):
     root, info = audioset
     exp = tmp_path / "exp"
-    result = ok(run_cli("recipe", "audioset", "--root", root, "--exp-dir", exp,
+    result = ok(run_main("recipe", "audioset", "--root", root, "--exp-dir", exp,
                     "--set", "full", "audio_dir=audio", *TINY, "batch_size=4"))  # fmt: skip
     assert "wa_mAP" in result.stdout
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 from ast_audio.errors import ConfigError
 from ast_audio.recipes import RECIPES, config_path, read_config, resolve_config
@@ -97,11 +97,11 @@ def test_config_file_is_layered_over_the_shipped_one(tmp_path):
 
 
 def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
-    out = run_cli("recipe", "esc50", "--root", tmp_path, "--exp-dir", tmp_path / "exp", "--set", "n_epoch=3")
+    out = run_main("recipe", "esc50", "--root", tmp_path, "--exp-dir", tmp_path / "exp", "--set", "n_epoch=3")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ast-audio: error: --set n_epoch: unknown setting"), out.stderr
-    out = run_cli("recipe", "esc50", "--root", tmp_path / "nowhere", "--exp-dir", tmp_path / "exp")
+    out = run_main("recipe", "esc50", "--root", tmp_path / "nowhere", "--exp-dir", tmp_path / "exp")
     assert out.returncode == 2 and "dataset folder not found" in out.stderr
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import ok, run_cli
+from conftest import ok, run_main
 from layouts import EMOTIONS, TINY, report, write_csv_dataset
 
 from ast_audio.data import read_datafile
@@ -36,7 +36,7 @@ def test_stratified_split_is_per_class_and_seeded():
 def test_prepare_takes_labels_from_the_data_and_lists_exactly_the_bad_files(dataset, tmp_path):
     root, info = dataset
     out = tmp_path / "prepared"
-    ok(run_cli("prepare", "csv", "--train-csv", root / "train.csv", "--audio-dir", root / "TrainAudioFiles",
+    ok(run_main("prepare", "csv", "--train-csv", root / "train.csv", "--audio-dir", root / "TrainAudioFiles",
            "--label-column", "emotion", "--test-csv", root / "test.csv", "--test-audio-dir", root / "TestAudioFiles",
            "--valid-fraction", "0.2", "--audio-length", "100", "--out", out))  # fmt: skip
 
@@ -70,7 +70,7 @@ def test_prepare_takes_labels_from_the_data_and_lists_exactly_the_bad_files(data
 def test_recipe_predicts_every_test_file_in_order(dataset, tmp_path):
     root, info = dataset
     exp = tmp_path / "exp"
-    ok(run_cli("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=6"))
+    ok(run_main("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=6"))
 
     text = (exp / "submission.csv").read_bytes().decode()
     lines = text.split("\n")

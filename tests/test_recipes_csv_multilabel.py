@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ok, run_cli
+from conftest import ok, run_main
 from factories import tone, write_audio
 from layouts import TINY, write_table
 
@@ -60,7 +60,7 @@ def test_f1_thresholds_pick_the_best_cut_per_class():
 def test_multilabel_rows_train_with_bce_and_label_tests_by_thresholds(tmp_path, columns):
     root = write_multilabel(tmp_path / "data", columns)
     exp = tmp_path / "exp"
-    ok(run_cli("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "n_epochs=2", "batch_size=4",
+    ok(run_main("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "n_epochs=2", "batch_size=4",
                "lr=1e-3", "freqm=0", "timem=0", "valid_fraction=0.4"))  # fmt: skip
     cfg = json.loads((exp / "config.json").read_text())["config"]
     assert (cfg["loss"], cfg["metrics"], cfg["n_class"]) == ("BCE", "mAP", 2)
@@ -89,7 +89,7 @@ def test_folds_cross_validate_and_write_acc_fold(tmp_path):
     root = tmp_path / "data"
     write_csv_dataset(root)
     exp = tmp_path / "exp"
-    out = run_cli("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=6", "folds=3",
+    out = run_main("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=6", "folds=3",
                   "freqm=0", "timem=0")  # fmt: skip
     ok(out)
     acc = np.loadtxt(exp / "acc_fold.csv", delimiter=",")
@@ -149,6 +149,6 @@ def test_recipe_with_bal_true_trains_with_the_balanced_sampler(tmp_path):
     root = tmp_path / "data"
     write_csv_dataset(root)
     exp = tmp_path / "exp"
-    ok(run_cli("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=6", "bal=true"))
+    ok(run_main("recipe", "csv", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=6", "bal=true"))
     assert json.loads((exp / "config.json").read_text())["config"]["bal"] is True
     assert np.loadtxt(exp / "result.csv", delimiter=",", ndmin=2).shape == (1, 10)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ok, run_cli
+from conftest import ok, run_main
 from layouts import TINY, report, write_esc50
 
 from ast_audio.data import read_datafile
@@ -23,7 +23,7 @@ def esc50(tmp_path_factory):
 def test_prepare_writes_five_folds_and_lists_exactly_the_bad_clips(esc50, tmp_path):
     root, info = esc50
     out = tmp_path / "prepared"
-    result = ok(run_cli("prepare", "esc50", "--root", root, "--out", out))
+    result = ok(run_main("prepare", "esc50", "--root", root, "--out", out))
     assert "bad files: 3" in result.stdout
 
     reasons = report(out)
@@ -57,7 +57,7 @@ def test_prepare_writes_five_folds_and_lists_exactly_the_bad_clips(esc50, tmp_pa
 def test_recipe_trains_the_folds_and_writes_acc_fold(esc50, tmp_path):
     root, _ = esc50
     exp = tmp_path / "exp"
-    result = ok(run_cli("recipe", "esc50", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=10", "folds=1,2"))
+    result = ok(run_main("recipe", "esc50", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=10", "folds=1,2"))
     assert "mean accuracy" in result.stdout
 
     acc = np.loadtxt(exp / "acc_fold.csv", delimiter=",")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ok, run_cli
+from conftest import ok, run_main
 from factories import tone, write_text_as_audio, write_truncated_mp3
 from layouts import TINY, report, write_table
 from safetensors.torch import load_file
@@ -123,7 +123,7 @@ def test_tail_split_is_the_forks_four_fifths():
 def test_prepare_is_prep_hack_with_bad_files_found_by_decoding(hack, tmp_path):
     root, info = hack
     out = tmp_path / "prepared"
-    result = ok(run_cli("prepare", "hack", "--root", root, "--out", out))
+    result = ok(run_main("prepare", "hack", "--root", root, "--out", out))
     assert "bad files: 5" in result.stdout  # three training files, two test files
 
     reasons = report(out)
@@ -152,7 +152,7 @@ def test_prepare_is_prep_hack_with_bad_files_found_by_decoding(hack, tmp_path):
     assert summary["clips"] == {"train": n, "valid": len(good) - n, "full": len(good)}
 
     out2 = tmp_path / "stratified"
-    ok(run_cli("prepare", "hack", "--root", root, "--out", out2, "--stratify", "--valid-fraction", "0.3"))
+    ok(run_main("prepare", "hack", "--root", root, "--out", out2, "--stratify", "--valid-fraction", "0.3"))
     labels2 = read_label_csv(out2 / "class_labels_indices.csv")
     held = [labels2.names[e.labels[0]] for e in read_datafile(out2 / "hack_eval_data.json", labels2).entries]
     assert sorted(held) == sorted([e for e in EMOTIONS if e != "neutral"] + ["neutral", "neutral"])  # round(n * 0.3)
@@ -161,7 +161,7 @@ def test_prepare_is_prep_hack_with_bad_files_found_by_decoding(hack, tmp_path):
 def test_native_rate_items_are_the_forks_features(hack, tmp_path):
     root, info = hack
     out = tmp_path / "prepared"
-    ok(run_cli("prepare", "hack", "--root", root, "--out", out))
+    ok(run_main("prepare", "hack", "--root", root, "--out", out))
     labels = read_label_csv(out / "class_labels_indices.csv")
     df = read_datafile(out / "hack_train_data.json", labels)
     conf = InputContract(target_length=100, mean=-6.6268077, std=5.358466)
@@ -233,7 +233,7 @@ BARELY = [*TINY, "batch_size=8", "lr_without_audioset=1e-7"]
 def test_recipe_trains_as_run_sh_and_writes_the_submission(hack, tmp_path):
     root, info = hack
     exp = tmp_path / "exp"
-    ok(run_cli("recipe", "hack", "--root", root, "--exp-dir", exp, "--set", *BARELY))
+    ok(run_main("recipe", "hack", "--root", root, "--exp-dir", exp, "--set", *BARELY))
 
     cfg = json.loads((exp / "config.json").read_text())["config"]
     assert cfg["data_train"].endswith("hack_train_data.json") and cfg["data_val"].endswith("hack_eval_data.json")
@@ -249,7 +249,7 @@ def test_recipe_trains_as_run_sh_and_writes_the_submission(hack, tmp_path):
 def test_final_step_trains_on_every_usable_row_at_native_rates(hack, tmp_path):
     root, info = hack
     exp = tmp_path / "exp"
-    ok(run_cli("recipe", "hack", "--root", root, "--exp-dir", exp,
+    ok(run_main("recipe", "hack", "--root", root, "--exp-dir", exp,
            "--set", *BARELY, "n_epochs=2", "save_model=true", "final=true", "resample=false"))  # fmt: skip
 
     final = exp / "final"
@@ -270,9 +270,9 @@ def test_final_step_trains_on_every_usable_row_at_native_rates(hack, tmp_path):
 
 def test_bad_input_is_one_line(hack, tmp_path):
     root, _ = hack
-    out = run_cli("prepare", "hack", "--root", tmp_path / "nowhere", "--out", tmp_path / "out")
+    out = run_main("prepare", "hack", "--root", tmp_path / "nowhere", "--out", tmp_path / "out")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "dataset folder not found" in out.stderr
-    out = run_cli("prepare", "hack", "--root", root, "--out", tmp_path / "out", "--valid-fraction", "1.5")
+    out = run_main("prepare", "hack", "--root", root, "--out", tmp_path / "out", "--valid-fraction", "1.5")
     assert out.returncode == 2 and "valid_fraction must be between 0 and 1" in out.stderr
-    out = run_cli("recipe", "hack", "--root", root, "--exp-dir", tmp_path / "exp", "--set", "final=maybe")
+    out = run_main("recipe", "hack", "--root", root, "--exp-dir", tmp_path / "exp", "--set", "final=maybe")
     assert out.returncode == 2 and out.stderr.strip() == "ast-audio: error: --set final=maybe: expected true or false"

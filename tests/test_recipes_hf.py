@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from conftest import ok, run_cli
+from conftest import ok, run_cli, run_main
 from datasets import Audio, ClassLabel, Dataset, DatasetDict
 from factories import noise, tone, write_audio, write_truncated_wav
 from layouts import report
@@ -65,7 +65,7 @@ def saved(tmp_path_factory):
 def test_saved_dataset_becomes_datafiles_with_flac_written_once(saved, tmp_path):
     path, clips = saved
     out = tmp_path / "prepared"
-    result = ok(run_cli("prepare", "hf", "--dataset", path, "--out", out, "--audio-length", "100"))
+    result = ok(run_main("prepare", "hf", "--dataset", path, "--out", out, "--audio-length", "100"))
     assert "bad files: 4" in result.stdout
     labels = (out / "class_labels_indices.csv").read_text().splitlines()
     assert [line.split(",")[2] for line in labels[1:]] == ["dog", "cat", "bird"]  # the ClassLabel's order
@@ -155,7 +155,7 @@ def test_bad_datasets_give_one_line_errors(saved, tmp_path):
 def test_recipe_trains_on_the_prepared_dataset(saved, tmp_path):
     path, _ = saved
     exp = tmp_path / "exp"
-    out = ok(run_cli(
+    out = ok(run_main(
         "recipe", "hf", "--root", path, "--exp-dir", exp, "--set", "model_size=tiny224", "depth=1",
         "imagenet_pretrain=false", "audioset_pretrain=false", "n_epochs=1", "batch_size=3", "audio_length=100",
         "fstride=16", "tstride=16", "freqm=0", "timem=0", timeout=300,

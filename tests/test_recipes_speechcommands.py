@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ok, run_cli
+from conftest import ok, run_main
 from layouts import TINY, report, write_speechcommands
 
 from ast_audio.data import read_datafile
@@ -22,7 +22,7 @@ def speechcommands(tmp_path_factory):
 def test_prepare_splits_by_the_lists_and_lists_exactly_the_bad_clips(speechcommands, tmp_path):
     root, info = speechcommands
     out = tmp_path / "prepared"
-    ok(run_cli("prepare", "speechcommands", "--root", root, "--out", out))
+    ok(run_main("prepare", "speechcommands", "--root", root, "--out", out))
 
     reasons = report(out)
     assert set(reasons) == set(info["bad"])
@@ -51,7 +51,7 @@ def test_recipe_scores_the_best_on_valid_model_on_test_and_resumes(speechcommand
     root, _ = speechcommands
     exp = tmp_path / "exp"
     args = ["recipe", "speechcommands", "--root", root, "--exp-dir", exp, "--set", *TINY, "batch_size=16"]
-    ok(run_cli(*args))
+    ok(run_main(*args))
 
     result = np.loadtxt(exp / "eval_result.csv", delimiter=",")
     assert result.shape == (4,) and np.all((0 <= result) & (result <= 1))  # valid acc, mAUC, test acc, mAUC
@@ -62,7 +62,7 @@ def test_recipe_scores_the_best_on_valid_model_on_test_and_resumes(speechcommand
     assert (cfg["noise"], cfg["mixup"], cfg["loss"], cfg["metrics"], cfg["lr"]) == (True, 0.6, "BCE", "acc", 2.5e-4)
 
     stamp = (exp / "data" / "prepared.json").stat().st_mtime_ns
-    again = ok(run_cli(*args))  # prepared data reused, training already complete: resumes to the same end
+    again = ok(run_main(*args))  # prepared data reused, training already complete: resumes to the same end
     assert (exp / "data" / "prepared.json").stat().st_mtime_ns == stamp
     assert np.loadtxt(exp / "result.csv", delimiter=",", ndmin=2).shape == (1, 10)
     assert np.loadtxt(exp / "eval_result.csv", delimiter=",") == pytest.approx(result)

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 from factories import SR, toy_sequence, write_audio, write_truncated_wav
 from fastapi.testclient import TestClient
 
@@ -391,7 +391,7 @@ def test_the_websocket_refuses_bad_parameters_and_too_many_streams(tagger):
 
 
 def test_the_command_reports_a_bad_checkpoint_in_one_line(tmp_path):
-    out = run_cli("serve", "--checkpoint", tmp_path / "missing.safetensors", "--port", "9")
+    out = run_main("serve", "--checkpoint", tmp_path / "missing.safetensors", "--port", "9")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith("ast-audio: error: ") and "missing.safetensors" in out.stderr
 

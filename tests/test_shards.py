@@ -5,7 +5,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import ok, run_cli, run_torchrun
+from conftest import ok, run_main, run_torchrun
 from factories import as_flags, toy_train_settings, write_audio, write_text_as_audio, write_toy_dataset
 
 from ast_audio.audio.io import load_audio
@@ -35,7 +35,7 @@ def test_shard_cli_writes_bytes_labels_index_and_reports_bad_files(tmp_path):
                     {"wav": doc["data"][0]["wav"], "labels": "/m/nope"}]  # fmt: skip
     (root / "train.json").write_text(json.dumps(doc))
     out = tmp_path / "shards"
-    res = ok(run_cli("shard", root / "train.json", "--label-csv", root / "labels.csv", "--out", out,
+    res = ok(run_main("shard", root / "train.json", "--label-csv", root / "labels.csv", "--out", out,
                      "--max-size", "70KB"))  # fmt: skip
     assert "12 clips in" in res.stdout and "bad files: 3" in res.stdout
     report = (out / "bad_files.txt").read_text().splitlines()
@@ -58,7 +58,7 @@ def test_shard_cli_writes_bytes_labels_index_and_reports_bad_files(tmp_path):
             seen[meta["index"]] = meta["labels"]
     assert seen == {i: doc["data"][i]["labels"] for i in range(12)}
     assert not list(out.glob(".*tmp"))
-    res = run_cli("shard", root / "missing.json", "--label-csv", root / "labels.csv", "--out", out)
+    res = run_main("shard", root / "missing.json", "--label-csv", root / "labels.csv", "--out", out)
     assert res.returncode == 2 and "missing.json: datafile not found" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -197,7 +197,7 @@ def test_training_from_shards_sees_the_files_labels_and_counts(tmp_path):
         targets = [run.train_set.model_input(b, "cpu")[1] for b in run.loader]
         counts[name] = (sum(len(t) for t in targets), torch.cat(targets).sum(0).tolist())
     assert counts["shards"] == counts["files"] == (12, [4.0, 4.0, 4.0])
-    res = ok(run_cli("train", *as_flags(toy_train_settings(root, tmp_path / "exp", data_train=str(out),
+    res = ok(run_main("train", *as_flags(toy_train_settings(root, tmp_path / "exp", data_train=str(out),
                                                            n_epochs=2, mixup=0.5, bal=True))))  # fmt: skip
     assert len((tmp_path / "exp" / "result.csv").read_text().splitlines()) == 2, res.stderr
 

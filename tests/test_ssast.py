@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ok, run_cli
+from conftest import ok, run_main
 from factories import as_flags, ssast_state, write_toy_dataset
 from factories import toy_train_settings as base_args
 
@@ -60,7 +60,7 @@ def test_frame_based_and_single_token_checkpoints_are_refused_clearly(tmp_path):
     torch.save(ssast_state(patch=(128, 2)), frame)
     with pytest.raises(CheckpointError, match="128x2 patches.*not supported"):
         load_model(frame)
-    out = run_cli("info", frame, timeout=120)
+    out = run_main("info", frame, timeout=120)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert str(frame) in out.stderr and "frame-based" in out.stderr
     nokd = tmp_path / "nokd.pth"
@@ -77,7 +77,7 @@ def test_published_names_resolve_from_the_cache(ssast, ast_home):
     (ast_home / entry.filename).write_bytes(path.read_bytes())
     model = load_model("SSAST-Tiny-Patch-400", label_dim=4)
     assert model.config.grid == (8, 64) and model.config.label_dim == 4
-    listing = ok(run_cli("checkpoints", AST_AUDIO_HOME=ast_home)).stdout
+    listing = ok(run_main("checkpoints", AST_AUDIO_HOME=ast_home)).stdout
     for name in ("SSAST-Base-Patch-400", "SSAST-Base-Patch-250", "SSAST-Small-Patch-400"):
         assert name in listing
     tiny = next(line for line in listing.splitlines() if line.startswith("SSAST-Tiny-Patch-400"))
@@ -89,7 +89,7 @@ def test_fine_tunes_from_ssast_with_train(ssast, tmp_path):
     toy = write_toy_dataset(tmp_path / "toy", per_class_train=4, per_class_val=2)
     exp = tmp_path / "exp"
     args = base_args(toy, exp, n_epochs=1, lr=1e-6, batch_size=6, audioset_pretrain=str(path))
-    ok(run_cli("train", *as_flags(args), timeout=240))
+    ok(run_main("train", *as_flags(args), timeout=240))
     tuned = load_model(exp / "models" / "best_audio_model.safetensors")
     assert tuned.config.grid == (8, 6) and tuned.info.labels == ["low tone", "high tone", "noise"]
     # the trunk started from SSAST's weights (a step of lr 1e-6 moves them by ~1e-6; a random

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run_cli
+from conftest import run_main
 
 from ast_audio.audio.synth import CLASSES, SAMPLE_RATE, make_clip, make_scene, write_dataset
 from ast_audio.features import fbank
@@ -44,10 +44,10 @@ def test_classes_differ_in_what_a_model_hears():
 
 
 def test_synth_command(tmp_path):
-    out = run_cli("synth", "--out", tmp_path / "d", "--per-class", "2", "--classes", "3", timeout=120)
+    out = run_main("synth", "--out", tmp_path / "d", "--per-class", "2", "--classes", "3", timeout=120)
     assert out.returncode == 0, out.stderr
     assert "6 clips" in out.stdout and len(list((tmp_path / "d" / "audio").glob("*.wav"))) == 6
-    bad = run_cli("synth", "--out", tmp_path / "e", "--classes", "11", timeout=120)
+    bad = run_main("synth", "--out", tmp_path / "e", "--classes", "11", timeout=120)
     assert bad.returncode == 2 and "classes must be between 1 and 10" in bad.stderr
 
 
@@ -66,7 +66,7 @@ def test_background_class_is_noise_alone(tmp_path):
 
 
 def test_scenes_hold_their_reference_events(tmp_path):
-    out = run_cli("synth", "--out", tmp_path / "s", "--scenes", "2", "--min-seconds", "30", "--max-seconds", "40",
+    out = run_main("synth", "--out", tmp_path / "s", "--scenes", "2", "--min-seconds", "30", "--max-seconds", "40",
                   "--seed", "3", timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     rows = list(csv.reader(open(tmp_path / "s" / "reference.tsv"), delimiter="\t"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, run_torchrun, start_cli, wait_for_file
+from conftest import run_cli, run_main, run_torchrun, start_cli, wait_for_file
 from factories import as_flags, write_toy_dataset
 from factories import toy_train_settings as base_args
 
@@ -20,6 +21,15 @@ from ast_audio.train import TrainConfig, train
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp("toy"), per_class_train=12, per_class_val=4)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(toy, tmp_path_factory) -> Path:
+    """The run folder of one epoch with the default settings, trained once for the tests that
+    compare with it or resume from it (a test that writes into it works on a copy)."""
+    exp = tmp_path_factory.mktemp("one-epoch") / "exp"
+    train(TrainConfig(**base_args(toy, exp, n_epochs=1)))
+    return exp
 
 
 def results(exp: Path) -> np.ndarray:
@@ -100,7 +110,7 @@ def test_two_process_ddp_metrics_equal_a_single_process_evaluation(toy, tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     rows = results(exp)
     assert rows.shape == (2, 10)
-    check = run_cli("evaluate", "--checkpoint", str(exp / "models" / "audio_model.2.safetensors"),
+    check = run_main("evaluate", "--checkpoint", str(exp / "models" / "audio_model.2.safetensors"),
                     "--data", str(toy / "val.json"), "--label-csv", str(toy / "labels.csv"), "--out", str(tmp_path / "e.csv"),
                     timeout=240)  # fmt: skip
     assert check.returncode == 0, check.stderr
@@ -141,25 +151,24 @@ def test_bad_datafiles_give_one_line_errors(toy, tmp_path, problem, message):
         args["n_class"] = 5
     if problem == "missing":
         del args["data_train"]
-    out = run_cli("train", *as_flags(args), timeout=60)
+    out = run_main("train", *as_flags(args), timeout=60)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_resuming_with_other_settings_is_refused(toy, tmp_path):
-    exp = tmp_path / "exp"
-    train(TrainConfig(**base_args(toy, exp, n_epochs=1)))
-    out = run_cli("train", *as_flags(base_args(toy, exp, n_epochs=2, lr=1e-3)), timeout=60)
+def test_resuming_with_other_settings_is_refused(toy, one_epoch, tmp_path):
+    exp = shutil.copytree(one_epoch, tmp_path / "exp")
+    out = run_main("train", *as_flags(base_args(toy, exp, n_epochs=2, lr=1e-3)), timeout=60)
     assert out.returncode == 2 and "holds a run with other settings (lr: 0.0005 there, 0.001 now)" in out.stderr
 
 
 def test_weights_and_stats_commands(toy, tmp_path):
-    out = run_cli("weights", str(toy / "train.json"), "--label-csv", str(toy / "labels.csv"), timeout=60)
+    out = run_main("weights", str(toy / "train.json"), "--label-csv", str(toy / "labels.csv"), timeout=60)
     assert out.returncode == 0 and Path(out.stdout.strip()) == toy / "train_weight.csv"
     np.testing.assert_allclose(np.loadtxt(toy / "train_weight.csv"), 1000 / 12.01)
-    out = run_cli("stats", str(toy / "val.json"), "--label-csv", str(toy / "labels.csv"), "--audio-length", "100", timeout=60)
+    out = run_main("stats", str(toy / "val.json"), "--label-csv", str(toy / "labels.csv"), "--audio-length", "100", timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("dataset_mean=")
 
 
@@ -207,9 +216,8 @@ def test_fbank_on_device_and_waveform_cache_train_as_the_loader_does(toy, tmp_pa
     np.testing.assert_allclose(results(tmp_path / "device"), results(tmp_path / "loader"), rtol=0, atol=1e-4)
 
 
-def test_compiled_training_matches_eager(toy, tmp_path):
-    train(TrainConfig(**base_args(toy, tmp_path / "eager", n_epochs=1)))
+def test_compiled_training_matches_eager(toy, one_epoch, tmp_path):
     out = run_cli("train", *as_flags(base_args(toy, tmp_path / "compiled", n_epochs=1)), "--compile", "True", timeout=240)
     assert out.returncode == 0, out.stderr
     assert '"compile": true' in (tmp_path / "compiled" / "config.json").read_text()
-    np.testing.assert_allclose(results(tmp_path / "compiled"), results(tmp_path / "eager"), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(results(tmp_path / "compiled"), results(one_epoch), rtol=0, atol=1e-4)

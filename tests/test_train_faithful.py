@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, run_torchrun
+from conftest import run_main, run_torchrun
 from factories import as_flags, toy_train_settings, write_toy_dataset
 
 from ast_audio.train import TrainConfig, train
@@ -88,7 +88,7 @@ def test_dataset_flag_fills_in_what_the_older_run_py_did(toy, tmp_path):
     values = settings(toy, exp, n_epochs=1)
     for key in ("audio_length", "dataset_mean", "dataset_std", "metrics", "loss", "lrscheduler_start"):
         del values[key]
-    out = run_cli("train", *as_flags(values), "--dataset", "esc50", "--audio_length", "100", timeout=300)
+    out = run_main("train", *as_flags(values), "--dataset", "esc50", "--audio_length", "100", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     cfg = json.loads((exp / "config.json").read_text())["config"]
     assert cfg["dataset"] == "esc50" and cfg["audio_length"] == 100  # the flag given wins
@@ -110,7 +110,7 @@ def test_dataset_defaults_follow_the_older_traintest():
 
 
 def test_unknown_dataset_is_a_one_line_error(toy, tmp_path):
-    out = run_cli("train", *as_flags(settings(toy, tmp_path / "e")), "--dataset", "vgg", timeout=120)
+    out = run_main("train", *as_flags(settings(toy, tmp_path / "e")), "--dataset", "vgg", timeout=120)
     assert out.returncode == 2 and "invalid choice: 'vgg'" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -133,7 +133,7 @@ def test_a_run_from_before_a_setting_existed_still_resumes(toy, tmp_path):
 def test_a_config_naming_an_unknown_dataset_is_a_one_line_error_naming_the_file(toy, tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('[train]\ndataset = "vgg"\n')
-    out = run_cli("train", "--config", config, *as_flags(settings(toy, tmp_path / "e")), timeout=120)
+    out = run_main("train", "--config", config, *as_flags(settings(toy, tmp_path / "e")), timeout=120)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr
     assert f"{config}: dataset must be one of audioset, esc50, speechcommands, got 'vgg'" in lines[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 from factories import as_flags, write_toy_dataset
 from factories import toy_train_settings as base_args
 
@@ -36,7 +36,7 @@ def test_grad_accum_gives_the_result_of_the_whole_batch(toy, tmp_path):
     """30 clips: -b 12 is 12, 12, 6 per step; -b 3 --grad-accum 4 the same clips in chunks of 3."""
     common = dict(n_epochs=2, depth=1, lr=1e-3)
     train(TrainConfig(**base_args(toy, tmp_path / "whole", batch_size=12, **common)))
-    out = run_cli("train", *as_flags(base_args(toy, tmp_path / "accum", batch_size=3, **common)),
+    out = run_main("train", *as_flags(base_args(toy, tmp_path / "accum", batch_size=3, **common)),
                   "--grad-accum", "4", timeout=240)  # fmt: skip
     assert out.returncode == 0, out.stderr
     whole, accum = results(tmp_path / "whole"), results(tmp_path / "accum")
@@ -49,7 +49,7 @@ def test_grad_accum_gives_the_result_of_the_whole_batch(toy, tmp_path):
 
 def test_grad_checkpointing_trains_identically(toy, tmp_path):
     train(TrainConfig(**base_args(toy, tmp_path / "plain", n_epochs=1)))
-    out = run_cli("train", *as_flags(base_args(toy, tmp_path / "ckpt", n_epochs=1)), "--grad-checkpointing", "True",
+    out = run_main("train", *as_flags(base_args(toy, tmp_path / "ckpt", n_epochs=1)), "--grad-checkpointing", "True",
                   timeout=240)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert '"grad_checkpointing": true' in (tmp_path / "ckpt" / "config.json").read_text()
@@ -94,7 +94,7 @@ def test_freeze_and_llrd_survive_a_resume(toy, tmp_path):
     b = tmp_path / "b"
     train(TrainConfig(**{**args, "exp_dir": str(b), "n_epochs": 1}))
     assert resume_file(b)["state"]["epoch"] == 1
-    out = run_cli("train", *as_flags({**args, "exp_dir": str(b)}), timeout=240)  # resumes after epoch 1
+    out = run_main("train", *as_flags({**args, "exp_dir": str(b)}), timeout=240)  # resumes after epoch 1
     assert out.returncode == 0, out.stderr
     np.testing.assert_allclose(results(b), results(tmp_path / "a"), rtol=1e-6, atol=1e-7)
     final = resume_file(b)
@@ -108,7 +108,7 @@ def test_freeze_and_llrd_survive_a_resume(toy, tmp_path):
         changed = not torch.equal(value, init[name])
         assert changed == (name.startswith(("v.blocks.1.", "v.norm.", "mlp_head."))), name
     # another freeze in the same folder is refused, naming the setting
-    out = run_cli("train", *as_flags({**args, "exp_dir": str(b), "freeze": 0}), timeout=60)
+    out = run_main("train", *as_flags({**args, "exp_dir": str(b), "freeze": 0}), timeout=60)
     assert out.returncode == 2 and "(freeze: 1 there, 0 now)" in out.stderr
 
 
@@ -117,7 +117,7 @@ def test_patience_stops_early_and_writes_what_an_ended_run_writes(toy, tmp_path)
     # a tiny lr: accuracy cannot move by 0.5 between epochs, so the run stops after 1 + 2 epochs
     args = base_args(toy, exp, n_epochs=8, lr=1e-7, patience=2, min_delta=0.5, wa=True, wa_start=1, wa_end=8,
                      data_eval=str(toy / "val.json"), depth=1)  # fmt: skip
-    out = run_cli("train", *as_flags(args), timeout=240)
+    out = run_main("train", *as_flags(args), timeout=240)
     assert out.returncode == 0, out.stderr
     assert "stopped after epoch 3: early stopping: acc gained no more than 0.5 on its best in 2 epochs" in out.stdout
     assert results(exp).shape == (3, 10)
@@ -125,14 +125,14 @@ def test_patience_stops_early_and_writes_what_an_ended_run_writes(toy, tmp_path)
                  "models/audio_model_wa.safetensors", "predictions/predictions_eval_set.csv"):  # fmt: skip
         assert (exp / name).exists(), name
     assert "early stopping" in (exp / "log.txt").read_text()
-    again = run_cli("train", *as_flags(args), timeout=240)  # a stopped run stays stopped
+    again = run_main("train", *as_flags(args), timeout=240)  # a stopped run stays stopped
     assert again.returncode == 0 and results(exp).shape == (3, 10)
 
 
 def test_label_smoothing_weight_decay_and_betas_reach_the_run(toy, tmp_path):
     exp = tmp_path / "exp"
     args = base_args(toy, exp, n_epochs=1, depth=1, label_smoothing=0.2, weight_decay=0.01)
-    out = run_cli("train", *as_flags(args), "--betas", "0.9,0.98", timeout=240)
+    out = run_main("train", *as_flags(args), "--betas", "0.9,0.98", timeout=240)
     assert out.returncode == 0, out.stderr
     (group,) = resume_file(exp)["optimizer"]["param_groups"]
     assert group["weight_decay"] == 0.01 and tuple(group["betas"]) == (0.9, 0.98)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 from factories import TOY_CLASSES, as_flags, toy_clip, write_audio, write_toy_dataset
 from factories import toy_train_settings as base_args
 
@@ -53,21 +53,21 @@ def results(exp: Path) -> np.ndarray:
 def test_patchout_training_resumes_exactly_and_refuses_other_patchout(toy, tmp_path):
     settings = dict(patchout_f=2, patchout_t=0.4)
     whole = tmp_path / "whole"
-    out = run_cli("train", *as_flags(base_args(toy, whole, n_epochs=2, **settings)), timeout=240)
+    out = run_main("train", *as_flags(base_args(toy, whole, n_epochs=2, **settings)), timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     saved = json.loads((whole / "config.json").read_text())["config"]
     assert saved["patchout_f"] == 2 and saved["patchout_t"] == 0.4
     # one epoch, then the same command with two: the patchout of every step is drawn from
     # (seed, step), so the resumed run ends where the uninterrupted one did
     split = tmp_path / "split"
-    assert run_cli("train", *as_flags(base_args(toy, split, n_epochs=1, **settings)), timeout=240).returncode == 0
-    assert run_cli("train", *as_flags(base_args(toy, split, n_epochs=2, **settings)), timeout=240).returncode == 0
+    assert run_main("train", *as_flags(base_args(toy, split, n_epochs=1, **settings)), timeout=240).returncode == 0
+    assert run_main("train", *as_flags(base_args(toy, split, n_epochs=2, **settings)), timeout=240).returncode == 0
     np.testing.assert_array_equal(results(split), results(whole))
     # without patchout the same run trains differently (patchout did act)
     plain = tmp_path / "plain"
     train(TrainConfig(**base_args(toy, plain, n_epochs=1)))
     assert results(plain)[0, 5] != results(whole)[0, 5]  # train loss of epoch 1
-    refused = run_cli("train", *as_flags(base_args(toy, split, n_epochs=3, patchout_f=2, patchout_t=0.5)),
+    refused = run_main("train", *as_flags(base_args(toy, split, n_epochs=3, patchout_f=2, patchout_t=0.5)),
                       timeout=60)  # fmt: skip
     assert refused.returncode == 2
     assert "holds a run with other settings (patchout_t: 0.4 there, 0.5 now)" in refused.stderr
@@ -80,7 +80,7 @@ def test_patchout_training_resumes_exactly_and_refuses_other_patchout(toy, tmp_p
     (["--patchout-f", "two"], r"expected a count like 4 or a fraction like 0.4, got 'two'"),
 ])  # fmt: skip
 def test_bad_patchout_is_a_one_line_error(toy, tmp_path, flags, message):
-    out = run_cli("train", *as_flags(base_args(toy, tmp_path / "exp")), *flags, timeout=60)
+    out = run_main("train", *as_flags(base_args(toy, tmp_path / "exp")), *flags, timeout=60)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert lines and __import__("re").search(message, lines[-1]), out.stderr
@@ -206,7 +206,7 @@ def test_bucketed_training_runs_cut_batches_and_evaluates_at_full_length(varied,
 
 
 def test_bucketing_with_shards_is_refused(toy, tmp_path):
-    out = run_cli("train", *as_flags(base_args(toy, tmp_path / "exp", data_train=str(tmp_path / "s-{0..1}.tar"))),
+    out = run_main("train", *as_flags(base_args(toy, tmp_path / "exp", data_train=str(tmp_path / "s-{0..1}.tar"))),
                   "--bucket-by-length", timeout=60)  # fmt: skip
     assert out.returncode == 2 and "--bucket-by-length needs a datafile" in out.stderr
     assert "Traceback" not in out.stderr
