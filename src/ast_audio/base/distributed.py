@@ -6,6 +6,7 @@ DDP only through ``torchrun``: the environment it sets (``WORLD_SIZE``, ``RANK``
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -37,11 +38,22 @@ class Dist:
         return values
 
 
+def _end_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(device_type: str) -> Dist:
-    """Join the process group ``torchrun`` describes in the environment (if any)."""
+    """Join the process group ``torchrun`` describes in the environment (if any).
+
+    A group made here is ended when the process exits (what runs after training, such as a
+    recipe's evaluation, still sees it): a process that exits with gloo's group open can abort
+    in its threads' teardown ("terminate called without an active exception"), and torchrun
+    then reports a failed rank after the run's work is done."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        atexit.register(_end_group)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
