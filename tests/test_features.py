@@ -13,7 +13,7 @@ import ast_audio.features.kaldi as kaldi
 from ast_audio.audio.io import load_audio
 from ast_audio.errors import ConfigError
 from ast_audio.features import (
-    FeatureConfig,
+    InputContract,
     fbank,
     file_to_input,
     frame_sizes,
@@ -174,7 +174,7 @@ def test_parity_with_ast_feature_extractor(tmp_path):
     """HF's ``ASTFeatureExtractor`` (its NumPy path, valid at 16 kHz only): same model input."""
     transformers = pytest.importorskip("transformers")
     x = real_audio(tmp_path, 16000, seconds=3.0)
-    for cfg in (FeatureConfig(), FeatureConfig.preset("speechcommands")):
+    for cfg in (InputContract(), InputContract.preset("speechcommands")):
         extractor = transformers.ASTFeatureExtractor(
             num_mel_bins=cfg.num_mel_bins, max_length=cfg.target_length, mean=cfg.mean, std=cfg.std
         )
@@ -287,18 +287,26 @@ def test_mel_banks_follow_kaldi():
 # --- waveform -> model input --------------------------------------------------------------
 
 
+def test_feature_config_is_the_older_name_of_the_input_contract():
+    """Code written against ``FeatureConfig`` (the public API and ``ast_audio.features``) keeps working."""
+    import ast_audio
+    import ast_audio.features
+
+    assert ast_audio.FeatureConfig is InputContract and ast_audio.features.FeatureConfig is InputContract
+
+
 def test_presets_come_from_the_table():
     for name, preset in PRESETS.items():
-        cfg = FeatureConfig.preset(name)
+        cfg = InputContract.preset(name)
         assert (cfg.target_length, cfg.mean, cfg.std, cfg.num_mel_bins, cfg.sample_rate) == (
             preset.target_length, preset.mean, preset.std, preset.num_mel_bins, preset.sample_rate,
         )  # fmt: skip
-    assert FeatureConfig() == FeatureConfig.preset("audioset")
-    assert FeatureConfig.preset("esc50", target_length=100).target_length == 100
+    assert InputContract() == InputContract.preset("audioset")
+    assert InputContract.preset("esc50", target_length=100).target_length == 100
     with pytest.raises(ConfigError, match="unknown feature preset"):
-        FeatureConfig.preset("librispeech")
+        InputContract.preset("librispeech")
     with pytest.raises(ConfigError):
-        FeatureConfig(std=0.0)
+        InputContract(std=0.0)
 
 
 def test_pad_or_cut_and_normalize():
@@ -313,7 +321,7 @@ def test_pad_or_cut_and_normalize():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_waveform_to_input_is_the_original_recipe(tmp_path, name):
-    cfg = FeatureConfig.preset(name)
+    cfg = InputContract.preset(name)
     x = real_audio(tmp_path, 16000, seconds=2.0)
     expected = fbank(x - x.mean(), 16000)  # (198, 128)
     expected = torch.cat([expected, torch.zeros(max(0, cfg.target_length - 198), 128)])[: cfg.target_length]
@@ -335,7 +343,7 @@ def test_file_to_input_resamples(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "clip.wav"
     write_audio(path, (0.1 * rng.standard_normal((44100 * 2, 2))).astype(np.float32), 44100)
-    cfg = FeatureConfig.preset("esc50")
+    cfg = InputContract.preset("esc50")
     out = file_to_input(path, cfg)
     assert out.shape == (512, 128)
     frames = 1 + (32000 - 400) // 160

@@ -22,13 +22,13 @@ from ast_audio.checkpoints import load_model
 from ast_audio.data import read_datafile
 from ast_audio.data.dataset import AudioDataset
 from ast_audio.data.labels import read_label_csv
-from ast_audio.features import FeatureConfig, InputContract, file_to_input, waveform_to_input
+from ast_audio.features import InputContract, file_to_input, waveform_to_input
 from ast_audio.features.pipeline import file_input
 from ast_audio.recipes import config_path, read_config
 from ast_audio.recipes.hack import tail_split
 
 
-def native_input(path, cfg: FeatureConfig) -> torch.Tensor:
+def native_input(path, cfg: InputContract) -> torch.Tensor:
     """The fork's model input of a file, made here independently of the project's pipeline:
     ``waveform_to_input`` at the file's own rate."""
     return waveform_to_input(load_audio(path, sample_rate=None), replace(cfg, sample_rate=sf.info(str(path)).samplerate))
@@ -186,7 +186,7 @@ def test_native_rate_items_are_the_forks_features(hack, tmp_path):
 def expected_submission(model_path, entries, to_input, fallback) -> tuple[bytes, dict[str, float]]:
     """The submission predicted here, independently of the recipe, and each predicted file's top-2 margin."""
     model = load_model(model_path, device="cpu")
-    fcfg = FeatureConfig(num_mel_bins=model.config.input_fdim, target_length=model.config.input_tdim,
+    fcfg = InputContract(num_mel_bins=model.config.input_fdim, target_length=model.config.input_tdim,
                          mean=model.info.dataset_mean, std=model.info.dataset_std)  # fmt: skip
     readable = [e for e in entries if not e["error"]]
     with torch.inference_mode():

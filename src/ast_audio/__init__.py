@@ -2,7 +2,7 @@
 
 Public API::
 
-    from ast_audio import ASTModel, load_model, load_audio, fbank, FeatureConfig, waveform_to_input
+    from ast_audio import AudioTagger, ASTModel, load_model, load_audio, fbank, InputContract, waveform_to_input
 """
 
 from .audio.io import AudioInfo, audio_info, load_audio, resample

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..base.fileio import atomic_write
-from ..data.datafiles import check_audio_files, check_clip  # noqa: F401 (check_clip re-exported)
+from ..data.datafiles import check_audio_files
 from ..errors import DataError
 
 log = logging.getLogger(__name__)
