@@ -54,8 +54,11 @@ install: $(STAMP) $(TORCHAUDIO_REF) $(HEARVALIDATOR) browser
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
+# Test files are spread over the cores (pytest-xdist; a file's tests stay on one worker, so its
+# module fixtures are built once; at most 4 workers, each holding torch and its fixtures) and the
+# 25 slowest tests are listed at the end.
 test: install lint
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=25
 
 # The documentation site (mkdocs.yml, docs/): strict, so a broken link or reference fails; offline
 # (no fonts or scripts fetched). `make test` builds it too, in tests/test_docs.py.

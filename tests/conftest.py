@@ -35,10 +35,27 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest-xdist (make test) the workers share the cores: each worker, and the commands it
+# starts, gets its share of threads instead of every worker's torch taking them all (torch reads
+# OMP_NUM_THREADS when it is imported, just below). A thread count set from outside is kept.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
+
+import torch  # noqa: E402
 from factories import SR, chirp, noise, write_audio, write_empty, write_text_as_audio, write_tiny_checkpoints
 
 import ast_audio
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files that hold a test marked ``slow`` run first (each file's tests keep their order and
+    stay together): ``make test`` spreads files over two workers (pytest-xdist, ``--dist
+    loadfile``), and a long file started last would leave the other worker idle at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
 
 # --------------------------------------------------------------------------- the CLI as a subprocess
 
