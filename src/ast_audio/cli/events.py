@@ -45,7 +45,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     predictions = tagger.predict([e.wav for e in data.entries], top_k=1)
     scores = np.stack([p.scores for p in predictions])  # (clips, C)
     thresholds = calibrate_thresholds(scores, data.targets())
-    model.info = replace(model.info, thresholds=[round(float(t), 6) for t in thresholds])
+    model.info = replace(model.info, contract=model.info.contract.replace(thresholds=[round(float(t), 6) for t in thresholds]))
     save_checkpoint(model.cpu(), out)
     names = model.info.labels or [f"class {i}" for i in range(len(thresholds))]
     print(f"{out}: per-class thresholds from {len(scores)} clips of {args.data}")
@@ -68,7 +68,7 @@ def _calibrate_on_scenes(args: argparse.Namespace, out: Path) -> int:
     )  # fmt: skip
     from dataclasses import replace
 
-    model.info = replace(model.info, thresholds=[round(float(t), 6) for t in calibration.thresholds])
+    model.info = replace(model.info, contract=model.info.contract.replace(thresholds=[round(float(t), 6) for t in calibration.thresholds]))
     save_checkpoint(model.cpu(), out)
     print(f"{out}: per-class event thresholds from the scenes of {args.scenes}, by event F1 (sed_eval)")
     print(f"event F1: {calibration.before:.4f} with every class at 0.5, {calibration.after:.4f} calibrated")

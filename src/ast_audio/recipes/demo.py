@@ -161,7 +161,7 @@ def _calibrate_events(out: Path, best: Path, scenes: int, seed: int) -> tuple[fl
     folder = write_scenes(out / "scenes", count=scenes, seconds=SCENE_SECONDS, seed=seed + SCENE_SEED)
     calibration = calibrate_on_scenes(AudioTagger(model, device="cpu", batch_size=32, precision="fp32"), folder)
     thresholds = [round(float(t), 6) for t in calibration.thresholds]
-    model.info = replace(model.info, thresholds=thresholds)
+    model.info = replace(model.info, contract=model.info.contract.replace(thresholds=thresholds))
     save_checkpoint(model, best)
     record = {"settings": settings, "thresholds": thresholds, "event_f1": [calibration.before, calibration.after]}
     atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
