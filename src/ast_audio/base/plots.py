@@ -77,20 +77,31 @@ def plot_curves(rows: Sequence[Sequence[float]], path: str | os.PathLike, metric
     return _save(fig, path)
 
 
-def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | os.PathLike, title: str) -> Path:
-    """A single-label run's confusion matrix (``matrix[true, predicted]`` counts) as a PNG."""
+def plot_confusion(
+    matrix: np.ndarray, names: Sequence[str], path: str | os.PathLike, title: str, *,
+    columns: Sequence[str] | None = None, xlabel: str = "predicted", ylabel: str = "true",
+) -> Path:  # fmt: skip
+    """A grid of counts as a PNG: a single-label run's confusion matrix (``matrix[true,
+    predicted]``, ``names`` on both axes), or any ``[rows, columns]`` counts with ``columns``
+    naming the columns. The figure grows with the grid (up to 20 inches); counts are written
+    in the cells up to 40 columns and rows, names on the axes up to 80."""
     matrix = np.asarray(matrix)
-    fig = _figure(figsize=(7, 6))
+    columns = list(names) if columns is None else list(columns)
+    rows, cols = matrix.shape
+    fig = _figure(figsize=(min(20.0, 3 + 0.45 * cols), min(20.0, 2.5 + 0.4 * rows)))
     ax = fig.subplots()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for (i, j), count in np.ndenumerate(matrix):
-        if count:
-            color = "white" if count > matrix.max() / 2 else "black"
-            ax.text(j, i, str(count), ha="center", va="center", color=color)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.imshow(matrix, cmap="Blues", aspect="auto")
+    if cols <= 80:
+        ax.set_xticks(range(cols), columns, rotation=60, ha="right")
+    if rows <= 80:
+        ax.set_yticks(range(rows), names)
+    if rows <= 40 and cols <= 40:
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                color = "white" if count > matrix.max() / 2 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", color=color)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)

@@ -22,6 +22,17 @@ def _flag_or_path(value: str) -> bool | str:
     return value if flag is None else flag
 
 
+def _count(value: str) -> int:
+    """A count of 0 or more."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a count (0 or more), got {value!r}")
+    return number
+
+
 def _freeze(value: str) -> int | str:
     """``N`` (the patch embedding and the first N blocks) or ``all`` (everything but the head)."""
     if value.strip().lower() == "all":
@@ -153,18 +164,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..train.evaluate import STATS_COLUMNS, evaluate_checkpoints, stats_row, write_stats_csv
+    import tempfile
 
-    results = evaluate_checkpoints(
+    from ..train.evaluate import evaluate, write_stats_csv
+    from ..train.report import summary_lines, write_html, write_report_files
+
+    ev = evaluate(
         args.checkpoint, args.data, args.label_csv, batch_size=args.batch_size, num_workers=args.num_workers,
         device=args.device, dataset_mean=args.dataset_mean, dataset_std=args.dataset_std,
     )  # fmt: skip
-    print("\t".join(STATS_COLUMNS))
-    for name, stats in results:
-        row = stats_row(name, stats)
-        print("\t".join([row[0]] + [f"{v:.6f}" for v in row[1:]]))
+    print("\n".join(summary_lines(ev)))
     if args.out:
-        write_stats_csv(args.out, results)
+        write_stats_csv(args.out, ev.results)
+    if args.out_dir or args.report:
+        with tempfile.TemporaryDirectory(prefix="ast-audio-report-") as scratch:
+            files = write_report_files(ev, args.out_dir or scratch, args.mistakes)
+            if args.report:
+                files["report"] = write_html(ev, args.report, files, args.mistakes)
+            if args.out_dir:
+                print(f"tables and figures in {args.out_dir}")
+            if args.report:
+                print(f"report: {files['report']}")
     return 0
 
 
@@ -213,16 +233,29 @@ def add_commands(sub) -> None:
         p.add_argument(flag, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="score checkpoints (and their ensemble) on a datafile")
+    p = sub.add_parser(
+        "evaluate", help="score checkpoints (and their ensemble) on labelled clips; per-class table, mistakes, report",
+        description="Score checkpoints (several: also their ensemble) on a datafile JSON, a CSV (filename,label) or "
+        "a folder with one subfolder per class. Prints the totals, the per-class table and the most confident "
+        "mistakes; --out-dir writes them as CSV with the confusion matrix as PNG, --report as one HTML page.",
+    )  # fmt: skip
     p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints; several = ensemble")
-    p.add_argument("--data", required=True, help="datafile JSON")
-    p.add_argument("--label-csv", required=True)
+    p.add_argument("--data", required=True,
+                   help="a datafile JSON, a CSV with 'filename' and 'label' columns, or a folder of class folders")  # fmt: skip
+    p.add_argument("--label-csv", default=None,
+                   help="label table the data's labels refer to (default: the labels the checkpoint stores)")  # fmt: skip
     p.add_argument("-b", "--batch-size", type=int, default=32)
     p.add_argument("-w", "--num-workers", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--dataset-mean", type=float, default=None, help="override the checkpoint's statistics")
     p.add_argument("--dataset-std", type=float, default=None)
     p.add_argument("--out", help="write the rows as CSV here")
+    p.add_argument("--out-dir", help="write stats.csv, classes.csv, confusion.png/.csv, mistakes.csv "
+                   "(and curves.png, from the checkpoint's run folder) here")  # fmt: skip
+    p.add_argument("--mistakes", type=_count, default=20, metavar="N",
+                   help="list the N most confident mistakes in mistakes.csv and the report (default 20)")  # fmt: skip
+    p.add_argument("--report", metavar="FILE.html", help="write one self-contained HTML page: totals, per-class "
+                   "table, confusion, mistakes with their audio, training curves")  # fmt: skip
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("weights", help="balanced-sampling weights of a datafile (written next to it)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,12 @@ import torch.nn.functional as F
 
 from ..base.fileio import atomic_write
 from ..base.runtime import autocast, pick_device
-from ..data.datafiles import read_datafile
+from ..data.datafiles import Datafile
 from ..data.dataset import AudioDataset
-from ..data.labels import read_label_csv
+from ..data.labelled import datafile_from
+from ..data.labels import LabelTable, read_label_csv
 from ..errors import ConfigError
-from .metrics import Stats, calculate_stats
+from .metrics import ClassCounts, Stats, calculate_stats, decisions
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,15 @@ def loss_value(logits: torch.Tensor, targets: torch.Tensor, loss: str, label_smo
 class Predictions:
     scores: np.ndarray  # [clips, classes] sigmoid of the logits, in datafile order
     loss: float  # mean loss over clips, computed on the logits
+    logits: np.ndarray | None = None  # [clips, classes], in datafile order
+
+    def probabilities(self, activation: str) -> np.ndarray:
+        """The scores a user sees: ``softmax`` (single-label) or ``sigmoid`` of the logits."""
+        if activation == "softmax":
+            shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+            exp = np.exp(shifted)
+            return exp / exp.sum(axis=1, keepdims=True)
+        return self.scores
 
 
 def predict_dataset(
@@ -67,7 +78,7 @@ def predict_dataset(
     )  # fmt: skip
     device = torch.device(device)
     model.eval()
-    parts, loss_sum = [], 0.0
+    parts, raw, loss_sum = [], [], 0.0
     with torch.inference_mode():
         for batch in loader:
             features, targets = dataset.model_input(batch, device)
@@ -76,8 +87,10 @@ def predict_dataset(
             logits = logits.float()
             loss_sum += float(loss_value(logits, targets, loss)) * len(features)
             parts.append(torch.sigmoid(logits).cpu().numpy())
-    scores = np.concatenate(parts) if parts else np.zeros((0, dataset.num_classes), dtype=np.float32)
-    mine = (indices, scores, loss_sum)
+            raw.append(logits.cpu().numpy())
+    empty = np.zeros((0, dataset.num_classes), dtype=np.float32)
+    scores = np.concatenate(parts) if parts else empty
+    mine = (indices, scores, np.concatenate(raw) if raw else empty, loss_sum)
     if not distributed:
         gathered = [mine]
     else:
@@ -86,45 +99,101 @@ def predict_dataset(
         if rank != 0:
             return None
     out = np.zeros((len(dataset), dataset.num_classes), dtype=np.float32)
+    out_logits = np.zeros_like(out)
     total = 0.0
-    for idx, part, part_loss in gathered:
-        out[idx] = part
+    for idx, part, part_logits, part_loss in gathered:
+        out[idx], out_logits[idx] = part, part_logits
         total += part_loss
-    return Predictions(scores=out, loss=total / max(len(dataset), 1))
+    return Predictions(scores=out, loss=total / max(len(dataset), 1), logits=out_logits)
 
 
 # --------------------------------------------------------------------------- ast-audio evaluate
 
-
-STATS_COLUMNS = ["model", "mAP", "mAUC", "acc", "d_prime", "avg_precision", "avg_recall"]
+# The rows of ``evaluate --out``: the original's statistics (``avg_precision`` / ``avg_recall``
+# are its middle points of each class's precision-recall curve, averaged; not a precision or
+# recall at a decision), then the decisions' balanced accuracy and macro / micro F1.
+STATS_COLUMNS = ["model", "mAP", "mAUC", "acc", "d_prime", "avg_precision", "avg_recall", "balanced_acc", "macro_F1",
+                 "micro_F1"]  # fmt: skip
+DECISION_COLUMNS = STATS_COLUMNS[-3:]
 
 
 def stats_row(name: str, stats: Stats) -> list:
-    return [name, stats.mAP, stats.mAUC, stats.acc, stats.d_prime, stats.average_precision, stats.average_recall]
+    decided = [stats.extra.get(column, math.nan) for column in DECISION_COLUMNS]
+    return [name, stats.mAP, stats.mAUC, stats.acc, stats.d_prime, stats.average_precision, stats.average_recall,
+            *decided]  # fmt: skip
 
 
-def evaluate_checkpoints(
+@dataclass
+class Evaluation:
+    """Checkpoints (and their ensemble) scored on one set of labelled clips.
+
+    ``results`` and ``probabilities`` have one row per checkpoint, then the ensemble when
+    there are several; the last row is the one a report describes. Probabilities are the
+    scores a user sees (``softmax`` for single-label models, ``sigmoid`` otherwise; the
+    ensemble's is the members' mean). A single-label model decides each clip's label by
+    its top score, a multi-label one by the per-class ``thresholds``.
+    """
+
+    datafile: Datafile
+    results: list[tuple[str, Stats]]
+    probabilities: list[np.ndarray]  # [clips, classes] per row of results
+    activation: str
+    thresholds: np.ndarray  # [classes]
+    checkpoints: list[str]
+
+    @property
+    def top1(self) -> bool:
+        return self.activation == "softmax"
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.datafile.labels.names)
+
+    def decisions(self, row: int = -1) -> np.ndarray:
+        return decisions(self.probabilities[row], self.top1, self.thresholds)
+
+    def counts(self, row: int = -1) -> ClassCounts:
+        return ClassCounts.of(self.decisions(row), self.datafile.targets())
+
+
+def checkpoint_labels(model: torch.nn.Module, source: object) -> LabelTable:
+    """The label table a checkpoint stores (ids where it has them, else its names)."""
+    info = model.info
+    if not info.labels:
+        raise ConfigError(f"{source}: the checkpoint stores no label names; give --label-csv")
+    return LabelTable(mids=list(info.label_ids or info.labels), names=list(info.labels))
+
+
+def evaluate(
     checkpoints: list[str | os.PathLike],
     data: str | os.PathLike,
-    label_csv: str | os.PathLike,
+    label_csv: str | os.PathLike | LabelTable | None = None,
     *,
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | None = None,
     dataset_mean: float | None = None,
     dataset_std: float | None = None,
-) -> list[tuple[str, Stats]]:
-    """Stats of each checkpoint on ``data`` and, for several, of the mean of their scores."""
+    thresholds: list[float] | None = None,
+) -> Evaluation:
+    """Score each checkpoint (and, for several, the mean of their scores) on ``data``: a
+    datafile JSON, a CSV or a folder of class folders (:func:`~ast_audio.data.labelled.datafile_from`),
+    labelled against ``label_csv`` or, without it, the first checkpoint's labels. Multi-label
+    decisions use ``thresholds``, else the first checkpoint's calibrated ones, else 0.5."""
     from ..checkpoints.load import load_model
 
-    labels = read_label_csv(label_csv)
-    datafile = read_datafile(data, labels)
-    targets = datafile.targets()
     device = pick_device(device)
+    models = [(str(source), load_model(source, device=device)) for source in checkpoints]
+    if label_csv is None:
+        labels = checkpoint_labels(models[0][1], models[0][0])
+    else:
+        labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
+    datafile = datafile_from(data, labels)
+    targets = datafile.targets()
+    first = models[0][1].input_contract
     results: list[tuple[str, Stats]] = []
-    members = []
-    for source in checkpoints:
-        model = load_model(source, device=device)
+    members, shown = [], []
+    for source, model in models:
         if model.config.label_dim != len(labels):
             raise ConfigError(f"{source}: the model has {model.config.label_dim} outputs, the label CSV {len(labels)}")
         contract = model.input_contract
@@ -133,10 +202,30 @@ def evaluate_checkpoints(
         dataset = AudioDataset(datafile, contract)
         preds = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device)
         members.append(preds.scores)
-        results.append((str(source), calculate_stats(preds.scores, targets)))
+        shown.append(preds.probabilities(first.activation))
+        results.append((source, calculate_stats(preds.scores, targets)))
     if len(members) > 1:
         results.append(("ensemble", calculate_stats(np.mean(members, axis=0), targets)))
-    return results
+        shown.append(np.mean(shown, axis=0))
+    cut = np.asarray(thresholds if thresholds is not None else first.thresholds or [0.5] * len(labels), dtype=np.float64)
+    if cut.shape != (len(labels),):
+        raise ConfigError(f"expected {len(labels)} thresholds, one per label, got {cut.size}")
+    ev = Evaluation(datafile, results, shown, first.activation, cut, [source for source, _ in models])
+    for row, (_, stats) in enumerate(results):
+        counts = ev.counts(row)
+        stats.extra.update(balanced_acc=counts.balanced_accuracy, macro_F1=counts.macro_f1, micro_F1=counts.micro_f1)
+    return ev
+
+
+def evaluate_checkpoints(
+    checkpoints: list[str | os.PathLike],
+    data: str | os.PathLike,
+    label_csv: str | os.PathLike | None = None,
+    **options,
+) -> list[tuple[str, Stats]]:
+    """Stats of each checkpoint on ``data`` and, for several, of the mean of their scores
+    (:func:`evaluate`'s ``results``)."""
+    return evaluate(checkpoints, data, label_csv, **options).results
 
 
 def write_stats_csv(path: str | os.PathLike, results: list[tuple[str, Stats]]) -> Path:

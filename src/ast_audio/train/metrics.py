@@ -1,5 +1,6 @@
 """Evaluation metrics of the original recipes: per-class AP and AUC, mAP, mAUC, d-prime,
-accuracy, and the "average precision / recall" columns of ``result.csv``.
+accuracy, the "average precision / recall" columns of ``result.csv``, and the counts of
+decisions (per-class precision, recall and F1, balanced accuracy, confusion matrix).
 
 NumPy only (no scikit-learn at run time); the tests check every function against
 scikit-learn, which the original used. Per class, AP is the step-wise area under the
@@ -165,3 +166,80 @@ def calculate_stats(predictions: np.ndarray, targets: np.ndarray) -> Stats:
     acc = float(np.mean(predictions.argmax(1) == targets.argmax(1))) if len(targets) else math.nan
     skipped = int(np.sum(np.isnan(ap) | np.isnan(auc)))
     return Stats(ap=ap, auc=auc, acc=acc, mid_precision=mid_p, mid_recall=mid_r, skipped_classes=skipped)
+
+
+# --------------------------------------------------------------------------- decisions and their counts
+
+
+def decisions(scores: np.ndarray, top1: bool, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
+    """``[clips, classes]`` booleans: the label each clip is given. ``top1`` (a single-label
+    model): the highest score; otherwise every class whose score reaches its threshold."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if top1:
+        out = np.zeros(scores.shape, dtype=bool)
+        if scores.size:
+            out[np.arange(len(scores)), scores.argmax(1)] = True
+        return out
+    return scores >= np.asarray(thresholds, dtype=np.float64)
+
+
+@dataclass
+class ClassCounts:
+    """Per class, the decisions against the truth: true and false positives, misses, support."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    support: np.ndarray  # clips that carry the class
+
+    @classmethod
+    def of(cls, predicted: np.ndarray, targets: np.ndarray) -> ClassCounts:
+        predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(targets) > 0.5
+        return cls(tp=(predicted & truth).sum(0), fp=(predicted & ~truth).sum(0), fn=(~predicted & truth).sum(0),
+                   support=truth.sum(0))  # fmt: skip
+
+    @property
+    def precision(self) -> np.ndarray:
+        """``tp / (tp + fp)``; NaN for a class never predicted."""
+        return _ratio(self.tp, self.tp + self.fp)
+
+    @property
+    def recall(self) -> np.ndarray:
+        """``tp / support``; NaN for a class with no clip."""
+        return _ratio(self.tp, self.support)
+
+    @property
+    def f1(self) -> np.ndarray:
+        """``2 tp / (2 tp + fp + fn)``; NaN for a class neither present nor predicted."""
+        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+
+    @property
+    def macro_f1(self) -> float:
+        """Mean F1 over the classes present or predicted (scikit-learn's ``average="macro"``
+        for single-label decisions)."""
+        return _nanmean(self.f1)
+
+    @property
+    def micro_f1(self) -> float:
+        """F1 of all decisions pooled; equals the accuracy for single-label decisions."""
+        tp, wrong = self.tp.sum(), self.fp.sum() + self.fn.sum()
+        return float(2 * tp / (2 * tp + wrong)) if 2 * tp + wrong else math.nan
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean recall over the classes present (scikit-learn's ``balanced_accuracy_score``)."""
+        return _nanmean(self.recall)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """``matrix[true, predicted]`` counts of single-label class indices."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(truth, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    return matrix
