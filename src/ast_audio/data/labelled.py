@@ -100,6 +100,8 @@ def _csv_files(path: Path) -> list[tuple[Path, list[str]]]:
             reader = csv.DictReader(fh)
             rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
             columns = [c.strip() for c in reader.fieldnames or []]
+    except FileNotFoundError:
+        raise DataError("CSV not found", path) from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read CSV: {err}", path) from None
     file_column = next((c for c in FILE_COLUMNS if c in columns), None)

@@ -45,7 +45,9 @@ Prepare:
   files are also in ``bad_files.txt``.
 
 The recipe trains on train, keeps the best model on valid (best-on-valid, by the main
-metric) and predicts every test file with it. ``EXP/submission.csv`` is in the format of
+metric), writes its evaluation report on the validation clips in ``EXP/report/``
+(``report.html``, per-class table, confusion, mistakes; multi-label decisions at the
+thresholds of ``thresholds.csv``) and predicts every test file with it. ``EXP/submission.csv`` is in the format of
 a ``sample_submission.csv``: the header ``filename,<label column>``, then one row per row
 of ``test.csv`` in its order, each with a label of the training set, ``\n`` line ends and
 nothing else. A test file that cannot be decoded still gets a row, with the most frequent
@@ -77,6 +79,7 @@ log = logging.getLogger(__name__)
 LABEL_CSV = "class_labels_indices.csv"
 TEST_LIST = "test_list.json"
 THRESHOLDS = "thresholds.csv"
+REPORT_DIR = "report"
 
 
 def _read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -334,6 +337,7 @@ def run(ctx) -> dict:
     if cfg.loss == "BCE" and summary["multilabel"]:
         thresholds = write_thresholds(best, cfg.data_val, cfg.label_csv, ctx.exp_dir / THRESHOLDS, cfg.device)
         result["thresholds"] = str(ctx.exp_dir / THRESHOLDS)
+    result["report"] = str(write_validation_report(best, cfg, ctx.exp_dir, thresholds))
     if summary["test"] is None:
         result["deliverable"] = str(best)
         return result
@@ -343,6 +347,17 @@ def run(ctx) -> dict:
         thresholds=thresholds, columns=summary["label_columns"],
     ))  # fmt: skip
     return result
+
+
+def write_validation_report(best: Path, cfg, exp_dir: Path, thresholds: list[float] | None = None) -> Path:
+    """The best model's evaluation report on the validation clips in ``EXP/report/``
+    (:func:`ast_audio.train.report.write_evaluation_report`: tables, figures, ``report.html``)."""
+    from ..train.report import write_evaluation_report
+
+    files = write_evaluation_report(best, cfg.data_val, cfg.label_csv, exp_dir / REPORT_DIR, thresholds=thresholds,
+                                    device=cfg.device)  # fmt: skip
+    log.info("evaluation report on the validation clips: %s", files["report"])
+    return files["report"]
 
 
 def _cross_validate(ctx, values: dict, owned: dict, summary: dict) -> dict:
