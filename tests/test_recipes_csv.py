@@ -91,6 +91,12 @@ def test_recipe_predicts_every_test_file_in_order(dataset, tmp_path):
     assert notes[1][2].startswith("unreadable (not a decodable audio file") and "most frequent" in notes[1][2]
     result = json.loads((exp / "recipe_result.json").read_text())
     assert (result["unreadable"], result["truncated"], result["fallback_label"]) == (1, 0, fallback)
+    # the best model's report on the validation clips, with the run's curves
+    assert result["report"] == str(exp / "report" / "report.html") and (exp / "report" / "curves.png").is_file()
+    with open(exp / "report" / "classes.csv", newline="") as fh:
+        classes = list(csv.DictReader(fh))
+    assert [r["label"] for r in classes] == sorted(EMOTIONS)
+    assert sum(int(r["support"]) for r in classes) == result["clips"]["valid"]
 
     stats = json.loads((exp / "data" / "stats.json").read_text())
     cfg = json.loads((exp / "config.json").read_text())["config"]

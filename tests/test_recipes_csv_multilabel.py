@@ -81,6 +81,12 @@ def test_multilabel_rows_train_with_bce_and_label_tests_by_thresholds(tmp_path, 
         assert lines[0] == "filename,tags" and all(len(r) == 2 and set(r[1].split(";")) <= {"", *labels} for r in rows)
     result = json.loads((exp / "recipe_result.json").read_text())
     assert result["thresholds"] == str(exp / "thresholds.csv") and "best_mAP" in result
+    # the validation report decides at those thresholds: one row of counts per class, over every valid clip
+    with open(exp / "report" / "confusion.csv", newline="") as fh:
+        grid = list(csv.reader(fh))
+    assert grid[0] == ["label", "true positive", "missed", "false positive", "true negative"]
+    assert [r[0] for r in grid[1:]] == labels and {sum(map(int, r[1:])) for r in grid[1:]} == {result["clips"]["valid"]}
+    assert (exp / "report" / "report.html").is_file()
 
 
 def test_folds_cross_validate_and_write_acc_fold(tmp_path):
