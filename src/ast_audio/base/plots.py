@@ -83,12 +83,12 @@ def plot_confusion(
 ) -> Path:  # fmt: skip
     """A grid of counts as a PNG: a single-label run's confusion matrix (``matrix[true,
     predicted]``, ``names`` on both axes), or any ``[rows, columns]`` counts with ``columns``
-    naming the columns. The figure grows with the grid (up to 20 inches); counts are written
+    naming the columns. The figure is 7 x 6 inches and grows with a larger grid (up to 20); counts are written
     in the cells up to 40 columns and rows, names on the axes up to 80."""
     matrix = np.asarray(matrix)
     columns = list(names) if columns is None else list(columns)
     rows, cols = matrix.shape
-    fig = _figure(figsize=(min(20.0, 3 + 0.45 * cols), min(20.0, 2.5 + 0.4 * rows)))
+    fig = _figure(figsize=(min(20.0, max(7.0, 3 + 0.45 * cols)), min(20.0, max(6.0, 2.5 + 0.4 * rows))))
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues", aspect="auto")
     if cols <= 80:
