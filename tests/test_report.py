@@ -8,6 +8,8 @@ import csv
 import html.parser
 import io
 import json
+import os
+import urllib.parse
 import wave
 from pathlib import Path
 
@@ -172,6 +174,17 @@ def test_single_label_report_from_a_folder_is_the_hand_computed_one(loud, tmp_pa
     assert links and all(v.startswith("data:") for v in links)
     assert not {tag for tag, _ in page.tags} & {"script", "link", "iframe"}
     assert "http" not in report.read_text().replace("http-equiv", "")
+
+
+def test_mistakes_past_the_embedded_ones_link_to_their_file(loud, tmp_path, monkeypatch):
+    from ast_audio.train import report_html
+
+    monkeypatch.setattr(report_html, "EMBEDDED_CLIPS", 0)
+    report = tmp_path / "pages" / "r.html"
+    ok(run_main("evaluate", "--checkpoint", loud["single"], "--data", loud["csv"], "--report", report))
+    (player,) = [a["src"] for tag, a in parse(report).tags if tag == "audio"]
+    assert urllib.parse.unquote(player) == os.path.relpath(loud["wrong"], report.parent)
+    assert (report.parent / urllib.parse.unquote(player)).resolve() == loud["wrong"].resolve()
 
 
 def test_csv_and_datafile_give_the_folder_s_numbers(loud, tmp_path):

@@ -16,6 +16,7 @@ import html
 import io
 import math
 import os
+import urllib.parse
 import wave
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def _player(path: Path, base: Path, embed: bool) -> str:
         except AstAudioError:
             source = None
     if source is None:
-        source = Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
+        source = urllib.parse.quote(Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix())
     return f'<audio controls preload="none" src="{_e(source)}"></audio>'
 
 
