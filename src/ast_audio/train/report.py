@@ -122,9 +122,8 @@ def confusion(ev: Evaluation) -> tuple[np.ndarray, list[str]]:
     """``(grid, column names)``: the single-label confusion matrix, or the multi-label per-class counts."""
     truth, decided = ev.datafile.targets() > 0.5, ev.decisions()
     if ev.top1:
-        pairs = [(t, int(d.argmax())) for t_row, d in zip(truth, decided, strict=True) for t in np.flatnonzero(t_row)]
-        true_idx, pred_idx = zip(*pairs, strict=True) if pairs else ((), ())
-        return confusion_matrix(np.array(true_idx), np.array(pred_idx), len(ev.labels)), ev.labels
+        clips, true_idx = np.nonzero(truth)  # one pair per true label of each clip
+        return confusion_matrix(true_idx, decided.argmax(1)[clips], len(ev.labels)), ev.labels
     counts = ev.counts()
     negatives = (~decided & ~truth).sum(0)
     return np.stack([counts.tp, counts.fn, counts.fp, negatives], axis=1), MULTI_COUNT_COLUMNS
@@ -188,7 +187,8 @@ def summary_lines(ev: Evaluation, mistakes: int = 5) -> list[str]:
     """What ``evaluate`` prints: the totals of every row, the per-class table, the first mistakes."""
     keys = SINGLE_SUMMARY if ev.top1 else MULTI_SUMMARY
     lines = ["\t".join(["model", *keys])]
-    lines += ["\t".join([name, *(f"{summary(ev, row)[k]:.6f}" for k in keys)]) for row, (name, _) in enumerate(ev.results)]
+    for row, (name, _) in enumerate(ev.results):
+        lines.append("\t".join([name, *(f"{value:.6f}" for value in summary(ev, row).values())]))
     rows = class_rows(ev)
     if len(rows) <= PRINTED_CLASSES:
         lines.append("\t".join(CLASS_COLUMNS))
