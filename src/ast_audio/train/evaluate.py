@@ -1,5 +1,7 @@
-"""Scoring models on a datafile: one prediction routine for validation during training
-and for ``ast-audio evaluate`` (single checkpoints and their ensemble).
+"""Scoring models on labelled clips: one prediction routine for validation during training
+and for ``ast-audio evaluate`` (single checkpoints and their ensemble), whose
+:class:`Evaluation` (clips from a datafile JSON, a CSV or a folder of class folders, scores,
+decisions) :mod:`ast_audio.train.report` turns into tables, figures and a page.
 
 Under ``torchrun`` each rank predicts the clips ``rank, rank + world, ...`` and the
 (index, prediction) pairs are gathered, so the metrics are computed over the whole set
