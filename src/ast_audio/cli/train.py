@@ -216,7 +216,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="score checkpoints (and their ensemble) on a datafile")
     p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints; several = ensemble")
     p.add_argument("--data", required=True, help="datafile JSON")
-    p.add_argument("--label-csv", required=True)
+    p.add_argument("--label-csv", default=None,
+                   help="the datafile's label CSV (index,mid,display_name), matched to each checkpoint's labels by "
+                   "name; default: the datafile's labels matched by name (needs a checkpoint that stores them)")  # fmt: skip
     p.add_argument("-b", "--batch-size", type=int, default=32)
     p.add_argument("-w", "--num-workers", type=int, default=0)
     p.add_argument("--device", default=None)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 from ..base.fileio import atomic_write
 from ..base.runtime import autocast, pick_device
-from ..data.datafiles import read_datafile
+from ..data.datafiles import match_datafile, read_datafile
 from ..data.dataset import AudioDataset
-from ..data.labels import read_label_csv
-from ..errors import ConfigError
+from ..data.labels import LabelTable, match_labels, read_label_csv
+from ..errors import ConfigError, DataError
 from .metrics import Stats, calculate_stats
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def stats_row(name: str, stats: Stats) -> list:
 def evaluate_checkpoints(
     checkpoints: list[str | os.PathLike],
     data: str | os.PathLike,
-    label_csv: str | os.PathLike,
+    label_csv: str | os.PathLike | None = None,
     *,
     batch_size: int = 32,
     num_workers: int = 0,
@@ -114,29 +114,45 @@ def evaluate_checkpoints(
     dataset_mean: float | None = None,
     dataset_std: float | None = None,
 ) -> list[tuple[str, Stats]]:
-    """Stats of each checkpoint on ``data`` and, for several, of the mean of their scores."""
+    """Stats of each checkpoint on ``data`` and, for several, of the mean of their scores.
+
+    Labels meet each checkpoint by name (:func:`~ast_audio.data.datafiles.match_datafile`):
+    those of ``label_csv``, or without it those the datafile names. The ensemble's scores are
+    averaged in the first checkpoint's output order, each member's columns matched to it by
+    name; members that do not share their label names are refused."""
     from ..checkpoints.load import load_model
 
-    labels = read_label_csv(label_csv)
-    datafile = read_datafile(data, labels)
-    targets = datafile.targets()
+    datafile = read_datafile(data, None if label_csv is None else read_label_csv(label_csv))
     device = pick_device(device)
     results: list[tuple[str, Stats]] = []
     members = []
+    reference = None  # the first checkpoint's labels, in its output order
     for source in checkpoints:
         model = load_model(source, device=device)
-        if model.config.label_dim != len(labels):
-            raise ConfigError(f"{source}: the model has {model.config.label_dim} outputs, the label CSV {len(labels)}")
+        info, outputs = model.info, model.config.label_dim
+        aligned = match_datafile(datafile, info.labels, info.label_ids, outputs, source)
         contract = model.input_contract
         if dataset_mean is not None:  # statistics given in place of the checkpoint's
             contract = contract.replace(mean=dataset_mean, std=dataset_std)
-        dataset = AudioDataset(datafile, contract)
+        dataset = AudioDataset(aligned, contract)
         preds = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device)
-        members.append(preds.scores)
-        results.append((str(source), calculate_stats(preds.scores, targets)))
+        results.append((str(source), calculate_stats(preds.scores, aligned.targets())))
+        if reference is None:
+            reference, targets = aligned.labels, aligned.targets()
+            members.append(preds.scores)
+        else:
+            members.append(preds.scores[:, _member_order(reference, info.labels, info.label_ids, outputs, source)])
     if len(members) > 1:
         results.append(("ensemble", calculate_stats(np.mean(members, axis=0), targets)))
     return results
+
+
+def _member_order(reference: LabelTable, names, ids, outputs: int, source) -> list[int]:
+    """The columns of an ensemble member that are the first member's outputs, matched by name."""
+    try:
+        return match_labels(reference, names, ids, outputs, source)
+    except DataError as err:
+        raise ConfigError(f"ensemble members disagree on their labels: {err.reason}") from None
 
 
 def write_stats_csv(path: str | os.PathLike, results: list[tuple[str, Stats]]) -> Path:
