@@ -238,3 +238,17 @@ def test_predict_label_csv_names_outputs_by_name(toy):
 
 def test_read_label_csv_remembers_its_file(toy):
     assert read_label_csv(toy["labels"]).source == str(toy["labels"])
+
+
+def test_calibrate_scenes_refuses_an_event_label_the_model_does_not_know(tmp_path):
+    ckpt = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
+    scenes = tmp_path / "scenes"
+    (scenes / "audio").mkdir(parents=True)
+    write_audio(scenes / "audio" / "s.wav", noise(4.0, 0.3), SR)
+    (scenes / "reference.tsv").write_text("filename\tonset\toffset\tevent_label\ns.wav\t0\t2\tloud\ns.wav\t2\t4\tLoud\n")
+    done = run_main("calibrate", "--checkpoint", ckpt, "--scenes", scenes, "--out", tmp_path / "cal.safetensors")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"ast-audio: error: {scenes / 'reference.tsv'}: event label 'Loud' is not one of the model's labels "
+        "(loud, quiet, never)"
+    ]
+    assert not (tmp_path / "cal.safetensors").exists()
