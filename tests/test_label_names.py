@@ -252,3 +252,22 @@ def test_calibrate_scenes_refuses_an_event_label_the_model_does_not_know(tmp_pat
         "(loud, quiet, never)"
     ]
     assert not (tmp_path / "cal.safetensors").exists()
+
+
+def test_a_run_resumed_with_its_label_csv_reordered_is_refused(tmp_path):
+    """The resume file keeps the labels, not only the label CSV's path: a table reordered in place
+    would otherwise train the outputs on each other's clips."""
+    from factories import as_flags, toy_train_settings, write_toy_dataset
+
+    toy = write_toy_dataset(tmp_path / "toy", per_class_train=2, per_class_val=1)
+    settings = toy_train_settings(toy, tmp_path / "exp", n_epochs=1)
+    assert run_main("train", *as_flags(settings)).returncode == 0
+    write_labels(toy / "labels.csv", TOY_CLASSES, [1, 0, 2])
+    done = run_main("train", *as_flags({**settings, "n_epochs": 2}))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ast-audio: error: {tmp_path / 'exp'}: the label CSV {toy / 'labels.csv'} holds other labels (or another "
+        "order) than when this run started; its outputs follow the first: restore that table or use another --exp-dir"
+    )
+    write_labels(toy / "labels.csv", TOY_CLASSES, [0, 1, 2])  # the same table again: the run goes on
+    assert run_main("train", *as_flags({**settings, "n_epochs": 2})).returncode == 0
