@@ -131,6 +131,7 @@ def evaluate_checkpoints(
         model = load_model(source, device=device)
         info, outputs = model.info, model.config.label_dim
         aligned = match_datafile(datafile, info.labels, info.label_ids, outputs, source)
+        order = None if reference is None else _member_order(reference, info.labels, info.label_ids, outputs, source)
         contract = model.input_contract
         if dataset_mean is not None:  # statistics given in place of the checkpoint's
             contract = contract.replace(mean=dataset_mean, std=dataset_std)
@@ -139,9 +140,7 @@ def evaluate_checkpoints(
         results.append((str(source), calculate_stats(preds.scores, aligned.targets())))
         if reference is None:
             reference, targets = aligned.labels, aligned.targets()
-            members.append(preds.scores)
-        else:
-            members.append(preds.scores[:, _member_order(reference, info.labels, info.label_ids, outputs, source)])
+        members.append(preds.scores if order is None else preds.scores[:, order])
     if len(members) > 1:
         results.append(("ensemble", calculate_stats(np.mean(members, axis=0), targets)))
     return results
