@@ -271,3 +271,18 @@ def test_a_run_resumed_with_its_label_csv_reordered_is_refused(tmp_path):
     )
     write_labels(toy / "labels.csv", TOY_CLASSES, [0, 1, 2])  # the same table again: the run goes on
     assert run_main("train", *as_flags({**settings, "n_epochs": 2})).returncode == 0
+
+
+def test_a_hugging_face_folder_of_a_nameless_model_stays_nameless(tmp_path):
+    """transformers writes LABEL_0, LABEL_1... where a model has no names: read back as no names, so
+    labels are matched by position, not refused as unknown."""
+    from factories import tiny_ast
+
+    model = tiny_ast(label_dim=3)
+    model.info = ModelInfo(dataset_mean=-4.0, dataset_std=4.0, multilabel=False)
+    source = save_checkpoint(model, tmp_path / "bare.safetensors")
+    assert run_main("convert", source, tmp_path / "hf", "--format", "hf").returncode == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"]["0"] == "LABEL_0"
+    back = load_model(tmp_path / "hf")
+    assert back.info.labels is None and back.info.label_ids is None
+    assert match_labels(LabelTable(["/m/a", "/m/b", "/m/c"], ["a", "b", "c"]), back.info.labels, None, 3) == [0, 1, 2]
