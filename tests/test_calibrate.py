@@ -87,7 +87,7 @@ def test_calibrate_scenes_picks_event_thresholds_that_find_the_events(tmp_path):
     tl = AudioTagger(tmp_path / "cal.safetensors", device="cpu").timeline(str(scenes / "audio" / "s.wav"))
     assert [e.label for e in tl.events] == ["quiet", "loud", "quiet"]
     both = run_main("calibrate", "--checkpoint", ckpt, "--scenes", scenes, "--data", "x.json")
-    assert both.returncode == 2 and "either --data and --label-csv (clips) or --scenes DIR" in both.stderr
+    assert both.returncode == 2 and "either --data (clips) or --scenes DIR" in both.stderr
 
 
 def test_event_calibration_never_lowers_a_class_f1():

@@ -252,6 +252,8 @@ def config_from_hf(
     id2label = hf.get("id2label") or {}
     if id2label and len(id2label) == config.label_dim:
         labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(config.label_dim)]
+        if labels == [f"LABEL_{i}" for i in range(config.label_dim)]:  # transformers' placeholders: no names
+            labels = None
     single = hf.get("problem_type") == "single_label_classification"
     contract = {"activation": "softmax" if single else "sigmoid"}
     stats = None

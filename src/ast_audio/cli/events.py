@@ -24,7 +24,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..checkpoints.load import load_model, save_checkpoint
-    from ..data.datafiles import read_datafile
+    from ..data.datafiles import match_datafile, read_datafile
     from ..infer.engine import AudioTagger
     from ..infer.events import calibrate_thresholds
 
@@ -32,15 +32,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if out.suffix not in (".safetensors", ".pt"):
         raise ConfigError(f"{out}: calibrated thresholds are saved in ast-audio's format; give --out FILE.safetensors")
     if (args.data is None) == (args.scenes is None):
-        raise ConfigError("calibrate needs either --data and --label-csv (clips) or --scenes DIR (recordings with events)")
+        raise ConfigError("calibrate needs either --data (clips) or --scenes DIR (recordings with events)")
     if args.scenes is not None:
         return _calibrate_on_scenes(args, out)
-    if args.label_csv is None:
-        raise ConfigError("--data needs --label-csv")
     model = load_model(args.checkpoint)
-    data = read_datafile(args.data, args.label_csv)
-    if len(data.labels) != model.config.label_dim:
-        raise ConfigError(f"{args.label_csv}: {len(data.labels)} labels, the checkpoint has {model.config.label_dim} outputs")
+    data = match_datafile(read_datafile(args.data, args.label_csv), model.info.labels, model.info.label_ids,
+                          model.config.label_dim, args.checkpoint)  # fmt: skip
     tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32")  # thresholds of the reference
     predictions = tagger.predict([e.wav for e in data.entries], top_k=1)
     scores = np.stack([p.scores for p in predictions])  # (clips, C)
@@ -180,7 +177,9 @@ def add_commands(sub) -> None:
                        "present/absent per class; timeline and listen: the on thresholds of events).")  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="an ast-audio checkpoint (.safetensors or .pt)")
     p.add_argument("--data", default=None, help="labelled datafile (the training format)")
-    p.add_argument("--label-csv", default=None, help="the label CSV of the datafile")
+    p.add_argument("--label-csv", default=None,
+                   help="the label CSV of the datafile, matched to the checkpoint's labels by name; default: the "
+                   "datafile's labels matched by name (needs a checkpoint that stores them)")  # fmt: skip
     p.add_argument("--scenes", default=None, help="a folder of recordings with reference events (audio/, reference.tsv)")
     p.add_argument("--out", default=None, help="where to write the calibrated checkpoint (default: in place)")
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8)

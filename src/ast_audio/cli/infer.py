@@ -158,6 +158,13 @@ def _files_and_tagger(args: argparse.Namespace, device: str | None = None):
         args.checkpoint, device=device or args.device, batch_size=args.batch_size, precision=args.precision,
         compile=args.compile,
     )  # fmt: skip
+    if getattr(args, "label_csv", None) is not None:  # predict: the table's names on the outputs they match by name
+        from ..data.labels import match_labels, read_label_csv
+
+        table, first = read_label_csv(args.label_csv), tagger.members[0]
+        info = first.model.info
+        for row, output in enumerate(match_labels(table, info.labels, info.label_ids, len(tagger.labels), first.name)):
+            tagger.labels[output] = table.names[row]
     return files, tagger, failures
 
 
@@ -340,6 +347,9 @@ def add_commands(sub) -> None:
                        "--timeline the scores of each window and the merged events.")  # fmt: skip
     common(p)
     p.add_argument("-k", "--top-k", type=_positive_int, default=5, help="labels shown per file or window (5)")
+    p.add_argument("--label-csv", default=None,
+                   help="a label CSV (index,mid,display_name) whose display names the output shows: matched to the "
+                   "checkpoint's labels by name, or by position where the checkpoint stores none")  # fmt: skip
     p.add_argument("--format", choices=["table", "json", "csv", "tsv"], default="table",
                    help="table; json (a list of objects); csv: path,rank,label,score (with --timeline: "
                    "the events, path,label,start,end,peak,onset,offset); tsv (--timeline): DCASE "

@@ -243,7 +243,8 @@ def add_commands(sub) -> None:
     p.add_argument("--data", required=True,
                    help="a datafile JSON, a CSV with 'filename' and 'label' columns, or a folder of class folders")  # fmt: skip
     p.add_argument("--label-csv", default=None,
-                   help="label table the data's labels refer to (default: the labels the checkpoint stores)")  # fmt: skip
+                   help="label table (index,mid,display_name) the data's labels refer to, matched to each checkpoint's "
+                   "labels by name; default: the datafile's own labels, or for a CSV or folder the checkpoint's")  # fmt: skip
     p.add_argument("-b", "--batch-size", type=int, default=32)
     p.add_argument("-w", "--num-workers", type=int, default=0)
     p.add_argument("--device", default=None)

@@ -1,7 +1,8 @@
 """Datafiles and label tables of the original recipes, checked up front.
 
 A datafile is JSON ``{"data": [{"wav": "path/to/clip.wav", "labels": "mid1,mid2"}, ...]}``
-and its labels refer to the ``mid`` column of a label CSV (``index,mid,display_name``).
+and its labels refer to the ``mid`` column of a label CSV (``index,mid,display_name``), or,
+read without one, to a checkpoint's labels by name (:func:`match_datafile`).
 Everything is checked when the file is read, so a run fails at start, naming the entry at
 fault, rather than after an hour on entry 51 000; ``skip_bad=True`` instead leaves bad
 entries out and reports them.
@@ -25,7 +26,7 @@ import numpy as np
 from ..audio.io import file_problem, load_audio
 from ..base.fileio import atomic_write
 from ..errors import AstAudioError, AudioError, DataError
-from .labels import LabelTable, read_label_csv
+from .labels import LabelTable, match_labels, read_label_csv
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,21 @@ def _resolve_wav(wav: str, base: Path) -> Path:
 
 def read_datafile(
     path: str | os.PathLike,
-    label_csv: str | os.PathLike | LabelTable,
+    label_csv: str | os.PathLike | LabelTable | None,
     *,
     check_files: bool = True,
     skip_bad: bool = False,
 ) -> Datafile:
-    """Read and check a datafile against a label table (a CSV path, built-in name or table)."""
+    """Read and check a datafile against a label table (a CSV path, built-in name or table).
+
+    ``label_csv=None`` takes the labels the datafile names, in the order they first appear,
+    as a ``named_only`` table: one to meet a checkpoint's labels by name (:func:`match_datafile`)."""
     path = Path(path)
-    labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
     doc = _read_doc(path)
+    if label_csv is None:
+        labels = _named_labels(doc, path)
+    else:
+        labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
     index = labels.index()
     entries: list[Entry] = []
     skipped: list[str] = []
@@ -96,6 +103,30 @@ def read_datafile(
     if not entries:
         raise DataError("no usable entries", path)
     return Datafile(path, labels, entries, skipped)
+
+
+def match_datafile(
+    datafile: Datafile, names: list[str] | None, ids: list[str] | None, outputs: int, checkpoint: object = "the checkpoint"
+) -> Datafile:
+    """``datafile`` with its labels in a checkpoint's output order, matched by name
+    (:func:`~ast_audio.data.labels.match_labels`): its table becomes the checkpoint's labels
+    and each entry's labels become output indices, so ``targets()`` lines up with the model's
+    scores. A checkpoint that stores no names keeps the datafile's table, by position."""
+    order = match_labels(datafile.labels, names, ids, outputs, checkpoint)
+    if not names and not ids:
+        return datafile
+    table = LabelTable(mids=list(ids or names), names=list(names or ids), source=datafile.labels.source)
+    entries = [Entry(e.wav, tuple(sorted(order[i] for i in e.labels))) for e in datafile.entries]
+    return Datafile(datafile.path, table, entries, datafile.skipped)
+
+
+def _named_labels(doc: dict, path: Path) -> LabelTable:
+    """The labels the entries of a datafile name, in the order they first appear."""
+    seen: dict[str, None] = {}
+    for item in doc["data"]:
+        if isinstance(item, dict) and isinstance(item.get("labels"), str):
+            seen.update(dict.fromkeys(m.strip() for m in item["labels"].split(",") if m.strip()))
+    return LabelTable(mids=list(seen), names=list(seen), source=os.fspath(path), named_only=True)
 
 
 def _read_doc(path: Path) -> dict:

@@ -31,6 +31,7 @@ import torch
 
 from ..base import allocator, runtime
 from ..base.plots import plot_attention
+from ..data.labels import LabelTable
 from ..errors import AstAudioError, ConfigError
 from ..features.contract import InputContract
 from ..features.kaldi import frame_sizes
@@ -56,9 +57,10 @@ class AudioTagger:
 
     ``checkpoint`` is anything :func:`~ast_audio.checkpoints.load.load_model` accepts (a file,
     a Hugging Face folder, a published name) or an :class:`ASTModel`, or a list of these:
-    an ensemble whose members' probabilities are averaged. ``device=None`` picks CUDA when
-    available (:func:`ast_audio.base.runtime.pick_device`). ``batch_size`` model windows go
-    through the model at once (windows of several files share batches).
+    an ensemble whose members' probabilities are averaged, each member's outputs matched to
+    the first one's labels by name. ``device=None`` picks CUDA when available
+    (:func:`ast_audio.base.runtime.pick_device`). ``batch_size`` model windows go through the
+    model at once (windows of several files share batches).
 
     ``precision`` is how the model computes (features are always float32); ``None`` means
     ``"auto"``, or ``"bf16"`` with ``autocast=True``. After construction ``self.precision``
@@ -128,11 +130,12 @@ class AudioTagger:
             raise ConfigError(f"ensemble members must have the same number of labels; got {listing}")
         info = first.model.info
         self.labels: list[str] = list(
-            info.labels or [f"class {i}" for i in range(first.model.config.label_dim)]
+            info.labels or info.label_ids or [f"class {i}" for i in range(first.model.config.label_dim)]
         )
-        for m in self.members[1:]:
-            if m.model.info.labels and list(m.model.info.labels) != self.labels:
-                log.warning("%s: label names differ from %s's; using the first member's", m.name, first.name)
+        if info.labels or info.label_ids:  # members' outputs in the first one's order, matched by name
+            reference = LabelTable(list(info.label_ids or self.labels), self.labels, source=first.name)
+            for m in self.members[1:]:
+                m.align_to(reference)
         self.multilabel = info.multilabel
 
     # ----------------------------------------------------------------- public API

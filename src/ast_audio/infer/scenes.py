@@ -22,6 +22,10 @@ def calibrate_on_scenes(tagger, folder, *, post=None, window=None, hop=None):
     :func:`ast_audio.infer.events.calibrate_event_thresholds`."""
     folder = Path(folder)
     reference = read_events(folder / "reference.tsv")
+    unknown = sorted({r["event_label"] for r in reference if r["event_label"]} - set(tagger.labels))
+    if unknown:  # by name, as everywhere labels meet a checkpoint: a class it does not know would get no threshold
+        known = ", ".join(tagger.labels[:8]) + (f", ... ({len(tagger.labels)} in all)" if len(tagger.labels) > 8 else "")
+        raise DataError(f"event label {unknown[0]!r} is not one of the model's labels ({known})", str(folder / "reference.tsv"))
     names = sorted({r["filename"] for r in reference})
     files = [folder / "audio" / n for n in names]
     missing = [str(f) for f in files if not f.is_file()]

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..base import runtime
-from ..errors import ConfigError
+from ..data.labels import LabelTable, match_labels
+from ..errors import ConfigError, DataError
 from ..features.contract import InputContract
 from ..model.ast import ASTModel
 from .windows import window_spans
@@ -60,6 +61,7 @@ class Member:
     # alone, in a folder, on another torchrun rank). An int8 member runs its windows one at a time:
     # a window of 1212 tokens is a large matmul by itself, so little is lost.
     per_row: bool = False
+    order: list[int] | None = None  # the columns of its outputs in the ensemble's label order (None: as they are)
 
     @classmethod
     def load(cls, index: int, source, device: torch.device, precision: str) -> Member:
@@ -127,10 +129,23 @@ class Member:
             self.compiled[key] = torch.compile(fn, dynamic=False)
         return self.compiled[key]
 
+    def align_to(self, reference: LabelTable) -> None:
+        """Give this member's outputs in the order of ``reference`` (the first member's labels),
+        matched by name (:func:`~ast_audio.data.labels.match_labels`); members that do not share
+        their label names are refused."""
+        info = self.model.info
+        try:
+            order = match_labels(reference, info.labels, info.label_ids, self.model.config.label_dim, self.name)
+        except DataError as err:
+            raise ConfigError(f"ensemble members disagree on their labels: {err}") from None
+        self.order = None if order == list(range(len(order))) else order
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Probabilities: sigmoid for a multi-label checkpoint, softmax for a single-label one."""
+        """Probabilities (sigmoid for a multi-label checkpoint, softmax for a single-label one),
+        in the ensemble's label order."""
         logits = logits.float()
-        return torch.sigmoid(logits) if self.model.info.multilabel else torch.softmax(logits, dim=-1)
+        probs = torch.sigmoid(logits) if self.model.info.multilabel else torch.softmax(logits, dim=-1)
+        return probs if self.order is None else probs[..., self.order]
 
 
 @dataclass

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..base.fileio import atomic_write
 from ..base.plots import plot_confusion
-from ..data.datafiles import read_datafile, write_datafile
+from ..data.datafiles import match_datafile, read_datafile, write_datafile
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ def run_demo(
 
     best = exp / "models" / "best_audio_model.safetensors"
     event_f1 = _calibrate_events(out, best, scenes, seed) if scenes else None
-    test_df = read_datafile(splits["test"], label_csv)
     model = load_model(best)
+    test_df = match_datafile(read_datafile(splits["test"], label_csv), model.info.labels, model.info.label_ids,
+                             model.config.label_dim, best)  # fmt: skip
     scores = predict_dataset(model, AudioDataset(test_df, model.input_contract)).scores
     truth = test_df.targets().argmax(1)
     guess = scores.argmax(1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.fileio import atomic_write
-from ..data.datafiles import read_datafile
+from ..data.datafiles import match_datafile, read_datafile
 from ..errors import AudioError
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ def write_thresholds(checkpoint: Path, valid: str | os.PathLike, label_csv: str 
     from ..train.metrics import f1_thresholds
 
     model = load_model(checkpoint, device=pick_device(device))
-    datafile = read_datafile(valid, label_csv)
+    datafile = match_datafile(read_datafile(valid, label_csv), model.info.labels, model.info.label_ids,
+                              model.config.label_dim, checkpoint)  # fmt: skip
     scores = predict_dataset(model, AudioDataset(datafile, model.input_contract), device=pick_device(device)).scores
     thresholds, f1 = f1_thresholds(scores, datafile.targets())
     table = [[name, f"{t:.6g}", "" if np.isnan(v) else f"{v:.4f}"]

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from ..base.fileio import atomic_write
 from ..base.runtime import autocast, pick_device
-from ..data.datafiles import Datafile
+from ..data.datafiles import Datafile, match_datafile, read_datafile
 from ..data.dataset import AudioDataset
-from ..data.labelled import datafile_from
-from ..data.labels import LabelTable, read_label_csv
-from ..errors import ConfigError
+from ..data.labelled import data_kind, datafile_from
+from ..data.labels import LabelTable, match_labels, read_label_csv
+from ..errors import ConfigError, DataError
 from .metrics import ClassCounts, Stats, calculate_stats, decisions
 
 log = logging.getLogger(__name__)
@@ -180,39 +180,52 @@ def evaluate(
 ) -> Evaluation:
     """Score each checkpoint (and, for several, the mean of their scores) on ``data``: a
     datafile JSON, a CSV or a folder of class folders (:func:`~ast_audio.data.labelled.datafile_from`),
-    labelled against ``label_csv`` or, without it, the first checkpoint's labels. Multi-label
-    decisions use ``thresholds``, else the first checkpoint's calibrated ones, else 0.5."""
+    labelled against ``label_csv`` or, without it, the datafile's own label names (JSON) or
+    the first checkpoint's labels (CSV, folder). Labels meet each checkpoint by name
+    (:func:`~ast_audio.data.datafiles.match_datafile`), so a table in another order scores the
+    same; the ensemble averages the members' scores in the first checkpoint's output order,
+    each member's columns matched to it by name (members that do not share their label names
+    are refused). Multi-label decisions use ``thresholds``, else the first checkpoint's
+    calibrated ones, else 0.5."""
     from ..checkpoints.load import load_model
 
     device = pick_device(device)
     models = [(str(source), load_model(source, device=device)) for source in checkpoints]
-    if label_csv is None:
-        labels = checkpoint_labels(models[0][1], models[0][0])
-    else:
+    if label_csv is not None:
         labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
-    datafile = datafile_from(data, labels)
-    targets = datafile.targets()
+        datafile = datafile_from(data, labels)
+    elif data_kind(Path(data)) == "json":  # its own label names, matched to each checkpoint's below
+        datafile = read_datafile(data, None)
+    else:
+        datafile = datafile_from(data, checkpoint_labels(models[0][1], models[0][0]))
     first = models[0][1].input_contract
     results: list[tuple[str, Stats]] = []
     members, shown = [], []
+    reference: Datafile | None = None  # the data in the first checkpoint's output order
     for source, model in models:
-        if model.config.label_dim != len(labels):
-            raise ConfigError(f"{source}: the model has {model.config.label_dim} outputs, the label CSV {len(labels)}")
+        info, outputs = model.info, model.config.label_dim
+        aligned = match_datafile(datafile, info.labels, info.label_ids, outputs, source)
+        order = None if reference is None else _member_order(reference.labels, info.labels, info.label_ids, outputs, source)
         contract = model.input_contract
         if dataset_mean is not None:  # statistics given in place of the checkpoint's
             contract = contract.replace(mean=dataset_mean, std=dataset_std)
-        dataset = AudioDataset(datafile, contract)
+        dataset = AudioDataset(aligned, contract)
         preds = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device)
-        members.append(preds.scores)
-        shown.append(preds.probabilities(first.activation))
-        results.append((source, calculate_stats(preds.scores, targets)))
+        results.append((source, calculate_stats(preds.scores, aligned.targets())))
+        if reference is None:
+            reference = aligned
+        probabilities = preds.probabilities(first.activation)
+        members.append(preds.scores if order is None else preds.scores[:, order])
+        shown.append(probabilities if order is None else probabilities[:, order])
+    assert reference is not None
+    targets, n_labels = reference.targets(), len(reference.labels)
     if len(members) > 1:
         results.append(("ensemble", calculate_stats(np.mean(members, axis=0), targets)))
         shown.append(np.mean(shown, axis=0))
-    cut = np.asarray(thresholds if thresholds is not None else first.thresholds or [0.5] * len(labels), dtype=np.float64)
-    if cut.shape != (len(labels),):
-        raise ConfigError(f"expected {len(labels)} thresholds, one per label, got {cut.size}")
-    ev = Evaluation(datafile, results, shown, first.activation, cut, [source for source, _ in models])
+    cut = np.asarray(thresholds if thresholds is not None else first.thresholds or [0.5] * n_labels, dtype=np.float64)
+    if cut.shape != (n_labels,):
+        raise ConfigError(f"expected {n_labels} thresholds, one per label, got {cut.size}")
+    ev = Evaluation(reference, results, shown, first.activation, cut, [source for source, _ in models])
     for row, (_, stats) in enumerate(results):
         counts = ev.counts(row)
         stats.extra.update(balanced_acc=counts.balanced_accuracy, macro_F1=counts.macro_f1, micro_F1=counts.micro_f1)
@@ -228,6 +241,14 @@ def evaluate_checkpoints(
     """Stats of each checkpoint on ``data`` and, for several, of the mean of their scores
     (:func:`evaluate`'s ``results``)."""
     return evaluate(checkpoints, data, label_csv, **options).results
+
+
+def _member_order(reference: LabelTable, names, ids, outputs: int, source) -> list[int]:
+    """The columns of an ensemble member that are the first member's outputs, matched by name."""
+    try:
+        return match_labels(reference, names, ids, outputs, source)
+    except DataError as err:
+        raise ConfigError(f"ensemble members disagree on their labels: {err.reason}") from None
 
 
 def write_stats_csv(path: str | os.PathLike, results: list[tuple[str, Stats]]) -> Path:

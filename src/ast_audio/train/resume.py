@@ -54,6 +54,7 @@ def save_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer:
     state_dict = {
         "format": "ast-audio-run",
         "config": dataclasses.asdict(cfg),
+        "labels": _labels(model),  # the label CSV's contents: the path alone may now hold other labels
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),  # its groups name their parameters (parameter_groups)
         "scheduler": scheduler.state_dict(),
@@ -87,6 +88,11 @@ def load_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer:
             "use another --exp-dir to start a new run",
             cfg.exp_dir,
         )
+    if "labels" in saved and saved["labels"] != _labels(model):
+        raise TrainingError(
+            f"the label CSV {cfg.label_csv} holds other labels (or another order) than when this run started; "
+            "its outputs follow the first: restore that table or use another --exp-dir", cfg.exp_dir,
+        )  # fmt: skip
     model.load_state_dict(saved["model"])
     groups = [(g.get("names"), g.get("lr_scale", 1.0)) for g in saved["optimizer"]["param_groups"]]
     if groups[0][0] is not None and groups != [(g["names"], g["lr_scale"]) for g in optimizer.param_groups]:
@@ -99,3 +105,11 @@ def load_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer:
     state = RunState(**saved["state"])
     log.info("resuming %s after epoch %d (step %d)", cfg.exp_dir, state.epoch, state.global_step)
     return state
+
+
+def _labels(model: torch.nn.Module) -> list | None:
+    """The run's labels in output order (mid and display name of each), as the model carries them."""
+    info = getattr(model, "info", None)
+    if info is None or info.labels is None:
+        return None
+    return [[mid, name] for mid, name in zip(info.label_ids or info.labels, info.labels, strict=True)]
