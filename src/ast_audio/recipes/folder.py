@@ -83,15 +83,17 @@ def audio_length_for(durations: list[float]) -> int:
 
 
 
-def _held_out(folder: Path, names: list[str], workers, progress) -> tuple[list[Clip], dict[Path, str], list]:
-    """The clips of a validation or test folder (classes must be the training folder's)."""
+def _held_out(folder: Path | None, names: list[str]) -> tuple[list[Clip], list[tuple[Path, str]]]:
+    """The clips and stray files of a validation or test folder, whose class folders must be
+    classes of the training folder."""
+    if folder is None:
+        return [], []
     held_names, clips, stray = scan(folder)
     unknown = [name for name in held_names if name not in names]
     if unknown:
         raise DataError(f"class folder {unknown[0]!r} is not a class of the training folder ({', '.join(names)})",
                         folder / unknown[0])  # fmt: skip
-    bad = check_clips([c.path for c in clips], workers, progress)
-    return [c for c in clips if c.path not in bad], bad, stray
+    return clips, stray
 
 
 # --------------------------------------------------------------------------- prepare
@@ -147,6 +149,7 @@ def _prepare(root, out, valid_dir, test_dir, valid_fraction, seed, folds, audio_
     from ..features.contract import InputContract
 
     names, clips, stray = scan(root, read_groups(root / GROUPS_CSV))
+    held = {"valid": _held_out(valid_dir, names), "test": _held_out(test_dir, names)}  # checked before decoding
     bad = check_clips([c.path for c in clips], workers, progress)
     good = [c for c in clips if c.path not in bad]
     names = [name for name in names if any(c.label == name for c in good)]
@@ -157,11 +160,18 @@ def _prepare(root, out, valid_dir, test_dir, valid_fraction, seed, folds, audio_
     none_label = background_label(names)
     index = {name: i for i, name in enumerate(names)}
     report = [(p, reason) for p, reason in stray] + [(c.path, bad[c.path]) for c in clips if c.path in bad]
+    usable = {}
+    for split, folder in (("valid", valid_dir), ("test", test_dir)):
+        held_clips, held_stray = held[split]
+        held_bad = check_clips([c.path for c in held_clips], workers, progress) if held_clips else {}
+        report += held_stray + [(c.path, held_bad[c.path]) for c in held_clips if c.path in held_bad]
+        usable[split] = [c for c in held_clips if c.path not in held_bad]
+        lost = sorted({c.label for c in usable[split]} - set(names))
+        if lost:
+            raise DataError(f"class {lost[0]!r} has no usable clip in the training folder", folder / lost[0])
 
     if valid_dir is not None:
-        train = good
-        valid, valid_bad, valid_stray = _held_out(valid_dir, names, workers, progress)
-        report += valid_stray + list(valid_bad.items())
+        train, valid = good, usable["valid"]
         if not valid:
             raise DataError("no usable clip in the validation folder", valid_dir)
     else:
@@ -174,10 +184,7 @@ def _prepare(root, out, valid_dir, test_dir, valid_fraction, seed, folds, audio_
             log.warning("%s: class %s has one group of clips only: none of it is in validation", root, single[0])
         train = [c for c, v in zip(good, is_valid, strict=True) if not v]
         valid = [c for c, v in zip(good, is_valid, strict=True) if v]
-    test: list[Clip] = []
-    if test_dir is not None:
-        test, test_bad, test_stray = _held_out(test_dir, names, workers, progress)
-        report += test_stray + list(test_bad.items())
+    test = usable["test"]
 
     write_label_table(LabelTable(mids=list(names), names=list(names)), out / LABEL_CSV)
     datafiles = {"train": str(write_datafile(out / "train.json", _rows(train))),
