@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import ok, run_main
+from factories import original_audioset_state
 from layouts import CLASS_FOLDERS, report, write_class_folders
 
 from ast_audio.audio.io import audio_info
@@ -275,3 +277,41 @@ def test_recipe_folder_trains_from_scratch_offline_and_resumes(mine, tmp_path):
     wrong = run_main("recipe", "folder", root, "--exp-dir", tmp_path / "exp2", "--set", *tiny, "none_label=zebra",
                      AST_AUDIO_HOME=home)  # fmt: skip
     assert wrong.returncode == 2 and "none_label 'zebra' is not one of its labels" in wrong.stderr
+
+
+def test_recipe_folder_fine_tunes_the_cached_audioset_weights(mine, tmp_path):
+    root, _ = mine
+    home, exp = tmp_path / "home", tmp_path / "exp"
+    home.mkdir()
+    weights = home / "audioset_10_10_0.4593.pth"
+    torch.save(original_audioset_state(depth=2), weights)  # the published file's layout, tiny224-sized
+    args = ("recipe", "folder", root, "--exp-dir", exp, "--set", "model_size=tiny224", "depth=2", "n_epochs=1",
+            "batch_size=8", "progress=false", "device=cpu")  # fmt: skip
+    result = ok(run_main(*args, AST_AUDIO_HOME=home))  # downloads are off: only the cached file can be read
+    assert [line for line in result.stderr.splitlines() if line.startswith("preset:")] == [
+        f"preset: AudioSet fine-tuning (folder.toml): AudioSet weights found in {weights}"
+    ]
+    recorded = json.loads((exp / "recipe.json").read_text())
+    assert recorded["preset"] == "pretrained" and recorded["train"]["audioset_pretrain"] is True
+    assert (recorded["train"]["fstride"], recorded["train"]["lr"]) == (10, 1e-5)  # folder.toml under the user's settings
+
+
+def test_recipe_needs_the_dataset_folder_once(tmp_path):
+    result = run_main("recipe", "folder", "--exp-dir", tmp_path / "exp")
+    assert result.returncode == 2 and "give the dataset folder: ast-audio recipe folder DIR --exp-dir EXP" in result.stderr
+    result = run_main("recipe", "folder", tmp_path / "a", "--root", tmp_path / "b", "--exp-dir", tmp_path / "exp")
+    assert result.returncode == 2 and "two dataset folders given" in result.stderr
+
+
+def test_recipe_folder_cross_validates_by_groups(mine, tmp_path):
+    root, _ = mine
+    exp = tmp_path / "exp"
+    result = ok(run_main("recipe", "folder", root, "--exp-dir", exp, "--set", "folds=2", "n_epochs=1", "batch_size=8",
+                         "progress=false", "device=cpu", AST_AUDIO_HOME=tmp_path))  # fmt: skip
+    done = json.loads((exp / "recipe_result.json").read_text())
+    accuracies = np.loadtxt(exp / "acc_fold.csv", ndmin=1)
+    assert done["folds"] == [1, 2] and done["acc"] == pytest.approx(list(accuracies[:2]))
+    assert done["mean"] == pytest.approx(accuracies[2]) and done["deliverable"] == str(exp / "acc_fold.csv")
+    assert f"mean acc {done['mean']:.4f}" in result.stdout
+    for k in (1, 2):
+        assert (exp / f"fold{k}" / "models" / "best_audio_model.safetensors").is_file()
