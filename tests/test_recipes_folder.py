@@ -50,7 +50,8 @@ def entries(path: Path, out: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(("stem", "group"), [
     ("dog_01", "dog"), ("dog_02", "dog"), ("dog-take3", "dog"), ("dog (2)", "dog"), ("Dog Take 2", "dog"),
-    ("purr take 1", "purr"), ("kick_v3_02", "kick_v"), ("snare[4]", "snare"), ("dog", "dog"),
+    ("purr take 1", "purr"), ("kick_v3_02", "kick_v3"), ("s0_00", "s0"), ("dog2", "dog"), ("snare[4]", "snare"),
+    ("dog", "dog"),
     ("01", "01"), ("dog_01_close", "dog_01_close"), ("1-100032-A-0", "1-100032-a"),
 ])  # fmt: skip
 def test_take_numbers_are_stripped_from_the_name(stem, group):

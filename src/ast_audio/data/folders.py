@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 # Class folders holding sounds of none of the classes ("none of these").
 BACKGROUND_NAMES = ("_background", "background", "none", "other")
 
-# Trailing take numbers: "_01", "-take3", " (2)", " Take 2", "[3]", repeated ("_01_02").
-_TAKE = re.compile(r"(?:[\s._-]*(?:take|tk)?[\s._-]*(?:\(\d+\)|\[\d+\]|\d+))+$", re.IGNORECASE)
+# A trailing take number: "_01", "-take3", " (2)", " Take 2", "[3]", "2" (one, the last).
+_TAKE = re.compile(r"[\s._-]*(?:take|tk)?[\s._-]*(?:\(\d+\)|\[\d+\]|\d+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ class Clip:
 
 
 def take_stem(stem: str) -> str:
-    """A file name's stem without its take number, lower-cased (``Dog_01`` -> ``dog``); a stem
-    that is only a number stays itself (``01``: a clip of its own)."""
+    """A file name's stem without its take number, lower-cased: the last number, with the
+    separators (space ``._-``) and the word ``take``/``tk`` before it (``Dog_01``, ``dog-take3``,
+    ``dog (2)`` -> ``dog``; ``s1_02`` -> ``s1``: only the last number is a take). A stem that is
+    only a number stays itself (``01``: a clip of its own)."""
     base = _TAKE.sub("", stem).rstrip(" ._-").lower()
     return base or stem.lower()
 
