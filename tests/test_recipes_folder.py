@@ -183,6 +183,9 @@ def test_a_held_out_folder_instead_of_a_split(mine, tmp_path):
     assert entries(out / "valid.json", out) == expected == entries(out / "test.json", out)
     assert summary["clips"] == {"train": len(info["label"]), "valid": 3, "test": 3}
 
+    with pytest.raises(ConfigError, match="folds and valid_dir each choose the validation clips"):
+        prepare(root, out, valid_dir=held, folds=2)
+
     (held / "bird").mkdir()
     shutil.copy(held / "dog" / "dog_01.wav", held / "bird" / "tweet.wav")
     result = run_main("prepare", "folder", root, "--out", tmp_path / "bad", "--valid-dir", held)

@@ -82,7 +82,6 @@ def audio_length_for(durations: list[float]) -> int:
     return min(max(frames, MIN_FRAMES), MAX_FRAMES)
 
 
-
 def _held_out(folder: Path | None, names: list[str]) -> tuple[list[Clip], list[tuple[Path, str]]]:
     """The clips and stray files of a validation or test folder, whose class folders must be
     classes of the training folder."""
@@ -110,6 +109,8 @@ def prepare(
     check_valid_fraction(valid_fraction)
     if not is_int(folds) or folds == 1 or folds < 0:
         raise ConfigError(f"folds must be 0 (one validation split) or 2 or more, got {folds!r}")
+    if folds and valid_dir:
+        raise ConfigError("folds and valid_dir each choose the validation clips: give one of them")
     if audio_length is not None and (not is_int(audio_length) or audio_length < 1):
         raise ConfigError(f"audio_length must be a positive number of frames, got {audio_length!r}")
     root = Path(root).expanduser().resolve()
