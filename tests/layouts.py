@@ -227,3 +227,59 @@ def write_csv_dataset(root: Path, per_class: int = 6, seed: int = 0) -> dict:
     bad[str((test_dir / "test_broken.wav").resolve())] = "text"
     (root / "test.csv").write_text("filename\n" + "".join(t + "\n" for t in tests))
     return {"rows": rows, "tests": tests, "bad": bad}
+
+
+# --------------------------------------------------------------------------- a folder of class folders
+
+# Each class's files: (relative path, the group it belongs to, sample rate, channels, seconds).
+# Takes of one sound (``dog_01``/``dog_02``/``dog-take3``, ``bark (1)``/``bark (2)``) share a group;
+# a subfolder of a class folder is one group (a recording session), however deep its files.
+CLASS_FOLDERS = {
+    "dog": [("dog_01.wav", "dog", 16000, 1, 1.0), ("dog_02.wav", "dog", 22050, 1, 1.2),
+            ("dog-take3.flac", "dog", 16000, 1, 1.0), ("bark (1).wav", "bark", 48000, 2, 0.8),
+            ("bark (2).ogg", "bark", 16000, 1, 1.0), ("growl.wav", "growl", 8000, 1, 1.5),
+            ("session1/a.wav", "dog-s1", 16000, 1, 1.0), ("session1/b.flac", "dog-s1", 16000, 1, 1.0),
+            ("session2/deep/c.wav", "dog-s2", 44100, 2, 1.0)],
+    "cat": [("meow_1.wav", "meow", 16000, 1, 1.0), ("meow_2.wav", "meow", 16000, 1, 1.0),
+            ("Meow_3.flac", "meow", 32000, 1, 1.1), ("purr take 1.wav", "purr", 16000, 1, 1.0),
+            ("purr take 2.wav", "purr", 16000, 2, 1.0), ("hiss.wav", "hiss", 16000, 1, 0.9),
+            ("s1/x.wav", "cat-s1", 44100, 2, 1.0), ("s1/y.wav", "cat-s1", 16000, 1, 1.0),
+            ("s2/z.wav", "cat-s2", 8000, 1, 1.0)],
+    "_background": [("noise_01.wav", "noise", 16000, 1, 1.0), ("noise_02.wav", "noise", 16000, 1, 1.0),
+                    ("room.wav", "room", 16000, 1, 1.0), ("street.flac", "street", 16000, 1, 1.3)],
+}  # fmt: skip
+CLASS_FREQS = {"dog": 300.0, "cat": 2400.0}
+
+
+def write_class_folders(root: Path, seed: int = 0, classes: dict | None = None) -> dict:
+    """A folder of one's own sounds: one subfolder per class (:data:`CLASS_FOLDERS`: wav, flac,
+    ogg at 8-48 kHz, some stereo, nested session folders), tones per class and noise for the
+    background, plus a text file named ``.wav`` and a 0-byte file in class folders, a loose
+    audio file in ``root``, and files that are not audio. Returns ``{"label": {path: class},
+    "group": {path: group}, "bad": {path: kind}, "stray": [path]}`` (resolved paths as str)."""
+    rng = np.random.default_rng(seed)
+    label, group, bad = {}, {}, {}
+    for name, files in (classes or CLASS_FOLDERS).items():
+        for rel, grp, rate, channels, seconds in files:
+            path = root / name / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if name in CLASS_FREQS:
+                x = tone(CLASS_FREQS[name], rate, seconds, rng=rng)
+            else:
+                x = (0.1 * rng.standard_normal(int(rate * seconds))).astype("float32")
+            if channels == 2:
+                x = np.stack([x, 0.5 * x], axis=1)
+            write_audio(path, x, rate)
+            label[str(path.resolve())] = name
+            group[str(path.resolve())] = f"{name}:{grp}"
+    if classes is None:
+        write_text_as_audio(root / "cat" / "broken.wav")
+        write_empty(root / "dog" / "session1" / "empty.wav")
+        bad = {str((root / "cat" / "broken.wav").resolve()): "text",
+               str((root / "dog" / "session1" / "empty.wav").resolve()): "empty"}  # fmt: skip
+        write_audio(root / "loose.wav", tone(500, 16000, 1.0), 16000)
+        (root / "notes.txt").write_text("my recordings\n")
+        (root / "dog" / "README.txt").write_text("dogs\n")
+        (root / ".hidden").mkdir()
+        write_audio(root / ".hidden" / "x.wav", tone(500, 16000, 1.0), 16000)
+    return {"label": label, "group": group, "bad": bad, "stray": [str((root / "loose.wav").resolve())]}

@@ -36,10 +36,16 @@ def _result_lines(result: dict) -> list[str]:
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
     from ..recipes import get_recipe, run_recipe
 
+    if args.root and args.dir and args.root != args.dir:
+        raise ConfigError(f"two dataset folders given: {args.dir} and --root {args.root}")
+    root = args.root or args.dir
+    if not root:
+        raise ConfigError(f"give the dataset folder: ast-audio recipe {args.name} DIR --exp-dir EXP")
     result = run_recipe(
-        args.name, args.root, args.exp_dir, sets=args.set or (), config=args.config, data_dir=args.data_dir,
+        args.name, root, args.exp_dir, sets=args.set or (), config=args.config, data_dir=args.data_dir,
         force_prepare=args.force_prepare, workers=args.workers,
     )  # fmt: skip
     for line in (get_recipe(args.name).result_lines or _result_lines)(result):
@@ -70,14 +76,16 @@ def add_commands(sub) -> None:
         "Settings: the shipped config < --config FILE < --set key=value. Run the same command again to resume.",
     )  # fmt: skip
     p.add_argument("name", choices=list(RECIPES))
-    p.add_argument("--root", required=True, help="the dataset as distributed")
+    p.add_argument("dir", nargs="?", default=None, metavar="DIR", help="the dataset as distributed (or --root)")
+    p.add_argument("--root", default=None, help="the dataset as distributed (or DIR)")
     p.add_argument("--exp-dir", required=True, help="experiment folder (runs, deliverable; data/ unless --data-dir)")
     p.add_argument("--data-dir", default=None, help="where prepared data goes (default: EXP_DIR/data)")
     p.add_argument("--config", default=None, help="a TOML with [train] / [recipe] tables over the shipped config")
     p.add_argument(
         "--set", nargs="+", action="extend", metavar="KEY=VALUE",
-        help="override settings, e.g. --set model_size=tiny224 imagenet_pretrain=false n_epochs=3 "
-        "(audioset: --set full for the full set)",
+        help="override settings, e.g. --set preset=scratch n_epochs=3 (folder: from scratch, offline), "
+        "--set model_size=tiny224 imagenet_pretrain=false audioset_pretrain=false n_epochs=3 (any recipe, offline), "
+        "--set valid_dir=HELD_OUT (folder); audioset: --set full for the full set",
     )  # fmt: skip
     p.add_argument("--force-prepare", action="store_true", help="prepare again even if the stamp matches")
     p.add_argument("-w", "--workers", type=int, default=None, help="threads decoding clips during prepare")

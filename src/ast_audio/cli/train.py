@@ -120,6 +120,7 @@ _TRAIN_FLAGS = [
     (["--patchout-f", "--patchout_f"], "patchout_f", _count_or_fraction),
     (["--patchout-t", "--patchout_t"], "patchout_t", _count_or_fraction),
     (["--bucket-by-length", "--bucket_by_length"], "bucket_by_length", _flag),
+    (["--none-label", "--none_label"], "none_label", str),
 ]
 # When to reach for the fine-tuning flags (the README's "Fine-tuning on your data" says more).
 _HELP = {
@@ -135,6 +136,7 @@ _HELP = {
     "patchout_f": "structured patchout (training only): drop N frequency rows of the patch grid per step, "
     "or a fraction like 0.3",
     "patchout_t": "structured patchout: drop N time columns per step, or a fraction like 0.4",
+    "none_label": "the label meaning 'none of these' (a background class), recorded in the checkpoint",
     "bucket_by_length": "group clips of similar length into batches and cut each batch to its longest clip",
 }
 # Accepted for compatibility with the original's scripts, without effect here.

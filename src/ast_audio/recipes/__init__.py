@@ -14,6 +14,8 @@ recipe             config                                 deliverable (in the ex
 ``audioset``       ``audioset_balanced.toml`` (default),  ``wa_result.csv`` + ``result.csv``;
                    ``audioset_full.toml`` (``--set full``) sampling weights beside the datafile
 ``csv``            ``csv.toml``                           ``submission.csv``: a label per test file
+``folder``         ``folder.toml`` (AudioSet weights at   the best model; its validation (and
+                   hand), else ``scratch.toml``           ``test_dir``) accuracy
 ``hack``           ``hack.toml``                          ``submission.csv`` (``final/`` with ``final``)
 ``hf``             ``hf.toml``                            the best model (``eval_result.csv`` with a test split)
 =================  =====================================  ==========================================
@@ -51,7 +53,7 @@ from pathlib import Path
 from ..base.fileio import read_toml
 from ..errors import ConfigError, DataError
 from ..train.config import coerce
-from . import audioset, csvdata, esc50, hack, hf, speechcommands
+from . import audioset, csvdata, esc50, folder, hack, hf, speechcommands
 
 __all__ = ["RECIPES", "Flag", "Recipe", "RecipeContext", "config_path", "flag", "resolve_config", "run_recipe"]
 
@@ -154,6 +156,24 @@ RECIPES: dict[str, Recipe] = {
             flag("--folds", type=int, default=0, help="also K stratified cross-validation folds (default 0: none)"),
         ),
     ),  # fmt: skip
+    "folder": Recipe(
+        "folder", "a folder of your own sounds, one subfolder per class", folder.prepare, folder.run,
+        {"": "folder.toml"},
+        prepare_help="one subfolder per class: labels from the folder names, grouped validation split (takes and "
+        "sessions kept together)",
+        prepare_flags=(
+            flag("root", metavar="DIR", help="one subfolder per class (nested folders belong to their class)"),
+            flag("--valid-dir", default=None, help="a folder of the same layout as the validation set (no split)"),
+            flag("--test-dir", default=None, help="a held-out folder of the same layout (test.json)"),
+            flag("--valid-fraction", type=float, default=0.2, help="grouped, stratified validation share (default 0.2)"),
+            flag("--seed", type=int, default=0, help="seed of the split and folds (default 0)"),
+            flag("--folds", type=int, default=0, help="also K cross-validation folds by groups (default 0: none)"),
+            flag("--audio-length", type=int, default=None,
+                 help="frames (default: the 90th percentile of the training clips' durations)"),
+            flag("--num-mel-bins", type=int, default=128),
+        ),
+        result_lines=folder.result_lines,
+    ),
     "hack": Recipe(
         "hack", "the seed's 7 speech emotions, as its fork ran them", hack.prepare, hack.run, {"": "hack.toml"},
         prepare_help="the seed's folder: the fork's split (last 20%), all usable rows, the test list",

@@ -217,6 +217,8 @@ class TrainConfig:
     patchout_f: int | float = 0  # structured patchout: frequency rows dropped per step (count, or fraction < 1)
     patchout_t: int | float = 0  # ... and time columns
     bucket_by_length: bool = False  # batches of similar length, cut to their longest clip
+    # what the checkpoint says of its labels
+    none_label: str | None = None  # the class meaning "none of these" (a background class); ModelInfo.extra
 
     def __post_init__(self):
         if isinstance(self.betas, (list, tuple)):  # TOML gives a list; one form for resume comparisons
@@ -238,6 +240,8 @@ class TrainConfig:
             raise ConfigError(f"fbank_on must be auto, loader or device, got {self.fbank_on!r}")
         if self.n_epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("n_epochs and batch_size must be positive and lr > 0")
+        if self.none_label is not None and (not isinstance(self.none_label, str) or not self.none_label.strip()):
+            raise ConfigError(f"none_label must be a label name, got {self.none_label!r}")
         if self.dataset is not None and self.dataset not in DATASETS:
             raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         self._check_fine_tuning()

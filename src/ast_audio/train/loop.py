@@ -135,6 +135,8 @@ class Run:
         labels = read_label_csv(cfg.label_csv)
         if len(labels) != cfg.n_class:
             raise ConfigError(f"--n_class is {cfg.n_class} but {cfg.label_csv} has {len(labels)} labels")
+        if cfg.none_label is not None and cfg.none_label not in labels.names:
+            raise ConfigError(f"{cfg.label_csv}: none_label {cfg.none_label!r} is not one of its labels")
         contract = contract_of(cfg)
         data, datafiles, val_set, loader = cls._data(cfg, device, ctx, labels, contract)
         model, patchout = cls._model(cfg, device, ctx, labels, contract)
@@ -173,7 +175,8 @@ class Run:
             input_tdim=cfg.audio_length, imagenet_pretrain=cfg.imagenet_pretrain,
             audioset_pretrain=cfg.audioset_pretrain, model_size=cfg.model_size, verbose=ctx.main, depth=cfg.depth,
         )  # fmt: skip
-        model.info = ModelInfo(labels=labels.names, label_ids=labels.mids, contract=contract)
+        extra = {"none_label": cfg.none_label} if cfg.none_label is not None else None
+        model.info = ModelInfo(labels=labels.names, label_ids=labels.mids, contract=contract, extra=extra)
         patchout = patchout_drops((cfg.patchout_f, cfg.patchout_t), model.config.grid)
         model.to(device)
         model.set_grad_checkpointing(cfg.grad_checkpointing)
