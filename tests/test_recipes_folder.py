@@ -259,6 +259,12 @@ def test_recipe_folder_trains_from_scratch_offline_and_resumes(mine, tmp_path):
     assert 0 <= done["valid_acc"] <= 1 and 0 <= done["test_acc"] <= 1 and done["clips"]["test"] == 4
     assert f"validation accuracy {done['valid_acc']:.4f}" in result.stdout
     assert f"test accuracy {done['test_acc']:.4f}" in result.stdout
+    for split, clips in (("valid", done["clips"]["valid"]), ("test", 4)):  # each split's report, its clips counted
+        report = exp / "report" / split
+        assert done[f"{split}_report"] == str(report / "report.html") and (report / "confusion.png").is_file()
+        with open(report / "classes.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [r["label"] for r in rows] == done["labels"] and sum(int(r["support"]) for r in rows) == clips
     stats = json.loads((exp / "data" / "stats.json").read_text())
     recorded = json.loads((exp / "recipe.json").read_text())
     assert recorded["preset"] == "scratch" and recorded["train"]["audio_length"] == stats["audio_length"]

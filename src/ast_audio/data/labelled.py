@@ -28,6 +28,7 @@ from pathlib import Path
 from ..audio.io import AUDIO_EXTENSIONS, file_problem
 from ..errors import DataError
 from .datafiles import Datafile, Entry, read_datafile
+from .folders import audio_files, scan
 from .labels import LabelTable, read_label_csv
 
 log = logging.getLogger(__name__)
@@ -57,27 +58,15 @@ def data_kind(path: str | os.PathLike) -> str:
     return "json" if head.startswith("{") else "csv"
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _folder_files(root: Path) -> list[tuple[Path, list[str]]]:
-    """``[(file, [class folder name]), ...]``: every audio file under each class folder, sorted."""
-    items, loose = [], 0
-    for child in sorted(root.iterdir()):
-        if child.name.startswith("."):
-            continue
-        if child.is_file():
-            loose += child.suffix.lower() in AUDIO_EXTENSIONS
-            continue
-        files = sorted(p for p in child.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-                       and not _hidden(p, child))  # fmt: skip
-        items += [(p, [child.name]) for p in files]
-    if loose:
-        log.warning("%s: %d audio files directly in the folder belong to no class folder and are left out", root, loose)
-    if not items:
+    """``[(file, [class folder name]), ...]``: every audio file under each class folder, as
+    ``recipe folder`` reads them (:func:`ast_audio.data.folders.scan`)."""
+    if not any(folder.is_dir() and audio_files(folder) for folder in root.iterdir() if not folder.name.startswith(".")):
         raise DataError(f"no audio files in class subfolders ({', '.join(AUDIO_EXTENSIONS)})", root)
-    return items
+    _, clips, stray = scan(root)
+    if stray:
+        log.warning("%s: %d audio files directly in the folder belong to no class folder and are left out", root, len(stray))
+    return [(clip.path, [clip.label]) for clip in clips]
 
 
 def _audio_path(name: str, base: Path) -> Path:

@@ -66,6 +66,8 @@ from .splits import check_valid_fraction, grouped_folds, grouped_split
 
 log = logging.getLogger(__name__)
 
+MISTAKES = 20  # the most confident mistakes each report lists
+
 LABEL_CSV = "class_labels_indices.csv"
 GROUPS_CSV = "groups.csv"
 SPLIT_CSV = "split.csv"
@@ -328,14 +330,19 @@ def run(ctx) -> dict:
 
 def evaluate_splits(best: Path, splits: dict[str, str], label_csv: str, exp: Path, cfg) -> dict:
     """The one place the recipe scores its best model: each split's datafile (``valid``, and
-    ``test`` with ``test_dir``); ``{"valid_acc": ..., "test_acc": ...}``."""
-    from ..train.evaluate import evaluate_checkpoints
+    ``test`` with ``test_dir``), with its evaluation report (per-class table, confusion, the
+    most confident mistakes, ``report.html``) in ``EXP/report/<split>/``;
+    ``{"valid_acc": ..., "valid_report": ..., "test_acc": ..., "test_report": ...}``."""
+    from ..train.evaluate import evaluate
+    from ..train.report import write_html, write_report_files
 
-    scores = {}
+    scores: dict = {}
     for split, datafile in splits.items():
-        (_, stats), *_ = evaluate_checkpoints([best], datafile, label_csv, batch_size=max(1, cfg.batch_size),
-                                              device=cfg.device)  # fmt: skip
-        scores[f"{split}_acc"] = stats.acc
+        ev = evaluate([best], datafile, label_csv, batch_size=max(1, cfg.batch_size), device=cfg.device)
+        out = exp / "report" / split
+        files = write_report_files(ev, out, MISTAKES)
+        scores[f"{split}_acc"] = ev.results[0][1].acc
+        scores[f"{split}_report"] = str(write_html(ev, out / "report.html", files, MISTAKES))
     return scores
 
 
@@ -375,4 +382,5 @@ def result_lines(result: dict) -> list[str]:
     lines.append(f"best epoch {result['best_epoch']}: validation accuracy {result['valid_acc']:.4f}")
     if "test_acc" in result:
         lines.append(f"test accuracy {result['test_acc']:.4f}")
+    lines += [f"{split} report: {result[f'{split}_report']}" for split in ("valid", "test") if f"{split}_report" in result]
     return lines
