@@ -238,14 +238,16 @@ def auto_amp(device: torch.device) -> tuple[str, str]:
 
 def training_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """Training's mixed precision: ``(autocast dtype or None, use a gradient scaler)``.
-    ``auto`` is :func:`auto_amp` (logged once per device and reason); ``bf16`` autocasts to
-    bfloat16 on any device (warned about once on a CPU without bf16 units); ``fp16`` needs CUDA."""
+    ``auto`` is :func:`auto_amp` (logged once per device and reason; pinned to bf16 on a CPU
+    without bf16 units it is not warned about, as ``precision="auto"`` is not); ``bf16``
+    autocasts to bfloat16 on any device (warned about once on a CPU without bf16 units);
+    ``fp16`` needs CUDA."""
     if amp == "auto":
         amp, why = auto_amp(device)
         if ("amp", f"{device} {why}") not in _told:
             _told.add(("amp", f"{device} {why}"))
             log.info("amp auto: %s on %s (%s)", amp, device, why)
-    if amp == "bf16":
+    elif amp == "bf16":
         concrete_precision("bf16", device)
     if amp == "fp16":
         if device.type != "cuda":
