@@ -176,6 +176,8 @@ def test_auto_is_one_precision_and_computes_as_it_within_its_bounds(clips, check
     np.testing.assert_array_equal(got, scores(named.predict(clips)))
     fp32 = scores(AudioTagger(checkpoints["single"], device="cpu", batch_size=8, precision="fp32").predict(clips))
     assert len(set(fp32.argmax(1))) > 1  # the clips do not all share one top label
+    lead = np.diff(np.sort(fp32, axis=1)[:, -2:], axis=1).min()
+    assert lead > 2 * max(FROM_FP32.values())  # within its bound, no precision can change a top label here
     np.testing.assert_array_equal(got.argmax(1), fp32.argmax(1))
     np.testing.assert_allclose(got, fp32, rtol=0, atol=FROM_FP32[here])
     alone = np.stack([tagger.predict(c).scores for c in clips])
