@@ -147,7 +147,7 @@ def auto_precision(device: torch.device) -> tuple[str, str]:
     return "fp32", f"no fast path known for {device.type}"
 
 
-_told: set[tuple[str, str]] = set()  # (what, device) already logged or warned about: once per process
+_told: set[tuple[str, str]] = set()  # (what, device and reason) already logged or warned about: once per process
 
 
 def choose_precision(precision: str, device: torch.device) -> tuple[str, str]:
@@ -248,7 +248,7 @@ def training_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bo
             _told.add(("amp", f"{device} {why}"))
             log.info("amp auto: %s on %s (%s)", amp, device, why)
     elif amp == "bf16":
-        concrete_precision("bf16", device)
+        choose_precision("bf16", device)  # warns the caller of training_amp (stacklevel 3)
     if amp == "fp16":
         if device.type != "cuda":
             raise ConfigError("amp=fp16 needs a CUDA device; use amp=bf16 or off on the CPU")
