@@ -56,9 +56,14 @@ lint: $(STAMP)
 
 # Test files are spread over the cores (pytest-xdist; a file's tests stay on one worker, so its
 # module fixtures are built once; at most 4 workers, each holding torch and its fixtures) and the
-# 25 slowest tests are listed at the end.
+# 25 slowest tests are listed at the end. Then the tests marked `precision` (what precision auto
+# promises) run again with auto pinned to each precision, so a change that breaks one precision
+# fails on any CPU, whatever auto means there (PRECISION_TESTS: the files that mark them).
+PRECISION_TESTS := tests/test_infer_fast.py tests/test_precision.py
 test: install lint
 	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=25
+	for pin in fp32 bf16 int8; do echo "AST_AUDIO_PRECISION=$$pin:"; \
+	  AST_AUDIO_PRECISION=$$pin $(BIN)/pytest -q -m precision $(PRECISION_TESTS) || exit 1; done
 
 # The documentation site (mkdocs.yml, docs/): strict, so a broken link or reference fails; offline
 # (no fonts or scripts fetched). `make test` builds it too, in tests/test_docs.py.

@@ -36,12 +36,13 @@ def test_folder_with_corrupt_files_reports_them_and_predicts_the_rest(folder, ch
 
 def test_ensemble_csv(folder, checkpoints):
     root, good, _ = folder
-    out = run_main("predict", *good, "--checkpoint", checkpoints["single"], "--checkpoint", checkpoints["multi"], "--format", "csv")
+    out = run_main("predict", *good, "--checkpoint", checkpoints["single"], "--checkpoint", checkpoints["multi"], "--format", "csv",
+                   "--precision", "fp32")  # fp32: three files batched against one alone (precision.BATCH_MATES)
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert list(rows[0]) == ["path", "rank", "label", "score"]
     assert len(rows) == 3 * 3  # top-5 of 3 labels -> 3 per file
-    expected = AudioTagger([checkpoints["single"], checkpoints["multi"]], device="cpu").predict(good[0])
+    expected = AudioTagger([checkpoints["single"], checkpoints["multi"]], device="cpu", precision="fp32").predict(good[0])
     first = {r["label"]: float(r["score"]) for r in rows if r["path"] == str(good[0])}
     assert first == pytest.approx(dict(expected.labels), abs=1e-6)
 

@@ -44,7 +44,7 @@ def test_timeline_default_finds_onsets_and_offsets_within_a_hop(input_tdim):
 
 def test_short_windows_run_with_the_position_grid_cut():
     model = loudness_model(300)
-    tagger = AudioTagger(model, device="cpu")
+    tagger = AudioTagger(model, device="cpu", precision="fp32")  # compared with the model's own fp32 forward
     m = tagger.members[0]
     grid = tagger.frame_grid()
     assert (grid.window, grid.hop) == (0.5, 0.1)  # the defaults
@@ -64,7 +64,8 @@ def test_short_windows_run_with_the_position_grid_cut():
 
 @pytest.mark.parametrize(("block", "group"), [(160, 1), (4000, 1), (44100, 1), (1000, 7)])
 def test_streaming_gives_the_offline_events(block, group):
-    tagger = AudioTagger(loudness_model(100), device="cpu", batch_size=16)
+    # fp32: a frame's scores streamed (few frames a call) and offline (16) are compared at 1e-5
+    tagger = AudioTagger(loudness_model(100), device="cpu", batch_size=16, precision="fp32")
     wave = scene()
     offline = tagger.timeline(wave, sample_rate=SR)
     blocks = (wave[i : i + block] for i in range(0, len(wave), block))
@@ -121,8 +122,8 @@ def test_cli_timeline_tsv_and_json_onsets(tmp_path, capsys):
 def test_listen_prints_the_offline_events_as_json_lines(tmp_path):
     path = write_audio(tmp_path / "scene.wav", scene(), SR)
     model = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
-    offline = AudioTagger(model, device="cpu").timeline(path)
-    out = run_main("listen", "--checkpoint", model, "--input", path, "--as-fast-as-possible")
+    offline = AudioTagger(model, device="cpu", precision="fp32").timeline(path)  # event times equal: fp32 both
+    out = run_main("listen", "--checkpoint", model, "--input", path, "--as-fast-as-possible", "--precision", "fp32")
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(x["label"], x["time"]) for x in lines if x["event"] == "start"] == [(e.label, e.start) for e in offline.events]
@@ -178,12 +179,13 @@ def test_scores_dir_tables_give_psds(tmp_path):
     model = save_checkpoint(loudness_model(100), tmp_path / "loud.safetensors")
     ref = tmp_path / "ref.tsv"
     ref.write_text("filename\tonset\toffset\tevent_label\n" + "".join(f"scene.wav\t{a}\t{b}\t{label}\n" for label, a, b in EXPECTED))
-    out = run_main("predict", path, "--checkpoint", model, "--timeline", "--format", "tsv", "--scores-dir", tmp_path / "s")
+    out = run_main("predict", path, "--checkpoint", model, "--timeline", "--format", "tsv", "--scores-dir", tmp_path / "s",
+                   "--precision", "fp32")  # compared with the tagger's scores at the 6 digits written: fp32 both
     assert out.returncode == 0, out.stderr
     from ast_audio.infer.scoring import read_score_tables
 
     (table,) = read_score_tables(tmp_path / "s").values()
-    tagger = AudioTagger(model, device="cpu", batch_size=16)
+    tagger = AudioTagger(model, device="cpu", batch_size=16, precision="fp32")
     assert table.labels == ["loud", "quiet", "never"] and table.duration == 10.0 and len(table.scores) == 100
     from ast_audio.infer.events import median_filter
 

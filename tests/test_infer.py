@@ -137,7 +137,7 @@ def test_long_clip_is_windowed_never_cut(files):
 
 
 def test_waveforms_and_batches_match_files(files):
-    tagger = AudioTagger(single_label_model(), device="cpu")
+    tagger = AudioTagger(single_label_model(), device="cpu", precision="fp32")  # batched vs alone: fp32
     wave = load_audio(files["wav"]).numpy()
     from_file = tagger.predict(files["wav"])
     from_array = tagger.predict(wave, SR)
@@ -250,15 +250,16 @@ def test_embed_shapes_and_values(files):
 def test_ensemble_is_the_mean_of_its_members(files, checkpoints):
     paths = [files["long"], files["short"], files["flac"]]
     members = [checkpoints["single"], checkpoints["multi"]]  # 300 and 128 frames, softmax and sigmoid
-    ensemble = AudioTagger(members, device="cpu").predict(paths)
-    alone = [AudioTagger(m, device="cpu").predict(paths) for m in members]
+    ensemble = AudioTagger(members, device="cpu", precision="fp32").predict(paths)
+    alone = [AudioTagger(m, device="cpu", precision="fp32").predict(paths) for m in members]
     for i, p in enumerate(ensemble):
         mean = (alone[0][i].scores + alone[1][i].scores) / 2
         np.testing.assert_allclose(p.scores, mean, atol=1e-6)
         assert p.labels[0][0] == ["tone", "noise", "chirp"][int(np.argmax(mean))]
     assert len(ensemble[0].spans) == 6  # the first member's windows
-    tl = AudioTagger(members, device="cpu").timeline(files["long"], window=5.0, hop=5.0, method="windows")
-    tl_alone = [AudioTagger(m, device="cpu").timeline(files["long"], window=5.0, hop=5.0, method="windows") for m in members]
+    tl = AudioTagger(members, device="cpu", precision="fp32").timeline(files["long"], window=5.0, hop=5.0, method="windows")
+    tl_alone = [AudioTagger(m, device="cpu", precision="fp32").timeline(files["long"], window=5.0, hop=5.0, method="windows")
+                for m in members]  # fmt: skip
     np.testing.assert_allclose(tl.scores, (tl_alone[0].scores + tl_alone[1].scores) / 2, atol=1e-6)
 
 

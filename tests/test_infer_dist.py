@@ -5,6 +5,7 @@ import signal
 import numpy as np
 from conftest import ok, run_main, run_torchrun, start_cli, wait_for_file
 from factories import SR, noise, write_audio, write_text_as_audio
+from precision import BATCH_MATES
 
 
 def audio_folder(root, count: int, seconds: float = 0.3):
@@ -28,22 +29,26 @@ def test_torchrun_predict_and_embed_split_files_into_one_shard_per_process(tmp_p
     clips = audio_folder(tmp_path / "in", 9)
     write_text_as_audio(clips / "broken.wav")
     out = tmp_path / "out"
+    fp32 = ("--precision", "fp32")  # a file's scores in a rank's batch and alone: precision.BATCH_MATES
     res = run_torchrun("predict", clips, "--checkpoint", checkpoints["multi"], "--format", "csv", "-k", "2",
-                       "--out", out)  # fmt: skip
+                       "--out", out, *fp32)  # fmt: skip
     assert res.returncode == 1 and "broken.wav: not a decodable audio file" in res.stderr  # reported, others done
     shards = sorted(p.name for p in out.glob("predictions-*"))
     assert shards == ["predictions-00000-of-00002.csv", "predictions-00001-of-00002.csv"]
     paths = csv_paths(out)
     assert sorted(paths) == sorted(str(p) for p in clips.glob("clip*.wav")) and len(set(paths)) == 9
     single = ok(run_main("predict", clips / "clip004.wav", "--checkpoint", checkpoints["multi"], "--format", "csv",
-                        "-k", "2"))  # fmt: skip
+                        "-k", "2", *fp32))  # fmt: skip
     rows = [r for s in out.glob("predictions-*.csv") for r in csv.reader(open(s)) if r[0].endswith("clip004.wav")]
-    assert rows == list(csv.reader(single.stdout.splitlines()))[1:]  # the same rows as one process gives
+    want = list(csv.reader(single.stdout.splitlines()))[1:]  # the same rows as one process gives:
+    assert [r[:3] for r in rows] == [r[:3] for r in want]  # path, rank, label; scores printed with 6 digits
+    np.testing.assert_allclose([float(r[3]) for r in rows], [float(r[3]) for r in want], rtol=0,
+                               atol=BATCH_MATES["fp32"] + 5e-7)  # fmt: skip
 
     emb = tmp_path / "emb"
-    res = run_torchrun("embed", clips, "--checkpoint", checkpoints["multi"], "--out", emb)
+    res = run_torchrun("embed", clips, "--checkpoint", checkpoints["multi"], "--out", emb, *fp32)
     assert res.returncode == 1
-    assert run_main("embed", clips, "--checkpoint", checkpoints["multi"], "--out", tmp_path / "all.npz").returncode == 1
+    assert run_main("embed", clips, "--checkpoint", checkpoints["multi"], "--out", tmp_path / "all.npz", *fp32).returncode == 1
     reference = np.load(tmp_path / "all.npz")
     want = dict(zip(reference["paths"].tolist(), reference["embeddings"], strict=True))
     got = {}
@@ -84,7 +89,7 @@ def test_a_killed_run_completes_on_rerun_without_duplicates(tmp_path, checkpoint
 def test_embed_rerun_drops_an_uncommitted_tail(tmp_path, checkpoints):
     clips = audio_folder(tmp_path / "in", 20)
     out = tmp_path / "emb"
-    args = ("embed", clips, "--checkpoint", checkpoints["single"], "--out", out, "-q")
+    args = ("embed", clips, "--checkpoint", checkpoints["single"], "--out", out, "-q", "--precision", "fp32")  # compared at 1e-6
     ok(run_main(*args))
     npy, listing = out / "embeddings-00000-of-00001.npy", out / "embeddings-00000-of-00001.jsonl"
     first = np.load(npy)

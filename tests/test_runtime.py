@@ -104,9 +104,11 @@ NEOVERSE = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes 
 
 @pytest.fixture(autouse=True)
 def no_isa_cap(monkeypatch):
-    """These tests fake the CPU's flags; a oneDNN cap in the caller's environment would bar units."""
+    """These tests fake the CPU's flags; a oneDNN cap in the caller's environment would bar units,
+    and an AST_AUDIO_PRECISION pin would decide auto whatever the flags say."""
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("AST_AUDIO_PRECISION", raising=False)
 
 
 def test_bf16_units_are_read_from_cpuinfo_flags():

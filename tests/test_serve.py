@@ -34,7 +34,9 @@ LOW, HIGH, NOISE = 0, 1, 2
 
 @pytest.fixture(scope="module")
 def tagger(toy_model):
-    return AudioTagger(toy_model, device="cpu")
+    # fp32: the service's answers are compared with the tagger's at near-exact tolerances, and
+    # the service batches requests together (precision.BATCH_MATES)
+    return AudioTagger(toy_model, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,7 @@ def test_attention_map_as_png(tagger, clips, private_tmp):
 def test_info_health_metrics_and_openapi(tagger, clips):
     with client(tagger, max_upload_mb=7) as c:
         info = c.get("/api/info").json()
-        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/healthz").json() == {"status": "ok", "precision": "fp32", "precision_reason": "asked for"}
         c.post("/api/predict", content=clips["low"].read_bytes())
         c.post("/api/predict", content=b"not audio at all")
         metrics = c.get("/metrics")

@@ -18,6 +18,13 @@ it: training, evaluation, inference and the command line choose their device wit
   top labels: README, "Fast paths"), fp32 on a GPU without bf16 and on any other device. The choice
   is logged once per device (INFO). An explicit ``"bf16"`` on a CPU without bf16 units
   warns once.
+- **Pinning** ``"auto"``: the environment variable ``AST_AUDIO_PRECISION`` (``fp32``,
+  ``bf16`` or ``int8``; empty or ``auto``: not pinned) is what ``"auto"`` means on every
+  device, read by :func:`pinned_precision` inside :func:`auto_precision` and
+  :func:`auto_amp`, so the tagger, the CLI, ``listen``, the service and training's
+  ``--amp auto`` all follow it. An explicit precision still wins. It makes results
+  independent of the CPU (the test suite runs under each value) and lets a user keep
+  ``"auto"`` in scripts and choose the path once per machine.
 """
 
 from __future__ import annotations
@@ -35,13 +42,15 @@ import torch
 from ..errors import ConfigError
 
 __all__ = [
-    "PRECISIONS", "auto_precision", "autocast", "bf16_native", "concrete_precision", "cpu_bf16_units",
-    "device_for", "pick_device", "quantize_int8", "resolve_precision", "training_amp",
+    "PRECISIONS", "PRECISION_ENV", "auto_amp", "auto_precision", "autocast", "bf16_native", "choose_precision",
+    "concrete_precision", "cpu_bf16_units", "device_for", "pick_device", "pinned_precision", "quantize_int8",
+    "resolve_precision", "training_amp",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISION_ENV = "AST_AUDIO_PRECISION"  # pins what "auto" means (pinned_precision)
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of bf16 matrix units (Linux names)
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -100,8 +109,32 @@ def bf16_native(device: torch.device) -> bool:
     return False
 
 
+def pinned_precision(environ: dict[str, str] | None = None) -> str | None:
+    """The precision ``AST_AUDIO_PRECISION`` in ``environ`` (default: this process's) pins
+    ``"auto"`` to: ``"fp32"``, ``"bf16"`` or ``"int8"`` (any case); ``None`` when it is unset,
+    empty or ``auto``. Another value is a one-line :class:`~ast_audio.errors.ConfigError`."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(PRECISION_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in PRECISIONS:
+        raise ConfigError(
+            f"{PRECISION_ENV}={environ[PRECISION_ENV]!r} in the environment is not a precision; "
+            f"set it to fp32, bf16 or int8 (or unset it: the machine's fast path)"
+        )
+    return value
+
+
 def auto_precision(device: torch.device) -> tuple[str, str]:
-    """What ``"auto"`` means on ``device``, and why: ``(precision, reason)``."""
+    """What ``"auto"`` means on ``device``, and why: ``(precision, reason)``. The pin of
+    :func:`pinned_precision` first (int8 there on a device other than the CPU is an error),
+    else the device's fast path."""
+    pinned = pinned_precision()
+    if pinned is not None:
+        if pinned == "int8" and device.type != "cpu":
+            raise ConfigError(f"{PRECISION_ENV}=int8 pins precision auto to int8, which runs on the CPU only, "
+                              f"not on {str(device)!r}; pass --device cpu or another precision")  # fmt: skip
+        return pinned, f"pinned by {PRECISION_ENV}={pinned} in the environment"
     if device.type == "cpu":
         units = cpu_bf16_units()
         if units:
@@ -114,25 +147,32 @@ def auto_precision(device: torch.device) -> tuple[str, str]:
     return "fp32", f"no fast path known for {device.type}"
 
 
-_told: set[tuple[str, str]] = set()  # (what, device) already logged or warned about: once per process
+_told: set[tuple[str, str]] = set()  # (what, device and reason) already logged or warned about: once per process
 
 
-def concrete_precision(precision: str, device: torch.device) -> str:
-    """``precision`` on ``device`` made concrete: ``"auto"`` resolved by :func:`auto_precision`
-    (logged once per device); an explicit ``"bf16"`` on a CPU without bf16 units warns once."""
+def choose_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """``precision`` on ``device`` made concrete, and why: ``"auto"`` resolved by
+    :func:`auto_precision` (logged once per device and reason); an explicit ``"bf16"`` on a
+    CPU without bf16 units warns once."""
     if precision == "auto":
         precision, why = auto_precision(device)
-        if ("auto", str(device)) not in _told:
-            _told.add(("auto", str(device)))
+        if ("auto", f"{device} {why}") not in _told:
+            _told.add(("auto", f"{device} {why}"))
             log.info("precision auto: %s on %s (%s)", precision, device, why)
-    elif precision == "bf16" and device.type == "cpu" and not cpu_bf16_units() and ("bf16", "cpu") not in _told:
+        return precision, why
+    if precision == "bf16" and device.type == "cpu" and not cpu_bf16_units() and ("bf16", "cpu") not in _told:
         _told.add(("bf16", "cpu"))
         warnings.warn(
             "precision bf16 on a CPU without bf16 matrix units (no amx_bf16 or avx512_bf16): bf16 is emulated "
             "here, several times slower than fp32; precision 'auto' picks the fast path",
             RuntimeWarning, stacklevel=3,
         )  # fmt: skip
-    return precision
+    return precision, "asked for"
+
+
+def concrete_precision(precision: str, device: torch.device) -> str:
+    """The precision of :func:`choose_precision`, without the reason."""
+    return choose_precision(precision, device)[0]
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -163,8 +203,9 @@ def resolve_precision(precision: str | None, autocast: bool = False) -> str:
 def device_for(precision: str, device: str | torch.device | None = None) -> torch.device:
     """:func:`pick_device` for a model computing in ``precision``: int8 runs on the CPU only
     (``device=None`` then means the CPU, another device is an error); ``"auto"`` takes the
-    default device."""
-    chosen = pick_device("cpu" if device is None and precision == "int8" else device)
+    default device, or the CPU where :func:`pinned_precision` pins it to int8."""
+    int8 = precision == "int8" or precision == "auto" and pinned_precision() == "int8"
+    chosen = pick_device("cpu" if device is None and int8 else device)
     if precision == "int8" and chosen.type != "cpu":
         raise ConfigError(f"precision 'int8' runs on the CPU only, not on {str(chosen)!r}")
     return chosen
@@ -178,19 +219,36 @@ def autocast(device: torch.device | str, dtype: torch.dtype | str | None) -> con
     return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def auto_amp(device: torch.device) -> tuple[str, str]:
+    """What training's ``--amp auto`` means on ``device``, and why: ``(amp, reason)``. The pin of
+    :func:`pinned_precision` first (fp32 -> off, bf16 -> bf16, int8 -> off: int8 does not
+    train, a model is trained in fp32 and quantised when tagging); else bf16 where it is native
+    (:func:`bf16_native`), fp16 with a gradient scaler on other CUDA devices (as the original),
+    off elsewhere."""
+    pinned = pinned_precision()
+    if pinned is not None:
+        detail = " (int8 does not train: fp32)" if pinned == "int8" else ""
+        return ("bf16" if pinned == "bf16" else "off"), f"pinned by {PRECISION_ENV}={pinned}{detail}"
+    if bf16_native(device):
+        return "bf16", f"bf16 is native on {device}"
+    if device.type == "cuda":
+        return "fp16", "no native bf16 on this GPU: fp16 with a gradient scaler, as the original"
+    return "off", f"no native bf16 on {device} (int8 does not train)"
+
+
 def training_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """Training's mixed precision: ``(autocast dtype or None, use a gradient scaler)``.
-    ``auto`` is bf16 where it is native (:func:`bf16_native`: a CPU with bf16 matrix units,
-    a CUDA device with bf16), fp16 with a scaler on other CUDA devices (as the original)
-    and off elsewhere (int8 does not train); ``bf16`` autocasts to bfloat16 on any device
-    (warned about once on a CPU without bf16 units); ``fp16`` needs CUDA."""
+    ``auto`` is :func:`auto_amp` (logged once per device and reason; pinned to bf16 on a CPU
+    without bf16 units it is not warned about, as ``precision="auto"`` is not); ``bf16``
+    autocasts to bfloat16 on any device (warned about once on a CPU without bf16 units);
+    ``fp16`` needs CUDA."""
     if amp == "auto":
-        amp = "bf16" if bf16_native(device) else "fp16" if device.type == "cuda" else "off"
-        if ("amp", str(device)) not in _told:
-            _told.add(("amp", str(device)))
-            log.info("amp auto: %s on %s", amp, device)
+        amp, why = auto_amp(device)
+        if ("amp", f"{device} {why}") not in _told:
+            _told.add(("amp", f"{device} {why}"))
+            log.info("amp auto: %s on %s (%s)", amp, device, why)
     elif amp == "bf16":
-        concrete_precision("bf16", device)
+        choose_precision("bf16", device)  # warns the caller of training_amp (stacklevel 3)
     if amp == "fp16":
         if device.type != "cuda":
             raise ConfigError("amp=fp16 needs a CUDA device; use amp=bf16 or off on the CPU")

@@ -39,21 +39,22 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _runtime_info(device: str | None) -> dict:
-    """This machine's bf16 units and what ``precision="auto"`` and ``--amp auto`` pick on ``device``."""
-    import torch
-
+    """This machine's bf16 units, the ``AST_AUDIO_PRECISION`` pin, and what ``precision="auto"``
+    and ``--amp auto`` pick on ``device``, and why."""
     from ..base import runtime
 
-    chosen = runtime.pick_device(device)
+    chosen = runtime.device_for("auto", device)  # the CPU where AST_AUDIO_PRECISION pins int8
     precision, why = runtime.auto_precision(chosen)
-    amp, _ = runtime.training_amp("auto", chosen)
+    amp, amp_why = runtime.auto_amp(chosen)
     return {
         "device": str(chosen),
         "cpu_bf16_units": runtime.cpu_bf16_units(),  # amx_bf16 / avx512_bf16 in /proc/cpuinfo
         "bf16_native": runtime.bf16_native(chosen),
+        "precision_pinned": runtime.pinned_precision(),  # AST_AUDIO_PRECISION, or None
         "precision_auto": precision,
         "precision_auto_reason": why,
-        "training_amp_auto": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
+        "training_amp_auto": amp,
+        "training_amp_auto_reason": amp_why,
         "allocator": allocator.tune(),
     }
 
@@ -117,7 +118,7 @@ def add_commands(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download)
     p = sub.add_parser("info", help="describe a checkpoint (layout, config, labels, input contract) and this "
-                       "machine's runtime (bf16 units, what precision auto picks)")  # fmt: skip
+                       "machine's runtime (bf16 units, what precision auto picks and why)")  # fmt: skip
     p.add_argument("source", nargs="?", help="file, Hugging Face folder or published name (none: the runtime only)")
     p.add_argument("--device", default=None, help="the device the runtime entry is about (default: cuda if available)")
     p.add_argument("--allow-nonfinite", action="store_true", help="load NaN/Inf weights anyway (forensics)")

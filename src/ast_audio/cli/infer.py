@@ -336,8 +336,8 @@ def add_commands(sub) -> None:
                        help="cpu, cuda, cuda:1... (default: cuda if available; the CPU for --precision int8)")  # fmt: skip
         p.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: bf16 on a CPU with bf16 units (AMX, AVX512-BF16) or a GPU with bf16, int8 on "
-                       "other CPUs, fp32 on other GPUs; fp32: the reference; bf16 autocast; int8: dynamically "
-                       "quantised Linear layers, CPU only (auto)")  # fmt: skip
+                       "other CPUs, fp32 on other GPUs, or what AST_AUDIO_PRECISION pins it to; fp32: the "
+                       "reference; bf16 autocast; int8: dynamically quantised Linear layers, CPU only (auto)")  # fmt: skip
         p.add_argument("--compile", action="store_true",
                        help="torch.compile the model: slow start, batches padded to --batch-size")  # fmt: skip
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -23,7 +23,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                              max_upload_mb=args.max_upload_mb, max_duration=args.max_duration,
                              timeout=args.timeout, max_streams=args.max_streams)  # fmt: skip
     print(f"ast-audio serve: http://{args.host}:{args.port}/ (API: /docs), {len(tagger.labels)} labels, "
-          f"{tagger.device}, {tagger.precision}; Ctrl-C stops", flush=True)  # fmt: skip
+          f"{tagger.device}, {tagger.precision} ({tagger.precision_reason}); Ctrl-C stops", flush=True)  # fmt: skip
     run(create_app(tagger, settings), args.host, args.port, graceful_timeout=args.timeout)
     return 0
 

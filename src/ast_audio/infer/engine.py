@@ -64,13 +64,13 @@ class AudioTagger:
 
     ``precision`` is how the model computes (features are always float32); ``None`` means
     ``"auto"``, or ``"bf16"`` with ``autocast=True``. After construction ``self.precision``
-    is the precision in use (never ``"auto"``):
+    is the precision in use (never ``"auto"``) and ``self.precision_reason`` why:
 
     - ``"auto"`` (default): the fast path of the device, chosen at run time and logged
       (:func:`ast_audio.base.runtime.auto_precision`): ``"bf16"`` on a CPU with bf16 matrix
       units (AMX or AVX512-BF16, read from ``/proc/cpuinfo``) or a CUDA device with bf16,
-      ``"int8"`` on a CPU without them, ``"fp32"`` on a GPU without bf16. Pass
-      ``"fp32"`` where results must equal the reference (calibration, comparisons).
+      ``"int8"`` on a CPU without them, ``"fp32"`` on a GPU without bf16; ``AST_AUDIO_PRECISION``
+      pins it. Pass ``"fp32"`` where results must equal the reference (calibration, comparisons).
     - ``"fp32"``: float32 throughout, the reference.
     - ``"bf16"``: the model under bfloat16 autocast (``autocast=True`` is a synonym).
       Fast where the hardware has bf16 matrix units (AMX or AVX512-BF16 CPUs, recent
@@ -117,7 +117,7 @@ class AudioTagger:
         self.device = runtime.device_for(precision, device)
         if self.device.type == "cpu":
             allocator.tune()  # AST_AUDIO_MALLOC=reuse only: freed activations kept for reuse (allocator.py)
-        precision = runtime.concrete_precision(precision, self.device)  # "auto" -> the device's fast path
+        precision, self.precision_reason = runtime.choose_precision(precision, self.device)  # "auto" -> fast path or pin
         self.batch_size = batch_size
         self.precision = precision
         self.autocast = precision == "bf16"

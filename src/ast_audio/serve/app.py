@@ -207,6 +207,7 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
             "input_contract": member.features.to_dict(),
             "device": str(tagger.device),
             "precision": tagger.precision,
+            "precision_reason": tagger.precision_reason,  # "asked for", or why auto chose it
             "stream": {"hop": grid.hop, "window": round(grid.window, 3),  # WS /api/stream's detection frames
                        "calibrated_thresholds": tagger.thresholds is not None},  # else 0.5 (without ?threshold=)
             "timeline": {"hop": grid.hop, "window": round(grid.window, 3), "off_ratio": _POST.off_ratio,
@@ -218,7 +219,8 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok"}
+        """Alive, and the precision the model computes in and why (``auto``'s choice or its pin)."""
+        return {"status": "ok", "precision": tagger.precision, "precision_reason": tagger.precision_reason}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

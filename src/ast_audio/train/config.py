@@ -196,7 +196,7 @@ class TrainConfig:
     num_mel_bins: int = 128
     seed: int = 0
     resample: bool = True  # False: features at each file's own sample rate (the "hack" fork's way)
-    amp: str = "auto"  # auto (bf16 where native, fp16 + scaler on other CUDA, else off) | off | bf16 | fp16
+    amp: str = "auto"  # auto (base.runtime.auto_amp: AST_AUDIO_PRECISION's pin, else bf16 where native, fp16 + scaler on other CUDA, else off) | off | bf16 | fp16
     fbank_on: str = "auto"  # auto (device on CUDA, else loader) | loader | device
     cache_dir: str | None = None  # decoded, resampled waveforms kept here for later epochs
     compile: bool = False  # torch.compile the model
