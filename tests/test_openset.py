@@ -206,3 +206,26 @@ def test_calibrate_open_set_refuses_what_it_cannot_calibrate(toy_model, checkpoi
                     "--label-csv", toy / "labels.csv")  # fmt: skip
     assert rate.returncode == 2 and "must be in (0, 1]" in rate.stderr
     assert DEFAULT_TPR == 0.95
+
+
+
+def test_sounds_of_classes_never_trained_are_unknown_where_the_model_has_a_none_label(toy_model, tmp_path):
+    """The easy case: a tone classifier whose third class, broadband noise, is its none label (as
+    a background folder makes it) answers unknown for broadband sounds it never heard, and keeps
+    the label of tones of its own classes."""
+    model = load_model(toy_model)
+    model.info = replace(model.info, extra={**model.info.extra, "none_label": "noise"})
+    tagger = AudioTagger(save_checkpoint(model, tmp_path / "none.safetensors"), device="cpu", precision="fp32")
+    rng = np.random.default_rng(11)
+    tones = [(kind, toy_clip(kind, rng)) for kind in (0, 1) for _ in range(5)]
+    results = tagger.predict([clip for _, clip in tones], sample_rate=16000)
+    right = [p.known and p.label == ("low tone", "high tone")[kind] for (kind, _), p in zip(tones, results, strict=True)]
+    assert np.mean(right) >= 0.8
+    t = np.arange(16000) / 16000
+    squares = [0.9 * np.sign(np.sin(2 * np.pi * f * t)) for f in (50, 200, 500, 1000, 2000)]  # never trained
+    loud = [np.clip(rng.standard_normal(16000), -1, 1) for _ in range(3)]  # full-scale noise: louder than any clip
+    rumble = [np.convolve(rng.standard_normal(16000), np.ones(50) / 50 * 3, "same") for _ in range(3)]  # low-passed
+    unseen = [x.astype("float32") for x in squares + loud + rumble]
+    answers = tagger.predict(unseen, sample_rate=16000)
+    assert np.mean([p.label == "unknown" for p in answers]) >= 0.8
+    assert all(p.labels[0][0] in tagger.labels for p in answers)  # the nearest class stays listed
