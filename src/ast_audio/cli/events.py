@@ -163,6 +163,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             elif table:
                 top = "  ".join(f"{name} {score:.2f}" for name, score in item.labels)
+                top = f"unknown (nearest: {top})" if item.known is False else top
                 print(f"\r{item.end:9.2f}  {top}"[:100].ljust(100), end="", flush=True)
         if table:
             print()
