@@ -97,6 +97,10 @@ def test_open_set_of_a_checkpoint_reads_its_calibration_and_none_label():
                 {"score": "energy", "threshold": float("nan")}):  # fmt: skip
         with pytest.raises(ConfigError, match="m.safetensors: open_set metadata"):
             OpenSet.of({"open_set": bad}, labels, "m.safetensors")
+    assert found.reason(False, 1.0) == "energy 1.0000 < threshold 1.5000"  # what predict's table prints
+    assert found.reason(False, 2.0) == "energy 2.0000 >= threshold 1.5000; the none label is on top"
+    assert only_none.reason(False, None) == "the none label is on top"
+    assert only_none.reason(True, None) == "the top label is not the none label"
     assert probe("energy").known(-1e300, 0)  # the calibration probe calls everything known
     with pytest.raises(ConfigError, match="unknown open-set score"):
         probe("entropy")

@@ -110,7 +110,7 @@ class _Output:
             if p.present is not None:
                 print(f"  present (calibrated thresholds): {', '.join(p.present) or 'none'}")
             if p.known is not None:
-                print(f"  answer: {p.label}{self._why(p)}")
+                print(f"  answer: {p.label}  ({self.open_set.reason(p.known, p.open_set_score)})")
         sys.stdout.flush()
 
     def timeline_of(self, t) -> None:
@@ -128,16 +128,6 @@ class _Output:
             for e in t.events:
                 print(f"  {e.start:8.2f} - {e.end:8.2f}  {e.label}  (peak {e.peak:.2f})")
         sys.stdout.flush()
-
-    def _why(self, p) -> str:
-        """What made the open-set answer: the knownness against its threshold, and the none label."""
-        below = p.open_set_score is not None and p.open_set_score < self.open_set.threshold
-        none = "" if p.known or below else "the none label is on top"
-        if p.open_set_score is None:
-            return f"  ({none})" if none else ""
-        relation = ">=" if p.open_set_score >= self.open_set.threshold else "<"
-        score = f"{self.open_set.score} {p.open_set_score:.4f} {relation} threshold {self.open_set.threshold:.4f}"
-        return f"  ({score}{'; ' + none if none else ''})"
 
     def close(self) -> None:
         if self.fmt == "json":

@@ -127,6 +127,15 @@ class OpenSet:
         """Knownness ``[n]`` of the logits ``[n, C]`` of ``n`` model windows."""
         return knownness(logits, self.score)
 
+    def reason(self, known: bool, score: float | None) -> str:
+        """Why a clip got its answer, in words: its knownness against the threshold, and the none label."""
+        said = []
+        if score is not None and self.threshold is not None:
+            said.append(f"{self.score} {score:.4f} {'>=' if score >= self.threshold else '<'} threshold {self.threshold:.4f}")
+        if not known and (score is None or self.threshold is None or score >= self.threshold):
+            said.append("the none label is on top")
+        return "; ".join(said) or "the top label is not the none label"
+
     def known(self, score: np.ndarray | float, top: np.ndarray | int) -> np.ndarray:
         """Whether each clip or frame is one of the classes, from its aggregated knownness and its top class."""
         known = np.ones(np.shape(top), dtype=bool)
