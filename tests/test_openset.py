@@ -14,7 +14,7 @@ from factories import toy_clip, toy_sequence, write_audio
 
 from ast_audio.checkpoints import load_model, save_checkpoint
 from ast_audio.errors import ConfigError
-from ast_audio.infer import AudioTagger
+from ast_audio.infer import AudioTagger, FrameScores
 from ast_audio.infer.openset import (
     DEFAULT_TPR,
     OpenSet,
@@ -156,6 +156,11 @@ def test_an_unknown_sound_answers_unknown_in_predict_and_makes_no_event_in_the_t
         assert bool(timeline.events) is known  # unknown frames are no class's
         windows = tagger.timeline(toy_sequence([0, 2, 1], 1.5, seed=4), 1.0, 0.5, sample_rate=16000, method="windows")
         assert any(w.known for w in windows.windows) is known and bool(windows.events) is known
+        audio = toy_sequence([0, 2, 1], 1.5, seed=4)
+        live = list(tagger.stream((audio[i : i + 1600] for i in range(0, audio.size, 1600)), 16000))
+        frames = [item for item in live if isinstance(item, FrameScores)]
+        assert [f.known for f in frames] == timeline.known.tolist()  # live answers as the timeline does
+        assert (len(live) > len(frames)) is known  # event changes only where frames are known
     printed = run_main("predict", clip, "--checkpoint", strict, "--format", "json", "--precision", "fp32")
     (obj,) = json.loads(printed.stdout)
     assert obj["known"] is False and obj["label"] == "unknown" and obj["open_set_score"] < 1.01
