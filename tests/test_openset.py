@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,21 @@ def test_sounds_of_classes_never_trained_are_unknown_where_the_model_has_a_none_
     answers = tagger.predict(unseen, sample_rate=16000)
     assert np.mean([p.label == "unknown" for p in answers]) >= 0.8
     assert all(p.labels[0][0] in tagger.labels for p in answers)  # the nearest class stays listed
+
+
+def test_the_service_answers_with_the_open_set_as_predict_does(calibrated, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from ast_audio.serve import ServeSettings, create_app
+
+    out, wavs = calibrated
+    model = load_model(out)
+    model.info = replace(model.info, extra={**model.info.extra, "open_set": {"score": "max_prob", "threshold": 1.01}})
+    tagger = AudioTagger(model, device="cpu", precision="fp32")
+    recording = toy_sequence_file(tmp_path)
+    with TestClient(create_app(tagger, ServeSettings())) as c:
+        answer = c.post("/api/predict", content=Path(wavs[0]).read_bytes()).json()
+        assert answer["known"] is False and answer["label"] == "unknown"
+        assert answer == {**tagger.predict(wavs[0]).to_json(), "path": answer["path"]}
+        timeline = c.post("/api/predict?timeline=true&median=0.5", content=recording.read_bytes()).json()
+        assert timeline["events"] == [] and {w["label"] for w in timeline["windows"]} == {"unknown"}
