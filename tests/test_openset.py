@@ -20,6 +20,7 @@ from ast_audio.infer.openset import (
     DEFAULT_TPR,
     OpenSet,
     auroc,
+    calibrate,
     calibration,
     choose_threshold,
     knownness,
@@ -137,6 +138,8 @@ def test_calibrate_open_set_stores_a_threshold_that_keeps_the_rate_of_its_own_cl
     for p in results:
         assert p.label == ("unknown" if not p.known else p.labels[0][0])
         assert p.to_json()["known"] == p.known and p.to_json()["label"] == p.label
+    assert calibrate(tagger, wavs, "max_prob", 0.9) == record  # the library call behind the command
+    assert tagger.open_set.threshold == record["threshold"]  # and the tagger's own open set is back
     assert AudioTagger(out, device="cpu", open_set=False).predict(wavs[0]).known is None  # --no-open-set
     plain = AudioTagger(toy_model, device="cpu").predict(wavs[0])  # no calibration: results as they were
     assert plain.known is None and {"known", "label", "open_set_score"}.isdisjoint(plain.to_json())

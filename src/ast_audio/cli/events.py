@@ -71,7 +71,7 @@ def _calibrate_open_set(args: argparse.Namespace, out: Path) -> int:
     from ..checkpoints.load import load_model, save_checkpoint
     from ..data.datafiles import read_datafile
     from ..infer.engine import AudioTagger
-    from ..infer.openset import calibration, probe
+    from ..infer.openset import calibrate
 
     if args.data is None or args.label_csv is None or args.scenes is not None:
         raise ConfigError("calibrate --open-set needs --data and --label-csv: validation clips of the known classes")
@@ -87,13 +87,11 @@ def _calibrate_open_set(args: argparse.Namespace, out: Path) -> int:
     wavs = [e.wav for e in data.entries if all(data.labels.names[i] != none for i in e.labels)]
     if not wavs:
         raise ConfigError(f"{args.data}: no clips of the known classes to calibrate on")
-    tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32",
-                         open_set=probe(args.open_set_score))  # fmt: skip
-    scores = [p.open_set_score for p in tagger.predict(wavs, top_k=1)]
-    result = calibration(scores, args.open_set_score, args.tpr)
+    tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32")
+    result = calibrate(tagger, wavs, args.open_set_score, args.tpr)
     model.info = replace(model.info, extra={**model.info.extra, "open_set": result})
     save_checkpoint(model.cpu(), out)
-    print(f"{out}: open-set threshold from {len(scores)} clips of {args.data}: {result['score']} >= "
+    print(f"{out}: open-set threshold from {result['clips']} clips of {args.data}: {result['score']} >= "
           f"{result['threshold']:.4f} keeps {result['kept']:.1%} of them as known (target {args.tpr:.0%}); "
           "predict answers unknown below it")  # fmt: skip
     return 0

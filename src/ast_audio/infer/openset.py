@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_SCORE", "DEFAULT_TPR", "SCORES", "UNKNOWN", "OpenSet", "auroc", "calibration", "choose_threshold",
-           "knownness", "probe"]  # fmt: skip
+__all__ = ["DEFAULT_SCORE", "DEFAULT_TPR", "SCORES", "UNKNOWN", "OpenSet", "auroc", "calibrate", "calibration",
+           "choose_threshold", "knownness", "probe"]  # fmt: skip
 
 SCORES = ("energy", "max_prob")
 DEFAULT_SCORE = "max_prob"  # bench/openset.py: the better AUROC on held-out classes for small models trained from scratch
@@ -79,6 +79,19 @@ def calibration(scores: np.ndarray, score: str = DEFAULT_SCORE, tpr: float = DEF
     threshold = choose_threshold(scores, tpr)
     kept = float(np.mean(np.asarray(scores) >= threshold))
     return {"score": score, "threshold": threshold, "tpr": tpr, "clips": int(np.size(scores)), "kept": round(kept, 6)}
+
+
+def calibrate(tagger, audio: list, score: str = DEFAULT_SCORE, tpr: float = DEFAULT_TPR) -> dict:
+    """The ``info.extra["open_set"]`` record of the tagger's (first) checkpoint from ``audio``
+    (paths or waveforms at its rate) of its known classes: what ``calibrate --open-set`` and the
+    recipes store. ``tagger`` is an :class:`~ast_audio.infer.AudioTagger`, best in fp32 (the
+    reference); its own open set is put back afterwards."""
+    own, tagger.open_set = tagger.open_set, probe(score)
+    try:
+        scores = [p.open_set_score for p in tagger.predict(list(audio), sample_rate=tagger.rate, top_k=1)]
+    finally:
+        tagger.open_set = own
+    return calibration(scores, score, tpr)
 
 
 def probe(score: str = DEFAULT_SCORE) -> OpenSet:
