@@ -200,7 +200,7 @@ class AudioTagger:
         grid cut to it, so it costs what its length costs), then the post-processing of
         :mod:`.events` (``post``, with ``threshold`` as a shortcut for its on threshold;
         no threshold: the checkpoint's calibrated ones, else 0.5). ``windows`` are the
-        frames. Labels named ``background`` (a "nothing" class) make no events.
+        frames. ``background`` and the none label make no events, nor do unknown frames (:mod:`.openset`).
 
         ``method="windows"``: windows of ``window`` (10) seconds every ``hop`` (5) seconds
         (:data:`~.windows.DEFAULT_WINDOWS`), each scored as ``predict`` scores a clip, and
