@@ -33,9 +33,8 @@ from ..base import allocator, runtime
 from ..base.plots import plot_attention
 from ..errors import AstAudioError, ConfigError
 from ..features.contract import InputContract
-from ..features.kaldi import frame_sizes
 from ..model.ast import ASTModel
-from .attention import attention_grid, grid_to_frames
+from .attention import window_attention
 from .events import EventChange, PostProcessing, detect_events
 from .frames import DEFAULT_HOP, DEFAULT_WINDOW, FrameGrid
 from .inputs import Audio, Input, as_inputs, load_input, one_or_list
@@ -350,23 +349,7 @@ class AudioTagger:
         The window is what the model sees: ``input_tdim`` frames, padded as in training
         when the recording ends earlier.
         """
-        inputs, single = as_inputs(audio, sample_rate)
-        if not single:
-            raise ConfigError("attention takes one recording")
-        m = self.members[member]
-        wave = load_input(inputs[0], m.rate)
-        a = min(max(0, round(start * m.rate)), max(0, len(wave) - 1))
-        chunk = wave[a : a + m.window]
-        x = self._model_input(m, [chunk])  # (1, T, F)
-        with torch.inference_mode(), self._autocast():
-            logits, grid = attention_grid(m.model, x, method)
-            spread = grid_to_frames(grid, m.model)  # (1, T, F)
-            scores = m.probs(logits)[0].float().cpu().numpy()
-        return AttentionMap(
-            inputs[0].path, a / m.rate, (a + len(chunk)) / m.rate, method, x[0].float().cpu().numpy(),
-            grid[0].float().cpu().numpy(), spread[0].float().cpu().numpy(), top_labels(scores, self.labels, top_k),
-            frame_sizes(m.rate)[1] / m.rate,
-        )  # fmt: skip
+        return window_attention(self, audio, sample_rate, start, method, top_k, self.members[member])
 
     def plot(self, audio: Audio, out: str | os.PathLike, sample_rate: int | None = None, **kwargs) -> Path:
         """:meth:`attention` then :func:`~ast_audio.base.plots.plot_attention` into the PNG ``out``."""
