@@ -82,6 +82,7 @@ bench: demo
 	  --trained-data runs/demo/prepared/demo_test.json
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/finetune.py
+	$(BIN)/python bench/openset.py
 	$(BIN)/python bench/train.py --jobs 2
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	  $(BIN)/python bench/device.py; \

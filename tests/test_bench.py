@@ -37,3 +37,14 @@ def test_shards_bench_runs_end_to_end_and_writes_its_section(tmp_path):
     assert "kept" in text and "<!-- bench:shards:start -->" in text and "shared CPU" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "clips/s" not in line and "---" not in line]
     assert len(rows) == 7 and all(float(line.split("|")[4]) > 0 for line in rows)  # 3 + 4 sources, 2 workers
+
+
+def test_openset_bench_runs_end_to_end_and_writes_its_section(tmp_path):
+    text = run_bench("openset.py", "--known", "2", "--rotations", "1", "--train-clips", "3", "--valid-clips", "2",
+                     "--test-clips", "2", "--epochs", "1", output=tmp_path / "BENCHMARKS.md", timeout=600)  # fmt: skip
+    assert "<!-- bench:openset:start -->" in text and "<!-- bench:openset:end -->" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| the known classes")]
+    assert [row[1] for row in rows] == ["`energy`", "`max_prob`", "`energy`", "`max_prob`", "`none label alone`"]
+    for row in rows:  # AUROC (none for the none label alone), kept, caught, accuracy
+        assert row[2] == "-" if "none label" in row[1] else 0 <= float(row[2].split()[0]) <= 1
+        assert all(cell.split()[0].endswith("%") for cell in row[3:])

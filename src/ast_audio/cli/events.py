@@ -15,7 +15,15 @@ from pathlib import Path
 
 from ..base.runtime import PRECISIONS
 from ..errors import ConfigError
+from ..infer.openset import DEFAULT_SCORE, DEFAULT_TPR, SCORES
 from .infer import _positive_float, _positive_int, add_post_processing, post_processing
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -31,6 +39,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out or args.checkpoint)
     if out.suffix not in (".safetensors", ".pt"):
         raise ConfigError(f"{out}: calibrated thresholds are saved in ast-audio's format; give --out FILE.safetensors")
+    if args.open_set:
+        return _calibrate_open_set(args, out)
     if (args.data is None) == (args.scenes is None):
         raise ConfigError("calibrate needs either --data (clips) or --scenes DIR (recordings with events)")
     if args.scenes is not None:
@@ -48,6 +58,39 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{out}: per-class thresholds from {len(scores)} clips of {args.data}")
     for name, t in zip(names, thresholds, strict=True):
         print(f"  {t:.4f}  {name}")
+    return 0
+
+
+def _calibrate_open_set(args: argparse.Namespace, out: Path) -> int:
+    """The open-set threshold from validation clips of the known classes, into ``info.extra["open_set"]``."""
+    from dataclasses import replace
+
+    from ..checkpoints.load import load_model, save_checkpoint
+    from ..data.datafiles import read_datafile
+    from ..infer.engine import AudioTagger
+    from ..infer.openset import calibrate
+
+    if args.data is None or args.label_csv is None or args.scenes is not None:
+        raise ConfigError("calibrate --open-set needs --data and --label-csv: validation clips of the known classes")
+    model = load_model(args.checkpoint)
+    if model.info.multilabel:
+        raise ConfigError(f"{args.checkpoint}: --open-set is for single-label (softmax) checkpoints")
+    data = read_datafile(args.data, args.label_csv)
+    known = set(model.info.labels or data.labels.names)
+    stray = [name for name in data.labels.names if name not in known]
+    if stray:
+        raise ConfigError(f"{args.label_csv}: label {stray[0]!r} is not one of the checkpoint's labels")
+    none = model.info.extra.get("none_label")  # clips of the "none of these" class do not set the threshold
+    wavs = [e.wav for e in data.entries if all(data.labels.names[i] != none for i in e.labels)]
+    if not wavs:
+        raise ConfigError(f"{args.data}: no clips of the known classes to calibrate on")
+    tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32")
+    result = calibrate(tagger, wavs, args.open_set_score, args.tpr)
+    model.info = replace(model.info, extra={**model.info.extra, "open_set": result})
+    save_checkpoint(model.cpu(), out)
+    print(f"{out}: open-set threshold from {result['clips']} clips of {args.data}: {result['score']} >= "
+          f"{result['threshold']:.4f} keeps {result['kept']:.1%} of them as known (target {args.tpr:.0%}); "
+          "predict answers unknown below it")  # fmt: skip
     return 0
 
 
@@ -115,6 +158,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             elif table:
                 top = "  ".join(f"{name} {score:.2f}" for name, score in item.labels)
+                top = f"unknown (nearest: {top})" if item.known is False else top
                 print(f"\r{item.end:9.2f}  {top}"[:100].ljust(100), end="", flush=True)
         if table:
             print()
@@ -182,6 +226,14 @@ def add_commands(sub) -> None:
                    "datafile's labels matched by name (needs a checkpoint that stores them)")  # fmt: skip
     p.add_argument("--scenes", default=None, help="a folder of recordings with reference events (audio/, reference.tsv)")
     p.add_argument("--out", default=None, help="where to write the calibrated checkpoint (default: in place)")
+    p.add_argument("--open-set", action="store_true",
+                   help="instead of per-class thresholds: the threshold on a knownness score under which "
+                   "predict answers unknown (none of the classes), from --data clips of the known classes")  # fmt: skip
+    p.add_argument("--open-set-score", choices=SCORES, default=DEFAULT_SCORE,
+                   help=f"--open-set: max_prob (largest softmax probability) or energy (log-sum-exp of the "
+                   f"logits) ({DEFAULT_SCORE})")  # fmt: skip
+    p.add_argument("--tpr", type=_rate, default=DEFAULT_TPR,
+                   help=f"--open-set: the share of the known clips kept known ({DEFAULT_TPR})")
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default=None)
     add_post_processing(p)

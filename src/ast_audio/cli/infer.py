@@ -83,17 +83,18 @@ class _Output:
     JSON objects and CSV rows are the results' own (``to_json``, ``csv_rows``, ``CSV_HEADER``).
     """
 
-    def __init__(self, fmt: str, timeline: bool):
+    def __init__(self, fmt: str, timeline: bool, open_set=None):
         from ..infer.results import Prediction, Timeline
 
-        self.fmt, self.timeline = fmt, timeline
+        self.fmt, self.timeline, self.open_set = fmt, timeline, open_set
         self.objects: list[dict] = []
         if fmt == "tsv" and not timeline:
             raise ConfigError("--format tsv (DCASE events) needs --timeline")
         delimiter = "\t" if fmt == "tsv" else ","
         self.csv = csv.writer(sys.stdout, lineterminator="\n", delimiter=delimiter) if fmt in ("csv", "tsv") else None
         if self.csv:
-            header = Timeline.TSV_HEADER if fmt == "tsv" else (Timeline if timeline else Prediction).CSV_HEADER
+            header = Timeline.CSV_HEADER if timeline else Prediction.csv_header(open_set is not None)
+            header = Timeline.TSV_HEADER if fmt == "tsv" else header
             self.csv.writerow(header)
 
     def prediction(self, p) -> None:
@@ -108,6 +109,8 @@ class _Output:
                 print(f"  {rank:2d}  {score:.4f}  {name}")
             if p.present is not None:
                 print(f"  present (calibrated thresholds): {', '.join(p.present) or 'none'}")
+            if p.known is not None:
+                print(f"  answer: {p.label}  ({self.open_set.reason(p.known, p.open_set_score)})")
         sys.stdout.flush()
 
     def timeline_of(self, t) -> None:
@@ -119,6 +122,7 @@ class _Output:
             print(f"{t.path}  ({t.duration:.2f} s, {len(t.windows)} windows)")
             for w in t.windows:
                 top = ", ".join(f"{name} {score:.2f}" for name, score in w.labels)
+                top = f"unknown (nearest: {top})" if w.known is False else top
                 print(f"  {w.start:8.2f} - {w.end:8.2f}  {top}")
             print(f"  events ({len(t.events)}):")
             for e in t.events:
@@ -156,7 +160,7 @@ def _files_and_tagger(args: argparse.Namespace, device: str | None = None):
         )
     tagger = AudioTagger(
         args.checkpoint, device=device or args.device, batch_size=args.batch_size, precision=args.precision,
-        compile=args.compile,
+        compile=args.compile, open_set=not getattr(args, "no_open_set", False),
     )  # fmt: skip
     if getattr(args, "label_csv", None) is not None:  # predict: the table's names on the outputs they match by name
         from ..data.labels import match_labels, read_label_csv
@@ -191,7 +195,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         twice = sorted({s for a, s in zip(stems, stems[1:], strict=False) if a == s})
         if twice:
             raise ConfigError(f"--scores-dir: one table per file stem, and {twice[0]!r} names several files")
-    out = _Output(args.format, args.timeline)
+    out = _Output(args.format, args.timeline, tagger.open_set)
     with _progress(len(files), args.quiet) as bar:
         for group in _groups(files, GROUP_FILES):
             for result in options.results(tagger, group, on_error):
@@ -362,6 +366,10 @@ def add_commands(sub) -> None:
                    help="frames: post-processed detection frames (default); windows: long "
                    "--window/--hop windows (no post-processing) merged where a label reaches --threshold")  # fmt: skip
     p.add_argument("--out", default=None, help="a folder: one CSV/JSONL shard per process (torchrun), resumable")
+    p.add_argument("--no-open-set", action="store_true",
+                   help="always answer the nearest class: ignore the checkpoint's \"none of these\" decision "
+                   "(calibrate --open-set, or a none label); with it, results say known true/false and "
+                   "answer unknown")  # fmt: skip
     p.add_argument("--scores-dir", default=None,
                    help="--timeline: also write each file's frame scores (median-filtered as --median says) to "
                    "DIR/<file stem>.tsv (onset, offset, a column per class), the tables evaluate-events --scores "

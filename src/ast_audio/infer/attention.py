@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..features.kaldi import frame_sizes
 from ..model.ast import PATCH, ASTModel
+from .inputs import as_inputs, load_input
+from .results import AttentionMap, top_labels
 
-__all__ = ["METHODS", "attention_grid", "grid_to_frames"]
+__all__ = ["METHODS", "attention_grid", "grid_to_frames", "window_attention"]
 
 METHODS = ("rollout", "last")
 
@@ -65,3 +68,24 @@ def grid_to_frames(grid: torch.Tensor, model: ASTModel) -> torch.Tensor:
     pad_f, pad_t = cfg.input_fdim - spread.shape[-2], cfg.input_tdim - spread.shape[-1]
     spread = F.pad(spread, (0, pad_t, 0, pad_f))  # (B, 1, F, T)
     return spread[:, 0].transpose(1, 2)  # (B, T, F)
+
+
+def window_attention(tagger, audio, sample_rate, start: float, method: str, top_k: int, m) -> AttentionMap:
+    """What :meth:`AudioTagger.attention <ast_audio.infer.AudioTagger.attention>` returns for
+    member ``m`` of ``tagger``: its model input, attention and top labels for one model window."""
+    inputs, single = as_inputs(audio, sample_rate)
+    if not single:
+        raise ConfigError("attention takes one recording")
+    wave = load_input(inputs[0], m.rate)
+    a = min(max(0, round(start * m.rate)), max(0, len(wave) - 1))
+    chunk = wave[a : a + m.window]
+    x = tagger._model_input(m, [chunk])  # (1, T, F)
+    with torch.inference_mode(), tagger._autocast():
+        logits, grid = attention_grid(m.model, x, method)
+        spread = grid_to_frames(grid, m.model)  # (1, T, F)
+        scores = m.probs(logits)[0].float().cpu().numpy()
+    return AttentionMap(
+        inputs[0].path, a / m.rate, (a + len(chunk)) / m.rate, method, x[0].float().cpu().numpy(),
+        grid[0].float().cpu().numpy(), spread[0].float().cpu().numpy(), top_labels(scores, tagger.labels, top_k),
+        frame_sizes(m.rate)[1] / m.rate,
+    )  # fmt: skip

@@ -6,7 +6,7 @@ Every call takes one path, top to bottom (the typed state it fills is in :mod:`.
 2. -> **segments** (the whole recording; or the windows of a timeline) -> each member's
    **model windows** inside each segment (``Member.model_windows``);
 3. -> **batches** of model windows per member (``Batch``), shared by all recordings;
-4. -> **model input** (``_model_input``: the engine's one place from waveform to features)
+4. -> **model input** (``Member.model_input``: the one place from waveform to features)
    -> **model** (``_forward``, which :class:`Head` asks for: probabilities, pooled
    embeddings or token grids);
 5. -> **per-window outputs**, collected in order in each segment's ``Windows`` accumulators;
@@ -34,15 +34,14 @@ from ..base.plots import plot_attention
 from ..data.labels import LabelTable
 from ..errors import AstAudioError, ConfigError
 from ..features.contract import InputContract
-from ..features.kaldi import frame_sizes
-from ..features.pipeline import batch_input, fit_waveform
 from ..model.ast import ASTModel
-from .attention import attention_grid, grid_to_frames
+from .attention import window_attention
 from .events import EventChange, PostProcessing, detect_events
 from .frames import DEFAULT_HOP, DEFAULT_WINDOW, FrameGrid
 from .inputs import Audio, Input, as_inputs, load_input, one_or_list
+from .openset import OpenSet
 from .results import AttentionMap, Embedding, Event, FrameScores, Prediction, Timeline, Window, top_labels
-from .state import REDUCE, Batch, Head, Member, Outputs, Plan, Record, Segment, Windows
+from .state import REDUCE, Batch, Head, Member, Outputs, Plan, Record, Segment, Windows, check_aggregate
 from .windows import DEFAULT_WINDOWS, merge_events, window_spans
 
 __all__ = ["AGGREGATES", "AudioTagger"]
@@ -92,6 +91,9 @@ class AudioTagger:
     ``torch.compile`` first spends tens of seconds compiling (per member and per output
     kind), so it pays off on long runs only.
 
+    ``open_set=False`` ignores a checkpoint's "none of these" decision (:mod:`.openset`), so
+    results carry no ``known``; an :class:`~.openset.OpenSet` replaces it.
+
     ``predict``, ``timeline`` and ``embed`` take ``on_error``: without it, the first input
     that cannot be read raises its ``AstAudioError``; with it, the error is passed to it
     and that input is left out of the results (a single input then gives ``None``).
@@ -107,6 +109,7 @@ class AudioTagger:
         precision: str | None = None,
         compile: bool = False,
         autocast: bool = False,
+        open_set: bool | OpenSet = True,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
@@ -137,6 +140,9 @@ class AudioTagger:
             for m in self.members[1:]:
                 m.align_to(reference)
         self.multilabel = info.multilabel
+        # "None of these": a single-label checkpoint's calibration or none label, or the one given
+        own = OpenSet.of(info.extra, self.labels, first.name) if open_set is True and not self.multilabel else None
+        self.open_set = open_set if isinstance(open_set, OpenSet) else own
 
     # ----------------------------------------------------------------- public API
 
@@ -159,7 +165,7 @@ class AudioTagger:
         aggregated by ``aggregate`` (``"max"`` or ``"mean"`` over windows). For
         ``on_error`` and ``progress`` see the class notes.
         """
-        _check_aggregate(aggregate)
+        check_aggregate(aggregate)
         inputs, single = as_inputs(audio, sample_rate)
         out = []
         for rec in self._run(inputs, Plan(Head.PROBS, hop=hop), on_error, progress):
@@ -169,7 +175,8 @@ class AudioTagger:
             present = None
             if self.thresholds is not None:
                 present = [name for name, s, t in zip(self.labels, scores, self.thresholds, strict=True) if s >= t]
-            out.append(Prediction(rec.path, top, scores, rec.duration, whole.members[0].spans, present))
+            known, score = whole.known(self.open_set, scores, aggregate) if self.open_set else (None, None)
+            out.append(Prediction(rec.path, top, scores, rec.duration, whole.members[0].spans, present, known, score))
         return one_or_list(out, single)
 
     def timeline(
@@ -195,14 +202,14 @@ class AudioTagger:
         grid cut to it, so it costs what its length costs), then the post-processing of
         :mod:`.events` (``post``, with ``threshold`` as a shortcut for its on threshold;
         no threshold: the checkpoint's calibrated ones, else 0.5). ``windows`` are the
-        frames. Labels named ``background`` (a "nothing" class) make no events.
+        frames. ``background`` and the none label make no events, nor do unknown frames (:mod:`.openset`).
 
         ``method="windows"``: windows of ``window`` (10) seconds every ``hop`` (5) seconds
         (:data:`~.windows.DEFAULT_WINDOWS`), each scored as ``predict`` scores a clip, and
         consecutive windows where a label reaches ``threshold`` (0.5) merged into one event
         (:func:`merge_events`); ``post`` does not apply.
         """
-        _check_aggregate(aggregate)
+        check_aggregate(aggregate)
         if method not in ("frames", "windows"):
             raise ConfigError(f"unknown timeline method {method!r}; choose frames or windows")
         inputs, single = as_inputs(audio, sample_rate)
@@ -215,8 +222,8 @@ class AudioTagger:
             for item, waves in self._loaded(inputs, on_error, progress):
                 length = len(waves[grid.rate])
                 with torch.inference_mode():
-                    scores = self._frame_probs(waves, range(grid.count(length)), grid, None, aggregate)
-                out.append(self._frames_timeline(item.path, scores, grid, length / grid.rate, post, top_k))
+                    scores, known = self._frame_probs(waves, range(grid.count(length)), grid, None, aggregate)
+                out.append(self._frames_timeline(item.path, scores, known, grid, length / grid.rate, post, top_k))
             return one_or_list(out, single)
         window, hop = window or DEFAULT_WINDOWS[0], hop or DEFAULT_WINDOWS[1]
         if not (window > 0 and hop > 0):
@@ -226,10 +233,10 @@ class AudioTagger:
             windows = []
             for segment in rec.segments:
                 scores = segment.scores(aggregate)
-                windows.append(
-                    Window(segment.start, segment.end, scores, top_labels(scores, self.labels, top_k))
-                )
-            events = merge_events(windows, self.labels, 0.5 if threshold is None else threshold)
+                known = segment.known(self.open_set, scores, aggregate)[0] if self.open_set else None
+                windows.append(Window(segment.start, segment.end, scores, top_labels(scores, self.labels, top_k), known))
+            attributed = [w if w.known is not False else replace(w, scores=0 * w.scores) for w in windows]
+            events = merge_events(attributed, self.labels, 0.5 if threshold is None else threshold)
             out.append(Timeline(rec.path, rec.duration, list(self.labels), windows, events))
         return one_or_list(out, single)
 
@@ -275,8 +282,9 @@ class AudioTagger:
 
     @property
     def ignored(self) -> list[int]:
-        """Classes that never make events: those named ``background`` (a "nothing" class)."""
-        return [i for i, name in enumerate(self.labels) if name.strip().lower() == "background"]
+        """Classes that never make events: those named ``background`` and the open set's none label."""
+        none = self.open_set.none_index if self.open_set else None
+        return [i for i, name in enumerate(self.labels) if name.strip().lower() == "background" or i == none]
 
     def frame_grid(self, window: float | None = None, hop: float | None = None) -> FrameGrid:
         """The detection frames at :attr:`rate`: the one place their defaults are settled
@@ -288,11 +296,15 @@ class AudioTagger:
         return FrameGrid(DEFAULT_HOP if hop is None else hop, window, self.rate)
 
     def frame_events(
-        self, scores: np.ndarray, hop: float, duration: float, post: PostProcessing | None = None
+        self, scores: np.ndarray, hop: float, duration: float, post: PostProcessing | None = None,
+        known: np.ndarray | None = None,
     ) -> list[Event]:
         """The events of detection-frame scores ``[frames, C]`` (one row every ``hop`` seconds)
         under ``post`` (default :class:`PostProcessing`), with the checkpoint's calibrated
-        thresholds and without the ignored classes: what ``timeline`` does with its frames."""
+        thresholds and without the ignored classes: what ``timeline`` does with its frames.
+        Frames that ``known`` ``[frames]`` marks unknown are attributed to no class."""
+        if known is not None:
+            scores = scores * known[:, None]  # (frames, C)
         return detect_events(scores, hop, self.labels, post or PostProcessing(), duration=duration,
                              calibrated=self.thresholds, ignore=self.ignored)  # fmt: skip
 
@@ -340,23 +352,7 @@ class AudioTagger:
         The window is what the model sees: ``input_tdim`` frames, padded as in training
         when the recording ends earlier.
         """
-        inputs, single = as_inputs(audio, sample_rate)
-        if not single:
-            raise ConfigError("attention takes one recording")
-        m = self.members[member]
-        wave = load_input(inputs[0], m.rate)
-        a = min(max(0, round(start * m.rate)), max(0, len(wave) - 1))
-        chunk = wave[a : a + m.window]
-        x = self._model_input(m, [chunk])  # (1, T, F)
-        with torch.inference_mode(), self._autocast():
-            logits, grid = attention_grid(m.model, x, method)
-            spread = grid_to_frames(grid, m.model)  # (1, T, F)
-            scores = m.probs(logits)[0].float().cpu().numpy()
-        return AttentionMap(
-            inputs[0].path, a / m.rate, (a + len(chunk)) / m.rate, method, x[0].float().cpu().numpy(),
-            grid[0].float().cpu().numpy(), spread[0].float().cpu().numpy(), top_labels(scores, self.labels, top_k),
-            frame_sizes(m.rate)[1] / m.rate,
-        )  # fmt: skip
+        return window_attention(self, audio, sample_rate, start, method, top_k, self.members[member])
 
     def plot(self, audio: Audio, out: str | os.PathLike, sample_rate: int | None = None, **kwargs) -> Path:
         """:meth:`attention` then :func:`~ast_audio.base.plots.plot_attention` into the PNG ``out``."""
@@ -425,21 +421,9 @@ class AudioTagger:
             windows.add(out, j)
         batch.clear()
 
-    def _model_input(
-        self, m: Member, waves: Sequence[torch.Tensor], contract: InputContract | None = None
-    ) -> torch.Tensor:
-        """Model input ``[B, T, F]`` of model windows (waveforms ``[samples]`` at ``m.rate``).
-
-        The engine's one place from waveform to features (batches and ``attention``): the
-        batched pipeline of training and evaluation (:mod:`ast_audio.features.pipeline`) with the
-        member's input contract, on the tagger's device; a window shorter than the model's
-        is zero-padded and its missing frames are zero, as ``waveform_to_input`` gives.
-        """
-        contract = contract or m.features
-        fitted = [fit_waveform(wave, contract) for wave in waves]
-        batch = torch.stack([w for w, _ in fitted]).to(self.device)  # (B, S)
-        frames = torch.tensor([n for _, n in fitted])
-        return batch_input(batch, frames, contract)  # (B, T, F)
+    def _model_input(self, m: Member, waves: Sequence, contract: InputContract | None = None) -> torch.Tensor:
+        """Model input ``[B, T, F]`` of waveforms ``[samples]`` on the tagger's device (:meth:`Member.model_input`)."""
+        return m.model_input(waves, self.device, contract)
 
     def _forward(self, m: Member, x: torch.Tensor, head: Head) -> Outputs:
         """What ``head`` asks of member ``m`` for model input ``x`` ``[n, T, F]``, as numpy arrays."""
@@ -449,7 +433,8 @@ class AudioTagger:
         fn = m.function(head, self.compile, x.shape[1])
         with self._autocast():
             if head is Head.PROBS:
-                return Outputs(probs=m.probs(fn(x)[:n]).cpu().numpy())  # (n, C)
+                logits = fn(x)[:n]  # (n, C)
+                return Outputs(probs=m.probs(logits).cpu().numpy(), logits=logits.float().cpu().numpy())
             tokens = fn(x)[:n].float()  # (n, 2 + f*t, D)
             pooled = ((tokens[:, 0] + tokens[:, 1]) / 2).cpu().numpy()  # (n, D), as forward_features
             if head is Head.EMBEDDING:
@@ -460,10 +445,11 @@ class AudioTagger:
     def _frame_probs(
         self, waves: dict[int, torch.Tensor], frames: Sequence[int], grid: FrameGrid, total: int | None,
         aggregate: str = "max",
-    ) -> np.ndarray:
-        """Scores ``[len(frames), C]`` of detection frames (members averaged); ``total`` is the
-        recording's length in samples at the grid's rate, ``None`` while it is still arriving."""
-        per_member = []
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores ``[len(frames), C]`` of detection frames (members averaged) and whether each
+        frame is known (``None`` without an open set); ``total`` is the recording's length in
+        samples at the grid's rate, ``None`` while it is still arriving."""
+        per_member, known = [], None
         for m in self.members:
             scale = m.rate / grid.rate
             g = FrameGrid(grid.hop, grid.window, m.rate)
@@ -475,25 +461,25 @@ class AudioTagger:
                 for c0, c1 in window_spans(b - a, contract.samples, max(1, contract.samples // 2)):
                     subs.append(waves[m.rate][a + c0 : a + c1])
                     owner.append(k)
-            probs = np.concatenate([
-                self._forward(m, self._model_input(m, subs[j : j + self.batch_size], contract), Head.PROBS).probs
-                for j in range(0, len(subs), self.batch_size)
-            ]) if subs else np.zeros((0, len(self.labels)))  # fmt: skip
+            outs = [self._forward(m, self._model_input(m, subs[j : j + self.batch_size], contract), Head.PROBS)
+                    for j in range(0, len(subs), self.batch_size)] or [Outputs(np.zeros((0, len(self.labels))))]
+            probs = np.concatenate([o.probs for o in outs])  # (subs, C)
             owner_arr = np.asarray(owner)
             per_member.append(np.stack([REDUCE[aggregate](probs[owner_arr == k], axis=0) for k in range(len(frames))]))
-        return np.mean(per_member, axis=0) if len(per_member) > 1 else per_member[0]
+            if self.open_set is not None and m is self.members[0] and subs:
+                sub_known = self.open_set.window_scores(np.concatenate([o.logits for o in outs]))  # (subs,)
+                known = np.array([REDUCE[aggregate](sub_known[owner_arr == k]) for k in range(len(frames))])
+        scores = np.mean(per_member, axis=0) if len(per_member) > 1 else per_member[0]
+        return scores, None if known is None else self.open_set.known(known, scores.argmax(axis=1))
 
-    def _frames_timeline(self, path, scores: np.ndarray, grid: FrameGrid, duration: float, post, top_k: int):
+    def _frames_timeline(self, path, scores: np.ndarray, known, grid: FrameGrid, duration: float, post, top_k: int):
         windows = [
-            Window(i * grid.hop, min((i + 1) * grid.hop, duration), row, top_labels(row, self.labels, top_k))
+            Window(i * grid.hop, min((i + 1) * grid.hop, duration), row, top_labels(row, self.labels, top_k),
+                   None if known is None else bool(known[i]))
             for i, row in enumerate(scores)
-        ]
-        return Timeline(path, duration, list(self.labels), windows, self.frame_events(scores, grid.hop, duration, post))
+        ]  # fmt: skip
+        events = self.frame_events(scores, grid.hop, duration, post, known)
+        return Timeline(path, duration, list(self.labels), windows, events)
 
     def _autocast(self):
         return runtime.autocast(self.device, self.precision)
-
-
-def _check_aggregate(aggregate: str) -> None:
-    if aggregate not in AGGREGATES:
-        raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .openset import UNKNOWN
+
 __all__ = ["AttentionMap", "Embedding", "Event", "FrameScores", "Prediction", "Timeline", "Window", "top_labels"]
 
 
@@ -26,13 +28,29 @@ def labels_json(labels: list[tuple[str, float]]) -> list[dict]:
     return [{"rank": r, "label": name, "score": round(score, 6)} for r, (name, score) in enumerate(labels, 1)]
 
 
+def open_set_label(known: bool | None, labels: list[tuple[str, float]]) -> str | None:
+    if known is False:
+        return UNKNOWN
+    return labels[0][0] if labels else None
+
+
+def open_set_json(known: bool | None, labels: list[tuple[str, float]], score: float | None = None) -> dict:
+    """The open-set fields of a result's JSON: none without an open-set decision."""
+    if known is None:
+        return {}
+    out = {"known": known, "label": open_set_label(known, labels)}
+    return out if score is None else out | {"open_set_score": round(score, 6)}
+
+
 @dataclass
 class Prediction:
     """Scores of one recording: ``labels`` are the top-k ``(name, probability)`` pairs,
     ``scores`` all probabilities ``[label_dim]``, ``spans`` the model windows (seconds)
     that were aggregated (of the first member, for an ensemble); ``present``, for a
     checkpoint with calibrated thresholds, the labels whose score reaches theirs (yes/no
-    per class)."""
+    per class). ``known``, for a checkpoint with an open-set decision (:mod:`.openset`),
+    says whether the recording is one of the classes at all (``False``: ``label`` is
+    ``"unknown"``), ``open_set_score`` is its knownness (``None`` where only a none label decides)."""
 
     path: str | None
     labels: list[tuple[str, float]]
@@ -40,31 +58,47 @@ class Prediction:
     duration: float
     spans: list[tuple[float, float]] = field(default_factory=list)
     present: list[str] | None = None  # labels at or above their calibrated threshold (None: not calibrated)
+    known: bool | None = None  # one of the classes (None: the checkpoint has no open-set decision)
+    open_set_score: float | None = None
 
     CSV_HEADER = ("path", "rank", "label", "score")
+
+    @classmethod
+    def csv_header(cls, open_set: bool) -> tuple[str, ...]:
+        """The CSV header of a tagger's predictions: a ``known`` column when it has an open-set decision."""
+        return (*cls.CSV_HEADER, "known") if open_set else cls.CSV_HEADER
+
+    @property
+    def label(self) -> str | None:
+        """The answer: the top label, or ``"unknown"`` for a recording that is none of the classes."""
+        return open_set_label(self.known, self.labels)
 
     def to_json(self) -> dict:
         out = {"path": self.path, "duration": round(self.duration, 3), "windows": len(self.spans),
                "labels": labels_json(self.labels)}  # fmt: skip
         if self.present is not None:
             out["present"] = self.present
-        return out
+        return out | open_set_json(self.known, self.labels, self.open_set_score)
 
     def csv_rows(self) -> list[list]:
-        return [[self.path, rank, name, f"{score:.6f}"] for rank, (name, score) in enumerate(self.labels, 1)]
+        known = [] if self.known is None else [str(self.known).lower()]
+        return [[self.path, rank, name, f"{score:.6f}", *known] for rank, (name, score) in enumerate(self.labels, 1)]
 
 
 @dataclass
 class Window:
-    """One timeline window: ``[start, end)`` seconds, its probabilities and top-k labels."""
+    """One timeline window: ``[start, end)`` seconds, its probabilities and top-k labels;
+    ``known`` as :class:`Prediction`'s (an unknown window makes no event)."""
 
     start: float
     end: float
     scores: np.ndarray
     labels: list[tuple[str, float]] = field(default_factory=list)
+    known: bool | None = None
 
     def to_json(self) -> dict:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "labels": labels_json(self.labels)}
+        out = {"start": round(self.start, 3), "end": round(self.end, 3), "labels": labels_json(self.labels)}
+        return out | open_set_json(self.known, self.labels)
 
 
 @dataclass
@@ -100,6 +134,13 @@ class Timeline:
     def scores(self) -> np.ndarray:
         """All window scores ``[windows, label_dim]``."""
         return np.stack([w.scores for w in self.windows])
+
+    @property
+    def known(self) -> np.ndarray | None:
+        """Whether each window is one of the classes ``[windows]`` (``None``: no open-set decision)."""
+        if not self.windows or self.windows[0].known is None:
+            return None
+        return np.array([bool(w.known) for w in self.windows])
 
     def to_json(self) -> dict:
         return {"path": self.path, "duration": round(self.duration, 3),

@@ -194,7 +194,7 @@ def write_predictions(out: str | os.PathLike, files: list[str], tagger, options:
     shard = _Shard(out, "predictions", [ext], rank, world)
     todo, done = _my_files(files, out, "predictions", shard.paths[0])
     if shard.committed["sizes"][0] == 0 and csv_rows:
-        header = (Timeline if options.timeline else Prediction).CSV_HEADER
+        header = Timeline.CSV_HEADER if options.timeline else Prediction.csv_header(getattr(tagger, "open_set", None) is not None)
         shard.append([(",".join(header) + "\n").encode()], 0)
     for i in range(0, len(todo), GROUP):
         results = options.results(tagger, todo[i : i + GROUP], on_error)

@@ -22,12 +22,19 @@ from ..base import runtime
 from ..data.labels import LabelTable, match_labels
 from ..errors import ConfigError, DataError
 from ..features.contract import InputContract
+from ..features.pipeline import batch_input, fit_waveform
 from ..model.ast import ASTModel
+from .openset import OpenSet
 from .windows import window_spans
 
 log = logging.getLogger(__name__)
 
 REDUCE = {"max": np.max, "mean": np.mean}  # aggregates over the model windows of a segment
+
+
+def check_aggregate(aggregate: str) -> None:
+    if aggregate not in REDUCE:
+        raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(REDUCE)}")
 
 
 class Head(enum.Enum):
@@ -140,6 +147,23 @@ class Member:
             raise ConfigError(f"ensemble members disagree on their labels: {err}") from None
         self.order = None if order == list(range(len(order))) else order
 
+    def model_input(
+        self, waves: list[torch.Tensor], device: torch.device, contract: InputContract | None = None
+    ) -> torch.Tensor:
+        """Model input ``[B, T, F]`` of model windows (waveforms ``[samples]`` at :attr:`rate`) on ``device``.
+
+        The tagger's one place from waveform to features (batches, detection frames and
+        ``attention``): the batched pipeline of training and evaluation
+        (:mod:`ast_audio.features.pipeline`) with the member's input contract (or ``contract``);
+        a window shorter than the model's is zero-padded and its missing frames are zero, as
+        ``waveform_to_input`` gives.
+        """
+        contract = contract or self.features
+        fitted = [fit_waveform(wave, contract) for wave in waves]
+        batch = torch.stack([w for w, _ in fitted]).to(device)  # (B, S)
+        frames = torch.tensor([n for _, n in fitted])
+        return batch_input(batch, frames, contract)  # (B, T, F)
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities (sigmoid for a multi-label checkpoint, softmax for a single-label one),
         in the ensemble's label order."""
@@ -155,6 +179,7 @@ class Outputs:
     probs: np.ndarray | None = None  # (n, C)
     pooled: np.ndarray | None = None  # (n, D)
     tokens: np.ndarray | None = None  # (n, f, t, D)
+    logits: np.ndarray | None = None  # (n, C), with probs: what open-set scores read
 
 
 @dataclass
@@ -165,10 +190,12 @@ class Windows:
     probs: list[np.ndarray] = field(default_factory=list)  # [C] per window
     pooled: list[np.ndarray] = field(default_factory=list)  # [D] per window
     tokens: list[np.ndarray] = field(default_factory=list)  # [f, t, D] per window
+    logits: list[np.ndarray] = field(default_factory=list)  # [C] per window
 
     def add(self, out: Outputs, j: int) -> None:
         """Row ``j`` of a batch's outputs: the next window's."""
-        for rows, new in ((self.probs, out.probs), (self.pooled, out.pooled), (self.tokens, out.tokens)):
+        pairs = (self.probs, out.probs), (self.pooled, out.pooled), (self.tokens, out.tokens), (self.logits, out.logits)
+        for rows, new in pairs:
             if new is not None:
                 rows.append(new[j])
 
@@ -185,6 +212,14 @@ class Segment:
         """Each member's window probabilities aggregated over time, then the members averaged."""
         per_member = [REDUCE[aggregate](np.stack(w.probs), axis=0) for w in self.members]  # (C,) each
         return np.mean(per_member, axis=0) if len(per_member) > 1 else per_member[0]
+
+    def known(self, open_set: OpenSet, scores: np.ndarray, aggregate: str) -> tuple[bool, float | None]:
+        """Whether the segment is one of the classes, and its knownness (``None`` when no threshold
+        was calibrated): the first member's (the one the open set was calibrated on) over its
+        model windows, aggregated like the scores."""
+        score = float(REDUCE[aggregate](open_set.window_scores(np.stack(self.members[0].logits))))
+        known = bool(open_set.known(score, int(np.argmax(scores))))
+        return known, score if open_set.threshold is not None else None
 
 
 @dataclass

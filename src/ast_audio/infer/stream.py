@@ -13,7 +13,8 @@ every open event is closed, exactly as offline.
 What it yields, in time order:
 
 - :class:`~.results.FrameScores` (``start``, ``end``, ``scores [label_dim]``, top-k
-  ``labels``) for every frame;
+  ``labels``, ``known`` with an open-set decision) for every frame; an unknown frame
+  counts as no class for the events;
 - :class:`~.events.EventChange` (``kind`` ``"start"``/``"end"``, ``label``, ``index``,
   ``time`` in seconds from the first sample, ``score``) when an event opens or closes;
   ``to_json()`` is the line ``ast-audio listen`` prints.
@@ -108,15 +109,16 @@ def stream_events(tagger, chunks: Iterable, sample_rate: int, grid: FrameGrid, p
             waves[rate] = buf.view(start)
             shifted[rate] = buf.offset
 
-        def forward() -> np.ndarray:  # inference mode is per thread: entered where the model runs
+        def forward() -> tuple:  # inference mode is per thread: entered where the model runs
             with torch.inference_mode():  # and not held across the yields (the caller's code runs between them)
                 return _shifted_probs(tagger, waves, shifted, frames, grid, total)
 
-        probs = forward() if on_model is None else on_model(forward)
-        for i, row in zip(frames, probs, strict=True):
+        probs, known = forward() if on_model is None else on_model(forward)
+        for k, (i, row) in enumerate(zip(frames, probs, strict=True)):
             end = (i + 1) * grid.hop if total is None else min((i + 1) * grid.hop, total / grid.rate)
-            yield FrameScores(i * grid.hop, end, row, top_labels(row, tagger.labels, top_k))
-            yield from tracker.push(row)
+            is_known = None if known is None else bool(known[k])
+            yield FrameScores(i * grid.hop, end, row, top_labels(row, tagger.labels, top_k), is_known)
+            yield from tracker.push(row if is_known is not False else 0 * row)  # an unknown frame: no class
 
     for chunk in chunks:
         block = as_block(chunk)

@@ -162,7 +162,7 @@ class Batcher:
                 for w in tl.windows:
                     w.labels = top_labels(w.scores, t.labels, job.top_k)
                 if job.post != post:  # the frames are shared; the events are this request's own
-                    tl.events = t.frame_events(tl.scores, t.frame_grid(window, hop).hop, tl.duration, job.post)
+                    tl.events = t.frame_events(tl.scores, t.frame_grid(window, hop).hop, tl.duration, job.post, tl.known)
             windows = sum(len(tl.windows) for tl in out)
         elif kind == "embed":
             out = t.embed(waves, sample_rate=t.rate)
