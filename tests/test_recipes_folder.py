@@ -265,6 +265,9 @@ def test_recipe_folder_trains_from_scratch_offline_and_resumes(mine, tmp_path):
         with open(report / "classes.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert [r["label"] for r in rows] == done["labels"] and sum(int(r["support"]) for r in rows) == clips
+    opened = done["open_set"]  # calibrated on the validation clips of the known classes, stored in the model
+    assert opened["score"] == "max_prob" and opened["tpr"] == 0.95 and opened["kept"] >= 0.95
+    assert f"open set: max_prob >= {opened['threshold']:.4f}" in result.stdout
     stats = json.loads((exp / "data" / "stats.json").read_text())
     recorded = json.loads((exp / "recipe.json").read_text())
     assert recorded["preset"] == "scratch" and recorded["train"]["audio_length"] == stats["audio_length"]
@@ -272,6 +275,7 @@ def test_recipe_folder_trains_from_scratch_offline_and_resumes(mine, tmp_path):
     assert stats["audio_length"] == audio_length_for([audio_info(p).duration for p in trained])
     model = load_model(done["deliverable"])
     assert model.info.extra["none_label"] == "_background" and model.info.labels == done["labels"]
+    assert model.info.extra["open_set"] == opened
     assert model.input_contract.target_length == stats["audio_length"] and model.input_contract.mean == pytest.approx(stats["dataset_mean"])
 
     stamp = (exp / "data" / "prepared.json").stat().st_mtime_ns
@@ -325,3 +329,10 @@ def test_recipe_folder_cross_validates_by_groups(mine, tmp_path):
     assert f"mean acc {done['mean']:.4f}" in result.stdout
     for k in (1, 2):
         assert (exp / f"fold{k}" / "models" / "best_audio_model.safetensors").is_file()
+
+
+def test_recipe_folder_refuses_an_open_set_share_outside_0_1_before_training(mine, tmp_path):
+    root, _ = mine
+    out = run_main("recipe", "folder", root, "--exp-dir", tmp_path / "exp", "--set", "open_set=1.5", "n_epochs=1")
+    assert out.returncode == 2 and "open_set must be 0 (none) or the share of known clips to keep" in out.stderr
+    assert not (tmp_path / "exp" / "models").exists()  # nothing trained

@@ -297,6 +297,8 @@ def run(ctx) -> dict:
     preset, values, line = choose_preset(ctx)
     log.warning("%s", line)
     opts = ctx.options
+    if not (float(opts["open_set"]) == 0 or 0 < float(opts["open_set"]) <= 1):
+        raise ConfigError(f"open_set must be 0 (none) or the share of known clips to keep, in (0, 1]; got {opts['open_set']}")
     summary = prepare(
         ctx.root, ctx.data_dir, valid_dir=_option_dir(ctx, "valid_dir"), test_dir=_option_dir(ctx, "test_dir"),
         valid_fraction=float(opts["valid_fraction"]), seed=int(opts["split_seed"]), folds=int(opts["folds"]),
@@ -324,8 +326,36 @@ def run(ctx) -> dict:
     splits = {"valid": summary["datafiles"]["valid"]}
     if "test" in summary["datafiles"]:
         splits["test"] = summary["datafiles"]["test"]
+    opened = calibrate_open_set(best, summary["datafiles"]["valid"], summary["label_csv"], float(opts["open_set"]), cfg)
     scores = evaluate_splits(best, splits, summary["label_csv"], ctx.exp_dir, cfg)
-    return {**head, "best_epoch": state.best_epoch, **scores, "deliverable": str(best)}
+    return {**head, "best_epoch": state.best_epoch, **opened, **scores, "deliverable": str(best)}
+
+
+def calibrate_open_set(best: Path, valid: str, label_csv: str, tpr: float, cfg) -> dict:
+    """Store in the best model the open-set threshold (:mod:`ast_audio.infer.openset`, score
+    ``max_prob``) that keeps ``tpr`` of the validation clips of the known classes (the none
+    label's clips left out), so ``predict`` and the timeline answer "unknown" below it;
+    ``tpr = 0``: none stored. Computed in fp32, so a rerun stores the same threshold."""
+    from dataclasses import replace
+
+    from ..checkpoints.load import load_model, save_checkpoint
+    from ..infer.engine import AudioTagger
+    from ..infer.openset import calibrate
+
+    if tpr == 0:
+        return {}
+    model = load_model(best)
+    data = read_datafile(valid, label_csv)
+    none = model.info.extra.get("none_label")
+    wavs = [e.wav for e in data.entries if all(data.labels.names[i] != none for i in e.labels)]
+    if not wavs:
+        log.warning("folder recipe: no validation clips of the known classes; no open-set threshold stored")
+        return {}
+    tagger = AudioTagger(model, device=cfg.device, batch_size=max(1, cfg.batch_size), precision="fp32")
+    result = calibrate(tagger, wavs, tpr=tpr)
+    model.info = replace(model.info, extra={**model.info.extra, "open_set": result})
+    save_checkpoint(model.cpu(), best)
+    return {"open_set": result}
 
 
 def evaluate_splits(best: Path, splits: dict[str, str], label_csv: str, exp: Path, cfg) -> dict:
@@ -382,5 +412,9 @@ def result_lines(result: dict) -> list[str]:
     lines.append(f"best epoch {result['best_epoch']}: validation accuracy {result['valid_acc']:.4f}")
     if "test_acc" in result:
         lines.append(f"test accuracy {result['test_acc']:.4f}")
+    if "open_set" in result:
+        o = result["open_set"]
+        lines.append(f"open set: {o['score']} >= {o['threshold']:.4f} keeps {o['kept']:.1%} of the known validation clips; "
+                     "predict answers unknown below it")  # fmt: skip
     lines += [f"{split} report: {result[f'{split}_report']}" for split in ("valid", "test") if f"{split}_report" in result]
     return lines
