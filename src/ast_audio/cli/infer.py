@@ -5,6 +5,9 @@ hidden files and folders skipped). A file that cannot be read is reported as one
 ``ast-audio: error: <path>: <reason>`` on stderr and the others are still processed; the
 exit status is then 1. Usage errors and fatal errors (a bad checkpoint, no input at all)
 exit with 2, as every ``ast-audio`` command does.
+
+Over 400 lines: predict, embed and export share the file walk, the output writers and the
+failure reporting, which would otherwise be repeated per command.
 """
 
 from __future__ import annotations
