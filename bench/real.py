@@ -36,6 +36,7 @@ import csv
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 import typing
@@ -94,6 +95,7 @@ def scratch_settings() -> dict:
 
 def ours(files: dict[str, Path], exp: Path, frames: int, seed: int, overrides: dict, cache_dir: Path) -> dict:
     """Train the preset (+ ``overrides``) on one split; test accuracy of the best-on-valid model."""
+    shutil.rmtree(exp, ignore_errors=True)  # a fresh run: the trainer would resume a folder's earlier one
     begin = time.perf_counter()
     labels = read_label_csv(files["label_csv"])
     train_df = read_datafile(files["train"], labels)
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], type=parse_variant,
                         help='another setting to measure: "name: key=value ..." (repeatable)')
     parser.add_argument("--only", default="", help="comma-separated row names to run (default, best, baseline, ...)")
+    parser.add_argument("--from-results", action="store_true",
+                        help="write the table from CACHE/results.jsonl (the latest result of each dataset, split "
+                             "and row) instead of running: what runs side by side with --no-write measured")
     parser.add_argument("--note", default="", help="a line under the table, e.g. about the machine's load")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=BENCHMARKS)
@@ -196,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     cache = args.cache.expanduser()
     results: dict[tuple[str, str], list[dict]] = {}
-    shapes: dict[str, str] = {}
+    shapes: dict[str, list[str]] = {}
+    if args.from_results:
+        return publish(table(*recorded(cache, args, seeds), seeds, args), args, START, END)
     for name in [s.strip() for s in args.datasets.split(",") if s.strip()]:
         spec = realsets.SETS[name]
         for seed in seeds:
@@ -209,22 +216,41 @@ def main(argv: list[str] | None = None) -> int:
             frames = frames_for([c.path for c in train_clips])
             run_dir = cache / "runs" / f"{name}-s{seed}"
             files = write_run_files(run_dir, train_clips, test_clips, seed)
-            shapes[name] = (f"{len({c.label for c in train_clips})} classes, {len(train_clips)} training clips "
+            shape = (f"split {seed}: {len({c.label for c in train_clips})} classes, {len(train_clips)} training clips "
                             f"({len({c.group for c in train_clips})} {spec.group_kind}s), {len(test_clips)} test clips "
                             f"({len({c.group for c in test_clips})} {spec.group_kind}s), {frames} frames")  # fmt: skip
+            shapes.setdefault(name, []).append(shape)
             for label, overrides in rows_for(name, args):
                 if overrides is None:
                     result = baseline(train_clips, test_clips)
                 else:
                     exp = run_dir / safe(label)
                     result = ours(files, exp, frames, seed, overrides, cache / "waves")
-                result.update(dataset=name, seed=seed, row=label, overrides=overrides, frames=frames,
+                result.update(dataset=name, seed=seed, row=label, overrides=overrides, frames=frames, shape=shape,
                               when=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
                 print(json.dumps(result), flush=True)
                 with open(cache / "results.jsonl", "a") as fh:
                     fh.write(json.dumps(result) + "\n")
                 results.setdefault((name, label), []).append(result)
     return publish(table(results, shapes, seeds, args), args, START, END)
+
+
+def recorded(cache: Path, args, seeds: list[int]) -> tuple[dict, dict]:
+    """The latest recorded result of each (dataset, split, row) asked for, as :func:`table` takes them."""
+    latest: dict[tuple[str, int, str], dict] = {}
+    names = [s.strip() for s in args.datasets.split(",") if s.strip()]
+    with open(cache / "results.jsonl") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r["dataset"] in names and r["seed"] in seeds and (not args.only or r["row"] in args.only):
+                latest[(r["dataset"], r["seed"], r["row"])] = r
+    results: dict[tuple[str, str], list[dict]] = {}
+    shapes: dict[str, list[str]] = {}
+    for (name, _, row), r in sorted(latest.items(), key=lambda kv: (names.index(kv[0][0]), kv[0][2] == "baseline")):
+        results.setdefault((name, row), []).append(r)
+        if row == "baseline":
+            shapes.setdefault(name, []).append(r.get("shape", ""))
+    return results, shapes
 
 
 def safe(label: str) -> str:
@@ -244,7 +270,7 @@ def table(results: dict, shapes: dict, seeds: list[int], args) -> list[str]:
         "",
     ]
     for name, shape in shapes.items():
-        lines.append(f"- **{name}**: {shape}")
+        lines.append(f"- **{name}**: {'; '.join(shape)}")
     lines += ["", "| dataset | way | test accuracy | valid accuracy | seconds |", "|---|---|---|---|---|"]
     for (name, label), runs in results.items():
         test = np.array([r["test"] for r in runs])

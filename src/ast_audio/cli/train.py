@@ -87,6 +87,7 @@ _TRAIN_FLAGS = [
     (["--dataset"], "dataset", str),
     (["--model-size", "--model_size"], "model_size", str),
     (["--depth"], "depth", int),
+    (["--pool"], "pool", str),
     (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", int),
     (["--seed"], "seed", int),
     (["--resample"], "resample", _flag),
@@ -124,6 +125,8 @@ _HELP = {
     "patchout_f": "structured patchout (training only): drop N frequency rows of the patch grid per step, "
     "or a fraction like 0.3",
     "patchout_t": "structured patchout: drop N time columns per step, or a fraction like 0.4",
+    "pool": "what the head reads: cls (AST's cls and dist tokens) or mean (the patch tokens: small models "
+    "from scratch)",
     "bucket_by_length": "group clips of similar length into batches and cut each batch to its longest clip",
 }
 # Accepted for compatibility with the original's scripts, without effect here.
