@@ -26,7 +26,8 @@ and, on the same split, three ways are measured:
 mean test accuracy and its spread over splits, and wall-clock seconds (the machine may be
 shared: the seconds are as measured). ``--variant "name: key=value ..."`` adds rows of
 other settings (the search); ``--only`` picks rows. Each result is also appended to
-``CACHE/results.jsonl``. Writes its table between the ``bench:real`` markers of BENCHMARKS.md.
+``CACHE/results.jsonl``; ``--from-results`` writes the table from the latest recorded result
+of each dataset, split and row (for runs made side by side with ``--no-write``). Writes its table between the ``bench:real`` markers of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 import realsets
-import torch
 from common import BENCHMARKS, ROOT, machine, publish
 
 from ast_audio.audio.io import audio_info, load_audio
@@ -72,7 +72,8 @@ BEST: dict[str, dict[str, dict]] = {
 def frames_for(paths: list[Path]) -> int:
     """Input length for clips: frames covering the 90th percentile of their durations
     (100 frames a second), rounded up to a multiple of 16, within 96..1024."""
-    seconds = [audio_info(p).frames / audio_info(p).sample_rate for p in paths]
+    infos = [audio_info(p) for p in paths]
+    seconds = [info.frames / info.sample_rate for info in infos]
     frames = math.ceil(float(np.percentile(seconds, 90)) * 100 / 16) * 16
     return int(min(max(frames, 96), 1024))
 
@@ -291,5 +292,4 @@ def table(results: dict, shapes: dict, seeds: list[int], args) -> list[str]:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     sys.exit(main())
