@@ -74,6 +74,8 @@ demo: install
 	$(BIN)/ast-audio demo --out runs/demo
 
 # The model benchmark's accuracy check uses the model `make demo` trains and its held-out fold.
+# bench/real.py fetches Debian's recording packages (apt-get download, dpkg -x) into
+# ~/.cache/ast-audio/real the first time.
 bench: demo
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/pipeline.py
@@ -84,6 +86,7 @@ bench: demo
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/openset.py
 	$(BIN)/python bench/train.py --jobs 2
+	$(BIN)/python bench/real.py
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	  $(BIN)/python bench/device.py; \
 	else echo "bench/device.py: no CUDA device here, skipped"; fi

@@ -54,6 +54,28 @@ def test_pooling_is_mean_of_cls_and_dist():
         torch.testing.assert_close(model.forward_features(x), (tokens[:, 0] + tokens[:, 1]) / 2)
 
 
+def test_mean_pooling_is_the_mean_of_the_patch_tokens_and_survives_a_checkpoint(tmp_path):
+    from ast_audio import load_model
+    from ast_audio.checkpoints import export_hf, save_checkpoint
+    from ast_audio.errors import CheckpointError
+
+    model = tiny_ast(input_tdim=64)
+    mean = ASTModel.from_config(model.config.replace(pool="mean"), model.info)
+    mean.load_state_dict(model.state_dict())  # the same weights: only the pooling differs
+    mean.eval()
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        tokens = mean.forward_tokens(x)
+        torch.testing.assert_close(mean.forward_features(x), tokens[:, 2:].mean(dim=1))
+        assert not torch.allclose(mean(x), model(x))
+    loaded = load_model(save_checkpoint(mean, tmp_path / "mean.safetensors"))
+    assert loaded.config.pool == "mean" and model.config.pool == "cls"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), mean(x))
+    with pytest.raises(CheckpointError, match="pool='mean' has no Hugging Face form"):
+        export_hf(mean, tmp_path / "hf")
+
+
 def test_attention_maps_path_equals_sdpa_path():
     model = tiny_ast(input_tdim=64)
     x = torch.randn(2, 64, 128)
@@ -81,6 +103,7 @@ def test_wrong_input_shape_is_a_clear_error():
         ({"input_tdim": 15}, "input_tdim=15 is shorter"),
         ({"fstride": 0}, "fstride must be a positive integer"),
         ({"label_dim": 0}, "label_dim must be a positive integer"),
+        ({"pool": "max"}, "pool must be one of cls, mean, got 'max'"),
     ],
 )
 def test_bad_configs_fail_with_a_message(kwargs, message):

@@ -154,6 +154,7 @@ def test_label_smoothing_weight_decay_and_betas_reach_the_run(toy, tmp_path):
         (dict(label_smoothing=0.1, loss="BCE"), "label_smoothing applies to the CE loss only"),
         (dict(betas=(0.9,)), "betas must be two numbers"),
         (dict(patience=-1), "patience and min_delta must be >= 0"),
+        (dict(pool="max"), "pool must be one of cls, mean, got 'max'"),
     ],
 )
 def test_bad_fine_tuning_settings_are_refused(toy, tmp_path, values, message):
@@ -178,3 +179,15 @@ def test_knobs_are_config_keys_and_recipe_sets(tmp_path):
         assert train_values["label_smoothing"] == 0.1 and train_values["min_delta"] == 0.01
     train_values, _, _ = resolve_config("csv", ["freeze=all"])
     assert train_values["freeze"] == "all"
+
+
+def test_mean_pooling_trains_and_its_checkpoint_keeps_it(toy, tmp_path):
+    from ast_audio import load_model
+
+    exp = tmp_path / "mean"
+    train(TrainConfig(**base_args(toy, exp, pool="mean", n_epochs=1)))
+    model = load_model(exp / "models" / "best_audio_model.safetensors")
+    assert model.config.pool == "mean"
+    x = torch.randn(2, model.config.input_tdim, 128)
+    with torch.no_grad():  # the head reads the patch tokens' mean, not the cls and dist tokens'
+        torch.testing.assert_close(model.forward_features(x), model.forward_tokens(x)[:, 2:].mean(dim=1))

@@ -274,7 +274,11 @@ def config_from_hf(
 
 
 def config_to_hf(cfg: ASTConfig, info: ModelInfo) -> tuple[dict, dict]:
-    """``config.json`` and ``preprocessor_config.json`` of a Hugging Face ``ASTForAudioClassification``."""
+    """``config.json`` and ``preprocessor_config.json`` of a Hugging Face ``ASTForAudioClassification``
+    (whose head reads the cls and dist tokens: a model pooling its patch tokens has no such form)."""
+    if cfg.pool != "cls":
+        raise CheckpointError(f"a model with pool={cfg.pool!r} has no Hugging Face form (ASTForAudioClassification "
+                              "pools the cls and dist tokens); export it as a safetensors checkpoint or ONNX")  # fmt: skip
     labels = info.labels or [f"LABEL_{i}" for i in range(cfg.label_dim)]
     contract, stats = info.contract, info.statistics
     multilabel = contract.activation == "sigmoid"

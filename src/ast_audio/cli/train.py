@@ -98,6 +98,7 @@ _TRAIN_FLAGS = [
     (["--dataset"], "dataset", str),
     (["--model-size", "--model_size"], "model_size", str),
     (["--depth"], "depth", int),
+    (["--pool"], "pool", str),
     (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", int),
     (["--seed"], "seed", int),
     (["--resample"], "resample", _flag),
@@ -137,6 +138,8 @@ _HELP = {
     "or a fraction like 0.3",
     "patchout_t": "structured patchout: drop N time columns per step, or a fraction like 0.4",
     "none_label": "the label meaning 'none of these' (a background class), recorded in the checkpoint",
+    "pool": "what the head reads: cls (AST's cls and dist tokens) or mean (the patch tokens: small models "
+    "from scratch)",
     "bucket_by_length": "group clips of similar length into batches and cut each batch to its longest clip",
 }
 # Accepted for compatibility with the original's scripts, without effect here.

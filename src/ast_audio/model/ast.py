@@ -2,7 +2,8 @@
 
 A DeiT *distilled* ViT over a log-mel spectrogram: 16x16 patches cut with strides
 ``(fstride, tstride)``, a ``cls`` and a ``dist`` token in front, learned absolute
-positions, pre-norm transformer blocks, and a head over the mean of the two tokens.
+positions, pre-norm transformer blocks, and a head over the mean of the two tokens
+(``pool="mean"``: of the patch tokens, for small models trained from scratch).
 
 Parameter names equal the original implementation's (``v.blocks.N.attn.qkv.weight``,
 ``mlp_head.1.weight``...), so its checkpoints load after stripping ``module.``.
@@ -145,10 +146,11 @@ class ASTModel(nn.Module):
         *,
         depth: int = 12,
         layer_norm_eps: float = 1e-6,
+        pool: str = "cls",
     ):
         super().__init__()
         cfg = ASTConfig(
-            label_dim, fstride, tstride, input_fdim, input_tdim, model_size, depth, layer_norm_eps
+            label_dim, fstride, tstride, input_fdim, input_tdim, model_size, depth, layer_norm_eps, pool
         )
         self.config = cfg
         self.info = ModelInfo()  # labels and input contract (see the info property)
@@ -170,7 +172,7 @@ class ASTModel(nn.Module):
         model = cls(
             cfg.label_dim, cfg.fstride, cfg.tstride, cfg.input_fdim, cfg.input_tdim,
             imagenet_pretrain=False, audioset_pretrain=False, model_size=cfg.model_size, verbose=False,
-            depth=cfg.depth, layer_norm_eps=cfg.layer_norm_eps,
+            depth=cfg.depth, layer_norm_eps=cfg.layer_norm_eps, pool=cfg.pool,
         )  # fmt: skip
         if info is not None:
             model.info = info
@@ -340,9 +342,11 @@ class ASTModel(nn.Module):
                 x = block(x, attn_maps)
         return v.norm(x)
 
-    @staticmethod
-    def pool(tokens: torch.Tensor) -> torch.Tensor:
-        """AST's pooled token: the mean of the ``cls`` and ``dist`` outputs, ``(B, D)``."""
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The pooled token ``(B, D)`` of ``(B, 2 + N, D)`` outputs: AST's mean of the ``cls`` and
+        ``dist`` outputs, or with ``config.pool == "mean"`` the mean of the ``N`` patch outputs."""
+        if self.config.pool == "mean":
+            return tokens[:, NUM_PREFIX_TOKENS:].mean(dim=1)
         return (tokens[:, 0] + tokens[:, 1]) / 2
 
     def forward_features(
@@ -353,8 +357,8 @@ class ASTModel(nn.Module):
         positions: str = "centre",
         patchout: Patchout | None = None,
     ) -> torch.Tensor:
-        """The pooled embedding: mean of the ``cls`` and ``dist`` outputs, ``(B, D)``
-        (``any_length``, ``positions``, ``patchout``: see :meth:`forward_tokens`)."""
+        """The pooled embedding ``(B, D)`` (:meth:`pool`; ``any_length``, ``positions``,
+        ``patchout``: see :meth:`forward_tokens`)."""
         return self.pool(self.forward_tokens(x, any_length=any_length, positions=positions, patchout=patchout))
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

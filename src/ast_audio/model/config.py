@@ -8,9 +8,15 @@ from dataclasses import asdict, dataclass, replace
 from ..base.checks import is_int, is_number
 from ..errors import ConfigError
 
-__all__ = ["MAX_CONFIG", "MAX_PATCHES", "PATCH", "SIZES", "ASTConfig", "SizeSpec", "patch_grid", "size_for"]
+__all__ = ["MAX_CONFIG", "MAX_PATCHES", "PATCH", "POOLS", "SIZES", "ASTConfig", "SizeSpec", "patch_grid", "size_for"]
 
 PATCH = 16
+# What the head sees. "cls": the mean of the cls and dist token outputs (AST's, and what every
+# published checkpoint and Hugging Face's ASTForAudioClassification use). "mean": the mean of
+# the patch token outputs, a summary over the whole spectrogram from the first step, which a
+# small model trained from scratch on a few hundred clips learns from faster than from two
+# tokens it must first teach to attend (bench/real.py measures both).
+POOLS = ("cls", "mean")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class ASTConfig:
     model_size: str = "base384"
     depth: int = 12
     layer_norm_eps: float = 1e-6
+    pool: str = "cls"  # what the head sees: see POOLS
 
     def __post_init__(self):
         if self.model_size not in SIZES:
@@ -74,6 +81,8 @@ class ASTConfig:
         if self.num_patches > MAX_PATCHES:
             raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} patch grid is beyond the supported {MAX_PATCHES} "
                               "patches (input_tdim/input_fdim too large or strides too small)")  # fmt: skip
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if not is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < 1:
             raise ConfigError(f"layer_norm_eps must be a number in (0, 1), got {self.layer_norm_eps!r}")
 

@@ -18,6 +18,7 @@ from ..base.fileio import read_toml
 from ..errors import ConfigError
 from ..features.contract import InputContract
 from ..features.presets import PRESETS
+from ..model.config import POOLS
 
 # What the older run.py/traintest.py (the one the "hack" fork's run.sh drives) derived from
 # ``--dataset``: input length, statistics, noise, loss, metric, warm-up, schedule and, for
@@ -193,6 +194,7 @@ class TrainConfig:
     # ours
     model_size: str = "base384"
     depth: int = 12
+    pool: str = "cls"  # cls (AST's: the cls and dist tokens) | mean (the patch tokens; from-scratch preset)
     num_mel_bins: int = 128
     seed: int = 0
     resample: bool = True  # False: features at each file's own sample rate (the "hack" fork's way)
@@ -232,6 +234,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} is required")
         if self.metrics not in ("mAP", "acc"):
             raise ConfigError(f"metrics must be 'mAP' or 'acc', got {self.metrics!r}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.loss not in ("BCE", "CE"):
             raise ConfigError(f"loss must be 'BCE' or 'CE', got {self.loss!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):

@@ -174,6 +174,7 @@ class Run:
             label_dim=cfg.n_class, fstride=cfg.fstride, tstride=cfg.tstride, input_fdim=cfg.num_mel_bins,
             input_tdim=cfg.audio_length, imagenet_pretrain=cfg.imagenet_pretrain,
             audioset_pretrain=cfg.audioset_pretrain, model_size=cfg.model_size, verbose=ctx.main, depth=cfg.depth,
+            pool=cfg.pool,
         )  # fmt: skip
         extra = {"none_label": cfg.none_label} if cfg.none_label is not None else None
         model.info = ModelInfo(labels=labels.names, label_ids=labels.mids, contract=contract, extra=extra)
