@@ -33,7 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..base.checks import check_number
 from ..errors import ConfigError
+from .frames import MAX_SECONDS
 from .results import Event
 
 __all__ = [
@@ -66,6 +68,12 @@ class PostProcessing:
     min_gap: float = 0.5
 
     def __post_init__(self) -> None:
+        # finite first (nan passes every comparison below as False), then the range of each
+        for name in ("off_ratio", "median", "min_duration", "min_gap"):
+            check_number(getattr(self, name), name, high=MAX_SECONDS)
+        if self.threshold is not None:
+            for t in np.atleast_1d(np.asarray(self.threshold, dtype=object)):
+                check_number(t, "threshold", low=0, high=1)
         if not 0 < self.off_ratio <= 1:
             raise ConfigError(f"off_ratio must be in (0, 1], got {self.off_ratio}")
         if min(self.median, self.min_duration, self.min_gap) < 0:
