@@ -67,20 +67,36 @@ def file_blocks(path: str | os.PathLike, block: float, stop: Callable[[], bool])
     size = max(1, round(block * info.samplerate))
 
     def blocks() -> Iterator[np.ndarray]:
-        decoded = 0
         with quiet_decoder():
             fh = sf.SoundFile(os.fsencode(path))
         with fh:
-            while not stop():
-                with quiet_decoder():
-                    data = fh.read(size, dtype="float32", always_2d=True)  # (S, C); fewer (none) at the end
-                if not len(data):
-                    _warn_truncated(path, decoded, fh.frames, info.samplerate)
-                    return
-                decoded += len(data)
-                yield data.mean(axis=1)
+            yield from _decoded_blocks(fh, size, path, stop)
 
     return int(info.samplerate), blocks()
+
+
+def _decoded_blocks(fh, size: int, name: str, stop: Callable[[], bool]) -> Iterator[np.ndarray]:
+    """Mono blocks of ``size`` frames of the open ``fh`` (a ``soundfile.SoundFile``) until its audio
+    ends. Where that is short of the frames its header claims, or the decoder fails part way,
+    one warning line says so and the blocks end there; a decoder that fails at once is an error."""
+    import soundfile as sf
+
+    decoded = 0
+    while not stop():
+        try:
+            with quiet_decoder():
+                data = fh.read(size, dtype="float32", always_2d=True)  # (S, C); fewer (none) at the end
+        except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+            if not decoded:
+                raise AudioError(f"not a decodable audio file ({err})", name) from None
+            log.warning("%s: truncated or corrupt file: the decoder stopped after %d frames (%s); the stream ends at "
+                        "%.2f s, where the audio ends", name, decoded, err, decoded / fh.samplerate)  # fmt: skip
+            return
+        if not len(data):
+            _warn_truncated(name, decoded, fh.frames, fh.samplerate)
+            return
+        decoded += len(data)
+        yield data.mean(axis=1)
 
 
 def _warn_truncated(name: str, decoded: int, claimed: int, rate: int) -> None:
@@ -176,29 +192,19 @@ class _Prefixed:
 
 
 def _decoded(kind: str, data: bytes, block: float, stop: Callable[[], bool]) -> tuple[int, Iterator[np.ndarray]]:
-    """A container read whole from stdin, decoded by libsndfile (truncation: one warning line)."""
+    """A container read whole from stdin, decoded by libsndfile as it is listened to (truncation: one
+    warning line, see :func:`_decoded_blocks`)."""
     import soundfile as sf
 
     try:
         with quiet_decoder():
             fh = sf.SoundFile(io.BytesIO(data))
-            audio = fh.read(dtype="float32", always_2d=True)  # (S, C)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(f"a {kind} stream that does not decode ({err}); --ffmpeg decodes more", "stdin") from None
     rate = int(fh.samplerate)
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE or not len(audio):
-        raise AudioError(f"a {kind} stream of {len(audio)} samples at {rate} Hz: nothing to listen to", "stdin")
-    _warn_truncated("stdin", len(audio), fh.frames, rate)
-    mono = audio.mean(axis=1)
-    size = max(1, round(block * rate))
-
-    def blocks() -> Iterator[np.ndarray]:
-        for i in range(0, len(mono), size):
-            if stop():
-                return
-            yield mono[i : i + size]
-
-    return rate, blocks()
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"a {kind} stream at {rate} Hz (supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)", "stdin")
+    return rate, _decoded_blocks(fh, max(1, round(block * rate)), "stdin", stop)
 
 
 def stdin_blocks(rate: int, block: float, stop: Callable[[], bool], *, ffmpeg: bool = False,
