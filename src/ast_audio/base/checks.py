@@ -62,7 +62,8 @@ def check_number(
         raise ConfigError(f"{name} must be a finite number, got {value}")
     if (low is not None and value < low) or (high is not None and value > high) or (above is not None and value <= above):
         words = _range(low, high, above) + (f" {unit}" if unit else "")
-        raise ConfigError(f"{name} must be {words}, got {value:g}")
+        raise ConfigError(f"{name} must be {words}, got {value:g}" if isinstance(value, float) else
+                          f"{name} must be {words}, got {value}")  # fmt: skip
     return value
 
 
