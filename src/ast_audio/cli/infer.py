@@ -30,7 +30,7 @@ def _report(err: AstAudioError) -> None:
     print(f"ast-audio: error: {err}", file=sys.stderr, flush=True)
 
 
-_positive_int = number_arg(low=1, integer=True)  # counts: top-k, --input-tdim
+_top_k = number_arg(low=1, high=10_000, integer=True)  # the service's bound too
 _batch_size = number_arg(low=1, high=MAX_BATCH, integer=True)
 
 
@@ -339,7 +339,7 @@ def add_commands(sub) -> None:
                        description="Top labels of each file (long files: max over model windows), or with "
                        "--timeline the scores of each window and the merged events.")  # fmt: skip
     common(p)
-    p.add_argument("-k", "--top-k", type=_positive_int, default=5, help="labels shown per file or window (5)")
+    p.add_argument("-k", "--top-k", type=_top_k, default=5, help="labels shown per file or window (5)")
     p.add_argument("--label-csv", default=None,
                    help="a label CSV (index,mid,display_name) whose display names the output shows: matched to the "
                    "checkpoint's labels by name, or by position where the checkpoint stores none")  # fmt: skip
@@ -380,7 +380,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--dynamic-time", action="store_true",
                    help="ONNX: accept 16..input_tdim frames (positions cut by AST's rule); default fixed")  # fmt: skip
-    p.add_argument("--input-tdim", type=_positive_int, default=None,
+    p.add_argument("--input-tdim", type=number_arg(low=1, high=100_000, integer=True), default=None,
                    help="re-grid the model to this many frames first (see load_model)")  # fmt: skip
     p.add_argument("--legacy-exporter", action="store_true", help="ONNX: torch's TorchScript-based exporter")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")

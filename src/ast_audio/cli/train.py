@@ -9,10 +9,11 @@ from ..base.checks import check_number, number_arg
 from ..errors import ConfigError
 from ..train.config import parse_bool
 
-_finite = number_arg()  # a float flag: any finite number; the ranges are TrainConfig.check's
+_statistic = number_arg(low=-1000, high=1000)  # a normalisation mean of log-mel energies
+_spread = number_arg(above=0, high=1000)  # their standard deviation
 _workers = number_arg(low=0, high=1024, integer=True)  # DataLoader worker processes
-# The range each integer flag is parsed into: beyond it no run can work (or fit in memory); TrainConfig.check
-# then checks the settings together (wa_start <= wa_end, freeze <= depth...).
+# The range each integer flag is parsed into (the float flags' are in _TRAIN_FLAGS): beyond it no run can work
+# (or fit in memory); TrainConfig.check then checks the settings together (wa_start <= wa_end, freeze <= depth...).
 _INT_RANGES = {
     "n_class": (1, 100_000), "batch_size": (1, 65_536), "num_workers": (0, 1024), "n_epochs": (1, 100_000),
     "freqm": (0, 100_000), "timem": (0, 100_000), "fstride": (1, 1024), "tstride": (1, 1024),
@@ -42,13 +43,13 @@ def _flag_or_path(value: str) -> bool | str:
 
 
 def _count(value: str) -> int:
-    """A count of 0 or more."""
+    """A count of 0 or more (at most a million)."""
     try:
         number = int(value)
     except ValueError:
         number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a count (0 or more), got {value!r}")
+    if not 0 <= number <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a count (0 to 1000000), got {value!r}")
     return number
 
 
@@ -57,9 +58,9 @@ def _freeze(value: str) -> int | str:
     if value.strip().lower() == "all":
         return "all"
     try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {value!r}") from None
+        return check_number(int(value), "freeze", low=0, high=_INT_RANGES["depth"][1], integer=True)
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"expected a number of blocks (0 to 64) or 'all', got {value!r}") from None
 
 
 def _betas(value: str) -> tuple[float, float]:
@@ -74,7 +75,7 @@ def _betas(value: str) -> tuple[float, float]:
 def _count_or_fraction(value: str) -> int | float:
     """Patchout: a count of rows/columns (``4``) or a fraction of them (``0.4``)."""
     try:
-        number = check_number(float(value), "patchout")
+        number = check_number(float(value), "patchout", low=-1024, high=1024)  # a grid is at most 1024 patches wide
     except (ValueError, ConfigError):
         raise argparse.ArgumentTypeError(f"expected a count like 4 or a fraction like 0.4, got {value!r}") from None
     return int(number) if number.is_integer() else number
@@ -88,20 +89,20 @@ _TRAIN_FLAGS = [
     (["--label-csv", "--label_csv"], "label_csv", str),
     (["--n_class", "--n-class"], "n_class", _int("n_class")),
     (["--exp-dir", "--exp_dir"], "exp_dir", str),
-    (["--lr"], "lr", _finite),
+    (["--lr"], "lr", number_arg(above=0, high=10)),
     (["-b", "--batch-size", "--batch_size"], "batch_size", _int("batch_size")),
     (["-w", "--num-workers", "--num_workers"], "num_workers", _int("num_workers")),
     (["--n-epochs", "--n_epochs"], "n_epochs", _int("n_epochs")),
     (["--freqm"], "freqm", _int("freqm")),
     (["--timem"], "timem", _int("timem")),
-    (["--mixup"], "mixup", _finite),
+    (["--mixup"], "mixup", number_arg(low=0, high=1)),
     (["--bal"], "bal", _flag),
     (["--fstride"], "fstride", _int("fstride")),
     (["--tstride"], "tstride", _int("tstride")),
     (["--imagenet_pretrain", "--imagenet-pretrain"], "imagenet_pretrain", _flag_or_path),
     (["--audioset_pretrain", "--audioset-pretrain"], "audioset_pretrain", _flag_or_path),
-    (["--dataset_mean", "--dataset-mean"], "dataset_mean", _finite),
-    (["--dataset_std", "--dataset-std"], "dataset_std", _finite),
+    (["--dataset_mean", "--dataset-mean"], "dataset_mean", _statistic),
+    (["--dataset_std", "--dataset-std"], "dataset_std", _spread),
     (["--audio_length", "--audio-length"], "audio_length", _int("audio_length")),
     (["--noise"], "noise", _flag),
     (["--metrics"], "metrics", str),
@@ -109,7 +110,7 @@ _TRAIN_FLAGS = [
     (["--warmup"], "warmup", _flag),
     (["--lrscheduler_start"], "lrscheduler_start", _int("lrscheduler_start")),
     (["--lrscheduler_step"], "lrscheduler_step", _int("lrscheduler_step")),
-    (["--lrscheduler_decay"], "lrscheduler_decay", _finite),
+    (["--lrscheduler_decay"], "lrscheduler_decay", number_arg(above=0, high=1)),
     (["--wa"], "wa", _flag),
     (["--wa_start"], "wa_start", _int("wa_start")),
     (["--wa_end"], "wa_end", _int("wa_end")),
@@ -130,11 +131,11 @@ _TRAIN_FLAGS = [
     (["--grad-accum", "--grad_accum"], "grad_accum", _int("grad_accum")),
     (["--grad-checkpointing", "--grad_checkpointing"], "grad_checkpointing", _flag),
     (["--freeze"], "freeze", _freeze),
-    (["--llrd"], "llrd", _finite),
+    (["--llrd"], "llrd", number_arg(above=0, high=1)),
     (["--patience"], "patience", _int("patience")),
-    (["--min-delta", "--min_delta"], "min_delta", _finite),
-    (["--label-smoothing", "--label_smoothing"], "label_smoothing", _finite),
-    (["--weight-decay", "--weight_decay"], "weight_decay", _finite),
+    (["--min-delta", "--min_delta"], "min_delta", number_arg(low=0, high=1000)),
+    (["--label-smoothing", "--label_smoothing"], "label_smoothing", number_arg(low=0, high=1)),
+    (["--weight-decay", "--weight_decay"], "weight_decay", number_arg(low=0, high=1000)),
     (["--betas"], "betas", _betas),
     (["--patchout-f", "--patchout_f"], "patchout_f", _count_or_fraction),
     (["--patchout-t", "--patchout_t"], "patchout_t", _count_or_fraction),
@@ -269,8 +270,8 @@ def add_commands(sub) -> None:
     p.add_argument("-b", "--batch-size", type=number_arg(low=1, high=65536, integer=True), default=32)
     p.add_argument("-w", "--num-workers", type=_workers, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--dataset-mean", type=_finite, default=None, help="override the checkpoint's statistics")
-    p.add_argument("--dataset-std", type=number_arg(above=0), default=None)
+    p.add_argument("--dataset-mean", type=_statistic, default=None, help="override the checkpoint's statistics")
+    p.add_argument("--dataset-std", type=_spread, default=None)
     p.add_argument("--out", help="write the rows as CSV here")
     p.add_argument("--out-dir", help="write stats.csv, classes.csv, confusion.png/.csv, mistakes.csv "
                    "(and curves.png, from the checkpoint's run folder) here")  # fmt: skip
