@@ -18,10 +18,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                           "pip install 'ast-audio[serve]'") from None  # fmt: skip
     from ..infer.engine import AudioTagger
 
-    sock = listen(args.host, args.port)  # an address in use is refused before the model loads or the banner shows
+    tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                         compile=args.compile)  # fmt: skip
+    sock = listen(args.host, args.port)  # an address in use is one line, before the banner says it serves
     try:
-        tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                             precision=args.precision, compile=args.compile)  # fmt: skip
         settings = ServeSettings(max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000,
                                  max_upload_mb=args.max_upload_mb, max_duration=args.max_duration,
                                  timeout=args.timeout, max_streams=args.max_streams)  # fmt: skip
