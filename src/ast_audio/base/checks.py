@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 
-__all__ = ["check_number", "is_int", "is_number", "number_arg"]
+__all__ = ["check_number", "checked_arg", "is_int", "is_number", "number_arg"]
 
 
 def is_int(value: object) -> bool:
@@ -91,4 +91,23 @@ def number_arg(
             raise argparse.ArgumentTypeError(str(err).removeprefix("the value ")) from None
 
     parse.__name__ = "integer" if integer else "number"  # argparse's "invalid <name> value" wording
+    return parse
+
+
+def checked_arg(check: Callable[[float], float]) -> Callable[[str], float]:
+    """An ``argparse`` ``type=`` that parses a number and hands it to a library function's own
+    ``check`` (which raises :class:`ConfigError`): the flag is refused where it is parsed, in the
+    words and the range the library uses for the same setting from a config or the API."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return check(value)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = "number"
     return parse

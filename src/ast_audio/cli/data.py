@@ -49,7 +49,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("synth", help="write a small labelled sound dataset (ESC-50 layout) for demos and tests")
     p.add_argument("--out", required=True, help="folder to write audio/ and meta/esc50.csv into")
     p.add_argument("--per-class", type=number_arg(low=1, high=100_000, integer=True), default=150, help="clips per class (spread over 5 folds)")
-    p.add_argument("--classes", type=number_arg(low=1, high=10, integer=True), default=10, help="how many of the 10 sound classes")
+    p.add_argument("--classes", type=number_arg(low=1, high=1000, integer=True), default=10, help="how many of the 10 sound classes")
     p.add_argument("--seconds", type=number_arg(above=0, high=3600, unit="seconds"), default=1.0, help="clip length")
     p.add_argument("--background", action="store_true", help="add the class 'background' (the noise alone)")
     p.add_argument("--scenes", type=number_arg(low=0, high=10_000, integer=True), default=0,
