@@ -48,7 +48,8 @@ def numbers_as_typed():
     floats = st.floats(allow_nan=True, allow_infinity=True).map(repr)
     integers = st.integers(min_value=-(10**30), max_value=10**30).map(str)
     special = st.sampled_from(["inf", "-inf", "nan", "NaN", "1e-7", "1e308", "1e309", "-0", "0", "0.0", "1",
-                               "2", "65536", "99999", "1e3", "0x10", "", " ", "1_000", "½", "0.9,inf", "4,5"])  # fmt: skip
+                               "2", "65536", "99999", "1e3", "0x10", "", " ", "1_000", "½", "0.9,inf", "4,5",
+                               "9" * 400, "-" + "9" * 400])  # fmt: skip
     return st.one_of(special, floats, integers, st.text(max_size=8))
 
 

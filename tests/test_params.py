@@ -78,6 +78,8 @@ def test_check_number_takes_finite_numbers_in_range_and_names_the_option():
         assert str(err.value) == message
     with pytest.raises(ConfigError, match=r"^hop must be positive and at most 60 seconds, got 0$"):
         check_number(0.0, "hop", above=0, high=60, unit="seconds")
+    with pytest.raises(ConfigError, match=r"^frames must be at most 5, got 1000000000000"):  # too large for a float
+        check_number(10**400, "frames", high=5, integer=True)
     with pytest.raises(ConfigError, match=r"^frames must be an integer, got 2.5$"):
         check_number(2.5, "frames", low=1, integer=True)
 

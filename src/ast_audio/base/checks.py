@@ -58,7 +58,7 @@ def check_number(
     numeric = is_int(value) or _numpy_number(value, "iu") if integer else is_number(value) or _numpy_number(value, "iuf")
     if not numeric:
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
-    if not math.isfinite(value):
+    if not is_int(value) and not math.isfinite(value):  # (an int is finite, and may be too large for a float)
         raise ConfigError(f"{name} must be a finite number, got {value}")
     if (low is not None and value < low) or (high is not None and value > high) or (above is not None and value <= above):
         words = _range(low, high, above) + (f" {unit}" if unit else "")
