@@ -264,3 +264,15 @@ def test_the_demo_with_the_events_extra_calibrates_by_default(tmp_path, monkeypa
     monkeypatch.setattr(demo, "run_demo", stop_before_work)
     run_main("demo", "--out", tmp_path / "demo")
     assert asked["scenes"] == 4
+
+
+def test_the_median_filter_sorts_bounded_blocks_and_long_medians_are_refused(monkeypatch):
+    import ast_audio.infer.events as events
+
+    scores = np.random.default_rng(0).random((300, 4))
+    padded = np.concatenate([np.repeat(scores[:1], 15, 0), scores, np.repeat(scores[-1:], 15, 0)])
+    direct = np.stack([np.median(padded[i : i + 31], axis=0) for i in range(300)])  # frame by frame, edges repeated
+    monkeypatch.setattr(events, "MEDIAN_ELEMENTS", 31 * 4 * 7)  # 7 frames at a time
+    assert np.array_equal(events.median_filter(scores, 31), direct)
+    with pytest.raises(ConfigError, match="^median must be at most 60, got 3600$"):
+        PostProcessing(median=3600.0)

@@ -209,7 +209,7 @@ def post_processing(args: argparse.Namespace):
 def add_post_processing(p: argparse.ArgumentParser) -> None:
     """Detection frames and event post-processing flags (predict --timeline, listen, calibrate); their
     defaults are the library's (:mod:`ast_audio.infer.frames`, :class:`~ast_audio.infer.events.PostProcessing`)."""
-    from ..infer.events import PostProcessing
+    from ..infer.events import MAX_MEDIAN, PostProcessing
     from ..infer.frames import DEFAULT_HOP, DEFAULT_WINDOW, MAX_SECONDS, MIN_HOP
     from ..infer.windows import DEFAULT_WINDOWS
 
@@ -224,7 +224,8 @@ def add_post_processing(p: argparse.ArgumentParser) -> None:
                    help="on threshold of every class (default: the checkpoint's calibrated ones, else 0.5)")  # fmt: skip
     p.add_argument("--off-ratio", type=number_arg(above=0, high=1), default=d.off_ratio,
                    help=f"hysteresis: a class goes off below off-ratio x its on threshold ({d.off_ratio})")  # fmt: skip
-    p.add_argument("--median", type=seconds, default=d.median, help=f"median filter, seconds ({d.median})")
+    p.add_argument("--median", type=number_arg(low=0, high=MAX_MEDIAN, unit="seconds"), default=d.median,
+                   help=f"median filter, seconds ({d.median})")  # fmt: skip
     p.add_argument("--min-duration", type=seconds, default=d.min_duration,
                    help=f"shorter events are dropped, seconds ({d.min_duration})")  # fmt: skip
     p.add_argument("--min-gap", type=seconds, default=d.min_gap,
