@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from conftest import run_main
 from factories import SR, toy_sequence, write_audio, write_truncated_wav
@@ -163,6 +164,9 @@ def test_bad_input_is_answered_with_its_reason_and_leaves_nothing_behind(tagger,
             "aggregate": c.post("/api/predict?aggregate=median", content=clips["low"].read_bytes()),
             "window": c.post("/api/predict?timeline=true&window=-1", content=clips["low"].read_bytes()),
             "windows": c.post("/api/predict?timeline=true&hop=0.00001", content=clips["low"].read_bytes()),
+            "window inf": c.post("/api/predict?timeline=true&window=inf", content=clips["low"].read_bytes()),
+            "threshold nan": c.post("/api/predict?timeline=true&threshold=nan", content=clips["low"].read_bytes()),
+            "start inf": c.post("/api/attention?start=inf", content=clips["low"].read_bytes()),
             "off_ratio": c.post("/api/predict?timeline=true&off_ratio=2", content=clips["low"].read_bytes()),
             "median": c.post("/api/predict?timeline=true&median=-1", content=clips["low"].read_bytes()),
             "format": c.post("/api/embed?format=pickle", content=clips["low"].read_bytes()),
@@ -171,7 +175,8 @@ def test_bad_input_is_answered_with_its_reason_and_leaves_nothing_behind(tagger,
     status = {name: a.status_code for name, a in answers.items()}
     assert status == {"text": 415, "empty": 422, "no file field": 422, "truncated": 422, "nan": 422, "too long": 422,
                       "too large": 413, "too large, chunked": 413, "top_k": 422, "aggregate": 422, "window": 422,
-                      "windows": 422, "off_ratio": 422, "median": 422, "format": 422}  # fmt: skip
+                      "windows": 422, "window inf": 422, "threshold nan": 422, "start inf": 422, "off_ratio": 422,
+                      "median": 422, "format": 422}  # fmt: skip
     detail = {name: str(a.json()["detail"]) for name, a in answers.items()}
     assert detail["text"] == "notes.wav: not a decodable audio file (Format not recognised)"
     assert detail["truncated"].startswith("upload: truncated file")
@@ -179,11 +184,27 @@ def test_bad_input_is_answered_with_its_reason_and_leaves_nothing_behind(tagger,
     assert detail["too long"] == "upload: 3.0 s of audio; this service takes at most 2 s (--max-duration)"
     assert detail["too large"] == detail["too large, chunked"] == "request body over the limit of 0.25 MB (--max-upload-mb)"
     assert "file" in detail["no file field"] and "empty body" in detail["empty"]
-    assert detail["windows"] == "upload: a timeline of 100000 windows; at most 10000 (choose a longer hop)"
+    assert detail["windows"] == "hop must be at least 0.01 seconds, got 1e-05"  # the library's floor, as the CLI's
+    assert detail["window inf"] == "window must be a finite number, got inf"
+    assert detail["start inf"] == "start must be a finite number, got inf"
+    # FastAPI's own validation errors in the service's one-line format, not its list of objects
+    assert detail["top_k"] == "top_k: Input should be greater than or equal to 1, got '0'"
+    assert detail["format"].startswith("format: Input should be 'json' or 'npy'")
+    assert detail["threshold nan"].startswith("threshold: ")
     assert detail["off_ratio"] == "off_ratio must be in (0, 1], got 2.0"  # PostProcessing's own rules, as the CLI's
     assert detail["median"] == "median, min_duration and min_gap must not be negative"
     assert still_fine.status_code == 200 and top(still_fine.json()) == "low tone"
     assert not list(private_tmp.iterdir())  # every upload's temporary file was removed
+
+
+def test_a_timeline_of_too_many_windows_is_refused_before_the_model_runs(tagger, monkeypatch):
+    long = io.BytesIO()
+    soundfile.write(long, np.zeros(SR * 101, dtype=np.float32), SR, format="WAV", subtype="PCM_16")  # 101 s
+    monkeypatch.setattr(tagger, "timeline", lambda *a, **k: pytest.fail("the model ran"))
+    with client(tagger) as c:
+        answer = c.post("/api/predict?timeline=true&hop=0.01", content=long.getvalue())
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "upload: a timeline of 10100 windows; at most 10000 (choose a longer hop)"
 
 
 def test_a_request_not_answered_in_time_gets_503_and_the_service_goes_on(tagger, clips, monkeypatch):

@@ -12,9 +12,15 @@ turns that into an ``AudioError``. A file that decodes to no samples at all is a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
+import stat
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +32,7 @@ from ..errors import AudioError, ConfigError
 
 __all__ = [
     "AUDIO_EXTENSIONS", "MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioInfo", "audio_info", "file_problem", "load_audio",
-    "resample",
+    "os_error_reason", "quiet_decoder", "resample",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,52 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
+# Lines the decoders inside libsndfile print on the process's stderr (file descriptor 2), not through
+# its error codes: mpg123's "[src/libmpg123/layer3.c:...] error: ...", "Note: Illegal Audio-MPEG-Header
+# ...", "Warning: Xing stream size off ...". Our own reason for the file is the one line the user sees.
+_DECODER_LINE = re.compile(rb"^(\[[^\]]*mpg123[^\]]*\]|Note: |Warning: |\[[^\]]*\.c:\w+\(\):\d+\])")
+_quiet = {"lock": threading.Lock(), "depth": 0, "saved": -1, "capture": None}
+
+
+@contextlib.contextmanager
+def quiet_decoder():
+    """Keep the decoders' own lines off stderr while a file is opened or decoded.
+
+    File descriptor 2 points at a private temporary file for the duration (counted, so
+    threads decoding at once share one redirection); when the last one leaves, whatever
+    else was written meanwhile (the program's own messages) goes on to stderr, and the
+    decoders' lines are dropped. Where fd 2 cannot be redirected, nothing changes."""
+    with _quiet["lock"]:
+        if _quiet["depth"] == 0:
+            try:
+                sys.stderr.flush()
+                capture = tempfile.TemporaryFile(prefix="ast-audio-stderr-")
+                saved = os.dup(2)
+                os.dup2(capture.fileno(), 2)
+            except (OSError, ValueError, AttributeError):
+                saved, capture = -1, None
+            _quiet["saved"], _quiet["capture"] = saved, capture
+        _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _quiet["lock"]:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0 and _quiet["capture"] is not None:
+                capture, saved = _quiet["capture"], _quiet["saved"]
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                kept = b"".join(line for line in capture.read().splitlines(keepends=True) if not _DECODER_LINE.match(line))
+                capture.close()
+                _quiet["capture"] = None
+                if kept:
+                    with contextlib.suppress(OSError):
+                        os.write(2, kept)
+
+
 def _check_rate(rate: float, path: str | None, what: str) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         reason = (
@@ -70,23 +122,35 @@ def _check_rate(rate: float, path: str | None, what: str) -> None:
 
 
 def file_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be read as a file (missing, a dangling symbolic link, a folder or
-    other non-regular file, not readable by this user, empty), or ``None``."""
+    """Why ``path`` cannot be read as a file (missing, a dangling symbolic link, a symlink loop,
+    a folder or other non-regular file, not readable by this user, empty), or ``None``."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        if os.path.islink(path):
-            return f"dangling symbolic link (its target {os.readlink(path)!r} does not exist)"
-        return "file not found"
-    if not os.path.isfile(path):
-        return "not a regular file (a folder or a device)"
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "not a regular file (a folder or a device)"
         with open(path, "rb") as fh:
             empty = not fh.read(1)
-    except PermissionError:
-        return "permission denied (the file is not readable by this user)"
     except OSError as err:
-        return f"cannot read the file ({err.strerror or err})"
+        return os_error_reason(err, path)
     return "empty file (0 bytes)" if empty else None
+
+
+def os_error_reason(err: OSError, path: str | os.PathLike | None = None) -> str:
+    """What an ``OSError`` from opening or reading ``path`` means, in words (the file's name is
+    the caller's): ENOENT is "file not found" or, for a link, "dangling symbolic link"; ELOOP
+    "symlink loop"; EACCES/EPERM "permission denied"; anything else the system's own words."""
+    code = getattr(err, "errno", None)
+    if code == errno.ENOENT:
+        if path is not None and os.path.islink(path):
+            return f"dangling symbolic link (its target {os.readlink(path)!r} does not exist)"
+        return "file not found"
+    if code == errno.ELOOP:
+        return "symlink loop (symbolic links that lead back to themselves)"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied (the file is not readable by this user)"
+    if code == errno.ENOTDIR:
+        return "file not found (a part of its path is not a folder)"
+    return f"cannot read the file ({getattr(err, 'strerror', None) or err})"
 
 
 def _check_file(path: str) -> None:
@@ -115,7 +179,7 @@ def _open(path: str) -> soundfile.SoundFile:
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Sample rate, frames, channels and format from the file's header (``AudioError`` if unusable)."""
     path = os.fspath(path)
-    with _open(path) as f:
+    with quiet_decoder(), _open(path) as f:
         info = AudioInfo(path, int(f.samplerate), int(f.frames), int(f.channels), f.format, f.subtype)
     _check_rate(info.sample_rate, path, "file")
     return info
@@ -133,7 +197,7 @@ def _truncation(f: soundfile.SoundFile, decoded: int) -> str | None:
 
 def _read(path: str, strict: bool) -> tuple[np.ndarray, int]:
     """``[frames, channels]`` float32 and the file's sample rate."""
-    with _open(path) as f:
+    with quiet_decoder(), _open(path) as f:
         rate = int(f.samplerate)
         _check_rate(rate, path, "file")
         try:

@@ -8,6 +8,7 @@ that is :mod:`ast_audio.checkpoints.load` (safe reading) and :mod:`ast_audio.che
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audio.io import os_error_reason
 from ..base.fileio import clean_stale_temporaries, make_temporary, new_file_mode
 from ..errors import AstAudioError, CheckpointError, DownloadError
 
@@ -170,8 +172,14 @@ def download(
 def resolve(source: str | os.PathLike, *, progress: bool | None = None) -> Path:
     """A local path for ``source``: an existing file or folder, or a registry name (downloaded)."""
     path = Path(source).expanduser()
-    if path.exists():
+    try:
+        os.stat(path)
         return path
+    except OSError as err:  # a link that leads nowhere or in a loop, a folder we may not enter: say so
+        if err.errno != errno.ENOENT or os.path.islink(path):
+            raise CheckpointError(os_error_reason(err, path), path) from None
+    except ValueError:  # a NUL in the name: not a file, maybe not a name either
+        pass
     name = str(source)
     key = name[: -len(".pth")] if name.endswith(".pth") else name
     entry = REGISTRY.get(key)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..audio.io import os_error_reason
 from ..errors import CheckpointError, ConfigError
 from ..features.contract import InputContract
 from ..model.config import ASTConfig
@@ -121,6 +122,11 @@ def read_checkpoint(source: str | os.PathLike) -> RawCheckpoint:
     published = published_entry(path)
     if path.is_dir():
         return _read_hf_dir(path)
+    try:  # the reason a file cannot be opened is said in words; the readers' own messages name the wrong cause
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise CheckpointError(os_error_reason(err, path), path) from None
     if path.suffix == ".json":
         return _read_hf_dir(path.parent)
     if path.suffix == ".safetensors":

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..base import allocator
+from ..base.checks import number_arg
 from ..errors import CheckpointError
 
 
@@ -128,6 +129,6 @@ def add_commands(sub) -> None:
     p.add_argument("out", help="output file (ast-audio, original) or folder (hf)")
     p.add_argument("--format", choices=["ast-audio", "hf", "original"], default="ast-audio")
     for flag in ("label-dim", "fstride", "tstride", "input-tdim", "input-fdim"):
-        p.add_argument(f"--{flag}", type=int, default=None, help="adapt the model (see load_model)")
+        p.add_argument(f"--{flag}", type=number_arg(low=1, high=100_000, integer=True), default=None, help="adapt the model (see load_model)")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert NaN/Inf weights anyway (forensics)")
     p.set_defaults(func=_cmd_convert)

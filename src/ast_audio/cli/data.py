@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..base.checks import number_arg
+
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from ..data.datafiles import check_datafile
@@ -41,18 +43,18 @@ def add_commands(sub) -> None:
                        "truncated or holds NaN samples, one 'path: reason' line each.")  # fmt: skip
     p.add_argument("datafiles", nargs="+", help="datafiles ({\"data\": [{\"wav\": ..., \"labels\": ...}]})")
     p.add_argument("--label-csv", default=None, help="also check the labels against this table")
-    p.add_argument("-w", "--workers", type=int, default=None, help="threads decoding clips (default: up to 8)")
+    p.add_argument("-w", "--workers", type=number_arg(low=1, high=1024, integer=True), default=None, help="threads decoding clips (default: up to 8)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_check)
     p = sub.add_parser("synth", help="write a small labelled sound dataset (ESC-50 layout) for demos and tests")
     p.add_argument("--out", required=True, help="folder to write audio/ and meta/esc50.csv into")
-    p.add_argument("--per-class", type=int, default=150, help="clips per class (spread over 5 folds)")
-    p.add_argument("--classes", type=int, default=10, help="how many of the 10 sound classes")
-    p.add_argument("--seconds", type=float, default=1.0, help="clip length")
+    p.add_argument("--per-class", type=number_arg(low=1, high=100_000, integer=True), default=150, help="clips per class (spread over 5 folds)")
+    p.add_argument("--classes", type=number_arg(low=1, high=1000, integer=True), default=10, help="how many of the 10 sound classes")
+    p.add_argument("--seconds", type=number_arg(above=0, high=3600, unit="seconds"), default=1.0, help="clip length")
     p.add_argument("--background", action="store_true", help="add the class 'background' (the noise alone)")
-    p.add_argument("--scenes", type=int, default=0,
+    p.add_argument("--scenes", type=number_arg(low=0, high=10_000, integer=True), default=0,
                    help="write this many long recordings with reference events (reference.tsv) instead")  # fmt: skip
-    p.add_argument("--min-seconds", type=float, default=30.0, help="--scenes: shortest recording (30)")
-    p.add_argument("--max-seconds", type=float, default=120.0, help="--scenes: longest recording (120)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-seconds", type=number_arg(above=0, high=86_400, unit="seconds"), default=30.0, help="--scenes: shortest recording (30)")
+    p.add_argument("--max-seconds", type=number_arg(above=0, high=86_400, unit="seconds"), default=120.0, help="--scenes: longest recording (120)")
+    p.add_argument("--seed", type=number_arg(low=0, high=2**32 - 1, integer=True), default=0)
     p.set_defaults(func=_cmd_synth)

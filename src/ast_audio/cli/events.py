@@ -13,10 +13,12 @@ import json
 import sys
 from pathlib import Path
 
+from ..audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from ..base.checks import number_arg
 from ..base.runtime import PRECISIONS
 from ..errors import ConfigError
 from ..infer.openset import DEFAULT_SCORE, DEFAULT_TPR, SCORES
-from .infer import _positive_float, _positive_int, add_post_processing, post_processing
+from .infer import _batch_size, add_post_processing, post_processing
 
 
 def _rate(text: str) -> float:
@@ -122,7 +124,7 @@ def _calibrate_on_scenes(args: argparse.Namespace, out: Path) -> int:
 def _cmd_listen(args: argparse.Namespace) -> int:
     import signal
 
-    from ..audio.sources import file_blocks, microphone_blocks, paced, stdin_blocks
+    from ..audio.sources import file_blocks, microphone_blocks, paced, stdin_source
     from ..infer.engine import AudioTagger
     from ..infer.events import EventChange
 
@@ -141,8 +143,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
             rate = args.rate or tagger.rate
             blocks = microphone_blocks(rate, args.block, stop, args.mic)
         elif args.input == "-":
-            rate = args.rate or tagger.rate
-            blocks = stdin_blocks(rate, args.block, stop, ffmpeg=args.ffmpeg)
+            rate, blocks = stdin_source(args.rate or tagger.rate, args.block, stop, ffmpeg=args.ffmpeg)
         else:
             rate, blocks = file_blocks(args.input, args.block, stop)
             if not args.as_fast_as_possible:
@@ -193,19 +194,20 @@ def add_commands(sub) -> None:
     """Register ``listen``, ``calibrate`` and ``evaluate-events`` on the subparsers of ``ast_audio.cli.main``."""
     p = sub.add_parser("listen", help="live tagging: events as they start and end (microphone, file or stdin)",
                        description="Reads the microphone (sounddevice/PortAudio), or --input FILE paced in real "
-                       "time, or --input - (raw 16-bit mono PCM at --rate; --ffmpeg: any format), and prints each "
+                       "time, or --input - (raw 16-bit mono PCM at --rate; a WAV, FLAC, Ogg or MP3 file piped in is "
+                       "decoded at its own rate; --ffmpeg: any format), and prints each "
                        "event as it starts and ends: JSON lines {event, label, time, score} (a live table on a "
                        "terminal). Ctrl-C closes open events cleanly.")  # fmt: skip
     p.add_argument("--checkpoint", action="extend", nargs="+", required=True, help="file, folder or published name")
     p.add_argument("--input", default=None, help="an audio file, or - for stdin (default: the microphone)")
-    p.add_argument("--rate", type=_positive_int, default=None, help="stdin / microphone sample rate (the model's)")
+    p.add_argument("--rate", type=number_arg(low=MIN_SAMPLE_RATE, high=MAX_SAMPLE_RATE, integer=True), default=None, help="stdin / microphone sample rate (the model's)")
     p.add_argument("--ffmpeg", action="store_true", help="stdin is any format ffmpeg decodes")
     p.add_argument("--mic", default=None, help="sounddevice input device (name or index)")
     p.add_argument("--as-fast-as-possible", action="store_true", help="--input FILE: do not pace in real time")
-    p.add_argument("--block", type=_positive_float, default=0.1, help="seconds of audio read at a time (0.1)")
+    p.add_argument("--block", type=number_arg(above=0, high=60, unit="seconds"), default=0.1, help="seconds of audio read at a time (0.1)")
     p.add_argument("--format", choices=["json", "table"], default=None, help="default: table on a terminal, else json")
-    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
-    p.add_argument("--frames-per-call", type=_positive_int, default=1,
+    p.add_argument("-b", "--batch-size", type=_batch_size, default=8)
+    p.add_argument("--frames-per-call", type=number_arg(low=1, high=1000, integer=True), default=1,
                    help="frames scored together: throughput for large models on a CPU, one hop of latency each (1); "
                    "base384 on 2 CPU cores: 10 with the default precision auto keeps up with real time (README)")  # fmt: skip
     p.add_argument("--device", default=None)
@@ -234,7 +236,7 @@ def add_commands(sub) -> None:
                    f"logits) ({DEFAULT_SCORE})")  # fmt: skip
     p.add_argument("--tpr", type=_rate, default=DEFAULT_TPR,
                    help=f"--open-set: the share of the known clips kept known ({DEFAULT_TPR})")
-    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("-b", "--batch-size", type=_batch_size, default=8)
     p.add_argument("--device", default=None)
     add_post_processing(p)
     p.set_defaults(func=_cmd_calibrate)

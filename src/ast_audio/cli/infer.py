@@ -19,30 +19,22 @@ import sys
 from pathlib import Path
 
 from ..audio.io import AUDIO_EXTENSIONS, file_problem
+from ..base.checks import number_arg
 from ..base.fileio import atomic_write, dumps_json
 from ..base.runtime import PRECISIONS
 from ..errors import AstAudioError, AudioError, ConfigError
 from ..infer.sharded import PredictOptions, shard_device, wants_shards, write_embeddings, write_predictions
 
 GROUP_FILES = 64  # files per library call: output appears as it is ready, memory stays bounded
+MAX_BATCH = 65536  # model windows per batch: beyond any memory, and --compile pads every batch to it
 
 
 def _report(err: AstAudioError) -> None:
     print(f"ast-audio: error: {err}", file=sys.stderr, flush=True)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+_top_k = number_arg(low=1, high=10_000, integer=True)  # the service's bound too
+_batch_size = number_arg(low=1, high=MAX_BATCH, integer=True)
 
 
 def expand_paths(paths: list[str]) -> tuple[list[str], list[AstAudioError]]:
@@ -224,24 +216,26 @@ def post_processing(args: argparse.Namespace):
 def add_post_processing(p: argparse.ArgumentParser) -> None:
     """Detection frames and event post-processing flags (predict --timeline, listen, calibrate); their
     defaults are the library's (:mod:`ast_audio.infer.frames`, :class:`~ast_audio.infer.events.PostProcessing`)."""
-    from ..infer.events import PostProcessing
-    from ..infer.frames import DEFAULT_HOP, DEFAULT_WINDOW
+    from ..infer.events import MAX_MEDIAN, PostProcessing
+    from ..infer.frames import DEFAULT_HOP, DEFAULT_WINDOW, MAX_SECONDS, MIN_HOP
     from ..infer.windows import DEFAULT_WINDOWS
 
     d = PostProcessing()
-    p.add_argument("--window", type=_positive_float, default=None,
+    seconds = number_arg(low=0, high=MAX_SECONDS, unit="seconds")  # the ranges PostProcessing and FrameGrid check
+    p.add_argument("--window", type=number_arg(above=0, high=MAX_SECONDS, unit="seconds"), default=None,
                    help=f"seconds each frame's window sees (default {DEFAULT_WINDOW:g}, at most the model input; "
                    f"--events windows: {DEFAULT_WINDOWS[0]:g})")  # fmt: skip
-    p.add_argument("--hop", type=_positive_float, default=None,
+    p.add_argument("--hop", type=number_arg(low=MIN_HOP, high=MAX_SECONDS, unit="seconds"), default=None,
                    help=f"seconds between frames (default {DEFAULT_HOP:g}; --events windows: {DEFAULT_WINDOWS[1]:g})")  # fmt: skip
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=number_arg(low=0, high=1), default=None,
                    help="on threshold of every class (default: the checkpoint's calibrated ones, else 0.5)")  # fmt: skip
-    p.add_argument("--off-ratio", type=float, default=d.off_ratio,
+    p.add_argument("--off-ratio", type=number_arg(above=0, high=1), default=d.off_ratio,
                    help=f"hysteresis: a class goes off below off-ratio x its on threshold ({d.off_ratio})")  # fmt: skip
-    p.add_argument("--median", type=float, default=d.median, help=f"median filter, seconds ({d.median})")
-    p.add_argument("--min-duration", type=float, default=d.min_duration,
+    p.add_argument("--median", type=number_arg(low=0, high=MAX_MEDIAN, unit="seconds"), default=d.median,
+                   help=f"median filter, seconds ({d.median})")  # fmt: skip
+    p.add_argument("--min-duration", type=seconds, default=d.min_duration,
                    help=f"shorter events are dropped, seconds ({d.min_duration})")  # fmt: skip
-    p.add_argument("--min-gap", type=float, default=d.min_gap,
+    p.add_argument("--min-gap", type=seconds, default=d.min_gap,
                    help=f"events of a class closer than this merge, seconds ({d.min_gap})")  # fmt: skip
 
 
@@ -337,7 +331,7 @@ def add_commands(sub) -> None:
         p.add_argument("--checkpoint", action="extend", nargs="+", required=True,
                        help="file, Hugging Face folder or published name; several (repeated or listed) = ensemble")  # fmt: skip
         p.add_argument(
-            "-b", "--batch-size", type=_positive_int, default=8, help="model windows per batch (8)"
+            "-b", "--batch-size", type=_batch_size, default=8, help="model windows per batch (8)"
         )
         p.add_argument("--device", default=None,
                        help="cpu, cuda, cuda:1... (default: cuda if available; the CPU for --precision int8)")  # fmt: skip
@@ -353,7 +347,7 @@ def add_commands(sub) -> None:
                        description="Top labels of each file (long files: max over model windows), or with "
                        "--timeline the scores of each window and the merged events.")  # fmt: skip
     common(p)
-    p.add_argument("-k", "--top-k", type=_positive_int, default=5, help="labels shown per file or window (5)")
+    p.add_argument("-k", "--top-k", type=_top_k, default=5, help="labels shown per file or window (5)")
     p.add_argument("--label-csv", default=None,
                    help="a label CSV (index,mid,display_name) whose display names the output shows: matched to the "
                    "checkpoint's labels by name, or by position where the checkpoint stores none")  # fmt: skip
@@ -398,7 +392,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--dynamic-time", action="store_true",
                    help="ONNX: accept 16..input_tdim frames (positions cut by AST's rule); default fixed")  # fmt: skip
-    p.add_argument("--input-tdim", type=_positive_int, default=None,
+    p.add_argument("--input-tdim", type=number_arg(low=1, high=100_000, integer=True), default=None,
                    help="re-grid the model to this many frames first (see load_model)")  # fmt: skip
     p.add_argument("--legacy-exporter", action="store_true", help="ONNX: torch's TorchScript-based exporter")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")

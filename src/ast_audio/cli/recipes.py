@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..base.checks import number_arg
+
 
 def _print_prepared(summary: dict, out: str) -> None:
     for key, value in summary.items():
@@ -54,6 +56,15 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+_workers = number_arg(low=1, high=1024, integer=True)  # threads decoding clips
+
+
+def _literal(text: str | None) -> str | None:
+    """A recipe's own words as an argparse help text: argparse %-formats help (``%(default)s``),
+    so a literal ``%`` ("the last 20%") is doubled."""
+    return None if text is None else text.replace("%", "%%")
+
+
 def add_commands(sub) -> None:
     from ..recipes import RECIPES
 
@@ -64,10 +75,11 @@ def add_commands(sub) -> None:
     )  # fmt: skip
     datasets = p.add_subparsers(dest="dataset", required=True)
     for recipe in RECIPES.values():  # each recipe brings its own flags; they fill its prepare()'s keywords
-        q = datasets.add_parser(recipe.name, help=recipe.prepare_help or recipe.description)
+        q = datasets.add_parser(recipe.name, help=_literal(recipe.prepare_help or recipe.description))
         q.add_argument("--out", required=True, help="folder for the prepared data")
-        q.add_argument("-w", "--workers", type=int, default=None, help="threads decoding clips (default: up to 8)")
-        keys = [q.add_argument(*f.names, **f.options).dest for f in recipe.prepare_flags]
+        q.add_argument("-w", "--workers", type=_workers, default=None, help="threads decoding clips (default: up to 8)")
+        keys = [q.add_argument(*f.names, **{**f.options, "help": _literal(f.options.get("help"))}).dest
+                for f in recipe.prepare_flags]
         q.set_defaults(func=_cmd_prepare, prepare_keys=keys)
 
     p = sub.add_parser(
@@ -88,5 +100,5 @@ def add_commands(sub) -> None:
         "--set valid_dir=HELD_OUT (folder); audioset: --set full for the full set",
     )  # fmt: skip
     p.add_argument("--force-prepare", action="store_true", help="prepare again even if the stamp matches")
-    p.add_argument("-w", "--workers", type=int, default=None, help="threads decoding clips during prepare")
+    p.add_argument("-w", "--workers", type=_workers, default=None, help="threads decoding clips during prepare")
     p.set_defaults(func=_cmd_recipe)

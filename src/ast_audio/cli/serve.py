@@ -4,38 +4,33 @@ from __future__ import annotations
 
 import argparse
 
+from ..base.checks import number_arg
 from ..base.runtime import PRECISIONS
 from ..errors import ConfigError
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from ..serve import run
+        from ..serve import listen, run
         from ..serve.app import ServeSettings, create_app
     except ImportError as err:
         raise ConfigError(f"ast-audio serve needs the serve extra ({err.name} is missing): "
                           "pip install 'ast-audio[serve]'") from None  # fmt: skip
     from ..infer.engine import AudioTagger
 
-    tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                         precision=args.precision, compile=args.compile)  # fmt: skip
-    settings = ServeSettings(max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000,
-                             max_upload_mb=args.max_upload_mb, max_duration=args.max_duration,
-                             timeout=args.timeout, max_streams=args.max_streams)  # fmt: skip
-    print(f"ast-audio serve: http://{args.host}:{args.port}/ (API: /docs), {len(tagger.labels)} labels, "
-          f"{tagger.device}, {tagger.precision} ({tagger.precision_reason}); Ctrl-C stops", flush=True)  # fmt: skip
-    run(create_app(tagger, settings), args.host, args.port, graceful_timeout=args.timeout)
+    tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                         compile=args.compile)  # fmt: skip
+    sock = listen(args.host, args.port)  # an address in use is one line, before the banner says it serves
+    try:
+        settings = ServeSettings(max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000,
+                                 max_upload_mb=args.max_upload_mb, max_duration=args.max_duration,
+                                 timeout=args.timeout, max_streams=args.max_streams)  # fmt: skip
+        print(f"ast-audio serve: http://{args.host}:{args.port}/ (API: /docs), {len(tagger.labels)} labels, "
+              f"{tagger.device}, {tagger.precision} ({tagger.precision_reason}); Ctrl-C stops", flush=True)  # fmt: skip
+        run(create_app(tagger, settings), args.host, args.port, graceful_timeout=args.timeout, sock=sock)
+    finally:
+        sock.close()
     return 0
-
-
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    return parse
 
 
 def add_commands(sub) -> None:
@@ -46,18 +41,23 @@ def add_commands(sub) -> None:
     p.add_argument("--checkpoint", action="extend", nargs="+", required=True,
                    help="file, Hugging Face folder or published name; several = ensemble")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    p.add_argument("--port", type=number_arg(low=1, high=65535, integer=True), default=8000, help="port (8000)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as in predict (auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
-    p.add_argument("-b", "--batch-size", type=_positive(int), default=16, help="model windows per forward pass (16)")
-    p.add_argument("--max-batch", type=_positive(int), default=16, help="requests gathered into one engine call (16)")
-    p.add_argument("--max-wait-ms", type=_positive(float), default=10.0,
+    p.add_argument("-b", "--batch-size", type=number_arg(low=1, high=65536, integer=True), default=16,
+                   help="model windows per forward pass (16)")  # fmt: skip
+    p.add_argument("--max-batch", type=number_arg(low=1, high=4096, integer=True), default=16,
+                   help="requests gathered into one engine call (16)")  # fmt: skip
+    p.add_argument("--max-wait-ms", type=number_arg(above=0, high=60_000), default=10.0,
                    help="how long the queue waits for more requests after the first (10 ms)")  # fmt: skip
-    p.add_argument("--max-upload-mb", type=_positive(float), default=50.0, help="larger bodies get 413 (50)")
-    p.add_argument("--max-duration", type=_positive(float), default=600.0,
+    p.add_argument("--max-upload-mb", type=number_arg(above=0, high=1_000_000), default=50.0,
+                   help="larger bodies get 413 (50)")  # fmt: skip
+    p.add_argument("--max-duration", type=number_arg(above=0, high=86_400, unit="seconds"), default=600.0,
                    help="seconds of audio per request; longer gets 422 (600)")  # fmt: skip
-    p.add_argument("--timeout", type=_positive(float), default=60.0,
-                   help="seconds until a request is answered with 503; also the graceful-shutdown limit (60)")  # fmt: skip
-    p.add_argument("--max-streams", type=_positive(int), default=16, help="live WebSocket streams at once (16)")
+    p.add_argument("--timeout", type=number_arg(above=0, high=86_400, unit="seconds"), default=60.0,
+                   help="seconds until a request is answered with 503 (a request body not whole by then: 408); "
+                   "also the graceful-shutdown limit (60)")  # fmt: skip
+    p.add_argument("--max-streams", type=number_arg(low=1, high=10_000, integer=True), default=16,
+                   help="live WebSocket streams at once (16)")  # fmt: skip
     p.set_defaults(func=_cmd_serve)

@@ -5,7 +5,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..base.checks import check_number, number_arg
+from ..errors import ConfigError
 from ..train.config import parse_bool
+
+_statistic = number_arg(low=-1000, high=1000)  # a normalisation mean of log-mel energies
+_spread = number_arg(above=0, high=1000)  # their standard deviation
+_workers = number_arg(low=0, high=1024, integer=True)  # DataLoader worker processes
+# The range each integer flag is parsed into (the float flags' are in _TRAIN_FLAGS): beyond it no run can work
+# (or fit in memory); TrainConfig.check then checks the settings together (wa_start <= wa_end, freeze <= depth...).
+_INT_RANGES = {
+    "n_class": (1, 100_000), "batch_size": (1, 65_536), "num_workers": (0, 1024), "n_epochs": (1, 100_000),
+    "freqm": (0, 100_000), "timem": (0, 100_000), "fstride": (1, 1024), "tstride": (1, 1024),
+    "audio_length": (1, 100_000), "lrscheduler_start": (0, 100_000), "lrscheduler_step": (1, 100_000),
+    "wa_start": (0, 100_000), "wa_end": (0, 100_000), "depth": (1, 64), "num_mel_bins": (1, 1024),
+    "seed": (0, 4_294_967_295), "grad_accum": (1, 65_536), "patience": (0, 100_000),
+}
+
+
+def _int(name: str):
+    low, high = _INT_RANGES[name]
+    return number_arg(low=low, high=high, integer=True)
 
 
 def _flag(value: str) -> bool:
@@ -23,13 +43,13 @@ def _flag_or_path(value: str) -> bool | str:
 
 
 def _count(value: str) -> int:
-    """A count of 0 or more."""
+    """A count of 0 or more (at most a million)."""
     try:
         number = int(value)
     except ValueError:
         number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a count (0 or more), got {value!r}")
+    if not 0 <= number <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a count (0 to 1000000), got {value!r}")
     return number
 
 
@@ -38,25 +58,25 @@ def _freeze(value: str) -> int | str:
     if value.strip().lower() == "all":
         return "all"
     try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {value!r}") from None
+        return check_number(int(value), "freeze", low=0, high=_INT_RANGES["depth"][1], integer=True)
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"expected a number of blocks (0 to 64) or 'all', got {value!r}") from None
 
 
 def _betas(value: str) -> tuple[float, float]:
     """Adam's two betas, ``0.9,0.999``."""
     try:
-        first, second = (float(v) for v in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers like 0.9,0.999, got {value!r}") from None
+        first, second = (check_number(float(v), "betas") for v in value.split(","))
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"expected two finite numbers like 0.9,0.999, got {value!r}") from None
     return first, second
 
 
 def _count_or_fraction(value: str) -> int | float:
     """Patchout: a count of rows/columns (``4``) or a fraction of them (``0.4``)."""
     try:
-        number = float(value)
-    except ValueError:
+        number = check_number(float(value), "patchout", low=-1024, high=1024)  # a grid is at most 1024 patches wide
+    except (ValueError, ConfigError):
         raise argparse.ArgumentTypeError(f"expected a count like 4 or a fraction like 0.4, got {value!r}") from None
     return int(number) if number.is_integer() else number
 
@@ -67,40 +87,40 @@ _TRAIN_FLAGS = [
     (["--data-val", "--data_val"], "data_val", str),
     (["--data-eval", "--data_eval"], "data_eval", str),
     (["--label-csv", "--label_csv"], "label_csv", str),
-    (["--n_class", "--n-class"], "n_class", int),
+    (["--n_class", "--n-class"], "n_class", _int("n_class")),
     (["--exp-dir", "--exp_dir"], "exp_dir", str),
-    (["--lr"], "lr", float),
-    (["-b", "--batch-size", "--batch_size"], "batch_size", int),
-    (["-w", "--num-workers", "--num_workers"], "num_workers", int),
-    (["--n-epochs", "--n_epochs"], "n_epochs", int),
-    (["--freqm"], "freqm", int),
-    (["--timem"], "timem", int),
-    (["--mixup"], "mixup", float),
+    (["--lr"], "lr", number_arg(above=0, high=10)),
+    (["-b", "--batch-size", "--batch_size"], "batch_size", _int("batch_size")),
+    (["-w", "--num-workers", "--num_workers"], "num_workers", _int("num_workers")),
+    (["--n-epochs", "--n_epochs"], "n_epochs", _int("n_epochs")),
+    (["--freqm"], "freqm", _int("freqm")),
+    (["--timem"], "timem", _int("timem")),
+    (["--mixup"], "mixup", number_arg(low=0, high=1)),
     (["--bal"], "bal", _flag),
-    (["--fstride"], "fstride", int),
-    (["--tstride"], "tstride", int),
+    (["--fstride"], "fstride", _int("fstride")),
+    (["--tstride"], "tstride", _int("tstride")),
     (["--imagenet_pretrain", "--imagenet-pretrain"], "imagenet_pretrain", _flag_or_path),
     (["--audioset_pretrain", "--audioset-pretrain"], "audioset_pretrain", _flag_or_path),
-    (["--dataset_mean", "--dataset-mean"], "dataset_mean", float),
-    (["--dataset_std", "--dataset-std"], "dataset_std", float),
-    (["--audio_length", "--audio-length"], "audio_length", int),
+    (["--dataset_mean", "--dataset-mean"], "dataset_mean", _statistic),
+    (["--dataset_std", "--dataset-std"], "dataset_std", _spread),
+    (["--audio_length", "--audio-length"], "audio_length", _int("audio_length")),
     (["--noise"], "noise", _flag),
     (["--metrics"], "metrics", str),
     (["--loss"], "loss", str),
     (["--warmup"], "warmup", _flag),
-    (["--lrscheduler_start"], "lrscheduler_start", int),
-    (["--lrscheduler_step"], "lrscheduler_step", int),
-    (["--lrscheduler_decay"], "lrscheduler_decay", float),
+    (["--lrscheduler_start"], "lrscheduler_start", _int("lrscheduler_start")),
+    (["--lrscheduler_step"], "lrscheduler_step", _int("lrscheduler_step")),
+    (["--lrscheduler_decay"], "lrscheduler_decay", number_arg(above=0, high=1)),
     (["--wa"], "wa", _flag),
-    (["--wa_start"], "wa_start", int),
-    (["--wa_end"], "wa_end", int),
+    (["--wa_start"], "wa_start", _int("wa_start")),
+    (["--wa_end"], "wa_end", _int("wa_end")),
     (["--save_model", "--save-model"], "save_model", _flag),
     (["--dataset"], "dataset", str),
     (["--model-size", "--model_size"], "model_size", str),
-    (["--depth"], "depth", int),
+    (["--depth"], "depth", _int("depth")),
     (["--pool"], "pool", str),
-    (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", int),
-    (["--seed"], "seed", int),
+    (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", _int("num_mel_bins")),
+    (["--seed"], "seed", _int("seed")),
     (["--resample"], "resample", _flag),
     (["--amp"], "amp", str),
     (["--fbank-on", "--fbank_on"], "fbank_on", str),
@@ -109,14 +129,14 @@ _TRAIN_FLAGS = [
     (["--device"], "device", str),
     (["--skip-bad", "--skip_bad"], "skip_bad", _flag),
     (["--progress"], "progress", _flag),
-    (["--grad-accum", "--grad_accum"], "grad_accum", int),
+    (["--grad-accum", "--grad_accum"], "grad_accum", _int("grad_accum")),
     (["--grad-checkpointing", "--grad_checkpointing"], "grad_checkpointing", _flag),
     (["--freeze"], "freeze", _freeze),
-    (["--llrd"], "llrd", float),
-    (["--patience"], "patience", int),
-    (["--min-delta", "--min_delta"], "min_delta", float),
-    (["--label-smoothing", "--label_smoothing"], "label_smoothing", float),
-    (["--weight-decay", "--weight_decay"], "weight_decay", float),
+    (["--llrd"], "llrd", number_arg(above=0, high=1)),
+    (["--patience"], "patience", _int("patience")),
+    (["--min-delta", "--min_delta"], "min_delta", number_arg(low=0, high=1000)),
+    (["--label-smoothing", "--label_smoothing"], "label_smoothing", number_arg(low=0, high=1)),
+    (["--weight-decay", "--weight_decay"], "weight_decay", number_arg(low=0, high=1000)),
     (["--betas"], "betas", _betas),
     (["--patchout-f", "--patchout_f"], "patchout_f", _count_or_fraction),
     (["--patchout-t", "--patchout_t"], "patchout_t", _count_or_fraction),
@@ -250,11 +270,11 @@ def add_commands(sub) -> None:
     p.add_argument("--label-csv", default=None,
                    help="label table (index,mid,display_name) the data's labels refer to, matched to each checkpoint's "
                    "labels by name; default: the datafile's own labels, or for a CSV or folder the checkpoint's")  # fmt: skip
-    p.add_argument("-b", "--batch-size", type=int, default=32)
-    p.add_argument("-w", "--num-workers", type=int, default=0)
+    p.add_argument("-b", "--batch-size", type=number_arg(low=1, high=65536, integer=True), default=32)
+    p.add_argument("-w", "--num-workers", type=_workers, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--dataset-mean", type=float, default=None, help="override the checkpoint's statistics")
-    p.add_argument("--dataset-std", type=float, default=None)
+    p.add_argument("--dataset-mean", type=_statistic, default=None, help="override the checkpoint's statistics")
+    p.add_argument("--dataset-std", type=_spread, default=None)
     p.add_argument("--out", help="write the rows as CSV here")
     p.add_argument("--out-dir", help="write stats.csv, classes.csv, confusion.png/.csv, mistakes.csv "
                    "(and curves.png, from the checkpoint's run folder) here")  # fmt: skip
@@ -273,7 +293,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("stats", help="normalisation statistics (dataset_mean, dataset_std) of a datafile")
     p.add_argument("datafile")
     p.add_argument("--label-csv", required=True)
-    p.add_argument("--audio-length", type=int, default=1024, help="frames, as in training")
-    p.add_argument("--num-mel-bins", type=int, default=128)
-    p.add_argument("-w", "--num-workers", type=int, default=0)
+    p.add_argument("--audio-length", type=number_arg(low=1, high=100_000, integer=True), default=1024,
+                   help="frames, as in training")  # fmt: skip
+    p.add_argument("--num-mel-bins", type=number_arg(low=1, high=1024, integer=True), default=128)
+    p.add_argument("-w", "--num-workers", type=_workers, default=0)
     p.set_defaults(func=_cmd_stats)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..base.checks import check_number
 from ..errors import ConfigError
 from ..features.kaldi import frame_sizes
 from ..model.ast import PATCH, ASTModel
@@ -77,7 +78,7 @@ def window_attention(tagger, audio, sample_rate, start: float, method: str, top_
     if not single:
         raise ConfigError("attention takes one recording")
     wave = load_input(inputs[0], m.rate)
-    a = min(max(0, round(start * m.rate)), max(0, len(wave) - 1))
+    a = min(round(check_number(start, "start", low=0, unit="seconds") * m.rate), max(0, len(wave) - 1))
     chunk = wave[a : a + m.window]
     x = tagger._model_input(m, [chunk])  # (1, T, F)
     with torch.inference_mode(), tagger._autocast():

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..base import allocator, runtime
+from ..base.checks import check_number
 from ..base.plots import plot_attention
 from ..data.labels import LabelTable
 from ..errors import AstAudioError, ConfigError
@@ -37,7 +38,7 @@ from ..features.contract import InputContract
 from ..model.ast import ASTModel
 from .attention import window_attention
 from .events import EventChange, PostProcessing, detect_events
-from .frames import DEFAULT_HOP, DEFAULT_WINDOW, FrameGrid
+from .frames import DEFAULT_HOP, DEFAULT_WINDOW, FrameGrid, check_frames, check_window_hop
 from .inputs import Audio, Input, as_inputs, load_input, one_or_list
 from .openset import OpenSet
 from .results import AttentionMap, Embedding, Event, FrameScores, Prediction, Timeline, Window, top_labels
@@ -222,12 +223,11 @@ class AudioTagger:
             for item, waves in self._loaded(inputs, on_error, progress):
                 length = len(waves[grid.rate])
                 with torch.inference_mode():
-                    scores, known = self._frame_probs(waves, range(grid.count(length)), grid, None, aggregate)
+                    scores, known = self._frame_probs(waves, grid.frames(length, item.path), grid, None, aggregate)
                 out.append(self._frames_timeline(item.path, scores, known, grid, length / grid.rate, post, top_k))
             return one_or_list(out, single)
         window, hop = window or DEFAULT_WINDOWS[0], hop or DEFAULT_WINDOWS[1]
-        if not (window > 0 and hop > 0):
-            raise ConfigError(f"timeline window and hop must be positive seconds, got {window} and {hop}")
+        check_window_hop(window, hop)
         out = []
         for rec in self._run(inputs, Plan(Head.PROBS, timeline=(window, hop)), on_error, progress):
             windows = []
@@ -263,8 +263,7 @@ class AudioTagger:
         """
         from .stream import stream_events
 
-        if frames_per_call < 1:
-            raise ConfigError(f"frames_per_call must be positive, got {frames_per_call}")
+        check_number(frames_per_call, "frames_per_call", low=1, integer=True)
         grid, post = self.frame_grid(window, hop), post or PostProcessing()
         return stream_events(self, chunks, sample_rate, grid, post, top_k, frames_per_call, on_model)
 
@@ -369,7 +368,7 @@ class AudioTagger:
                 num_samples = len(waves[self.rate])
                 segments = [
                     Segment(s0, s1, [Windows() for _ in self.members])
-                    for s0, s1 in self._segments(num_samples, plan)
+                    for s0, s1 in self._segments(num_samples, plan, item.path)
                 ]
                 records.append(Record(item.path, num_samples / self.rate, segments))
                 for segment in segments:
@@ -384,13 +383,14 @@ class AudioTagger:
                 self._flush(batch, plan.head)
         return records
 
-    def _segments(self, num_samples: int, plan: Plan) -> list[tuple[float, float]]:
+    def _segments(self, num_samples: int, plan: Plan, path: str | None) -> list[tuple[float, float]]:
         """``[start, end)`` seconds of the segments of a recording (at :attr:`rate`)."""
         rate = self.rate
         if plan.timeline is None:
             return [(0.0, num_samples / rate)]
         window, hop = plan.timeline
         spans = window_spans(num_samples, max(1, round(window * rate)), max(1, round(hop * rate)))
+        check_frames(len(spans), path)
         return [(a / rate, b / rate) for a, b in spans]
 
     def _loaded(

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..base.checks import check_number
 from ..errors import ConfigError
+from .frames import MAX_SECONDS
 from .results import Event
 
 __all__ = [
@@ -51,6 +53,10 @@ __all__ = [
 ]
 
 
+MAX_MEDIAN = 60.0  # seconds: the longest median filter (its cost is frames x its length); events are shorter
+MEDIAN_ELEMENTS = 1 << 22  # scores sorted at once by the median filter (32 MB of float64)
+
+
 @dataclass(frozen=True)
 class PostProcessing:
     """How frame scores become events; seconds are turned into frames at the hop.
@@ -66,6 +72,12 @@ class PostProcessing:
     min_gap: float = 0.5
 
     def __post_init__(self) -> None:
+        # finite first (nan passes every comparison below as False), then the range of each
+        for name in ("off_ratio", "median", "min_duration", "min_gap"):
+            check_number(getattr(self, name), name, high=MAX_MEDIAN if name == "median" else MAX_SECONDS)
+        if self.threshold is not None:
+            for t in np.atleast_1d(np.asarray(self.threshold, dtype=object)):
+                check_number(t, "threshold", low=0, high=1)
         if not 0 < self.off_ratio <= 1:
             raise ConfigError(f"off_ratio must be in (0, 1], got {self.off_ratio}")
         if min(self.median, self.min_duration, self.min_gap) < 0:
@@ -180,8 +192,9 @@ def median_filter(scores: np.ndarray, k: int) -> np.ndarray:
         return scores.copy()
     h = k // 2
     padded = np.concatenate([np.repeat(scores[:1], h, 0), scores, np.repeat(scores[-1:], h, 0)])  # (T + 2h, C)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, k, axis=0)  # (T, C, k)
-    return np.median(windows, axis=-1)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, k, axis=0)  # (T, C, k), a view
+    rows = max(1, MEDIAN_ELEMENTS // (k * scores.shape[1]))  # np.median copies what it sorts: a bounded block at a time
+    return np.concatenate([np.median(windows[a : a + rows], axis=-1) for a in range(0, len(scores), rows)])
 
 
 def hysteresis(scores: np.ndarray, on: np.ndarray, off: np.ndarray) -> np.ndarray:

@@ -175,9 +175,16 @@ def read_score_tables(folder: str | os.PathLike) -> dict[str, ScoreTable]:
     return out
 
 
+def missing_event_packages() -> list[str]:
+    """The packages of the ``events`` extra (sed_eval, sed_scores_eval) this install lacks: event
+    F1, PSDS and the calibration of event thresholds need them. Cheap (no import), so a command
+    that will need them can ask before it does any work."""
+    return [n for n in ("sed_eval", "sed_scores_eval") if importlib.util.find_spec(n) is None]
+
+
 def _load(*names: str):
     """The named modules of sed_eval / sed_scores_eval, or a clear error naming what to install."""
-    missing = [n for n in ("sed_eval", "sed_scores_eval") if importlib.util.find_spec(n) is None]
+    missing = missing_event_packages()
     if missing:
         raise ConfigError(f"evaluate-events needs {' and '.join(missing)}: pip install 'ast-audio[events]'")
     stand_in = importlib.util.find_spec("pkg_resources") is None

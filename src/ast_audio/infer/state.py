@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from ..base import runtime
+from ..base.checks import check_number
 from ..data.labels import LabelTable, match_labels
 from ..errors import ConfigError, DataError
 from ..features.contract import InputContract
 from ..features.pipeline import batch_input, fit_waveform
 from ..model.ast import ASTModel
+from .frames import MAX_SECONDS, MIN_HOP
 from .openset import OpenSet
 from .windows import window_spans
 
@@ -95,6 +97,8 @@ class Member:
         return self.features.sample_rate
 
     def hop(self, seconds: float | None) -> int:
+        if seconds is not None:
+            check_number(seconds, "hop", low=MIN_HOP, high=MAX_SECONDS, unit="seconds")
         return max(1, self.window // 2 if seconds is None else round(seconds * self.rate))
 
     def model_windows(

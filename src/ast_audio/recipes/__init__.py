@@ -50,10 +50,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..base.checks import checked_arg, number_arg
 from ..base.fileio import read_toml
 from ..errors import ConfigError, DataError
 from ..train.config import coerce
 from . import audioset, csvdata, esc50, folder, hack, hf, speechcommands
+from .splits import check_valid_fraction
 
 __all__ = ["RECIPES", "Flag", "Recipe", "RecipeContext", "config_path", "flag", "resolve_config", "run_recipe"]
 
@@ -149,11 +151,11 @@ RECIPES: dict[str, Recipe] = {
             flag("--label-column", default=None, help="default: the one column besides filename"),
             flag("--test-csv", default=None, help="filename only (unlabelled)"),
             flag("--test-audio-dir", default=None, help="folder of the test files (default: --audio-dir)"),
-            flag("--valid-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)"),
-            flag("--seed", type=int, default=0, help="seed of the validation split (default 0)"),
-            flag("--audio-length", type=int, default=512, help="frames, for the normalisation statistics"),
-            flag("--num-mel-bins", type=int, default=128),
-            flag("--folds", type=int, default=0, help="also K stratified cross-validation folds (default 0: none)"),
+            flag("--valid-fraction", type=checked_arg(check_valid_fraction), default=0.2, help="stratified validation share (default 0.2)"),
+            flag("--seed", type=number_arg(low=0, high=2**32 - 1, integer=True), default=0, help="seed of the validation split (default 0)"),
+            flag("--audio-length", type=number_arg(low=1, high=100_000, integer=True), default=512, help="frames, for the normalisation statistics"),
+            flag("--num-mel-bins", type=number_arg(low=1, high=1024, integer=True), default=128),
+            flag("--folds", type=number_arg(low=0, high=100, integer=True), default=0, help="also K stratified cross-validation folds (default 0: none)"),
         ),
     ),  # fmt: skip
     "folder": Recipe(
@@ -165,12 +167,12 @@ RECIPES: dict[str, Recipe] = {
             flag("root", metavar="DIR", help="one subfolder per class (nested folders belong to their class)"),
             flag("--valid-dir", default=None, help="a folder of the same layout as the validation set (no split)"),
             flag("--test-dir", default=None, help="a held-out folder of the same layout (test.json)"),
-            flag("--valid-fraction", type=float, default=0.2, help="grouped, stratified validation share (default 0.2)"),
-            flag("--seed", type=int, default=0, help="seed of the split and folds (default 0)"),
-            flag("--folds", type=int, default=0, help="also K cross-validation folds by groups (default 0: none)"),
-            flag("--audio-length", type=int, default=None,
+            flag("--valid-fraction", type=checked_arg(check_valid_fraction), default=0.2, help="grouped, stratified validation share (default 0.2)"),
+            flag("--seed", type=number_arg(low=0, high=2**32 - 1, integer=True), default=0, help="seed of the split and folds (default 0)"),
+            flag("--folds", type=number_arg(low=0, high=100, integer=True), default=0, help="also K cross-validation folds by groups (default 0: none)"),
+            flag("--audio-length", type=number_arg(low=1, high=100_000, integer=True), default=None,
                  help="frames (default: the 90th percentile of the training clips' durations)"),
-            flag("--num-mel-bins", type=int, default=128),
+            flag("--num-mel-bins", type=number_arg(low=1, high=1024, integer=True), default=128),
         ),
         result_lines=folder.result_lines,
     ),
@@ -180,9 +182,9 @@ RECIPES: dict[str, Recipe] = {
         prepare_flags=(
             flag("--root", required=True, help="train.csv, test.csv, TrainAudioFiles/, TestAudioFiles/"),
             flag("--label-column", default=None, help="default: the one column besides filename"),
-            flag("--valid-fraction", type=float, default=0.2, help="the last share of usable rows (default 0.2)"),
+            flag("--valid-fraction", type=checked_arg(check_valid_fraction), default=0.2, help="the last share of usable rows (default 0.2)"),
             flag("--stratify", action="store_true", help="a seeded stratified split instead of the last rows"),
-            flag("--seed", type=int, default=0, help="seed of the stratified split (default 0)"),
+            flag("--seed", type=number_arg(low=0, high=2**32 - 1, integer=True), default=0, help="seed of the stratified split (default 0)"),
         ),
     ),  # fmt: skip
     "hf": Recipe(
@@ -193,10 +195,10 @@ RECIPES: dict[str, Recipe] = {
                  help="a save_to_disk folder or a folder of .parquet/.arrow files (nothing is downloaded)"),
             flag("--audio-column", default="audio", help="default: audio"),
             flag("--label-column", default="label", help="ClassLabel, strings, integers or lists of them (default: label)"),
-            flag("--valid-fraction", type=float, default=0.2, help="stratified share of train when there is no validation split"),
-            flag("--seed", type=int, default=0, help="seed of that split (default 0)"),
-            flag("--audio-length", type=int, default=1024, help="frames, for the normalisation statistics"),
-            flag("--num-mel-bins", type=int, default=128),
+            flag("--valid-fraction", type=checked_arg(check_valid_fraction), default=0.2, help="stratified share of train when there is no validation split"),
+            flag("--seed", type=number_arg(low=0, high=2**32 - 1, integer=True), default=0, help="seed of that split (default 0)"),
+            flag("--audio-length", type=number_arg(low=1, high=100_000, integer=True), default=1024, help="frames, for the normalisation statistics"),
+            flag("--num-mel-bins", type=number_arg(low=1, high=1024, integer=True), default=128),
         ),
     ),  # fmt: skip
 }

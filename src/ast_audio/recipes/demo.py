@@ -33,6 +33,7 @@ import numpy as np
 from ..base.fileio import atomic_write
 from ..base.plots import plot_confusion
 from ..data.datafiles import match_datafile, read_datafile, write_datafile
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,15 @@ def run_demo(
     from ..data.dataset import AudioDataset, norm_stats
     from ..features.contract import InputContract
     from ..infer import AudioTagger
+    from ..infer.scoring import missing_event_packages
     from ..train.config import load_config_file, resolve_train_config
     from ..train.evaluate import predict_dataset
     from ..train.loop import train
     from .esc50 import prepare
 
+    if scenes and missing_event_packages():  # asked before the minutes of training, not after them
+        raise ConfigError(f"the demo's event calibration (scenes={scenes}) needs {' and '.join(missing_event_packages())}: "
+                          "pip install 'ast-audio[events]', or run it with scenes=0 (--scenes 0)")  # fmt: skip
     out = Path(out)
     data = out / "data"
     settings = {"per_class": per_class, "seed": seed, "seconds": 1.0, "background": True}

@@ -9,7 +9,8 @@
   temporary file that is always removed; ``metrics``: the Prometheus text;
 - ``static/``: the page (HTML, JS, CSS; package data, no build step, nothing from a CDN).
 
-:func:`run` starts it on uvicorn. It needs the ``serve`` extra (``pip install
+:func:`listen` binds the address (an address in use is one line before anything starts) and
+:func:`run` serves on it with uvicorn. It needs the ``serve`` extra (``pip install
 'ast-audio[serve]'``: fastapi, uvicorn, python-multipart); the rest of the package does not.
 """
 
@@ -17,13 +18,38 @@ from __future__ import annotations
 
 from .app import STATIC, ServeSettings, create_app
 
-__all__ = ["STATIC", "ServeSettings", "create_app", "run"]
+__all__ = ["STATIC", "ServeSettings", "create_app", "listen", "run"]
 
 
-def run(app, host: str = "127.0.0.1", port: int = 8000, *, graceful_timeout: float | None = None) -> None:
+def listen(host: str, port: int):
+    """A socket bound to ``host:port`` and listening, before any model is loaded or banner
+    printed; :class:`~ast_audio.errors.ConfigError` naming the address and the reason (in use,
+    not an address of this machine, no permission) otherwise."""
+    import socket
+
+    from ..errors import ConfigError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, OverflowError) as err:
+        raise ConfigError(f"{host}:{port}: cannot listen there ({getattr(err, 'strerror', None) or err})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"{host}:{port}: cannot listen there ({err.strerror or err})") from None
+    return sock
+
+
+def run(app, host: str = "127.0.0.1", port: int = 8000, *, graceful_timeout: float | None = None, sock=None) -> None:
     """Serve ``app`` (from :func:`create_app`) with uvicorn until SIGINT/SIGTERM; then requests in
-    flight are finished (for at most ``graceful_timeout`` seconds) and the queue is drained."""
+    flight are finished (for at most ``graceful_timeout`` seconds) and the queue is drained.
+    ``sock``: a socket from :func:`listen` to serve on (else uvicorn binds ``host:port`` itself)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_timeout,
-                ws_max_size=2**21)  # fmt: skip
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_timeout,
+                            ws_max_size=2**21)  # fmt: skip
+    uvicorn.Server(config).run(sockets=None if sock is None else [sock])

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +33,7 @@ from ..base.plots import plot_attention
 from ..errors import AstAudioError
 from ..infer.engine import AudioTagger
 from ..infer.events import PostProcessing
-from ..infer.frames import DEFAULT_HOP, DEFAULT_WINDOW
+from ..infer.frames import DEFAULT_HOP, DEFAULT_WINDOW, check_frames
 from ..infer.results import labels_json
 from .batching import Batcher, Job, overall_labels
 from .metrics import Metrics
@@ -97,6 +98,10 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
     async def rejected(request: Request, err: Rejected):
         return JSONResponse({"detail": err.reason}, status_code=err.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):  # one line, the service's format
+        return JSONResponse({"detail": validation_reason(err)}, status_code=422)
+
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception):  # answered as JSON; uvicorn logs the traceback
         return JSONResponse({"detail": f"internal error ({type(err).__name__}: {err})"}, status_code=500)
@@ -140,10 +145,10 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
                 raise Rejected(422, str(err)) from None
         wave, name = await waveform(request)
         if timeline:
-            count = len(wave) / tagger.rate / grid.hop
-            if count > MAX_TIMELINE_WINDOWS:
-                raise Rejected(422, f"{name}: a timeline of {count:.0f} windows; at most {MAX_TIMELINE_WINDOWS} "
-                                    "(choose a longer hop)")  # fmt: skip
+            try:  # the library's bound, at the service's own limit
+                check_frames(grid.count(len(wave)), name, MAX_TIMELINE_WINDOWS)
+            except AstAudioError as err:
+                raise Rejected(422, str(err)) from None
             result = await run(Job("timeline", wave, (window, hop, aggregate), top_k, post))
             result.path = name
             return {**result.to_json(), "labels": labels_json(overall_labels(result, tagger.labels, top_k))}
@@ -253,10 +258,21 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
         return FileResponse(STATIC / "index.html")
 
     routes = {"/", "/api/predict", "/api/embed", "/api/attention", "/api/info", "/healthz", "/metrics", "/docs", "/openapi.json"}
-    guarded = Guard(app, limit_bytes=int(settings.max_upload_mb * 2**20), metrics=metrics, routes=routes)
+    guarded = Guard(app, limit_bytes=int(settings.max_upload_mb * 2**20), metrics=metrics, routes=routes,
+                    body_timeout=settings.timeout)  # fmt: skip
     guarded.fastapi = app  # for callers that want the FastAPI object (routes, OpenAPI)
     guarded.batcher = batcher
     return guarded
+
+
+def validation_reason(err: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one ``"<parameter>: <reason>"`` line (several joined by ``; ``)."""
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(part) for part in e.get("loc", ())[1:]) or "request"
+        given = e.get("input")
+        parts.append(f"{where}: {e.get('msg', 'invalid')}" + (f", got {given!r}" if isinstance(given, str) else ""))
+    return "; ".join(parts)
 
 
 def _png(att) -> bytes:

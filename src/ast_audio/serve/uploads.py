@@ -2,8 +2,10 @@
 
 - :class:`Guard` wraps the whole ASGI app: a body over the limit is answered with 413
   before it is read whole (at once from ``Content-Length``, else as soon as the bytes
-  received pass the limit, whatever the handler was doing), and every answer is counted
-  in the :class:`~ast_audio.serve.metrics.Metrics`.
+  received pass the limit, whatever the handler was doing); a body not whole within the
+  timeout (a slow or half-sent upload) with 408; a client that goes away mid-body is one
+  log line and counted as 499, not as the service's error; every answer is counted in the
+  :class:`~ast_audio.serve.metrics.Metrics`.
 - :func:`read_upload` takes the audio from the raw body or a multipart ``file`` field.
 - :func:`decode` writes it to a private temporary file (``mkstemp``: mode 0600, a name of
   its own; only a known audio extension of the client's file name is kept, no other part
@@ -13,7 +15,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import tempfile
 import time
@@ -25,7 +29,9 @@ from ..audio.io import AUDIO_EXTENSIONS, audio_info, load_audio
 from ..errors import AudioError
 from .metrics import Metrics
 
-__all__ = ["Guard", "Rejected", "decode", "read_upload"]
+__all__ = ["GONE", "Guard", "Rejected", "decode", "read_upload"]
+
+log = logging.getLogger(__name__)
 
 
 class Rejected(Exception):
@@ -41,14 +47,26 @@ class _TooLarge(Exception):
     pass
 
 
+class _Slow(Exception):
+    """The body did not arrive within the timeout."""
+
+
+class _Gone(Exception):
+    """The client went away before its body was whole."""
+
+
+GONE = 499  # the status counted for a client that went away (no answer reached it): nginx's "client closed request"
+
+
 class Guard:
     """ASGI wrapper: the body size limit (413) and the request metrics of ``routes``."""
 
-    def __init__(self, app, *, limit_bytes: int, metrics: Metrics, routes: set[str]):
+    def __init__(self, app, *, limit_bytes: int, metrics: Metrics, routes: set[str], body_timeout: float = 60.0):
         self.app = app
         self.limit = limit_bytes
         self.metrics = metrics
         self.routes = routes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -74,22 +92,32 @@ class Guard:
             await answer(413, too_large)
             self._count(scope, route, status, started)
             return
-        received = 0
+        received, whole = 0, False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, whole
+            if whole:  # the body is in: what follows is the wait for a disconnect, unbounded
+                return await receive()
+            try:  # the whole body within body_timeout of the request's start: a half-sent upload is dropped
+                message = await asyncio.wait_for(receive(), max(0.0, started + self.body_timeout - time.perf_counter()))
+            except TimeoutError:
+                state["over"] = "slow"
+                raise _Slow from None
+            if message["type"] == "http.disconnect":
+                state["over"] = "gone"
+                raise _Gone
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                whole = not message.get("more_body", False)
                 if received > self.limit:
-                    state["over"] = True
+                    state["over"] = "large"
                     raise _TooLarge
             return message
 
         async def counted_send(message):
             nonlocal status
             if state["over"]:
-                return  # the handler's own answer to the interrupted body: replaced by the 413 below
+                return  # the handler's own answer to the interrupted body: replaced by the answer below
             if message["type"] == "http.response.start":
                 state["started"] = True
                 status = message["status"]
@@ -97,12 +125,17 @@ class Guard:
 
         try:
             await self.app(scope, limited_receive, counted_send)
-        except _TooLarge:
+        except (_TooLarge, _Slow, _Gone):
             pass
         except Exception:
             self._count(scope, route, status, started)
             raise
-        if state["over"] and not state["started"]:
+        if state["over"] == "gone":  # nobody to answer: one log line, counted apart from the service's errors
+            status = GONE
+            log.warning("%s %s: the client went away before its request body was whole", scope["method"], scope["path"])
+        elif state["over"] == "slow" and not state["started"]:
+            await answer(408, f"request body not received within {self.body_timeout:g} s (--timeout)")
+        elif state["over"] and not state["started"]:
             await answer(413, too_large)
         self._count(scope, route, status, started)
 
