@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..base.fileio import atomic_write
+from ..base.fileio import save_torch
 from ..errors import AstAudioError
 from .config import TrainConfig
 
@@ -62,7 +62,7 @@ def save_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer:
         "torch_rng": torch.get_rng_state(),
         "state": dataclasses.asdict(state),
     }
-    atomic_write(path, lambda tmp: torch.save(state_dict, tmp))
+    save_torch(state_dict, path)
 
 
 def load_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
