@@ -328,6 +328,22 @@ def test_a_failed_preparation_puts_the_earlier_one_back(tmp_path, monkeypatch):
     assert not common.previous_of(out).exists()
 
 
+def test_a_dataset_prepared_into_its_own_folder_is_prepared_there_again(tmp_path):
+    from ast_audio.recipes import common
+
+    out = tmp_path / "dataset"
+    (out / "audio").mkdir(parents=True)
+    (out / "audio" / "clip.wav").write_bytes(b"RIFF")
+
+    def prepare() -> dict:  # reads the dataset inside the folder it writes
+        return {"clips": len(list((out / "audio").iterdir()))}
+
+    for version in (1, 2):
+        inputs = {"root": str(out / "audio"), "v": version}
+        assert common.ensure_prepared(out, "x", inputs, prepare) == {"clips": 1}
+    assert (out / "audio" / "clip.wav").read_bytes() == b"RIFF" and not common.previous_of(out).exists()
+
+
 # --------------------------------------------------------------------------- shards and torchrun
 
 

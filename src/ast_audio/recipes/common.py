@@ -11,8 +11,8 @@
   metadata files) and a summary (datafiles, clip counts, bad and missing counts).
   ``ast-audio recipe`` prepares again only when the inputs differ from the stamp's (or
   with ``--force-prepare``); ``ast-audio prepare`` always prepares.
-- **Replacing.** A preparation that replaces an earlier one (a stamp is there) moves the old
-  folder aside (``.data.previous`` beside ``data``) and prepares a fresh one: a preparation
+- **Replacing.** A preparation that replaces an earlier one (a stamp is there, and no input
+  of the preparation lies inside the folder) moves the old folder aside (``.data.previous`` beside ``data``) and prepares a fresh one: a preparation
   that fails puts the old folder back, so a failed prepare never leaves half of one. Inside
   :func:`replacing_data` (``ast-audio recipe``) the old folder is kept until the run is over:
   a run refused before it trains (the experiment folder holds a run of other labels or
@@ -98,12 +98,15 @@ def ensure_prepared(
         ):
             log.info("%s: already prepared from the same inputs, reusing it", out)
             return stamp["summary"]
-    previous = previous_of(out)
-    if previous.exists():  # set aside by a run killed before it ended: that run is over
+    previous, pending = previous_of(out), _REPLACED.get()
+    aside = pending is not None and out in pending  # this run set the old preparation aside already
+    if previous.exists() and not aside:  # set aside by a run killed before it ended: that run is over
         shutil.rmtree(previous)
-    replaced = stamp_path.exists()
+    replaced = stamp_path.exists() and not aside and not _holds_inputs(out, inputs)
     if replaced:  # ours: the old preparation goes aside until this one (and the run) is through
         os.replace(out, previous)
+    elif aside:  # this run's own earlier preparation
+        shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     stamp_path.unlink(missing_ok=True)  # a half-finished prepare must not look finished
     try:
@@ -115,7 +118,6 @@ def ensure_prepared(
             _put_back(out, previous)
         raise
     if replaced:
-        pending = _REPLACED.get()
         if pending is None:
             shutil.rmtree(previous, ignore_errors=True)
         else:
@@ -125,6 +127,19 @@ def ensure_prepared(
 
 # The folders a preparation replaced inside replacing_data, their old content aside.
 _REPLACED: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("replaced_data", default=None)
+
+
+def _holds_inputs(out: Path, inputs: object) -> bool:
+    """Whether a path among the preparation's ``inputs`` lies in ``out`` (the dataset prepared
+    into its own folder): such a folder is prepared in place, never moved aside."""
+    if isinstance(inputs, dict):
+        return any(_holds_inputs(out, v) for v in inputs.values())
+    if isinstance(inputs, list):
+        return any(_holds_inputs(out, v) for v in inputs)
+    if isinstance(inputs, str) and os.path.isabs(inputs):
+        path = Path(inputs)
+        return path == out.resolve() or out.resolve() in path.parents
+    return False
 
 
 def previous_of(out: Path) -> Path:
