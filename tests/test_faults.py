@@ -191,24 +191,30 @@ def _private_mounts() -> list[str] | None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("disk_kind", ["full", "read-only"])
 @pytest.mark.parametrize("command", list(LIMITS))
-def test_a_full_file_system_is_one_line_and_leaves_nothing_half_written(work, tmp_path, command):
+def test_a_full_or_read_only_file_system_is_one_line_and_leaves_nothing_half_written(work, tmp_path, command,
+                                                                                     disk_kind):  # fmt: skip
     prefix = _private_mounts()
     if prefix is None:
         pytest.skip("this machine lets no process mount a small file system (unshare -m / mount tmpfs)")
     disk = tmp_path / "disk"
     disk.mkdir()
     out = disk / "out"
-    # train gets room for its small files, not for a checkpoint; the others a disk already full
-    size, fill = ("1m", "") if command == "train" else ("256k", f"head -c 1m /dev/zero > {disk}/filler 2>/dev/null;")
-    script = (f'mount -t tmpfs -o size={size} tmpfs {disk} && {fill} "$@"; echo "exit=$?"; '
-              f"find {disk} -mindepth 1 ! -name filler -printf '%P %s\\n'")  # fmt: skip
+    if disk_kind == "read-only":
+        mount, reason = f"mount -t tmpfs -o ro,size=1m tmpfs {disk}", "read-only file system"
+    elif command == "train":  # room for the run's small files, not for a checkpoint
+        mount, reason = f"mount -t tmpfs -o size=1m tmpfs {disk}", "no space left on device"
+    else:  # a disk already full
+        mount = f"mount -t tmpfs -o size=256k tmpfs {disk} && {{ head -c 1m /dev/zero > {disk}/filler 2>/dev/null; }}"
+        reason = "no space left on device"
+    script = f"{mount}; \"$@\"; echo \"exit=$?\"; find {disk} -mindepth 1 ! -name filler -printf '%P %s\\n'"
     args = [*prefix, "sh", "-c", script, "sh", *CLI, *map(str, _commands(work, out)[command])]
     res = subprocess.run(args, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS=1), timeout=TIMEOUT)
     status = int(re.search(r"^exit=(\d+)$", res.stdout, re.M).group(1))
     left = res.stdout.split("exit=")[1].splitlines()[1:]  # what the disk held after the command
-    one_line_failure(subprocess.CompletedProcess(args, status, "", res.stderr), out, "no space left on device")
-    if command == "train":
+    one_line_failure(subprocess.CompletedProcess(args, status, "", res.stderr), out, reason)
+    if command == "train" and disk_kind == "full":
         names = [line.split()[0] for line in left]
         assert not [n for n in names if ".tmp" in n or n.endswith(".lock")], left
         assert not [n for n in names if n.startswith("out/models/") and n.endswith(".safetensors")], left
