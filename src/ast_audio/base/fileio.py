@@ -6,6 +6,11 @@ onto the target when complete. A process killed mid-write leaves its temporary b
 :func:`clean_stale_temporaries` removes those whose writer is no longer running (training
 runs it on their folders at start, the checkpoint cache before a download). The finished
 file gets the mode the user's umask gives a new file (``mkstemp`` alone would leave 0600).
+
+A write that fails (a full disk, no permission, the file size limit) is an ``OSError`` naming
+the file that was being written (:func:`os_error_of` finds it inside the exceptions of
+libraries that wrap it), which the CLI tells as one line (:func:`describe_os_error`);
+:func:`output_folder` removes a folder made for outputs whose writing failed.
 """
 
 from __future__ import annotations
@@ -90,7 +95,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
     A write that fails for want of space, permission or size (``ENOSPC``, ``EFBIG``...; also
     when the writing library wraps the OS error in its own exception) is raised as that
-    ``OSError`` naming ``path``, not the temporary.
+    ``OSError`` naming ``path``, not the temporary; an OS error naming another file (a source
+    being copied) is raised as it is.
     """
     path = Path(path)
     fd, tmp = make_temporary(path, f".tmp{path.suffix}")
@@ -101,7 +107,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         os.replace(tmp, path)
     except Exception as err:
         cause = os_error_of(err)
-        if cause is None:
+        if cause is None or cause.filename not in (None, str(tmp), tmp):  # not ours, or names its own file
             raise
         raise OSError(cause.errno, cause.strerror, os.fspath(path)) from None
     finally:
