@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..base.fileio import atomic_write
+from ..base.fileio import atomic_write, output_folder, save_torch
 from ..errors import CheckpointError
 from ..model.ast import ASTModel
 from ..model.config import ASTConfig
@@ -244,13 +244,13 @@ def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | N
             path,
             lambda tmp: save_file(state, str(tmp), metadata={FORMAT_NAME: json.dumps(meta), "format": "pt"}),
         )
-    return atomic_write(path, lambda tmp: torch.save({**meta, **(extra or {}), "state_dict": state}, tmp))
+    return save_torch({**meta, **(extra or {}), "state_dict": state}, path)
 
 
 def export_original(model: ASTModel, path: str | os.PathLike) -> Path:
     """The original AST layout: a plain state dict with ``module.`` prefixes (as DataParallel saved it)."""
     state = from_ours(_cpu_state(model), ORIGINAL)
-    return atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    return save_torch(state, path)
 
 
 def export_hf(model: ASTModel, folder: str | os.PathLike) -> Path:
@@ -264,12 +264,13 @@ def export_hf(model: ASTModel, folder: str | os.PathLike) -> Path:
     state = original_to_hf(_cpu_state(model))
     if folder.exists() and not folder.is_dir():
         raise CheckpointError("is a file; a Hugging Face model is a folder (give a new or existing folder)", folder)
-    atomic_write(
-        folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
-    )
-    for name, data in (("config.json", config), ("preprocessor_config.json", preprocessor)):
+    with output_folder(folder):  # a folder made here goes again if a write fails
         atomic_write(
-            folder / name,
-            lambda tmp, d=data: tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8"),
+            folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
         )
+        for name, data in (("config.json", config), ("preprocessor_config.json", preprocessor)):
+            atomic_write(
+                folder / name,
+                lambda tmp, d=data: tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8"),
+            )
     return folder

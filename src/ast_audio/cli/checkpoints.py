@@ -98,10 +98,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out = Path(args.out)
     if args.format == "hf":
-        export_hf(model, out)
+        from ..base.fileio import output_folder
         from ..checkpoints.model_card import write_model_card
 
-        write_model_card(model, out, args.source)  # README.md: the folder is ready to upload
+        if out.exists() and not out.is_dir():
+            raise CheckpointError("is a file; a Hugging Face model is a folder (give a new or existing folder)", out)
+        with output_folder(out):  # a folder made here is removed again if any of its files fails
+            export_hf(model, out)
+            write_model_card(model, out, args.source)  # README.md: the folder is ready to upload
     elif args.format == "original":
         export_original(model, out)
     else:

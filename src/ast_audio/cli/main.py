@@ -1,16 +1,23 @@
 """The ``ast-audio`` command: thin subcommands over the library.
 
-Library errors (:class:`AstAudioError`) become one line on stderr and exit status 2.
+Library errors (:class:`AstAudioError`) become one line on stderr and exit status 2; an
+operating-system error (a full disk, no permission, a read-only folder, the file size limit)
+becomes one line naming the path and the reason, exit status 1. What the command was writing
+is removed by its writers on the way out (temporary files, folders they created), so a failed
+command leaves no half-written output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 
 from .. import __version__
 from ..base import allocator
+from ..base.fileio import describe_os_error
 from ..errors import AstAudioError
 
 
@@ -45,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except AstAudioError as err:
         print(f"ast-audio: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing left to say
+        with contextlib.suppress(OSError, ValueError):  # so that the flush at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as err:
+        print(f"ast-audio: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         hint = "; run the same command to resume after the last completed epoch" if args.command in ("train", "recipe") else ""
         print(f"ast-audio: interrupted{hint}", file=sys.stderr)

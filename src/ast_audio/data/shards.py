@@ -1,19 +1,10 @@
 """Training data as WebDataset shards: tar files read front to back, for object stores and
 file systems where a million small files are slow.
 
-(Over 400 lines: the writer, the index and the training stream share one format, so they
-are read together here.)
-
-Writing (``ast-audio shard``, :func:`write_shards`): every usable clip of a datafile
-becomes one sample ``KEY.EXT`` (the file's own bytes, so the same samples as training from
-the files; with ``flac=True`` the clip decoded, mixed to mono, resampled to 16 kHz and
-stored as 16-bit FLAC, smaller but no longer bit-identical) plus ``KEY.json``
-(``{"wav": original path, "labels": "mid1,mid2", "index": datafile position}``). A shard
-closes before it would pass ``max_size`` bytes. Every clip is decoded once, completely,
-first; missing, undecodable or truncated files (and datafile entries that do not check)
-are left out and listed in ``DIR/bad_files.txt`` as ``prepare`` does. ``DIR/index.json``
-lists the shards with their sample counts and label counts (the mids of the label CSV),
-and the total label counts. Shards and index are written atomically.
+Writing them (``ast-audio shard``) is :mod:`ast_audio.data.shard_writer` (its
+:func:`~ast_audio.data.shard_writer.write_shards` is importable from here too): every usable
+clip of a datafile one sample, the shards listed with their sample and label counts in
+``DIR/index.json``.
 
 Reading for training (:class:`ShardStream`): see its notes. A shard spec is a folder
 holding ``index.json``, a brace pattern (``DIR/shard-{000000..000009}.tar``) or a comma
@@ -35,160 +26,20 @@ import soundfile
 import soxr
 import torch
 
-from ..audio.io import RESAMPLE_QUALITY, load_audio
-from ..base.fileio import atomic_write
+from ..audio.io import RESAMPLE_QUALITY
 from ..errors import AudioError, DataError
 from ..features.augment import mixup_lambda
 from ..features.contract import InputContract
 from ..features.pipeline import NONE, Augmentation
-from .datafiles import class_weights, read_datafile
+from .datafiles import class_weights
 from .dataset import collate, draw_item, fbank_place, mix_clips, model_input
 from .labels import LabelTable, read_label_csv
+from .shard_writer import FORMAT, INDEX, MIN_SHARDS, REPORT, parse_size, write_shards
+
+__all__ = ["FORMAT", "INDEX", "MIN_SHARDS", "REPORT", "Shard", "ShardSet", "ShardStream", "decode", "is_shard_spec",
+           "parse_size", "read_shards", "write_shards"]
 
 log = logging.getLogger(__name__)
-
-INDEX = "index.json"
-REPORT = "bad_files.txt"
-FORMAT = "ast-audio-shards"
-FLAC_RATE = 16000
-AUDIO_EXTS = ("wav", "flac", "mp3", "ogg", "oga", "opus", "aif", "aiff")
-
-
-def parse_size(text: str | int) -> int:
-    """``"500MB"``, ``"2GB"``, ``"64KiB"`` or a number of bytes."""
-    if isinstance(text, int):
-        return text
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    value = text.strip().upper()
-    number = value.rstrip("KMGIB")
-    try:
-        size = int(float(number) * units[value[len(number):]])
-    except (ValueError, KeyError):
-        raise DataError(f"not a size: {text!r} (say 500MB, 2GB, 64KiB or bytes)") from None
-    if size < 1:
-        raise DataError(f"shard size must be positive, got {text!r}")
-    return size
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _flac_bytes(path: Path) -> bytes:
-    waveform = load_audio(path, sample_rate=FLAC_RATE, strict=True).numpy()
-    out = io.BytesIO()
-    soundfile.write(out, np.clip(waveform, -1.0, 1.0), FLAC_RATE, format="FLAC", subtype="PCM_16")
-    return out.getvalue()
-
-
-def _sample(path: Path, flac: bool) -> tuple[str, bytes]:
-    """``(extension, bytes)`` of one clip, after checking that it decodes completely."""
-    if flac:
-        return "flac", _flac_bytes(path)
-    load_audio(path, sample_rate=None, strict=True)
-    ext = path.suffix.lower().lstrip(".")
-    return (ext if ext in AUDIO_EXTS else "audio"), path.read_bytes()
-
-
-def _tar_size(members: int) -> int:
-    """A tar file's size from its members' bytes: two zero blocks at the end, then whole
-    10 240-byte records."""
-    return -(-(members + 1024) // 10240) * 10240
-
-
-class _Writer:
-    """Shards ``shard-NNNNNN.tar`` in ``out``, each closed before it would pass ``max_size``."""
-
-    def __init__(self, out: Path, max_size: int):
-        self.out, self.max_size = out, max_size
-        self.shards: list[dict] = []
-        self._tar = self._tmp = None
-        self._size = 0
-
-    def write(self, key: str, ext: str, audio: bytes, meta: dict, mids: list[str]) -> None:
-        import webdataset as wds
-
-        payload = json.dumps(meta).encode()
-        cost = sum(512 + -(-len(part) // 512) * 512 for part in (audio, payload))  # header + padded data
-        if self._tar is not None and _tar_size(self._size + cost) > self.max_size:
-            self._close()
-        if self._tar is None:
-            name = f"shard-{len(self.shards):06d}.tar"
-            self._tmp = self.out / f".{name}.tmp"
-            self._tar = wds.TarWriter(str(self._tmp), encoder=False, mode=0o644)
-            self._size = 0
-            self.shards.append({"name": name, "samples": 0, "bytes": 0, "label_counts": {}})
-        self._tar.write({"__key__": key, ext: audio, "json": payload})
-        self._size += cost
-        entry = self.shards[-1]
-        entry["samples"] += 1
-        for mid in mids:
-            entry["label_counts"][mid] = entry["label_counts"].get(mid, 0) + 1
-
-    def _close(self) -> None:
-        self._tar.close()
-        entry = self.shards[-1]
-        os.replace(self._tmp, self.out / entry["name"])
-        entry["bytes"] = (self.out / entry["name"]).stat().st_size
-        self._tar = None
-
-    def finish(self) -> list[dict]:
-        if self._tar is not None:
-            self._close()
-        return self.shards
-
-
-def write_shards(
-    datafile: str | os.PathLike,
-    label_csv: str | os.PathLike | LabelTable,
-    out: str | os.PathLike,
-    *,
-    max_size: int | str = "500MB",
-    flac: bool = False,
-    progress: bool | None = None,
-) -> dict:
-    """Write the datafile's usable clips as shards in ``out`` (see the module notes);
-    returns the index (plus ``bad_files`` and ``report``)."""
-    from tqdm.auto import tqdm
-
-    limit = parse_size(max_size)
-    labels = label_csv if isinstance(label_csv, LabelTable) else read_label_csv(label_csv)
-    data = read_datafile(datafile, labels, check_files=False, skip_bad=True)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    bad = [f"{data.path}: {line}" for line in data.skipped]
-    (out / INDEX).unlink(missing_ok=True)  # a previous writing of this folder: no index until this one is whole
-    for stale in out.glob("shard-*.tar"):
-        stale.unlink()
-    writer = _Writer(out, limit)
-    totals: dict[str, int] = {}
-    disable = None if progress is None else not progress
-    for position, entry in enumerate(tqdm(data.entries, desc="sharding", leave=False, disable=disable)):
-        try:
-            ext, audio = _sample(entry.wav, flac)
-        except (AudioError, OSError) as err:
-            bad.append(f"{entry.wav}: {getattr(err, 'reason', err)}")
-            continue
-        mids = [labels.mids[i] for i in entry.labels]
-        meta = {"wav": str(entry.wav), "labels": ",".join(mids), "index": position}
-        writer.write(f"{position:09d}", ext, audio, meta, mids)
-        for mid in mids:
-            totals[mid] = totals.get(mid, 0) + 1
-    shards = writer.finish()
-    report = out / REPORT
-    atomic_write(report, lambda tmp: tmp.write_text("".join(line + "\n" for line in bad), encoding="utf-8"))
-    if bad:
-        log.warning("%d clips left out (listed in %s)", len(bad), report)
-    if not shards:
-        raise DataError("no usable clips to write", datafile)
-    index = {
-        "format": FORMAT, "datafile": str(Path(datafile).resolve()), "flac": flac,
-        "sample_rate": FLAC_RATE if flac else None, "samples": sum(s["samples"] for s in shards),
-        "label_counts": totals, "shards": shards,
-    }  # fmt: skip
-    text = json.dumps(index, indent=1) + "\n"
-    atomic_write(out / INDEX, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return {**index, "bad_files": len(bad), "report": str(report)}
-
 
 # --------------------------------------------------------------------------- reading
 

@@ -26,12 +26,14 @@ turns the flags into them and prints the summary.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,16 +119,29 @@ class _Shard:
             with open(path, "ab") as fh:
                 fh.truncate(size)  # drop what a killed run wrote after its last commit
 
+    def roll_back(self) -> None:
+        """After a failure: each file cut back to its last commit, and a shard that never
+        committed anything removed (no empty or partial file is left behind)."""
+        for path, size in zip(self.paths, self.committed["sizes"], strict=True):
+            with contextlib.suppress(OSError):
+                if size or self.progress.exists():
+                    os.truncate(path, size)  # no space is needed to shrink a file
+                else:
+                    path.unlink()
+
     def append(self, chunks: list[bytes], rows: int, header: bytes | None = None) -> None:
         for path, chunk in zip(self.paths, chunks, strict=True):
-            with open(path, "r+b") as fh:
-                fh.seek(0, io.SEEK_END)
-                fh.write(chunk)
-                if header is not None and path.suffix == ".npy":
-                    fh.seek(0)
-                    fh.write(header)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(path, "r+b") as fh:
+                    fh.seek(0, io.SEEK_END)
+                    fh.write(chunk)
+                    if header is not None and path.suffix == ".npy":
+                        fh.seek(0)
+                        fh.write(header)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as err:  # named by the shard it was writing
+                raise OSError(err.errno, err.strerror, os.fspath(path)) from None
         self.committed = {"sizes": [p.stat().st_size for p in self.paths], "rows": self.committed["rows"] + rows}
         text = json.dumps(self.committed)
         atomic_write(self.progress, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -182,16 +197,48 @@ class _Counted:
             self.on_error(err)
 
 
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[Callable[[_Shard], _Shard]]:
+    """``out`` created for a writer's shard; ``opened(shard)`` registers the shard, which a
+    failure rolls back to its last commit (:meth:`_Shard.roll_back`: what was committed stays,
+    for a rerun to resume), and a folder made here that is left empty is removed."""
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(out)) from None
+    shards: list[_Shard] = []
+
+    def opened(shard: _Shard) -> _Shard:
+        shards.append(shard)
+        return shard
+
+    try:
+        yield opened
+    except BaseException:
+        for shard in shards:
+            shard.roll_back()
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty
+        raise
+
+
 def write_predictions(out: str | os.PathLike, files: list[str], tagger, options: PredictOptions, *,
                       csv_rows: bool = False, on_error: OnError | None = None) -> Written:  # fmt: skip
     """This process's share of ``files`` through ``options`` into its shard in ``out``: CSV rows
     with ``csv_rows``, else JSON lines (see the module notes). A file that cannot be read goes to
     ``on_error`` and is left for a rerun (without ``on_error`` its error is raised)."""
     out, on_error = Path(out), _Counted(on_error)
-    out.mkdir(parents=True, exist_ok=True)
-    rank, world = rank_and_world()
-    ext = "csv" if csv_rows else "jsonl"
-    shard = _Shard(out, "predictions", [ext], rank, world)
+    with _writing(out) as opened:
+        rank, world = rank_and_world()
+        ext = "csv" if csv_rows else "jsonl"
+        shard = opened(_Shard(out, "predictions", [ext], rank, world))
+        return _predictions(out, shard, files, tagger, options, csv_rows, on_error)
+
+
+def _predictions(out: Path, shard: _Shard, files: list[str], tagger, options: PredictOptions, csv_rows: bool,
+                 on_error: _Counted) -> Written:  # fmt: skip
     todo, done = _my_files(files, out, "predictions", shard.paths[0])
     if shard.committed["sizes"][0] == 0 and csv_rows:
         header = Timeline.CSV_HEADER if options.timeline else Prediction.csv_header(getattr(tagger, "open_set", None) is not None)
@@ -212,9 +259,13 @@ def write_embeddings(out: str | os.PathLike, files: list[str], tagger, *, on_err
     """This process's share of ``files``' pooled embeddings into its ``.npy`` and ``.jsonl`` shard
     in ``out`` (see the module notes); failures as in :func:`write_predictions`."""
     out, on_error = Path(out), _Counted(on_error)
-    out.mkdir(parents=True, exist_ok=True)
-    rank, world = rank_and_world()
-    shard = _Shard(out, "embeddings", ["npy", "jsonl"], rank, world)
+    with _writing(out) as opened:
+        rank, world = rank_and_world()
+        shard = opened(_Shard(out, "embeddings", ["npy", "jsonl"], rank, world))
+        return _embeddings(shard, out, files, tagger, on_error)
+
+
+def _embeddings(shard: _Shard, out: Path, files: list[str], tagger, on_error: _Counted) -> Written:
     todo, done = _my_files(files, out, "embeddings", shard.paths[1])
     rows_now, size = shard.committed["rows"], shard.committed["sizes"][0]
     if rows_now:  # the header as committed (a killed run may have counted rows it did not commit)

@@ -31,7 +31,10 @@ Idempotence: prepared data goes to ``EXP/data`` (or ``--data-dir``) with a
 ``prepared.json`` stamp of its inputs; running the recipe again reuses it when the inputs
 are unchanged, and training resumes in the same experiment folders (see
 :func:`ast_audio.train.loop.train`), so an interrupted recipe is finished by running the same
-command again. ``EXP/recipe.json`` records the resolved settings and
+command again. One recipe or training runs in an experiment folder at a time (``EXP/.lock``,
+:mod:`ast_audio.base.lock`). A rerun whose data changed (a class gained) in a folder that
+holds a run of the old data is refused before it trains, and the old data is put back
+(:func:`~ast_audio.recipes.common.replacing_data`): the folder stays as that run left it. ``EXP/recipe.json`` records the resolved settings and
 ``EXP/recipe_result.json`` the deliverable's numbers.
 
 Adding a recipe is registering it in :data:`RECIPES`: its entry brings the ``prepare``
@@ -52,9 +55,12 @@ from pathlib import Path
 
 from ..base.checks import checked_arg, number_arg
 from ..base.fileio import read_toml
+from ..base.lock import FolderLocked, folder_lock
 from ..errors import ConfigError, DataError
 from ..train.config import coerce
+from ..train.resume import RunRefused
 from . import audioset, csvdata, esc50, folder, hack, hf, speechcommands
+from .common import replacing_data, write_text_atomic
 from .splits import check_valid_fraction
 
 __all__ = ["RECIPES", "Flag", "Recipe", "RecipeContext", "config_path", "flag", "resolve_config", "run_recipe"]
@@ -203,6 +209,10 @@ RECIPES: dict[str, Recipe] = {
     ),  # fmt: skip
 }
 
+# How a run is refused before it trains: its folder holds a run of other labels or settings, or
+# another run holds a lock. The data it prepared is not kept (ast_audio.recipes.common).
+REFUSALS = (RunRefused, FolderLocked, ConfigError)
+
 # Settings each recipe sets itself (from the prepared data and --exp-dir).
 RECIPE_OWNED = ("data_train", "data_val", "data_eval", "label_csv", "n_class", "exp_dir")
 
@@ -317,13 +327,24 @@ def run_recipe(
     if not root.is_dir():
         raise DataError("dataset folder not found", root)
     exp = Path(exp_dir).expanduser().resolve()
-    exp.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir).expanduser().resolve() if data_dir else exp / "data"
-    (exp / "recipe.json").write_text(json.dumps({
-        "recipe": name, "root": str(root), "data_dir": str(data), "config": str(config) if config else None,
-        "set": sets, "options": options, "train": train,
-    }, indent=2) + "\n")  # fmt: skip
     ctx = RecipeContext(name, root, exp, data, train, options, user_set, workers, force_prepare)
-    result = {"recipe": name, **recipe.run(ctx)}
-    (exp / "recipe_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun rank 0 holds the lock for the run
+    with folder_lock(exp, f"ast-audio recipe {name}", take=rank == 0):
+        settings = exp / "recipe.json"
+        before = settings.read_text(encoding="utf-8") if settings.is_file() else None
+        write_text_atomic(settings, json.dumps({
+            "recipe": name, "root": str(root), "data_dir": str(data), "config": str(config) if config else None,
+            "set": sets, "options": options, "train": train,
+        }, indent=2) + "\n")  # fmt: skip
+        try:
+            with replacing_data(REFUSALS):
+                result = {"recipe": name, **recipe.run(ctx)}
+        except REFUSALS:  # the folder stays as the run it holds left it
+            if before is None:
+                settings.unlink(missing_ok=True)
+            else:
+                write_text_atomic(settings, before)
+            raise
+        write_text_atomic(exp / "recipe_result.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -38,7 +38,14 @@ from ..audio.io import AUDIO_EXTENSIONS
 from ..data.datafiles import read_datafile, write_datafile, write_weights
 from ..data.labels import builtin_label_path, read_label_csv
 from ..errors import ConfigError, DataError
-from .common import check_clips, copy_label_table, ensure_prepared, fingerprint, write_report
+from .common import (
+    check_clips,
+    copy_label_table,
+    ensure_prepared,
+    fingerprint,
+    write_report,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +151,7 @@ def _prepare(
     clips, missing = {}, {}
     for name, rows in lists.items():
         absent = [ytid for ytid, _ in rows if ytid not in found]
-        (out / f"{name}_missing.txt").write_text("".join(y + "\n" for y in absent), encoding="utf-8")
+        write_text_atomic(out / f"{name}_missing.txt", "".join(y + "\n" for y in absent))
         datafiles[name] = [(found[y], mids) for y, mids in rows if y in found and found[y] not in bad]
         clips[name], missing[name] = len(datafiles[name]), len(absent)
         if absent:

@@ -11,6 +11,12 @@
   metadata files) and a summary (datafiles, clip counts, bad and missing counts).
   ``ast-audio recipe`` prepares again only when the inputs differ from the stamp's (or
   with ``--force-prepare``); ``ast-audio prepare`` always prepares.
+- **Replacing.** A preparation that replaces an earlier one (a stamp is there, and no input
+  of the preparation lies inside the folder) moves the old folder aside (``.data.previous`` beside ``data``) and prepares a fresh one: a preparation
+  that fails puts the old folder back, so a failed prepare never leaves half of one. Inside
+  :func:`replacing_data` (``ast-audio recipe``) the old folder is kept until the run is over:
+  a run refused before it trains (the experiment folder holds a run of other labels or
+  settings, or another run holds its lock) gets the old data back beside its old models.
 - **Resampling.** Nothing is converted or cached: datafiles point at the files as
   distributed, and the loader resamples on the fly to 16 kHz (soxr "HQ", about a
   millisecond per 5 s ESC-50 clip). No second copy of the dataset on disk, and the
@@ -20,11 +26,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .. import __version__
@@ -90,18 +98,83 @@ def ensure_prepared(
         ):
             log.info("%s: already prepared from the same inputs, reusing it", out)
             return stamp["summary"]
+    previous, pending = previous_of(out), _REPLACED.get()
+    aside = pending is not None and out in pending  # this run set the old preparation aside already
+    if previous.exists() and not aside:  # set aside by a run killed before it ended: that run is over
+        shutil.rmtree(previous)
+    replaced = stamp_path.exists() and not aside and not _holds_inputs(out, inputs)
+    if replaced:  # ours: the old preparation goes aside until this one (and the run) is through
+        os.replace(out, previous)
+    elif aside:  # this run's own earlier preparation
+        shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     stamp_path.unlink(missing_ok=True)  # a half-finished prepare must not look finished
-    summary = prepare()
-    doc = {"format": STAMP_FORMAT, "recipe": recipe, "version": __version__, "inputs": inputs, "summary": summary}
-    write_text_atomic(stamp_path, json.dumps(doc, indent=2) + "\n")
+    try:
+        summary = prepare()
+        doc = {"format": STAMP_FORMAT, "recipe": recipe, "version": __version__, "inputs": inputs, "summary": summary}
+        write_text_atomic(stamp_path, json.dumps(doc, indent=2) + "\n")
+    except BaseException:
+        if replaced:
+            _put_back(out, previous)
+        raise
+    if replaced:
+        if pending is None:
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            pending.append(out)
     return summary
 
 
+# The folders a preparation replaced inside replacing_data, their old content aside.
+_REPLACED: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("replaced_data", default=None)
+
+
+def _holds_inputs(out: Path, inputs: object) -> bool:
+    """Whether a path among the preparation's ``inputs`` lies in ``out`` (the dataset prepared
+    into its own folder): such a folder is prepared in place, never moved aside."""
+    if isinstance(inputs, dict):
+        return any(_holds_inputs(out, v) for v in inputs.values())
+    if isinstance(inputs, list):
+        return any(_holds_inputs(out, v) for v in inputs)
+    if isinstance(inputs, str) and os.path.isabs(inputs):
+        path = Path(inputs)
+        return path == out.resolve() or out.resolve() in path.parents
+    return False
+
+
+def previous_of(out: Path) -> Path:
+    """Where a replaced preparation waits: ``.NAME.previous`` beside ``out``."""
+    return out.with_name(f".{out.name}.previous")
+
+
+def _put_back(out: Path, previous: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(previous, out)
+
+
+@contextlib.contextmanager
+def replacing_data(refusals: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Within the block, a preparation that replaces an earlier one keeps the old folder aside
+    (see the module notes); leaving by one of ``refusals`` (the run refused before it trained)
+    puts every replaced folder back, any other way of leaving removes the old ones."""
+    replaced: list[Path] = []
+    token = _REPLACED.set(replaced)
+    try:
+        yield
+    except refusals:
+        for out in replaced:
+            _put_back(out, previous_of(out))
+            log.warning("%s: the run was refused; the data prepared before is back in place", out)
+        replaced.clear()
+        raise
+    finally:
+        _REPLACED.reset(token)
+        for out in replaced:
+            shutil.rmtree(previous_of(out), ignore_errors=True)
+
+
 def copy_label_table(source: Path, out: Path, name: str) -> Path:
-    target = out / name
-    shutil.copyfile(source, target)
-    return target
+    return atomic_write(out / name, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def require_file(path: Path, what: str) -> Path:

@@ -15,6 +15,7 @@ to bottom in one class.)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -29,6 +30,7 @@ import torch.distributed as dist
 
 from ..base.distributed import Dist, init_distributed
 from ..base.fileio import atomic_write, clean_stale_temporaries
+from ..base.lock import FolderLocked, folder_lock
 from ..base.plots import plot_curves
 from ..base.runtime import pick_device, training_amp
 from ..checkpoints.load import load_model, save_checkpoint
@@ -407,15 +409,18 @@ class Run:
             self.skipped_log.add(skipped)
             log.warning("left out %d bad datafile entries (listed in %s)", len(skipped),
                         self.exp / "skipped_entries.txt")  # fmt: skip
-        (self.exp / "config.json").write_text(
-            json.dumps({"config": dataclasses.asdict(cfg), "git_revision": _git_revision()}, indent=2) + "\n"
-        )
+        text = json.dumps({"config": dataclasses.asdict(cfg), "git_revision": _git_revision()}, indent=2) + "\n"
+        atomic_write(self.exp / "config.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
         log.info("training %s on %d clips, validating on %d; %d processes on %s", self.exp,
                  len(self.datafiles["train"]), len(self.datafiles["valid"]), self.ctx.world, self.device)  # fmt: skip
 
 
 def train(cfg: TrainConfig) -> RunState:
-    """Train (or resume) the run described by ``cfg`` in ``cfg.exp_dir``; returns the final state."""
+    """Train (or resume) the run described by ``cfg`` in ``cfg.exp_dir``; returns the final state.
+
+    The experiment folder is locked for the run (:mod:`ast_audio.base.lock`): a second run in
+    it is refused with one line naming the holder. Under ``torchrun`` rank 0 takes the lock and
+    every rank refuses together."""
     cfg.check()
     device = pick_device(cfg.device)
     ctx = init_distributed(device.type)
@@ -425,6 +430,20 @@ def train(cfg: TrainConfig) -> RunState:
     if ctx.enabled and cfg.batch_size % ctx.world:
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {ctx.world} processes")
     exp = Path(cfg.exp_dir)
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if ctx.main:
+            try:
+                held.enter_context(folder_lock(exp, "ast-audio train"))
+            except FolderLocked as err:
+                refusal = [err.reason, err.path]
+        refusal = ctx.from_main([refusal])[0]
+        if refusal is not None:
+            raise FolderLocked(*refusal)
+        return _train_locked(cfg, device, ctx, exp)
+
+
+def _train_locked(cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path) -> RunState:
     package_log = logging.getLogger("ast_audio")
     level, handler = package_log.level, None
     if ctx.main:  # the run's log file gets INFO and up, whatever the console shows

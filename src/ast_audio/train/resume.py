@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..base.fileio import atomic_write
+from ..base.fileio import save_torch
 from ..errors import AstAudioError
 from .config import TrainConfig
 
-__all__ = ["RESUME_FILE", "RunState", "TrainingError", "load_resume", "save_resume"]
+__all__ = ["RESUME_FILE", "RunRefused", "RunState", "TrainingError", "load_resume", "save_resume"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,11 @@ RESUME_FILE = "last.pt"
 
 class TrainingError(AstAudioError):
     """A run that cannot go on (diverged, or an experiment folder that belongs to another run)."""
+
+
+class RunRefused(TrainingError):
+    """A run refused before it trained: its experiment folder holds a run of other settings,
+    labels or parameter groups, or a resume file that cannot be read."""
 
 
 # Settings that may change between a run and its resumption.
@@ -62,7 +67,7 @@ def save_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer:
         "torch_rng": torch.get_rng_state(),
         "state": dataclasses.asdict(state),
     }
-    atomic_write(path, lambda tmp: torch.save(state_dict, tmp))
+    save_torch(state_dict, path)
 
 
 def load_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -75,28 +80,28 @@ def load_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable resume file gets the same message
-        raise TrainingError(f"cannot read the resume checkpoint ({type(err).__name__}: {err})"[:300], path) from None
+        raise RunRefused(f"cannot read the resume checkpoint ({type(err).__name__}: {err})"[:300], path) from None
     if not isinstance(saved, dict) or saved.get("format") != "ast-audio-run":
-        raise TrainingError("not an ast-audio run checkpoint", path)
+        raise RunRefused("not an ast-audio run checkpoint", path)
     new, defaults = dataclasses.asdict(cfg), dataclasses.asdict(TrainConfig())
     old = {**defaults, **saved["config"]}  # a setting added since that run had its default there
     changed = [k for k in new if k not in _MAY_CHANGE_ON_RESUME and old.get(k) != new[k]]
     if changed:
         k = changed[0]
-        raise TrainingError(
+        raise RunRefused(
             f"this experiment folder holds a run with other settings ({k}: {old.get(k)!r} there, {new[k]!r} now); "
             "use another --exp-dir to start a new run",
             cfg.exp_dir,
         )
     if "labels" in saved and saved["labels"] != _labels(model):
-        raise TrainingError(
+        raise RunRefused(
             f"the label CSV {cfg.label_csv} holds other labels (or another order) than when this run started; "
             "its outputs follow the first: restore that table or use another --exp-dir", cfg.exp_dir,
         )  # fmt: skip
     model.load_state_dict(saved["model"])
     groups = [(g.get("names"), g.get("lr_scale", 1.0)) for g in saved["optimizer"]["param_groups"]]
     if groups[0][0] is not None and groups != [(g["names"], g["lr_scale"]) for g in optimizer.param_groups]:
-        raise TrainingError("the resume checkpoint's parameter groups (frozen layers, lr decay) differ from this "
+        raise RunRefused("the resume checkpoint's parameter groups (frozen layers, lr decay) differ from this "
                             "run's; use another --exp-dir to start a new run", path)  # fmt: skip
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
