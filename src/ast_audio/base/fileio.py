@@ -191,7 +191,8 @@ def output_folder(folder: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` is alive on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -216,7 +217,7 @@ def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         match = _TEMPORARY.match(name)
         try:
             if match:
-                stale = int(match.group(1)) != os.getpid() and not _running(int(match.group(1)))
+                stale = int(match.group(1)) != os.getpid() and not process_running(int(match.group(1)))
             else:
                 stale = bool(_OLD_TEMPORARY.match(name)) and now - path.lstat().st_mtime > OLD_TEMPORARY_AGE
             if stale and path.is_file() and not path.is_symlink():

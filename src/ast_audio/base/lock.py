@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import AstAudioError
+from .fileio import process_running
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,6 @@ _held: dict[Path, int] = {}  # lock files this process holds -> how many times i
 
 class FolderLocked(AstAudioError):
     """An experiment folder that another run is using."""
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def _read(path: Path) -> dict | None:
@@ -92,7 +83,7 @@ def _stale(path: Path, holder: dict, host: str) -> bool:
     pid = holder.get("pid")
     if holder.get("host") != host or not isinstance(pid, int):
         return False
-    return pid == os.getpid() or not _running(pid)
+    return pid == os.getpid() or not process_running(pid)
 
 
 def _create(path: Path, holder: dict) -> bool:

@@ -35,6 +35,8 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
 from ..base.fileio import atomic_write
 from ..data.datafiles import check_audio_files
@@ -185,3 +187,48 @@ def require_file(path: Path, what: str) -> Path:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def fold_datafile(out: Path, k: int, split: str) -> Path:
+    """``out/fold{k}_{train|valid}.json`` of a cross-validated preparation."""
+    return out / f"fold{k}_{split}.json"
+
+
+def train_folds(ctx, values: dict, owned: dict, folds: int, recipe: str) -> dict:
+    """K-fold cross-validation, as the ESC-50 recipe: a run per fold in ``EXP/fold{k}`` on the
+    preparation's ``fold{k}_{train|valid}.json``, then ``acc_fold.csv`` (``map_fold.csv`` for
+    mAP) of each fold's main metric at the epoch best on the folds' mean, and their mean
+    (:func:`fold_summary`)."""
+    from ..train.config import resolve_train_config
+    from ..train.loop import train
+
+    ks = list(range(1, folds + 1))
+    cfg = None
+    for k in ks:
+        log.info("%s recipe: fold %d of %d", recipe, k, folds)
+        cfg = resolve_train_config(values, {
+            "data_train": str(fold_datafile(ctx.data_dir, k, "train")),
+            "data_val": str(fold_datafile(ctx.data_dir, k, "valid")), **owned, "exp_dir": str(ctx.exp_dir / f"fold{k}"),
+        })  # fmt: skip
+        train(cfg)
+    name = "map_fold.csv" if cfg.metrics == "mAP" else "acc_fold.csv"
+    scores, best_epoch = fold_summary(ctx.exp_dir, ks, name)
+    return {"deliverable": str(ctx.exp_dir / name), "folds": ks, cfg.metrics: scores[:-1], "mean": scores[-1],
+            "best_epoch": best_epoch}  # fmt: skip
+
+
+def fold_summary(exp: Path, folds: list[int], name: str = "acc_fold.csv") -> tuple[list[float], int]:
+    """The original ``get_esc_result.py``: average the folds' ``result.csv`` epoch by epoch,
+    take the epoch with the best averaged accuracy (main metric), and report each fold's there.
+    Writes ``result.csv``, ``best_result.csv`` and ``acc_fold.csv`` (or ``name``) in ``exp``;
+    returns ``(per-fold main metric + [mean], best epoch (1-based))``."""
+    results = [np.loadtxt(exp / f"fold{k}" / "result.csv", delimiter=",", ndmin=2) for k in folds]
+    epochs = min(len(r) for r in results)
+    averaged = np.mean([r[:epochs] for r in results], axis=0)  # (epochs, 10)
+    best = int(np.argmax(averaged[:, 0]))
+    acc = [float(r[best, 0]) for r in results]
+    acc.append(float(np.mean(acc)))
+    np.savetxt(exp / "result.csv", averaged, delimiter=",")
+    np.savetxt(exp / "best_result.csv", averaged[best], delimiter=",")
+    np.savetxt(exp / name, acc, delimiter=",")
+    return acc, best + 1

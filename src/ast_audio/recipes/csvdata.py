@@ -70,7 +70,15 @@ from ..base.checks import is_int
 from ..data.datafiles import read_datafile, write_datafile
 from ..data.labels import LabelTable, read_label_csv, write_label_table
 from ..errors import AudioError, ConfigError, DataError
-from .common import check_clips, ensure_prepared, fingerprint, write_report, write_text_atomic
+from .common import (
+    check_clips,
+    ensure_prepared,
+    fingerprint,
+    fold_datafile,
+    train_folds,
+    write_report,
+    write_text_atomic,
+)
 from .splits import check_valid_fraction, stratified_folds, stratified_split
 from .submission import majority_label, predict_test_list, write_thresholds
 
@@ -245,11 +253,6 @@ def prepare(
     return ensure_prepared(out, "csv", inputs, work, force=force)
 
 
-def fold_datafile(out: Path, k: int, split: str) -> Path:
-    """``out/fold{k}_{train|valid}.json`` of a cross-validated preparation."""
-    return out / f"fold{k}_{split}.json"
-
-
 def _prepare(
     train_csv, audio_dir, out, label_column, test_csv, test_audio_dir, valid_fraction, seed, audio_length,
     num_mel_bins, workers, progress, folds=0,
@@ -324,7 +327,7 @@ def run(ctx) -> dict:
         values.update({k: v for k, v in (("loss", "BCE"), ("metrics", "mAP")) if k not in ctx.user_set})
     owned = {"label_csv": summary["label_csv"], "n_class": len(read_label_csv(summary["label_csv"]))}
     if summary["folds"]:
-        return _cross_validate(ctx, values, owned, summary)
+        return {**train_folds(ctx, values, owned, summary["folds"], "csv"), "labels": summary["labels"]}
     cfg = resolve_train_config(values, {
         "data_train": summary["datafiles"]["train"], "data_val": summary["datafiles"]["valid"], **owned,
         "exp_dir": str(ctx.exp_dir),
@@ -358,26 +361,3 @@ def write_validation_report(best: Path, cfg, exp_dir: Path, thresholds: list[flo
                                     device=cfg.device)  # fmt: skip
     log.info("evaluation report on the validation clips: %s", files["report"])
     return files["report"]
-
-
-def _cross_validate(ctx, values: dict, owned: dict, summary: dict) -> dict:
-    """K-fold cross-validation, as the ESC-50 recipe: a run per fold in ``EXP/fold{k}``, then
-    ``acc_fold.csv`` (``map_fold.csv`` for mAP) of each fold's main metric at the epoch best on
-    the folds' mean, and their mean (:func:`ast_audio.recipes.esc50.fold_summary`)."""
-    from ..train.config import resolve_train_config
-    from ..train.loop import train
-    from .esc50 import fold_summary
-
-    folds = list(range(1, summary["folds"] + 1))
-    cfg = None
-    for k in folds:
-        log.info("csv recipe: fold %d of %d", k, len(folds))
-        cfg = resolve_train_config(values, {
-            "data_train": str(fold_datafile(ctx.data_dir, k, "train")),
-            "data_val": str(fold_datafile(ctx.data_dir, k, "valid")), **owned, "exp_dir": str(ctx.exp_dir / f"fold{k}"),
-        })  # fmt: skip
-        train(cfg)
-    name = "map_fold.csv" if cfg.metrics == "mAP" else "acc_fold.csv"
-    scores, best_epoch = fold_summary(ctx.exp_dir, folds, name)
-    return {"deliverable": str(ctx.exp_dir / name), "folds": folds, cfg.metrics: scores[:-1], "mean": scores[-1],
-            "best_epoch": best_epoch, "labels": summary["labels"]}  # fmt: skip

@@ -33,12 +33,10 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..data.datafiles import write_datafile
 from ..data.labels import LabelTable, read_label_csv, write_label_table
 from ..errors import ConfigError, DataError
-from .common import check_clips, ensure_prepared, fingerprint, require_file, write_report
+from .common import check_clips, ensure_prepared, fingerprint, fold_summary, require_file, write_report
 
 log = logging.getLogger(__name__)
 
@@ -138,23 +136,6 @@ def check_folds(folds: object) -> list[int]:
     if not folds or any(not isinstance(k, int) or k not in FOLDS for k in folds) or len(set(folds)) != len(folds):
         raise ConfigError(f"folds must be distinct numbers among 1-5, got {folds!r}")
     return folds
-
-
-def fold_summary(exp: Path, folds: list[int], name: str = "acc_fold.csv") -> tuple[list[float], int]:
-    """The original ``get_esc_result.py``: average the folds' ``result.csv`` epoch by epoch,
-    take the epoch with the best averaged accuracy (main metric), and report each fold's there.
-    Writes ``result.csv``, ``best_result.csv`` and ``acc_fold.csv`` (or ``name``) in ``exp``;
-    returns ``(per-fold main metric + [mean], best epoch (1-based))``."""
-    results = [np.loadtxt(exp / f"fold{k}" / "result.csv", delimiter=",", ndmin=2) for k in folds]
-    epochs = min(len(r) for r in results)
-    averaged = np.mean([r[:epochs] for r in results], axis=0)  # (epochs, 10)
-    best = int(np.argmax(averaged[:, 0]))
-    acc = [float(r[best, 0]) for r in results]
-    acc.append(float(np.mean(acc)))
-    np.savetxt(exp / "result.csv", averaged, delimiter=",")
-    np.savetxt(exp / "best_result.csv", averaged[best], delimiter=",")
-    np.savetxt(exp / name, acc, delimiter=",")
-    return acc, best + 1
 
 
 def result_lines(result: dict) -> list[str]:

@@ -61,7 +61,15 @@ from ..data.datafiles import read_datafile, write_datafile
 from ..data.folders import Clip, background_label, listing_digest, read_groups, scan
 from ..data.labels import LabelTable, write_label_table
 from ..errors import AudioError, ConfigError, DataError
-from .common import check_clips, ensure_prepared, fingerprint, write_report, write_text_atomic
+from .common import (
+    check_clips,
+    ensure_prepared,
+    fingerprint,
+    fold_datafile,
+    train_folds,
+    write_report,
+    write_text_atomic,
+)
 from .deliver import calibrate_open_set, evaluate_splits
 from .splits import check_valid_fraction, grouped_folds, grouped_split
 
@@ -134,11 +142,6 @@ def prepare(
                         workers, progress)  # fmt: skip
 
     return ensure_prepared(out, "folder", inputs, work, force=force)
-
-
-def fold_datafile(out: Path, k: int, split: str) -> Path:
-    """``out/fold{k}_{train|valid}.json`` of a cross-validated preparation."""
-    return out / f"fold{k}_{split}.json"
 
 
 def _rows(clips: list[Clip]) -> list[tuple[Path, list[str]]]:
@@ -315,7 +318,7 @@ def run(ctx) -> dict:
     head = {"preset": preset, "labels": summary["labels"], "none_label": summary["none_label"],
             "audio_length": values["audio_length"], "clips": summary["clips"]}  # fmt: skip
     if summary["folds"]:
-        return {**head, **_cross_validate(ctx, values, owned, summary["folds"])}
+        return {**head, **train_folds(ctx, values, owned, summary["folds"], "folder")}
     cfg = resolve_train_config(values, {
         "data_train": summary["datafiles"]["train"], "data_val": summary["datafiles"]["valid"], **owned,
         "exp_dir": str(ctx.exp_dir),
@@ -328,29 +331,6 @@ def run(ctx) -> dict:
     opened = calibrate_open_set(best, summary["datafiles"]["valid"], summary["label_csv"], float(opts["open_set"]), cfg)
     scores = evaluate_splits(best, splits, summary["label_csv"], ctx.exp_dir, cfg)
     return {**head, "best_epoch": state.best_epoch, **opened, **scores, "deliverable": str(best)}
-
-
-def _cross_validate(ctx, values: dict, owned: dict, folds: int) -> dict:
-    """A run per fold in ``EXP/fold{k}``, then ``acc_fold.csv`` (``map_fold.csv`` for mAP): each
-    fold's main metric at the epoch best on the folds' mean, and their mean
-    (:func:`ast_audio.recipes.esc50.fold_summary`)."""
-    from ..train.config import resolve_train_config
-    from ..train.loop import train
-    from .esc50 import fold_summary
-
-    ks = list(range(1, folds + 1))
-    cfg = None
-    for k in ks:
-        log.info("folder recipe: fold %d of %d", k, folds)
-        cfg = resolve_train_config(values, {
-            "data_train": str(fold_datafile(ctx.data_dir, k, "train")),
-            "data_val": str(fold_datafile(ctx.data_dir, k, "valid")), **owned, "exp_dir": str(ctx.exp_dir / f"fold{k}"),
-        })  # fmt: skip
-        train(cfg)
-    name = "map_fold.csv" if cfg.metrics == "mAP" else "acc_fold.csv"
-    scores, best_epoch = fold_summary(ctx.exp_dir, ks, name)
-    return {"folds": ks, cfg.metrics: scores[:-1], "mean": scores[-1], "best_epoch": best_epoch,
-            "deliverable": str(ctx.exp_dir / name)}  # fmt: skip
 
 
 def result_lines(result: dict) -> list[str]:
