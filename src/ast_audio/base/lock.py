@@ -1,9 +1,10 @@
 """One run per experiment folder: ``EXP/.lock``.
 
 A command that writes an experiment folder (``train``, ``recipe``) holds its lock for the
-whole run. The lock is a small JSON file (``pid``, ``host``, ``command``, ``started``) created
-with ``O_CREAT | O_EXCL``, so of two processes that take it at once exactly one succeeds; the
-other is refused with one line naming the folder and the holder. The holder removes it when
+whole run. The lock is a small JSON file (``pid``, ``host``, ``command``, ``started``), written
+to a file of the process's own and hard-linked into place (``O_CREAT | O_EXCL`` where the file
+system has no hard links), so of two processes that take it at once exactly one succeeds and
+no reader ever finds it empty; the other is refused with one line naming the folder and the holder. The holder removes it when
 the run ends, however it ends short of ``kill -9``.
 
 A lock whose holder is gone (same host, its pid no longer running) is stale: it is taken over
@@ -87,7 +88,25 @@ def _stale(path: Path, holder: dict, host: str) -> bool:
 
 
 def _create(path: Path, holder: dict) -> bool:
-    """Create ``path`` holding ``holder``; ``False`` when it exists already."""
+    """Create ``path`` holding ``holder``; ``False`` when it exists already.
+
+    The holder is written to a file of our own first and then hard-linked to ``path``, which
+    fails when ``path`` exists: the lock appears whole, never empty, to whoever reads it."""
+    own = path.with_name(f"{LOCK}.new.{os.getpid()}")
+    try:
+        own.write_text(json.dumps(holder) + "\n", encoding="utf-8")
+        try:
+            os.link(own, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: create it exclusively, then write
+            return _create_exclusive(path, holder)
+        return True
+    finally:
+        own.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path, holder: dict) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
