@@ -70,7 +70,7 @@ def _calibrate_open_set(args: argparse.Namespace, out: Path) -> int:
     from ..checkpoints.load import load_model, save_checkpoint
     from ..data.datafiles import read_datafile
     from ..infer.engine import AudioTagger
-    from ..infer.openset import calibrate
+    from ..infer.openset import calibrate, known_clips
 
     if args.data is None or args.label_csv is None or args.scenes is not None:
         raise ConfigError("calibrate --open-set needs --data and --label-csv: validation clips of the known classes")
@@ -82,8 +82,7 @@ def _calibrate_open_set(args: argparse.Namespace, out: Path) -> int:
     stray = [name for name in data.labels.names if name not in known]
     if stray:
         raise ConfigError(f"{args.label_csv}: label {stray[0]!r} is not one of the checkpoint's labels")
-    none = model.info.extra.get("none_label")  # clips of the "none of these" class do not set the threshold
-    wavs = [e.wav for e in data.entries if all(data.labels.names[i] != none for i in e.labels)]
+    wavs = known_clips(data, model.info.extra.get("none_label"))
     if not wavs:
         raise ConfigError(f"{args.data}: no clips of the known classes to calibrate on")
     tagger = AudioTagger(model, device=args.device, batch_size=args.batch_size, precision="fp32")

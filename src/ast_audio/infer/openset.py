@@ -83,6 +83,13 @@ def calibration(scores: np.ndarray, score: str = DEFAULT_SCORE, tpr: float = DEF
     return {"score": score, "threshold": threshold, "tpr": tpr, "clips": int(np.size(scores)), "kept": round(kept, 6)}
 
 
+def known_clips(datafile, none_label: str | None) -> list:
+    """The clips of ``datafile`` (a :class:`~ast_audio.data.datafiles.Datafile`) that set an
+    open-set threshold: those of the known classes, the none label's clips left out."""
+    names = datafile.labels.names
+    return [e.wav for e in datafile.entries if all(names[i] != none_label for i in e.labels)]
+
+
 def calibrate(tagger, audio: list, score: str = DEFAULT_SCORE, tpr: float = DEFAULT_TPR) -> dict:
     """The ``info.extra["open_set"]`` record of the tagger's (first) checkpoint from ``audio``
     (paths or waveforms at its rate) of its known classes: what ``calibrate --open-set`` and the

@@ -23,14 +23,13 @@ def calibrate_open_set(best: Path, valid: str, label_csv: str, tpr: float, cfg) 
 
     from ..checkpoints.load import load_model, save_checkpoint
     from ..infer.engine import AudioTagger
-    from ..infer.openset import calibrate
+    from ..infer.openset import calibrate, known_clips
 
     if tpr == 0:
         return {}
     model = load_model(best)
     data = read_datafile(valid, label_csv)
-    none = model.info.extra.get("none_label")
-    wavs = [e.wav for e in data.entries if all(data.labels.names[i] != none for i in e.labels)]
+    wavs = known_clips(data, model.info.extra.get("none_label"))
     if not wavs:
         log.warning("folder recipe: no validation clips of the known classes; no open-set threshold stored")
         return {}
