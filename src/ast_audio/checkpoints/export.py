@@ -84,7 +84,7 @@ class _Exported(nn.Module):
         self.dynamic_time = dynamic_time
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x, any_length=self.dynamic_time))
+        return self.model(x, any_length=self.dynamic_time)
 
 
 def _cpu_copy(model: ASTModel) -> ASTModel:

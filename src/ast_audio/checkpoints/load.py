@@ -196,6 +196,7 @@ def _load(
         raise CheckpointError("no classification head (mlp_head / classifier) in the checkpoint", raw.path)
     else:
         load_state_strict(model.mlp_head, head, raw.path, "mlp_head.")
+    _load_stats_head(model, raw)
     if label_dim is not None and label_dim != native.label_dim:
         log.info(
             "%s: new %d-class head in place of the checkpoint's %d classes",
@@ -207,6 +208,18 @@ def _load(
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def _load_stats_head(model: ASTModel, raw) -> None:
+    """The clip-statistics branch (``config.clip_stats``): its weights must be there, and only then."""
+    state = {k[len("stats_head.") :]: v for k, v in raw.state.items() if k.startswith("stats_head.")}
+    if model.stats_head is None:
+        if state:
+            raise CheckpointError("stats_head weights in a checkpoint whose config has no clip_stats", raw.path)
+        return
+    if not state:
+        raise CheckpointError("the config has clip_stats but the checkpoint has no stats_head weights", raw.path)
+    load_state_strict(model.stats_head, state, raw.path, "stats_head.")
 
 
 # The model file does not import this one: the checkpoint code hands it the weight loaders.
@@ -247,8 +260,21 @@ def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | N
     return save_torch({**meta, **(extra or {}), "state_dict": state}, path)
 
 
+def _plain_ast(model: ASTModel, layout: str) -> None:
+    """The original and Hugging Face layouts hold AST as published: the head reads the cls and
+    dist tokens and there is no clip-statistics branch. Anything else would load there as a
+    different function, so it is refused."""
+    cfg = model.config
+    parts = ["mean pooling"] * (cfg.pool != "cls") + ["a clip-statistics branch"] * cfg.clip_stats
+    if parts:
+        what = " and ".join(parts)
+        raise CheckpointError(f"this model has {what}, which the {layout} layout cannot hold (its code would compute "
+                              "something else); keep the ast-audio format or export it to ONNX")  # fmt: skip
+
+
 def export_original(model: ASTModel, path: str | os.PathLike) -> Path:
     """The original AST layout: a plain state dict with ``module.`` prefixes (as DataParallel saved it)."""
+    _plain_ast(model, "original AST")
     state = from_ours(_cpu_state(model), ORIGINAL)
     return save_torch(state, path)
 
@@ -258,6 +284,7 @@ def export_hf(model: ASTModel, folder: str | os.PathLike) -> Path:
     preprocessor_config.json), loadable by transformers' ``from_pretrained``."""
     from safetensors.torch import save_file
 
+    _plain_ast(model, "Hugging Face")
     folder = Path(folder)
     cfg, info = model.config, model.info
     config, preprocessor = config_to_hf(cfg, info)

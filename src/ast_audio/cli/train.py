@@ -119,6 +119,7 @@ _TRAIN_FLAGS = [
     (["--model-size", "--model_size"], "model_size", str),
     (["--depth"], "depth", _int("depth")),
     (["--pool"], "pool", str),
+    (["--clip-stats", "--clip_stats"], "clip_stats", _flag),
     (["--num-mel-bins", "--num_mel_bins"], "num_mel_bins", _int("num_mel_bins")),
     (["--seed"], "seed", _int("seed")),
     (["--resample"], "resample", _flag),
@@ -160,6 +161,8 @@ _HELP = {
     "none_label": "the label meaning 'none of these' (a background class), recorded in the checkpoint",
     "pool": "what the head reads: cls (AST's cls and dist tokens) or mean (the patch tokens: small models "
     "from scratch)",
+    "clip_stats": "add a linear branch over each clip's per-band log-mel statistics, fitted after training and "
+    "mixed with the transformer on validation (the from-scratch preset's; see docs/benchmarks-real.md)",
     "bucket_by_length": "group clips of similar length into batches and cut each batch to its longest clip",
 }
 # Accepted for compatibility with the original's scripts, without effect here.

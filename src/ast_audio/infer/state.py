@@ -131,7 +131,7 @@ class Member:
     def _function(self, head: Head, compile: bool, frames: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
         if head is Head.PROBS and frames is not None and frames != self.model.config.input_tdim:
             model = self.model
-            return lambda x: model.forward_head(model.forward_features(x, any_length=True))
+            return lambda x: model(x, any_length=True)
         key = "forward" if head is Head.PROBS else "tokens"
         fn = self.model if key == "forward" else self.model.forward_tokens
         if not compile:

@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..features.contract import InputContract
+from .clipstats import ClipStatsHead
 from .config import PATCH, ASTConfig
 from .info import ModelInfo, describe, missing_statistics
 from .patchout import Patchout, kept_patches
@@ -147,16 +148,19 @@ class ASTModel(nn.Module):
         depth: int = 12,
         layer_norm_eps: float = 1e-6,
         pool: str = "cls",
+        clip_stats: bool = False,
     ):
         super().__init__()
         cfg = ASTConfig(
-            label_dim, fstride, tstride, input_fdim, input_tdim, model_size, depth, layer_norm_eps, pool
+            label_dim, fstride, tstride, input_fdim, input_tdim, model_size, depth, layer_norm_eps, pool, clip_stats
         )
         self.config = cfg
         self.info = ModelInfo()  # labels and input contract (see the info property)
         self.grad_checkpointing = False  # see set_grad_checkpointing
         self.v = Backbone(cfg)
         self.mlp_head = nn.Sequential(nn.LayerNorm(cfg.embed_dim), nn.Linear(cfg.embed_dim, label_dim))
+        # the clip-statistics branch (model/clipstats.py), zero until train/clipstats.py fits it
+        self.stats_head = ClipStatsHead(input_fdim, label_dim) if clip_stats else None
         self.reset_parameters()
 
         if audioset_pretrain:
@@ -172,7 +176,7 @@ class ASTModel(nn.Module):
         model = cls(
             cfg.label_dim, cfg.fstride, cfg.tstride, cfg.input_fdim, cfg.input_tdim,
             imagenet_pretrain=False, audioset_pretrain=False, model_size=cfg.model_size, verbose=False,
-            depth=cfg.depth, layer_norm_eps=cfg.layer_norm_eps, pool=cfg.pool,
+            depth=cfg.depth, layer_norm_eps=cfg.layer_norm_eps, pool=cfg.pool, clip_stats=cfg.clip_stats,
         )  # fmt: skip
         if info is not None:
             model.info = info
@@ -212,6 +216,8 @@ class ASTModel(nn.Module):
         self.v.patch_embed.proj.reset_parameters()
         for module in self.mlp_head:
             module.reset_parameters()
+        if self.stats_head is not None:
+            self.stats_head.reset_parameters()
 
     # ----------------------------------------------------------------- surgery
 
@@ -220,6 +226,8 @@ class ASTModel(nn.Module):
         dim = self.config.embed_dim
         ref = self.mlp_head[1].weight
         self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, label_dim)).to(ref.device, ref.dtype)
+        if self.stats_head is not None:
+            self.stats_head = ClipStatsHead(self.config.input_fdim, label_dim).to(ref.device)
         self.config = replace(self.config, label_dim=label_dim)
         self.info = replace(self.info, labels=None, label_ids=None)
 
@@ -374,10 +382,17 @@ class ASTModel(nn.Module):
         patchout: Patchout | None = None,
     ) -> torch.Tensor:
         """Logits ``(B, label_dim)``; the options are :meth:`forward_tokens`'s (training uses
-        them: patchout and length-bucketed batches; evaluation and inference use neither)."""
-        return self.forward_head(
+        them: patchout and length-bucketed batches; evaluation and inference use neither).
+        With the clip-statistics branch, its logits are added (see :mod:`.clipstats`)."""
+        logits = self.forward_head(
             self.forward_features(x, any_length=any_length, positions=positions, patchout=patchout)
         )
+        return self._with_stats(logits, x)
+
+    def _with_stats(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.stats_head is None:
+            return logits
+        return logits + self.stats_head(x).to(logits.dtype)
 
     def token_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Patch outputs laid out on the patch grid: ``(B, f_dim, t_dim, D)``."""
@@ -389,7 +404,7 @@ class ASTModel(nn.Module):
         """Logits and every layer's attention weights, each ``(B, heads, 2+N, 2+N)``."""
         maps: list[torch.Tensor] = []
         tokens = self.forward_tokens(x, attn_maps=maps)
-        return self.forward_head(self.pool(tokens)), maps
+        return self._with_stats(self.forward_head(self.pool(tokens)), x), maps
 
     def flops(self) -> int:
         """Multiply-accumulates x2 of one forward pass on one clip (matmuls only)."""

@@ -59,6 +59,7 @@ class ASTConfig:
     depth: int = 12
     layer_norm_eps: float = 1e-6
     pool: str = "cls"  # what the head sees: see POOLS
+    clip_stats: bool = False  # a linear branch over the clip's log-mel statistics (model/clipstats.py)
 
     def __post_init__(self):
         if self.model_size not in SIZES:
@@ -81,6 +82,8 @@ class ASTConfig:
         if self.num_patches > MAX_PATCHES:
             raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} patch grid is beyond the supported {MAX_PATCHES} "
                               "patches (input_tdim/input_fdim too large or strides too small)")  # fmt: skip
+        if not isinstance(self.clip_stats, bool):
+            raise ConfigError(f"clip_stats must be true or false, got {self.clip_stats!r}")
         if self.pool not in POOLS:
             raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if not is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < 1:

@@ -195,6 +195,7 @@ class TrainConfig:
     model_size: str = "base384"
     depth: int = 12
     pool: str = "cls"  # cls (AST's: the cls and dist tokens) | mean (the patch tokens; from-scratch preset)
+    clip_stats: bool = False  # a linear branch over the clip's log-mel statistics, fitted after training
     num_mel_bins: int = 128
     seed: int = 0
     resample: bool = True  # False: features at each file's own sample rate (the "hack" fork's way)
@@ -236,6 +237,9 @@ class TrainConfig:
             raise ConfigError(f"metrics must be 'mAP' or 'acc', got {self.metrics!r}")
         if self.pool not in POOLS:
             raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.clip_stats and self.data_train and Path(self.data_train).is_dir():
+            raise ConfigError("clip_stats needs a training datafile (it reads every training clip once more after "
+                              f"training); {self.data_train} is a folder of shards")  # fmt: skip
         if self.loss not in ("BCE", "CE"):
             raise ConfigError(f"loss must be 'BCE' or 'CE', got {self.loss!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):

@@ -46,6 +46,7 @@ from ..model.ast import ASTModel
 from ..model.config import patch_grid
 from ..model.info import ModelInfo
 from ..model.patchout import draw_patchout
+from .clipstats import fit_clip_stats
 from .config import TrainConfig, contract_of, patchout_drops
 from .evaluate import Predictions, predict_dataset
 from .metrics import calculate_stats, d_prime
@@ -176,8 +177,10 @@ class Run:
             label_dim=cfg.n_class, fstride=cfg.fstride, tstride=cfg.tstride, input_fdim=cfg.num_mel_bins,
             input_tdim=cfg.audio_length, imagenet_pretrain=cfg.imagenet_pretrain,
             audioset_pretrain=cfg.audioset_pretrain, model_size=cfg.model_size, verbose=ctx.main, depth=cfg.depth,
-            pool=cfg.pool,
+            pool=cfg.pool, clip_stats=cfg.clip_stats,
         )  # fmt: skip
+        if model.stats_head is not None:  # fitted after training (train/clipstats.py), not by the optimiser
+            model.stats_head.requires_grad_(False)
         extra = {"none_label": cfg.none_label} if cfg.none_label is not None else None
         model.info = ModelInfo(labels=labels.names, label_ids=labels.mids, contract=contract, extra=extra)
         patchout = patchout_drops((cfg.patchout_f, cfg.patchout_t), model.config.grid)
@@ -381,6 +384,8 @@ class Run:
                                                         stats.average_recall, d_prime(stats.mAUC)])  # fmt: skip
                 log.info("weight averaging of %d epochs: %s %.4f, mAUC %.4f", wa_count, cfg.metrics,
                          stats.main(cfg.metrics), stats.mAUC)  # fmt: skip
+        if cfg.clip_stats and best_epoch:
+            self._fit_clip_stats()
         if "eval" in self.datafiles and best_epoch:
             best = load_model(self.models_dir / "best_audio_model.safetensors", device=self.device)
             eval_set = AudioDataset(self.datafiles["eval"], self.contract, fbank_on=self.val_set.fbank_on)
@@ -397,6 +402,25 @@ class Run:
                          *values)  # fmt: skip
         if ctx.main and state.rows:
             plot_curves(state.rows, self.exp / "curves.png", cfg.metrics)
+
+    def _fit_clip_stats(self) -> None:
+        """The best model's clip-statistics branch, fitted on the training files and mixed on
+        validation (:func:`~ast_audio.train.clipstats.fit_clip_stats`); every rank fits the
+        same (deterministic) model, rank 0 saves it in place of the best model."""
+        path = self.models_dir / "best_audio_model.safetensors"
+        best = load_model(path, device=self.device)
+        train_set = AudioDataset(self.datafiles["train"], self.contract, fbank_on=self.val_set.fbank_on,
+                                 cache_dir=self.cfg.cache_dir, skip_bad=self.cfg.skip_bad)  # fmt: skip
+
+        def batches(dataset: AudioDataset):
+            for batch in dataset.loader(self.cfg.batch_size, num_workers=self.cfg.num_workers):
+                yield dataset.model_input(batch, self.device)
+
+        fit_clip_stats(best, batches(train_set), batches(self.val_set), multi_label=self.cfg.loss == "BCE",
+                       metric=self.cfg.metrics)  # fmt: skip
+        if self.ctx.main:
+            save_checkpoint(best, path)
+        self.ctx.barrier()
 
     # ------------------------------------------------------------- files of the run
 
