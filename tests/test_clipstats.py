@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_main
+from factories import toy_train_settings, write_toy_dataset
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from factories import toy_train_settings, write_toy_dataset
 
 from ast_audio import load_model
 from ast_audio.checkpoints.load import save_checkpoint
