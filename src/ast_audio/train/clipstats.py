@@ -12,7 +12,9 @@ the best validation epoch:
 3. the two sides are mixed on the validation split: logits ``(1 - w) * transformer + w *
    statistics`` for ``w`` in :data:`WEIGHTS`, the lowest validation loss wins (``w = 0``
    keeps the transformer alone, ``w = 1`` the regression alone);
-4. ``w`` is folded into the two heads, so the saved model is one function.
+4. the regression is fitted once more with the chosen ``C`` on the training and validation
+   clips together (the choices are made; the regression is cheap and more clips help it
+   most), and ``w`` is folded into the two heads, so the saved model is one function.
 
 The choice is recorded in the model's ``info.extra["clip_stats"]``; a model that has it is
 not fitted again (a resumed run finishing twice gets the same model).
@@ -115,6 +117,9 @@ def fit_clip_stats(model: ASTModel, train_batches, valid_batches, *, multi_label
     w = max(WEIGHTS, key=lambda k: _score((1 - k) * z_valid + k * z_stats, y_valid, multi_label, metric)[::-1])
     mixed = _score((1 - w) * z_valid + w * z_stats, y_valid, multi_label, metric)[0]
     alone = _score(z_valid, y_valid, multi_label, metric)[0]
+    s_all = torch.cat([s_train, s_valid])
+    mean, std = s_all.mean(0), s_all.std(0).clamp(min=1e-6)
+    weight, bias = fit_linear((s_all - mean) / std, torch.cat([y_train, y_valid]), c, multi_label)
 
     with torch.no_grad():
         final = model.mlp_head[-1]
