@@ -25,6 +25,7 @@ The sets (each file's *group* is what never straddles train and test, nor train 
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -221,18 +222,25 @@ def safe_name(text: str) -> str:
 
 
 def materialise(folder: Path, sides: dict[str, list[Clip]]) -> dict[str, list[Clip]]:
-    """``folder/<side>/<class>/<group>__<file>`` symlinks for each side's clips (the folder is
-    made afresh); returns the sides with the links as paths (class and group kept)."""
+    """``folder/<side>/<class>/<group>__<file>`` symlinks for each side's clips and each side's
+    ``groups.csv`` (so ``recipe folder`` splits validation by kit or prompt, as the test side
+    is held out); the folder is made afresh. Returns the sides with the links as paths
+    (class and group kept)."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, list[Clip]] = {}
     for side, clips in sides.items():
         out[side] = []
+        rows = []
         for clip in clips:
             link = tmp / side / safe_name(clip.label) / f"{safe_name(clip.group)}__{safe_name(clip.path.name)}"
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(clip.path.resolve(), link)
             out[side].append(Clip(folder / link.relative_to(tmp), clip.label, clip.group))
+            rows.append((link.relative_to(tmp / side).as_posix(), clip.group))
+        if rows:
+            with open(tmp / side / "groups.csv", "w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerows([("filename", "group"), *rows])
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return out

@@ -89,6 +89,11 @@ def test_prompts_are_held_out_across_languages_and_laid_out_as_class_folders(tmp
             assert clip.path.is_symlink() and clip.path.resolve().is_file()
     names = [c.path.name for c in sides["test"]]
     assert len(set(names)) * 3 == len(names)  # one prompt's file name in each language's folder
+    from ast_audio.data.folders import read_groups, scan
+
+    root = tmp_path / "sets" / "speech-s1" / "train"
+    _, scanned, _ = scan(root, read_groups(root / "groups.csv"))  # what recipe folder splits validation by
+    assert {c.group for c in scanned} == {f"groups.csv:{c.group}" for c in train}
 
 
 def test_fetching_without_apt_get_says_so(tmp_path, monkeypatch):
