@@ -77,12 +77,10 @@ def scratch_settings() -> dict:
     return dict(load_config_file(SCRATCH))
 
 
-def toml_value(value) -> str:
-    """A setting as ``--set`` takes it (a TOML value)."""
+def set_value(value) -> str:
+    """A setting as ``--set key=value`` takes it (typed by the setting it names)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
     return str(value)
 
 
@@ -93,9 +91,9 @@ def ours(split_dir: Path, exp: Path, seed: int, overrides: dict, cache_dir: Path
     where the model has one: its regression is refitted on validation afterwards)."""
     shutil.rmtree(exp, ignore_errors=True)  # a fresh run: the recipe would resume a folder's earlier one
     begin = time.perf_counter()
-    sets = [f"test_dir={json.dumps(str(split_dir / 'test'))}", 'preset="scratch"', f"split_seed={seed}",
-            f"seed={seed}", f"cache_dir={json.dumps(str(cache_dir))}", "progress=false", "open_set=0",
-            *[f"{key}={toml_value(value)}" for key, value in overrides.items()]]  # fmt: skip
+    sets = [f"test_dir={split_dir / 'test'}", "preset=scratch", f"split_seed={seed}", f"seed={seed}",
+            f"cache_dir={cache_dir}", "progress=false", "open_set=0",
+            *[f"{key}={set_value(value)}" for key, value in overrides.items()]]  # fmt: skip
     result = run_recipe("folder", split_dir / "train", exp, sets=sets)
     model = load_model(result["deliverable"])
     choice = model.info.extra.get("clip_stats")
