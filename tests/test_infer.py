@@ -238,6 +238,11 @@ def test_embed_shapes_and_values(files):
     with torch.no_grad():
         np.testing.assert_allclose(e.embedding, model.forward_features(x)[0].numpy(), atol=1e-5)
         np.testing.assert_allclose(e.tokens[0], model.token_grid(x)[0].numpy(), atol=1e-5)
+    mean_pooled = single_label_model()
+    mean_pooled.config = mean_pooled.config.replace(pool="mean")  # the from-scratch preset's pooling
+    e = AudioTagger(mean_pooled, device="cpu", precision="fp32").embed(files["short"])
+    with torch.no_grad():
+        np.testing.assert_allclose(e.embedding, mean_pooled.forward_features(x)[0].numpy(), atol=1e-5)
     long = tagger.embed([files["long"], files["wav"]])
     assert [len(r.spans) for r in long] == [6, 1]
     assert long[0].window_embeddings.shape == (6, 192) and long[0].tokens is None

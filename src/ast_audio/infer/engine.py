@@ -436,7 +436,7 @@ class AudioTagger:
                 logits = fn(x)[:n]  # (n, C)
                 return Outputs(probs=m.probs(logits).cpu().numpy(), logits=logits.float().cpu().numpy())
             tokens = fn(x)[:n].float()  # (n, 2 + f*t, D)
-            pooled = ((tokens[:, 0] + tokens[:, 1]) / 2).cpu().numpy()  # (n, D), as forward_features
+            pooled = m.model.pool(tokens).cpu().numpy()  # (n, D), as forward_features (cls or mean pooling)
             if head is Head.EMBEDDING:
                 return Outputs(pooled=pooled)
             f_dim, t_dim = m.model.config.grid
