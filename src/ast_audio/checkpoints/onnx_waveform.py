@@ -192,7 +192,8 @@ def quantize_int8(source: Path, target: Path) -> None:
 
     proto = onnx.load(str(source))
     keep = front_end_matmuls(proto)
-    if len(keep) != FRONT_END_MATMULS:  # an exporter that fused or renamed them: refuse rather than quantise features
+    # an exporter that fused or moved them: refuse rather than quantise the features
+    if len(keep) != FRONT_END_MATMULS:
         raise ExportError(f"int8: found {len(keep)} of the front end's {FRONT_END_MATMULS} matmuls", source)
     meta = {p.key: p.value for p in proto.metadata_props}
     level = logging.root.manager.disable
