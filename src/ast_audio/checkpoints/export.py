@@ -4,10 +4,11 @@ What is exported is the model alone: normalised filterbanks ``[batch, time, mel]
 logits ``[batch, label_dim]`` out (no sigmoid/softmax). **Features stay outside the
 graph**: compute them with :func:`~ast_audio.features.waveform_to_input` (or any Kaldi
 fbank with AST's settings), pad or cut to the model's ``input_tdim`` and normalise with
-the checkpoint's statistics. The ONNX file's metadata (``ast_audio`` key, JSON) and the
-TorchScript file's extra file ``ast_audio.json`` hold what that needs: label names,
-``input_tdim``/``input_fdim``, sample rate, dataset mean/std and whether the scores are
-sigmoid (multi-label) or softmax.
+the checkpoint's statistics. (:mod:`ast_audio.checkpoints.onnx_waveform` exports the graph
+with the features inside: waveform in, probabilities out.) The ONNX file's metadata
+(``ast_audio`` key, JSON) and the TorchScript file's extra file ``ast_audio.json`` hold
+what that needs: label names, ``input_tdim``/``input_fdim``, sample rate, dataset mean/std
+and whether the scores are sigmoid (multi-label) or softmax.
 
 Axes:
 
