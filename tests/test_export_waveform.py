@@ -18,6 +18,7 @@ from factories import SR, labelled, noise, perturb, tiny_ast, tone, write_audio
 
 import ast_audio_onnx
 from ast_audio.audio.io import load_audio
+from ast_audio.checkpoints import onnx_waveform
 from ast_audio.checkpoints.export import export_onnx
 from ast_audio.checkpoints.load import load_model
 from ast_audio.checkpoints.onnx_waveform import (
@@ -128,12 +129,18 @@ def test_probabilities_equal_the_tagger_on_real_files(exported, files, name):
     assert np.abs(runner.scores(files["long"], aggregate="mean") - mean).max() < PARITY
 
 
-def test_the_export_check_catches_a_different_model(exported):
+def test_the_export_check_catches_a_different_model_and_leaves_no_file(exported, tmp_path, monkeypatch):
     model, path = exported["multi"]
     assert verify_waveform_export(model, path).max_abs_diff < PARITY
     other = perturb(copy.deepcopy(model), scale=0.2, seed=3)
     with pytest.raises(ExportError, match="probabilities differ from PyTorch"):
         verify_waveform_export(other, path)
+    # a graph that fails its check at export is never put in place
+    shifted = onnx_waveform.reference_probabilities
+    monkeypatch.setattr(onnx_waveform, "reference_probabilities", lambda m, w: shifted(m, w) + 1e-3)
+    with pytest.raises(ExportError, match=r"bad\.onnx: probabilities differ from PyTorch by 0\.001"):
+        export_waveform_onnx(model, tmp_path / "bad.onnx", dynamo=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_thresholds_and_contract_come_from_info(tmp_path):
@@ -180,13 +187,16 @@ def test_export_command_waveform(checkpoints, tmp_path):
                    "--int8", "--legacy-exporter", "--out", tmp_path / "s8.onnx")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "int8 against PyTorch float32 on 7 clips: max |diff|" in out.stdout and "top-1 agreement" in out.stdout
+    (tmp_path / "folder").mkdir()
     for args, message in [
+        (["--input", "waveform", "--out", tmp_path / "folder"], "folder: is a folder"),
         (["--int8", "--out", tmp_path / "x.onnx"], "--int8 needs --input waveform"),
         (["--input", "waveform", "--format", "torchscript", "--out", tmp_path / "x.pt"], "needs --format onnx"),
         (["--input", "waveform", "--dynamic-time", "--out", tmp_path / "x.onnx"], "takes any length already"),
     ]:
         out = run_main("export", "--checkpoint", checkpoints["multi"], *args)
-        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert out.returncode == 2 and out.stderr.startswith("ast-audio: error: ") and message in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.pt").exists()
 
 

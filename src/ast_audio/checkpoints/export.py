@@ -158,6 +158,23 @@ def write_onnx(
     under :data:`METADATA_KEY`. ``names`` are (input, output); ``axes`` maps each dynamic
     input axis to ``(name, min, max)``; the output's first axis follows the input's batch axis.
     Weights inside the file; an exporter's failure is one :class:`ExportError` line."""
+    atomic_write(path, lambda tmp: onnx_file(module, example, tmp, names=names, axes=axes, metadata=metadata,
+                                             dynamo=dynamo, shown=path))  # fmt: skip
+
+
+def onnx_file(
+    module: nn.Module,
+    example: torch.Tensor,
+    target: Path,
+    *,
+    names: tuple[str, str],
+    axes: dict[int, tuple[str, int, int]],
+    metadata: dict,
+    dynamo: bool = True,
+    shown: Path | None = None,
+) -> None:
+    """What :func:`write_onnx` does, written straight to ``target`` (a temporary file of the
+    caller's atomic write, whose errors name ``shown``)."""
     try:
         import onnx
     except ImportError:
@@ -170,20 +187,16 @@ def write_onnx(
         kwargs.update(dynamic_shapes=(dims,), external_data=False, verbose=False, optimize=True)
     else:
         kwargs.update(dynamic_axes={input_name: {a: n for a, (n, _, _) in axes.items()}, output_name: {0: "batch"}})
-
-    def write(tmp: Path) -> None:
-        try:
-            with _quiet_exporter():
-                torch.onnx.export(module, (example,), str(tmp), **kwargs)
-        except Exception as err:  # the exporters raise many kinds; name the first line
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ExportError(f"ONNX export failed: {type(err).__name__}: {first}", path) from err
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-        onnx.save(proto, str(tmp))
-
-    atomic_write(path, write)
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(module, (example,), str(target), **kwargs)
+    except Exception as err:  # the exporters raise many kinds; name the first line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ExportError(f"ONNX export failed: {type(err).__name__}: {first}", shown or target) from err
+    proto = onnx.load(str(target))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(proto, str(target))
 
 
 def export_torchscript(model: ASTModel, path: str | os.PathLike) -> Path:

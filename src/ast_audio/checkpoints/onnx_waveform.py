@@ -30,6 +30,7 @@ stay float32); its agreement with PyTorch float32 is measured and logged, not bo
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -50,9 +51,11 @@ from ..features.contract import waveform_to_input
 from ..features.graph import WaveformFrontEnd
 from ..model.ast import ASTModel
 from ..model.info import ModelInfo
-from .export import MAX_BATCH, TOLERANCE, _cpu_copy, write_onnx
+from .export import MAX_BATCH, TOLERANCE, _cpu_copy, onnx_file
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "Agreement", "export_waveform_onnx", "verify_waveform_export"]
+__all__ = [
+    "INPUT_NAME", "OUTPUT_NAME", "Agreement", "export_waveform_onnx", "verify_waveform_export", "write_waveform_onnx",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +146,16 @@ def verify_waveform_export(
 ) -> Agreement:
     """onnxruntime's probabilities of the file at ``path`` against PyTorch's on :func:`check_clips`;
     ``ExportError`` where they differ by more than ``atol`` (``None``: measure only, as for int8)."""
+    return _check(_cpu_copy(model), Path(path), atol, Path(path))
+
+
+def _check(model: ASTModel, file: Path, atol: float | None, shown: Path) -> Agreement:
+    """:func:`verify_waveform_export` of ``file`` (a float32 CPU model); errors name ``shown``."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ExportError("checking an ONNX file needs onnxruntime (pip install 'ast-audio[export]')") from None
-    path = Path(path)
-    model = _cpu_copy(model)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     worst, same, count = 0.0, 0, 0
     for wave in check_clips(model.input_contract.sample_rate, model.input_contract.samples):
         expected = reference_probabilities(model, wave)
@@ -157,12 +163,12 @@ def verify_waveform_export(
             got = session.run([OUTPUT_NAME], {INPUT_NAME: wave})[0]
         except Exception as err:  # onnxruntime's own error types; name the shape tried
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ExportError(f"running the export on a waveform {list(wave.shape)} failed: {first}", path) from err
+            raise ExportError(f"running the export on a waveform {list(wave.shape)} failed: {first}", shown) from err
         diff = float(np.abs(got - expected).max())
         if atol is not None and not diff <= atol:
             raise ExportError(
                 f"probabilities differ from PyTorch by {diff:.3g} (> {atol:g}) on a waveform {list(wave.shape)}",
-                path,
+                shown,
             )
         worst = max(worst, diff)
         same += int((got.argmax(-1) == expected.argmax(-1)).sum())
@@ -184,9 +190,10 @@ def front_end_matmuls(proto) -> list[str]:
     return [node.name for node in proto.graph.node if node.op_type == "MatMul" and node.name in seen]
 
 
-def quantize_int8(source: Path, target: Path) -> None:
+def quantize_int8(source: Path, target: Path, *, shown: Path | None = None) -> None:
     """``source`` with its linear layers' matmuls dynamically quantised to int8 (weights int8,
-    activations per batch), written to ``target``; the front end's matmuls stay float32."""
+    activations per batch), written to ``target``; the front end's matmuls stay float32.
+    Errors name ``shown`` (the file being made), else ``source``."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -194,7 +201,7 @@ def quantize_int8(source: Path, target: Path) -> None:
     keep = front_end_matmuls(proto)
     # an exporter that fused or moved them: refuse rather than quantise the features
     if len(keep) != FRONT_END_MATMULS:
-        raise ExportError(f"int8: found {len(keep)} of the front end's {FRONT_END_MATMULS} matmuls", source)
+        raise ExportError(f"int8: found {len(keep)} of the front end's {FRONT_END_MATMULS} matmuls", shown or source)
     meta = {p.key: p.value for p in proto.metadata_props}
     level = logging.root.manager.disable
     logging.disable(logging.WARNING)  # the quantiser writes its notes and advice to the root logger
@@ -226,41 +233,63 @@ def export_waveform_onnx(
 
     ``info`` replaces the model's labels and input contract (calibrated thresholds, say).
     ``int8`` quantises the linear layers (onnxruntime dynamic quantisation). ``verify``
-    checks the file against PyTorch: float32 within 1e-4 (``ExportError`` otherwise); int8's
-    agreement is logged. ``dynamo=False`` selects torch's TorchScript-based exporter.
+    checks the file against PyTorch before it is put in place: float32 within 1e-4
+    (``ExportError`` otherwise, and no file is left); int8's agreement is logged.
+    ``dynamo=False`` selects torch's TorchScript-based exporter.
     """
+    if info is not None:
+        model = copy.copy(model)  # a shallow copy with its own info; write_waveform_onnx copies the weights
+        model.info = info
+    agreement = write_waveform_onnx(model, path, int8=int8, verify=verify, dynamo=dynamo)
+    kind, rate = "int8" if int8 else "float32", model.input_contract.sample_rate
+    if agreement is None:
+        log.info("wrote %s (ONNX %s, waveform [batch, samples] at %d Hz -> probabilities)", path, kind, rate)
+    else:
+        log.info(
+            "wrote %s (ONNX %s, waveform [batch, samples] at %d Hz -> probabilities): against PyTorch float32 on "
+            "%d clips, max |diff| %.2e, top-1 agreement %.0f%%", path, kind, rate, agreement.clips,
+            agreement.max_abs_diff, 100 * agreement.top1,
+        )  # fmt: skip
+    return Path(path)
+
+
+def write_waveform_onnx(
+    model: ASTModel, path: str | os.PathLike, *, int8: bool = False, verify: bool = True, dynamo: bool = True
+) -> Agreement | None:
+    """What :func:`export_waveform_onnx` writes, with the model's own info; the file is
+    checked as a temporary and renamed onto ``path`` only when the check passed. Returns
+    the check's :class:`Agreement` (``None`` without ``verify``)."""
     path = Path(path)
     if path.is_dir():
         raise ExportError("is a folder; give the file to write", path)
-    model = _cpu_copy(model)
-    if info is not None:
-        model.info = info
     contract = model.input_contract
     if not contract.resample:
         raise ExportError(
             "this model computes features at each file's own sample rate (resample=false); a waveform graph "
             "takes one rate: retrain with resample=true", path,
         )  # fmt: skip
+    model = _cpu_copy(model)
     module = WaveformModel(model).eval()
     example = torch.from_numpy(check_clips(contract.sample_rate, contract.samples)[1][:2])  # (2, samples)
-    axes = {0: ("batch", 1, MAX_BATCH), 1: ("samples", 2, MAX_SAMPLES)}
-    meta = waveform_metadata(model, int8)
-    if int8:
-        with tempfile.TemporaryDirectory(prefix="ast-audio-onnx-") as tmp:
-            fp32 = Path(tmp) / "fp32.onnx"
-            write_onnx(module, example, fp32, names=(INPUT_NAME, OUTPUT_NAME), axes=axes, metadata=meta, dynamo=dynamo)
-            atomic_write(path, lambda target: quantize_int8(fp32, target))
-    else:
-        write_onnx(module, example, path, names=(INPUT_NAME, OUTPUT_NAME), axes=axes, metadata=meta, dynamo=dynamo)
-    kind = "int8" if int8 else "float32"
-    if not verify:
-        log.info("wrote %s (ONNX %s, waveform [batch, samples] at %d Hz -> probabilities)", path, kind,
-                 contract.sample_rate)  # fmt: skip
-        return path
-    agreement = verify_waveform_export(model, path, atol=None if int8 else TOLERANCE)
-    log.info(
-        "wrote %s (ONNX %s, waveform [batch, samples] at %d Hz -> probabilities): against PyTorch float32 on %d "
-        "clips, max |diff| %.2e, top-1 agreement %.0f%%", path, kind, contract.sample_rate, agreement.clips,
-        agreement.max_abs_diff, 100 * agreement.top1,
-    )  # fmt: skip
-    return path
+    graph = {
+        "names": (INPUT_NAME, OUTPUT_NAME),
+        "axes": {0: ("batch", 1, MAX_BATCH), 1: ("samples", 2, MAX_SAMPLES)},
+        "metadata": waveform_metadata(model, int8),
+        "dynamo": dynamo,
+        "shown": path,
+    }
+    checked: list[Agreement] = []
+
+    def write(tmp: Path) -> None:
+        if int8:
+            with tempfile.TemporaryDirectory(prefix="ast-audio-onnx-") as folder:
+                fp32 = Path(folder) / "fp32.onnx"
+                onnx_file(module, example, fp32, **graph)
+                quantize_int8(fp32, tmp, shown=path)
+        else:
+            onnx_file(module, example, tmp, **graph)
+        if verify:
+            checked.append(_check(model, tmp, None if int8 else TOLERANCE, path))
+
+    atomic_write(path, write)
+    return checked[0] if checked else None

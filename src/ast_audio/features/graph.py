@@ -31,16 +31,18 @@ class WaveformFrontEnd(nn.Module):
     """``[batch, samples]`` mono float32 at the contract's rate -> model input ``[batch, T, F]``.
 
     Equal to ``waveform_to_input(waveform, contract)`` to float32 rounding (the DFT as a
-    matmul rounds differently from the FFT). The constants are non-persistent buffers:
-    they follow ``.to(device)`` and stay out of a state dict.
+    matmul rounds differently from the FFT). ``dtype=torch.float64`` computes in float64
+    from float64 constants, as :func:`~ast_audio.features.kaldi.fbank` does for float64
+    input. The constants are non-persistent buffers: they follow ``.to(device)`` and stay
+    out of a state dict.
     """
 
-    def __init__(self, contract: InputContract):
+    def __init__(self, contract: InputContract, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.contract = contract
         size, shift, fft_size = frame_sizes(contract.sample_rate, contract.frame_length, contract.frame_shift)
         window, banks, k0, k1 = fbank_constants(
-            contract.sample_rate, contract.num_mel_bins, contract.frame_length, contract.frame_shift
+            contract.sample_rate, contract.num_mel_bins, contract.frame_length, contract.frame_shift, dtype=dtype
         )
         cos, sin = dft_basis(size, fft_size, k0, k1)
         frames = contract.target_length
@@ -49,8 +51,8 @@ class WaveformFrontEnd(nn.Module):
             "frame_index": starts + torch.arange(size)[None, :],  # (T, L): samples of each frame
             "last_sample": starts[:, 0] + size - 1,  # (T,): a frame is real audio if this sample is
             "window": window,  # (L,)
-            "dft_cos": cos.float(),  # (L, K')
-            "dft_sin": sin.float(),  # (L, K')
+            "dft_cos": cos.to(dtype),  # (L, K')
+            "dft_sin": sin.to(dtype),  # (L, K')
             "mel_banks": banks,  # (K', M)
         }
         for name, value in buffers.items():
@@ -58,8 +60,8 @@ class WaveformFrontEnd(nn.Module):
         self.samples = contract.samples
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        x = waveform.float()
-        x = x - x.mean(-1, keepdim=True)  # the clip's mean, over all its samples  # (B, S)
+        x = waveform.to(self.window.dtype)
+        x = x - x.mean(-1, keepdim=True)  # (B, S): the clip's mean removed, over all its samples
         padding = x.new_zeros((x.shape[0], self.samples))  # (B, N)
         fitted = torch.cat([x, padding], -1)[:, : self.samples]  # (B, N): cut or zero-padded
         audio = torch.cat([torch.ones_like(x), padding], -1)[:, : self.samples]  # (B, N): 1 on real samples
