@@ -23,9 +23,10 @@ are used, so onnxruntime and onnxruntime-web's WASM backend run it.
 The export is checked (``verify=True``): onnxruntime's probabilities against PyTorch's
 (:func:`waveform_to_input`, the model in float32, the activation) on synthetic sound
 clips shorter than, as long as and longer than the model's input, in batches of one and
-three, within :data:`~ast_audio.checkpoints.export.TOLERANCE`. ``int8=True`` quantises the
-model's linear layers with onnxruntime's dynamic quantisation (the front end's matmuls
-stay float32); its agreement with PyTorch float32 is measured and logged, not bounded.
+three, within :data:`~ast_audio.checkpoints.export.TOLERANCE`; the file is checked as a
+temporary and put in place only when it passes. ``int8=True`` quantises the model's
+linear layers with onnxruntime's dynamic quantisation (the front end's matmuls stay
+float32); its agreement with PyTorch float32 is measured and logged, not bounded.
 """
 
 from __future__ import annotations
