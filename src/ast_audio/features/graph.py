@@ -13,7 +13,7 @@ Shapes are fixed after the first step, whatever the input length: the waveform i
 zero-padded or cut to the contract's ``samples`` (exactly ``target_length`` frames) and
 the frames that lie past the real audio are zeroed before normalisation, as the batched
 pipeline (:func:`~ast_audio.features.pipeline.batch_fbank`) does. So the framing is a
-gather with a constant index, and a graph exported from it takes any number of samples.
+plain Gather with a constant index, and a graph exported from it takes any number of samples.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class WaveformFrontEnd(nn.Module):
         padding = x.new_zeros((x.shape[0], self.samples))  # (B, N)
         fitted = torch.cat([x, padding], -1)[:, : self.samples]  # (B, N): cut or zero-padded
         audio = torch.cat([torch.ones_like(x), padding], -1)[:, : self.samples]  # (B, N): 1 on real samples
-        frames = fitted[:, self.frame_index]  # (B, T, L)
+        frames = fitted.index_select(1, self.frame_index.flatten()).unflatten(1, self.frame_index.shape)  # (B, T, L)
         frames = frames - frames.mean(-1, keepdim=True)  # DC removal per frame
         previous = torch.cat([frames[..., :1], frames[..., :-1]], -1)  # (B, T, L)
         frames = (frames - previous * PREEMPHASIS) * self.window
@@ -73,7 +73,7 @@ class WaveformFrontEnd(nn.Module):
         imag = torch.matmul(frames, self.dft_sin)  # (B, T, K')
         power = real * real + imag * imag
         features = torch.matmul(power, self.mel_banks).clamp_min(EPSILON).log()  # (B, T, M)
-        features = features * audio[:, self.last_sample, None]  # frames past the audio are zero
+        features = features * audio.index_select(1, self.last_sample)[..., None]  # frames past the audio are zero
         if self.contract.normalize:
             features = (features - self.contract.mean) / (2.0 * self.contract.std)
         return features
