@@ -37,6 +37,12 @@ from ast_audio.model.info import ModelInfo
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PARITY = 1e-4  # the bound on probabilities, float32
+OPERATORS = {
+    "Gather", "MatMul", "Gemm", "Conv", "LayerNormalization", "Gelu", "Softmax", "Sigmoid", "Log", "Clip", "ReduceMean",
+    "Add", "Sub", "Mul", "Div", "Reshape", "Slice", "Concat", "Transpose", "Squeeze", "Unsqueeze", "Shape", "Expand",
+    "ConstantOfShape", "Constant", "Cast", "Identity", "Sqrt", "Mod", "Equal", "Where", "Split",
+}  # fmt: skip
+INT8_OPERATORS = {"DynamicQuantizeLinear", "MatMulInteger"}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +107,11 @@ def test_graph_interface_and_metadata(exported):
     assert meta["window_samples"] == model.input_contract.samples and meta["int8"] is False
     assert meta["ast_audio_version"]
     assert metadata_of(exported["single"][1])["activation"] == "softmax"
+    # operators every ONNX runtime has (the list docs/deploy-onnx.md gives); no FFT, no custom domain
+    for name in ("multi", "single", "int8"):
+        proto = onnx.load(str(exported[name][1]))
+        assert {(o.domain, o.version) for o in proto.opset_import} == {("", 20)}
+        assert {n.op_type for n in proto.graph.node} <= OPERATORS | (INT8_OPERATORS if name == "int8" else set())
 
 
 @pytest.mark.parametrize("name", ["multi", "single"])
