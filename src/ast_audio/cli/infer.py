@@ -415,7 +415,8 @@ def add_commands(sub) -> None:
     p.add_argument("--per-window", action="store_true", help="one row per model window (adds starts, ends)")
     p.set_defaults(func=_cmd_embed)
 
-    p = sub.add_parser("export", help="the model as ONNX or TorchScript, checked against PyTorch",
+    p = sub.add_parser("export", help="the model as ONNX or TorchScript, or one ONNX file from waveform to "
+                       "scores (--input waveform), checked against PyTorch",
                        description="Exports the model alone (normalised fbank in, logits out; features stay "
                        "outside the graph) and checks the exported logits against PyTorch within 1e-4. With "
                        "--format onnx --input waveform: one graph from raw mono audio at the checkpoint's rate "
