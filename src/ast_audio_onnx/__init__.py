@@ -59,11 +59,14 @@ def decode(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     try:
         data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # (S, C)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise RunnerError(f"cannot decode: {str(err).strip().splitlines()[0] if str(err).strip() else err}", path) from None
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RunnerError(f"cannot decode: not an audio file soundfile reads ({detail})", path) from None
     except OSError as err:
         raise RunnerError(err.strerror or str(err), path) from None
     if data.size == 0:
         raise RunnerError("no audio samples", path)
+    if not np.isfinite(data).all():
+        raise RunnerError("contains NaN or Inf samples", path)
     data = data.mean(axis=1, keepdims=True)  # (S, 1)
     if rate != sample_rate:
         data = soxr.resample(data, rate, sample_rate, quality=RESAMPLE_QUALITY)  # (S', 1)
