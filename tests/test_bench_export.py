@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_bench
 
 
+@pytest.mark.slow  # about a minute: two exports, Hugging Face's model and five timed paths
 def test_export_bench_quick_writes_its_section(tmp_path):
     timing = tmp_path / "browser.json"  # the page's in-browser timing fills its row
     timing.write_text(json.dumps({"clips_per_s": 1.5, "max_abs_diff": 2e-4, "top1": 1.0}))

@@ -187,6 +187,7 @@ def test_int8_quantises_the_model_not_the_features(exported, files):
 # --------------------------------------------------------------------------- the command
 
 
+@pytest.mark.slow  # two exports through the command, each checked
 def test_export_command_waveform(checkpoints, tmp_path):
     out = run_main("export", "--checkpoint", checkpoints["multi"], "--format", "onnx", "--input", "waveform",
                    "--out", tmp_path / "m.onnx")  # fmt: skip
