@@ -127,14 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
-    clips = args.clips or (2 if args.quick else 4)
-    repeats = args.repeats or (1 if args.quick else 2)
+    with tempfile.TemporaryDirectory(prefix="ast-bench-export-") as work:
+        return run(args, Path(work))
 
+
+def run(args: argparse.Namespace, work: Path) -> int:
+    """The benchmark, its files in ``work``."""
     from transformers import ASTFeatureExtractor, ASTForAudioClassification
 
+    clips = args.clips or (2 if args.quick else 4)
+    repeats = args.repeats or (1 if args.quick else 2)
     load_start = os.getloadavg()[0]
     torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="ast-bench-export-"))
     size = {"model_size": "tiny224", "depth": 2} if args.quick else {}
     model = ASTModel(label_dim=527, imagenet_pretrain=False, verbose=False, **size)
     with torch.no_grad():  # move LayerNorms and biases off their init, as trained weights are
