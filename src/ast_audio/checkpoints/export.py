@@ -4,10 +4,11 @@ What is exported is the model alone: normalised filterbanks ``[batch, time, mel]
 logits ``[batch, label_dim]`` out (no sigmoid/softmax). **Features stay outside the
 graph**: compute them with :func:`~ast_audio.features.waveform_to_input` (or any Kaldi
 fbank with AST's settings), pad or cut to the model's ``input_tdim`` and normalise with
-the checkpoint's statistics. The ONNX file's metadata (``ast_audio`` key, JSON) and the
-TorchScript file's extra file ``ast_audio.json`` hold what that needs: label names,
-``input_tdim``/``input_fdim``, sample rate, dataset mean/std and whether the scores are
-sigmoid (multi-label) or softmax.
+the checkpoint's statistics. (:mod:`ast_audio.checkpoints.onnx_waveform` exports the graph
+with the features inside: waveform in, probabilities out.) The ONNX file's metadata
+(``ast_audio`` key, JSON) and the TorchScript file's extra file ``ast_audio.json`` hold
+what that needs: label names, ``input_tdim``/``input_fdim``, sample rate, dataset mean/std
+and whether the scores are sigmoid (multi-label) or softmax.
 
 Axes:
 
@@ -120,11 +121,6 @@ def export_onnx(
     16..``input_tdim`` frames (see the module notes). The model's labels and feature
     settings go into the file's metadata under ``"ast_audio"``.
     """
-    try:
-        import onnx
-    except ImportError:
-        raise ExportError("ONNX export needs onnx (pip install 'ast-audio[export]')") from None
-
     path = Path(path)
     if path.is_dir():
         raise ExportError("is a folder; give the file to write", path)
@@ -135,35 +131,72 @@ def export_onnx(
         )
     model = _cpu_copy(model)
     cfg = model.config
-    module = _Exported(model, dynamic_time).eval()
-    example = (torch.randn(2, cfg.input_tdim, cfg.input_fdim),)
-    kwargs: dict = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "dynamo": dynamo}
-    if dynamo:
-        dims = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
-        if dynamic_time:
-            dims[1] = torch.export.Dim("time", min=16, max=cfg.input_tdim)
-        kwargs.update(dynamic_shapes=(dims,), external_data=False, verbose=False, optimize=True)
-    else:
-        axes = {0: "batch", 1: "time"} if dynamic_time else {0: "batch"}
-        kwargs.update(dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}})
-
-    def write(tmp: Path) -> None:
-        try:
-            with _quiet_exporter():
-                torch.onnx.export(module, example, str(tmp), **kwargs)
-        except Exception as err:  # the exporters raise many kinds; name the first line
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ExportError(f"ONNX export failed: {type(err).__name__}: {first}", path) from err
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(_metadata(model, dynamic_time))
-        onnx.save(proto, str(tmp))
-
-    atomic_write(path, write)
+    axes = {0: ("batch", 1, MAX_BATCH)}
+    if dynamic_time:
+        axes[1] = ("time", 16, cfg.input_tdim)
+    write_onnx(
+        _Exported(model, dynamic_time).eval(), torch.randn(2, cfg.input_tdim, cfg.input_fdim), path,
+        names=(INPUT_NAME, OUTPUT_NAME), axes=axes, metadata=_metadata(model, dynamic_time), dynamo=dynamo,
+    )  # fmt: skip
     log.info(
         "wrote %s (ONNX, dynamic batch, time axis %s)", path, _metadata(model, dynamic_time)["time_axis"]
     )
     return path
+
+
+def write_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    names: tuple[str, str],
+    axes: dict[int, tuple[str, int, int]],
+    metadata: dict,
+    dynamo: bool = True,
+) -> None:
+    """``module`` (one input, one output) exported to ``path`` atomically, ``metadata`` as JSON
+    under :data:`METADATA_KEY`. ``names`` are (input, output); ``axes`` maps each dynamic
+    input axis to ``(name, min, max)``; the output's first axis follows the input's batch axis.
+    Weights inside the file; an exporter's failure is one :class:`ExportError` line."""
+    atomic_write(path, lambda tmp: onnx_file(module, example, tmp, names=names, axes=axes, metadata=metadata,
+                                             dynamo=dynamo, shown=path))  # fmt: skip
+
+
+def onnx_file(
+    module: nn.Module,
+    example: torch.Tensor,
+    target: Path,
+    *,
+    names: tuple[str, str],
+    axes: dict[int, tuple[str, int, int]],
+    metadata: dict,
+    dynamo: bool = True,
+    shown: Path | None = None,
+) -> None:
+    """What :func:`write_onnx` does, written straight to ``target`` (a temporary file of the
+    caller's atomic write, whose errors name ``shown``)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("ONNX export needs onnx (pip install 'ast-audio[export]')") from None
+
+    input_name, output_name = names
+    kwargs: dict = {"input_names": [input_name], "output_names": [output_name], "dynamo": dynamo}
+    if dynamo:
+        dims = {axis: torch.export.Dim(name, min=low, max=high) for axis, (name, low, high) in axes.items()}
+        kwargs.update(dynamic_shapes=(dims,), external_data=False, verbose=False, optimize=True)
+    else:
+        kwargs.update(dynamic_axes={input_name: {a: n for a, (n, _, _) in axes.items()}, output_name: {0: "batch"}})
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(module, (example,), str(target), **kwargs)
+    except Exception as err:  # the exporters raise many kinds; name the first line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ExportError(f"ONNX export failed: {type(err).__name__}: {first}", shown or target) from err
+    proto = onnx.load(str(target))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(proto, str(target))
 
 
 def export_torchscript(model: ASTModel, path: str | os.PathLike) -> Path:

@@ -294,9 +294,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..checkpoints.load import load_model
 
     out = Path(args.out)
-    fmt = args.format or ("onnx" if out.suffix == ".onnx" else "torchscript")
+    fmt = args.format or ("onnx" if out.suffix == ".onnx" or args.input == "waveform" else "torchscript")
     if fmt == "torchscript" and args.dynamic_time:
         raise ConfigError("--dynamic-time needs --format onnx (TorchScript is traced at a fixed length)")
+    if args.input == "waveform":
+        return _export_waveform(args, out, fmt)
+    if args.int8:
+        raise ConfigError("--int8 needs --input waveform (the graph with the features in it)")
     model = load_model(args.checkpoint, input_tdim=args.input_tdim)
     cfg = model.config
     if fmt == "onnx":
@@ -318,6 +322,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"verified: {runtime} logits match PyTorch within {TOLERANCE:g} on random input (max |diff| {diff:.2e})"
     )
+    return 0
+
+
+def _export_waveform(args: argparse.Namespace, out: Path, fmt: str) -> int:
+    """``export --input waveform``: one graph from waveform to probabilities (checkpoints.onnx_waveform)."""
+    from ..checkpoints.export import TOLERANCE
+    from ..checkpoints.load import load_model
+    from ..checkpoints.onnx_waveform import write_waveform_onnx
+
+    if fmt != "onnx":
+        raise ConfigError("--input waveform needs --format onnx")
+    if args.dynamic_time:
+        raise ConfigError("--dynamic-time is for the fbank graph; the waveform graph takes any length already")
+    model = load_model(args.checkpoint, input_tdim=args.input_tdim)
+    contract = model.input_contract
+    agreement = write_waveform_onnx(model, out, int8=args.int8, verify=not args.no_verify,
+                                    dynamo=not args.legacy_exporter)  # fmt: skip
+    print(f"wrote {out}: onnx{' int8' if args.int8 else ''}, input waveform [batch, samples] mono float32 at "
+          f"{contract.sample_rate} Hz (features in the graph; cut or padded to {contract.samples} samples), "
+          f"probabilities [batch, {model.config.label_dim}] ({contract.activation})")  # fmt: skip
+    if agreement is None:
+        return 0
+    if args.int8:
+        print(f"int8 against PyTorch float32 on {agreement.clips} clips: max |diff| {agreement.max_abs_diff:.2e}, "
+              f"top-1 agreement {100 * agreement.top1:.0f}%")  # fmt: skip
+    else:
+        print(f"verified: onnxruntime probabilities match PyTorch within {TOLERANCE:g} on {agreement.clips} "
+              f"synthetic clips of three lengths (max |diff| {agreement.max_abs_diff:.2e})")  # fmt: skip
     return 0
 
 
@@ -383,17 +415,27 @@ def add_commands(sub) -> None:
     p.add_argument("--per-window", action="store_true", help="one row per model window (adds starts, ends)")
     p.set_defaults(func=_cmd_embed)
 
-    p = sub.add_parser("export", help="the model as ONNX or TorchScript, checked against PyTorch",
+    p = sub.add_parser("export", help="the model as ONNX or TorchScript, or one ONNX file from waveform to "
+                       "scores (--input waveform), checked against PyTorch",
                        description="Exports the model alone (normalised fbank in, logits out; features stay "
-                       "outside the graph) and checks the exported logits against PyTorch within 1e-4.")  # fmt: skip
+                       "outside the graph) and checks the exported logits against PyTorch within 1e-4. With "
+                       "--format onnx --input waveform: one graph from raw mono audio at the checkpoint's rate "
+                       "to probabilities (Kaldi fbank, normalisation, model, sigmoid/softmax inside; labels and "
+                       "thresholds in its metadata), which the torch-free `python -m ast_audio_onnx` runs; its "
+                       "probabilities are checked against PyTorch within 1e-4 (--int8: agreement reported).")  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="file, Hugging Face folder or published name")
     p.add_argument("--format", choices=["onnx", "torchscript"], default=None,
-                   help="default: onnx for a .onnx file, else torchscript")  # fmt: skip
+                   help="default: onnx for a .onnx file or --input waveform, else torchscript")  # fmt: skip
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--dynamic-time", action="store_true",
                    help="ONNX: accept 16..input_tdim frames (positions cut by AST's rule); default fixed")  # fmt: skip
     p.add_argument("--input-tdim", type=number_arg(low=1, high=100_000, integer=True), default=None,
                    help="re-grid the model to this many frames first (see load_model)")  # fmt: skip
+    p.add_argument("--input", choices=["fbank", "waveform"], default="fbank",
+                   help="ONNX: fbank (normalised filterbanks in, logits out; default) or waveform (audio in, "
+                   "probabilities out, features in the graph)")  # fmt: skip
+    p.add_argument("--int8", action="store_true",
+                   help="--input waveform: the linear layers quantised to int8 (onnxruntime dynamic quantisation)")
     p.add_argument("--legacy-exporter", action="store_true", help="ONNX: torch's TorchScript-based exporter")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
     p.set_defaults(func=_cmd_export)

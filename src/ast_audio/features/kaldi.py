@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-__all__ = ["fbank", "frame_sizes", "mel_banks"]
+__all__ = ["dft_basis", "fbank", "fbank_constants", "frame_sizes", "mel_banks"]
 
 # Kaldi's defaults that AST leaves alone.
 PREEMPHASIS = 0.97
@@ -117,6 +117,37 @@ def _constants(
     k0, k1 = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
     # Rows outside [k0, k1) are all zero: skip them in the matmul.
     return window, banks[k0:k1].to(device=device, dtype=dtype), k0, k1
+
+
+def fbank_constants(
+    sample_rate: float,
+    num_mel_bins: int,
+    frame_length: float = 25.0,
+    frame_shift: float = 10.0,
+    *,
+    low_freq: float = LOW_FREQ,
+    high_freq: float = HIGH_FREQ,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """What :func:`fbank` multiplies by, from the same cache: the window ``[L]``, the mel
+    matrix's non-zero rows ``[k1 - k0, M]`` and their FFT bins ``k0, k1`` (a graph that
+    computes the fbank with other ops, such as the waveform-in ONNX export, takes these)."""
+    window_size, _, fft_size = frame_sizes(sample_rate, frame_length, frame_shift)
+    key = (float(sample_rate), int(num_mel_bins), window_size, fft_size, float(low_freq), float(high_freq))
+    return _constants(*key, torch.device(device), dtype)
+
+
+def dft_basis(window_size: int, fft_size: int, k0: int, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` ``[window_size, k1 - k0]`` (float64): bins ``k0..k1`` of the ``fft_size``-point
+    DFT of a frame of ``window_size`` samples zero-padded to ``fft_size``, as matrices.
+    ``(frames @ cos)^2 + (frames @ sin)^2`` is :func:`power_spectrum`'s ``[..., k0:k1]``: the
+    DFT as a matmul, for runtimes without an FFT op (ONNX). Angles are reduced modulo
+    ``fft_size`` in integers, so they are exact before the float64 cos/sin."""
+    n = torch.arange(window_size, dtype=torch.int64)[:, None]  # (L, 1)
+    k = torch.arange(k0, k1, dtype=torch.int64)[None, :]  # (1, K')
+    angle = (n * k % fft_size).to(torch.float64) * (2.0 * torch.pi / fft_size)  # (L, K')
+    return torch.cos(angle), torch.sin(angle)
 
 
 def frames_of(waveform: torch.Tensor, window_size: int, window_shift: int) -> torch.Tensor:
