@@ -4,6 +4,9 @@
 all). Status codes: 413 (body over ``max_upload_mb``, answered before it is read whole),
 415 (not audio), 422 (corrupt or truncated audio, too long, empty, bad parameters), 503
 (not answered within ``timeout`` seconds). The answer is always JSON ``{"detail": reason}``.
+
+With ``client_model`` (``serve --client-side``) the page at ``/`` runs that waveform-in ONNX
+file, served at ``/model.onnx``, in the browser (:mod:`.web`); the API stays as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -39,10 +42,10 @@ from .batching import Batcher, Job, overall_labels
 from .metrics import Metrics
 from .stream import live_updates
 from .uploads import Guard, Rejected, decode, read_upload
+from .web import MODEL_FILE, STATIC, page
 
 __all__ = ["STATIC", "ServeSettings", "create_app"]
 
-STATIC = Path(__file__).resolve().parent / "static"  # the page: package data, no build step
 MAX_MESSAGE = 2**20  # bytes of one WebSocket audio message
 MAX_TIMELINE_WINDOWS = 10_000
 _POST = PostProcessing()  # the post-processing defaults, the CLI's and the library's
@@ -76,8 +79,9 @@ _AUDIO_BODY = {  # what the OpenAPI description says of the body we read ourselv
 }
 
 
-def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
-    """The service as an ASGI app (run it with uvicorn, or test it with a client)."""
+def create_app(tagger: AudioTagger, settings: ServeSettings | None = None, *, client_model: Path | None = None):
+    """The service as an ASGI app (run it with uvicorn, or test it with a client). ``client_model``:
+    a waveform-in ONNX file that the page runs in the visitor's browser instead of calling the API."""
     settings = settings or ServeSettings()
     metrics = Metrics()
     batcher = Batcher(tagger, max_batch=settings.max_batch, max_wait=settings.max_wait, metrics=metrics)
@@ -254,10 +258,17 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html")
+    async def index():
+        if client_model is None:
+            return FileResponse(STATIC / "index.html")
+        return HTMLResponse(page(client_side=True))
 
-    routes = {"/", "/api/predict", "/api/embed", "/api/attention", "/api/info", "/healthz", "/metrics", "/docs", "/openapi.json"}
+    if client_model is not None:
+        @app.get(f"/{MODEL_FILE}", include_in_schema=False)
+        async def model_file():
+            return FileResponse(client_model, media_type="application/octet-stream")
+
+    routes = {"/", f"/{MODEL_FILE}", "/api/predict", "/api/embed", "/api/attention", "/api/info", "/healthz", "/metrics", "/docs", "/openapi.json"}
     guarded = Guard(app, limit_bytes=int(settings.max_upload_mb * 2**20), metrics=metrics, routes=routes,
                     body_timeout=settings.timeout)  # fmt: skip
     guarded.fastapi = app  # for callers that want the FastAPI object (routes, OpenAPI)
