@@ -114,6 +114,7 @@ def test_a_file_is_tagged_in_the_browser_as_the_service_tags_it(server, browser,
     assert api_requests(server.url).get("/api/predict", 0) == 0  # the service saw no prediction request
     fetched = fetched_by_page(browser)
     assert not [u for u in fetched if "/api/" in u] and any(u.endswith("/model.onnx") for u in fetched)
+    assert all(u.startswith(server.url + "/") for u in fetched)  # nothing from elsewhere (no CDN)
     assert any(u.endswith("/static/vendor/ort/ort-wasm-simd-threaded.wasm") for u in fetched)
 
     body = audio["mixed"].read_bytes()
