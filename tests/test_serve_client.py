@@ -65,6 +65,15 @@ def server(toy_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def site(toy_model, tmp_path_factory):
+    """``export --format web`` of the toy model, once for the module (tests that change it copy it)."""
+    out = tmp_path_factory.mktemp("client-site") / "site"
+    run = run_main("export", "--checkpoint", toy_model, "--format", "web", "--out", out)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
 def browser(audio):
     chrome = chromium(audio["mic"])
     yield chrome
@@ -167,10 +176,7 @@ def test_an_undecodable_file_is_one_line_in_the_page(server, browser, audio):
     assert error.text.startswith("notes.wav: this browser cannot decode it (") and "\n" not in error.text
 
 
-def test_the_static_folder_tags_audio_in_the_browser(toy_model, browser, audio, tmp_path):
-    site = tmp_path / "site"
-    out = run_main("export", "--checkpoint", toy_model, "--format", "web", "--out", site)
-    assert out.returncode == 0, out.stderr
+def test_the_static_folder_tags_audio_in_the_browser(site, toy_model, browser, audio, tmp_path):
     assert {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()} == {
         "index.html", "model.onnx", "static/app.js", "static/client.js", "static/style.css",
         *(f"static/vendor/ort/{name}" for name in (*web.RUNTIME_FILES, "VERSION")),
@@ -184,8 +190,9 @@ def test_the_static_folder_tags_audio_in_the_browser(toy_model, browser, audio, 
     assert max(abs(page["labels"][name] - score) for name, score in expected.labels) < 1e-3
 
     # without the vendored runtime the page says so in one line
-    shutil.rmtree(site / "static" / "vendor")
-    with StaticFolder(site) as host:
+    bare = shutil.copytree(site, tmp_path / "bare")
+    shutil.rmtree(bare / "static" / "vendor")
+    with StaticFolder(bare) as host:
         browser.get(host.url + "/")
         error = browser.find_element("id", "error")
         wait_for(error.is_displayed, what="the missing runtime")
@@ -196,13 +203,14 @@ def test_the_static_folder_tags_audio_in_the_browser(toy_model, browser, audio, 
 # ------------------------------------------------------------------ the commands, without a browser
 
 
-def test_export_web_replaces_its_own_folder_and_refuses_others(toy_model, tmp_path):
-    site = tmp_path / "site"
-    assert run_main("export", "--checkpoint", toy_model, "--format", "web", "--out", site).returncode == 0
-    (site / "model.onnx").write_bytes(b"stale")
-    out = run_main("export", "--checkpoint", toy_model, "--format", "web", "--out", site)
+def test_export_web_replaces_its_own_folder_and_refuses_others(site, toy_model, tmp_path):
+    old = shutil.copytree(site, tmp_path / "site")
+    (old / "model.onnx").write_bytes(b"stale")
+    (old / "static" / "stale.js").write_text("")
+    out = run_main("export", "--checkpoint", toy_model, "--format", "web", "--out", old)
     assert out.returncode == 0, out.stderr
-    assert web.read_metadata(site / "model.onnx")["input"] == "waveform"  # rewritten whole
+    assert web.read_metadata(old / "model.onnx")["input"] == "waveform"  # rewritten whole
+    assert not (old / "static" / "stale.js").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["site"]  # no temporary folder left beside it
     other = tmp_path / "notes"
     other.mkdir()
@@ -269,11 +277,9 @@ def test_the_model_is_exported_once_per_checkpoint(toy_model, tmp_path):
     assert again != first and web.read_metadata(again)["labels"] == web.read_metadata(first)["labels"]
 
 
-def test_read_metadata_equals_onnx_own_reading(toy_model, tmp_path):
+def test_read_metadata_equals_onnx_own_reading(site):
     import onnx
 
-    site = tmp_path / "site"
-    assert run_main("export", "--checkpoint", toy_model, "--format", "web", "--out", site).returncode == 0
     proto = onnx.load(str(site / "model.onnx"), load_external_data=False)
     stored = {p.key: p.value for p in proto.metadata_props}
     assert web.read_metadata(site / "model.onnx") == json.loads(stored["ast_audio"])

@@ -191,6 +191,11 @@ async function tagHere(blob, name) {
     showError(`${name}: this browser cannot decode it (${e.message})`);
     return;
   }
+  if (!samples.length) {
+    setStatus("");
+    showError(`${name}: no audio samples`);
+    return;
+  }
   try {
     body = await model.tag(samples, (done, total) => setStatus(`tagging ${name} in this browser… ${done}/${total} windows`));
   } catch (e) {
