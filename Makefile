@@ -54,6 +54,7 @@ browser:
 # by its sha256) and copied into the package (gitignored; package data), so nothing comes from a
 # CDN at run time. Only the WebAssembly bundle, its loader and the SIMD .wasm are taken: no
 # WebGPU/JSEP build, and the page runs it on one thread, so no cross-origin isolation is needed.
+# npm comes from apt-get (as the browser does) when it is not on PATH.
 ORT_WEB_VERSION := 1.31.1
 ORT_WEB_SHA256 := bdccdb9fbb9ab537247c0c734e9b1d2b1b338b4f2a09faa58f0dc1cfa27c312c
 ORT_WEB_FILES := ort.wasm.min.js ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
@@ -64,7 +65,9 @@ ORT_PACK := build/ort-web
 vendor: $(ORT_STAMP)
 
 $(ORT_STAMP):
-	@command -v npm >/dev/null 2>&1 || { echo "make vendor: npm is needed to fetch onnxruntime-web (apt-get install npm)" >&2; exit 1; }
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; \
+	fi
 	rm -rf $(ORT_PACK) $(ORT_VENDOR).tmp
 	mkdir -p $(ORT_PACK) $(ORT_VENDOR).tmp
 	cd $(ORT_PACK) && npm pack --silent onnxruntime-web@$(ORT_WEB_VERSION) >/dev/null

@@ -234,7 +234,7 @@ def test_without_the_vendored_runtime_client_side_is_refused_in_one_line(command
     assert not (tmp_path / "site").exists()
 
 
-def test_serve_onnx_takes_a_waveform_model_of_the_same_labels_only(toy_model, tmp_path):
+def test_serve_client_side_takes_one_checkpoint_and_a_waveform_model_only(toy_model, tmp_path):
     fbank_onnx = tmp_path / "fbank.onnx"
     assert run_main("export", "--checkpoint", toy_model, "--out", fbank_onnx, "--no-verify").returncode == 0
     text = write_text_as_audio(tmp_path / "notes.onnx")
@@ -244,9 +244,20 @@ def test_serve_onnx_takes_a_waveform_model_of_the_same_labels_only(toy_model, tm
                         (text, "not an ONNX model file"), (tmp_path / "none.onnx", "no such file")]:  # fmt: skip
         out = run_main("serve", "--checkpoint", toy_model, "--client-side", "--onnx", bad, "--port", free_port())
         assert (out.returncode, out.stderr.strip().splitlines()) == (2, [f"ast-audio: error: {bad}: {reason}"])
+    out = run_main("serve", "--checkpoint", toy_model, toy_model, "--client-side", "--port", free_port())
+    assert (out.returncode, out.stderr.strip()) == (2, "ast-audio: error: --client-side runs one checkpoint in the "
+                                                       "browser; got 2")  # fmt: skip
     out = run_main("serve", "--checkpoint", toy_model, "--onnx", fbank_onnx, "--port", free_port())
     assert (out.returncode, out.stderr.strip()) == (2, "ast-audio: error: --onnx is the model of the client-side page: "
                                                        "it needs --client-side")  # fmt: skip
+
+
+def test_serve_onnx_of_another_checkpoints_labels_is_refused(toy_model, checkpoints, tmp_path):
+    other = web.cached_model(str(checkpoints["multi"]), tmp_path)  # a waveform model with other labels
+    out = run_main("serve", "--checkpoint", toy_model, "--client-side", "--onnx", other, "--port", free_port())
+    assert (out.returncode, out.stderr.strip()) == (2, f"ast-audio: error: {other}: its labels are not the "
+                                                       "checkpoint's (the page and the API would disagree); export it "
+                                                       "from this checkpoint, or leave --onnx out")  # fmt: skip
 
 
 def test_serve_onnx_serves_the_given_waveform_model(toy_model, tmp_path):

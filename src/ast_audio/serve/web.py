@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
-from ..base.fileio import new_file_mode
+from ..base.fileio import atomic_write, new_file_mode
 from ..errors import ConfigError
 from ..infer.events import PostProcessing
 from ..infer.frames import DEFAULT_HOP
@@ -184,9 +184,9 @@ def cached_model(source: str, folder: str | os.PathLike | None = None) -> Path:
 
     folder = Path(folder) if folder is not None else cache_dir() / "web"
     path = folder / f"{Path(source).stem or 'model'}-{_fingerprint(source)}.onnx"
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        export_waveform_onnx(load_model(source), path)
+    if not path.is_file():  # written beside and renamed into place: a file there is whole
+        model = load_model(source)
+        atomic_write(path, lambda tmp: export_waveform_onnx(model, tmp))
     return path
 
 
