@@ -197,7 +197,10 @@ async function tagHere(blob, name) {
     return;
   }
   try {
-    body = await model.tag(samples, (done, total) => setStatus(`tagging ${name} in this browser… ${done}/${total} windows`));
+    body = await model.tag(samples, {
+      onLabels: renderLabels,
+      onProgress: (done, total) => setStatus(`tagging ${name} in this browser… ${done}/${total} windows`),
+    });
   } catch (e) {
     setStatus("");
     showError(`${name}: ${e.message}`);

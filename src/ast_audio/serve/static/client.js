@@ -215,8 +215,9 @@ class ClientModel {
   // The clip's top labels and its timeline: a frame every `hop` seconds, each scored by the model
   // window centred on it (cut at the ends: FrameGrid with the model's length as the window), then
   // the service's post-processing with the model's calibrated thresholds (else 0.5). A span met
-  // twice is scored once. onProgress(done, total) after each window.
-  async tag(samples, onProgress = () => {}) {
+  // twice is scored once. onLabels(labels) as soon as the clip's windows are scored (before the
+  // frames, which take longer), onProgress(done, total) after each window.
+  async tag(samples, { onLabels = () => {}, onProgress = () => {} } = {}) {
     const n = samples.length, rate = this.rate, s = this.settings;
     const hop = Math.max(1, roundHalfEven(s.hop * rate)), W = this.window;
     const frames = Math.max(1, Math.ceil(n / hop));
@@ -229,6 +230,8 @@ class ClientModel {
     const total = new Set([...spans, ...clip].map(([a, b]) => `${a}:${b}`)).size;
     const scored = new Map(), progress = () => onProgress(scored.size, total);
     const scores = await this.predict(samples, scored, progress);
+    const labels = topLabels(scores, this.labels, 5);
+    onLabels(labels);
     const rows = [];
     for (const [a, b] of spans) {
       rows.push(await this.scoreSpan(samples, a, b, scored));
@@ -242,7 +245,7 @@ class ClientModel {
     return {
       duration,
       scores,
-      labels: topLabels(scores, this.labels, 5),
+      labels,
       windows,
       events: detectEvents(rows, step, duration, this.labels, on, s, ignore),
     };
