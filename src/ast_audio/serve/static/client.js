@@ -151,7 +151,7 @@ class ClientModel {
     } catch (e) {
       meta = null;
     }
-    if (!meta || meta.input !== "waveform" || !Array.isArray(meta.labels)) {
+    if (!meta || meta.input !== "waveform" || !Array.isArray(meta.labels) || !(meta.input_contract || meta.contract)) {
       throw new Error(`${settings.model}: not a waveform-in ONNX model of ast-audio (no "ast_audio" metadata ` +
         'with input "waveform")');
     }
@@ -160,7 +160,7 @@ class ClientModel {
   }
 
   constructor(ort, session, meta, settings) {
-    const c = meta.contract;
+    const c = meta.input_contract || meta.contract; // the input contract (InputContract.to_dict())
     this.ort = ort;
     this.session = session;
     this.settings = settings;
