@@ -269,7 +269,8 @@ def test_serve_onnx_serves_the_given_waveform_model(toy_model, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_served(proc, url, timeout=300)
-        assert httpx.get(url + "/model.onnx").content == model.read_bytes()
+        served = httpx.get(url + "/model.onnx")
+        assert served.content == model.read_bytes() and served.headers["cache-control"] == "no-cache"
         settings = re.search(r'<meta name="ast-audio-client" content="([^"]+)">', httpx.get(url + "/").text)
         assert json.loads(settings.group(1).replace("&quot;", '"')) == web.client_settings()
     finally:

@@ -266,7 +266,10 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None, *, cl
     if client_model is not None:
         @app.get(f"/{MODEL_FILE}", include_in_schema=False)
         async def model_file():
-            return FileResponse(client_model, media_type="application/octet-stream")
+            # revalidated on every load (a 304 when unchanged): a restart with another checkpoint is never
+            # met by the browser's cached copy of the last one
+            return FileResponse(client_model, media_type="application/octet-stream",
+                                headers={"cache-control": "no-cache"})  # fmt: skip
 
     routes = {"/", f"/{MODEL_FILE}", "/api/predict", "/api/embed", "/api/attention", "/api/info", "/healthz", "/metrics", "/docs", "/openapi.json"}
     guarded = Guard(app, limit_bytes=int(settings.max_upload_mb * 2**20), metrics=metrics, routes=routes,

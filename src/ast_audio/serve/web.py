@@ -206,7 +206,7 @@ def write_site(out: str | os.PathLike, model=None, *, onnx: str | os.PathLike | 
     absent; a folder ``out`` that holds something other than such a site is refused."""
     check_runtime()
     if (model is None) == (onnx is None):
-        raise ConfigError("write_site needs a model or an ONNX file, not both")
+        raise ConfigError("write_site takes a model or a waveform-in ONNX file: exactly one of them")
     if onnx is not None:
         read_metadata(onnx)
     out = Path(out)
