@@ -3,8 +3,10 @@ reports it beside ONNX Runtime and PyTorch).
 
 :func:`browser_seconds_per_clip` does what a visitor of the client-side page does, in headless
 Chromium (Debian's ``chromium`` and ``chromium-driver``, driven through Selenium) with the vendored
-onnxruntime-web (``make vendor``; WebAssembly, one thread): the static page of the ONNX file
-(``ast_audio.serve.web.write_site``) is served from a temporary folder on 127.0.0.1, and once it
+onnxruntime-web (``make vendor``; WebAssembly): the static page of the ONNX file
+(``ast_audio.serve.web.write_site``) is served from a temporary folder on 127.0.0.1 (with the
+cross-origin isolation headers ``serve --client-side`` sends, so the runtime uses up to 8 of the
+machine's threads; ``isolated=False``: a plain static host, one thread), and once it
 has loaded the model (not timed), each clip is decoded and resampled by WebAudio and scored by the
 model over its windows, as the page's top labels are (``ClientModel.decode`` then ``predict``).
 The page's timeline (a model window every 0.1 s) is left out: the figure compares with one
@@ -23,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ast_audio.serve.web import write_site
+from ast_audio.serve.web import ISOLATION_HEADERS, write_site
 
 # The page's model and the clip's timing; `client` is the page's promise of its ClientModel.
 _TIME_CLIP = """
@@ -56,17 +58,24 @@ def _chromium():
     return chrome
 
 
-def _quiet_handler(folder: Path):
+def _quiet_handler(folder: Path, isolated: bool):
     class Handler(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self):
+            if isolated:
+                for name, value in ISOLATION_HEADERS.items():
+                    self.send_header(name, value)
+            super().end_headers()
+
         def log_message(self, *args):
             pass
 
     return functools.partial(Handler, directory=str(folder))
 
 
-def browser_seconds_per_clip(onnx_path: str | Path, wav_paths: Sequence[str | Path]) -> float:
+def browser_seconds_per_clip(onnx_path: str | Path, wav_paths: Sequence[str | Path], *, isolated: bool = True) -> float:
     """Median seconds the client-side page takes to tag one of ``wav_paths`` with the waveform-in
-    ONNX file ``onnx_path`` in headless Chromium (decode, resample, the model), page load excluded."""
+    ONNX file ``onnx_path`` in headless Chromium (decode, resample, the model), page load excluded;
+    ``isolated``: served with the cross-origin isolation headers (threads), else as a plain host."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -80,7 +89,7 @@ def browser_seconds_per_clip(onnx_path: str | Path, wav_paths: Sequence[str | Pa
         for i, path in enumerate(wav_paths):
             names.append(f"clips/{i}{Path(path).suffix}")
             shutil.copyfile(path, site / names[-1])
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _quiet_handler(site))
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _quiet_handler(site, isolated))
         thread = threading.Thread(target=httpd.serve_forever, daemon=True)
         thread.start()
         chrome = _chromium()

@@ -20,5 +20,6 @@ def test_browser_seconds_per_clip_times_the_page_on_each_clip(toy_model, tmp_pat
     clip = toy_sequence([0, 2], 1.0, seed=3)
     wavs = [write_audio(tmp_path / "a.wav", clip, SR, subtype="PCM_16"),
             write_audio(tmp_path / "b.wav", resample(clip, SR, 44100).numpy(), 44100, subtype="PCM_16")]  # fmt: skip
-    seconds = webpage.browser_seconds_per_clip(model, wavs)
-    assert isinstance(seconds, float) and 0 < seconds < 60
+    for isolated in (True, False):  # threads as serve --client-side gives them, and one as a plain host
+        seconds = webpage.browser_seconds_per_clip(model, wavs, isolated=isolated)
+        assert isinstance(seconds, float) and 0 < seconds < 60

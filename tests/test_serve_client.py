@@ -118,6 +118,10 @@ def fetched_by_page(chrome) -> list[str]:
 
 def test_a_file_is_tagged_in_the_browser_as_the_service_tags_it(server, browser, audio):
     open_page(browser, server.url + "/")
+    # the service isolates the page (COOP/COEP), so onnxruntime-web may use the machine's threads
+    threads = min(8, browser.execute_script("return navigator.hardwareConcurrency"))
+    assert browser.execute_script("return crossOriginIsolated") is True
+    assert browser.find_element("id", "model").text.endswith(f"(WebAssembly, {threads} thread{'s' * (threads > 1)})")
     assert not browser.find_element("id", "live").is_displayed()  # live streams to the service: not here
     page = tag_in_page(browser, audio["mixed"])
     assert api_requests(server.url).get("/api/predict", 0) == 0  # the service saw no prediction request
@@ -183,8 +187,10 @@ def test_the_static_folder_tags_audio_in_the_browser(site, toy_model, browser, a
     }  # fmt: skip
     assert web.read_metadata(site / "model.onnx")["labels"] == ["low tone", "high tone", "noise"]
     expected = AudioTagger(toy_model, device="cpu", precision="fp32").predict(audio["mixed"], top_k=3)
-    with StaticFolder(site) as host:
+    with StaticFolder(site) as host:  # a plain static host: no isolation headers, one thread
         open_page(browser, host.url + "/")
+        assert browser.execute_script("return crossOriginIsolated") is False
+        assert browser.find_element("id", "model").text.endswith("(WebAssembly, 1 thread)")
         page = tag_in_page(browser, audio["mixed"])
         assert not [p for p in host.requests if "/api/" in p]
     assert max(abs(page["labels"][name] - score) for name, score in expected.labels) < 1e-3

@@ -6,7 +6,9 @@ all). Status codes: 413 (body over ``max_upload_mb``, answered before it is read
 (not answered within ``timeout`` seconds). The answer is always JSON ``{"detail": reason}``.
 
 With ``client_model`` (``serve --client-side``) the page at ``/`` runs that waveform-in ONNX
-file, served at ``/model.onnx``, in the browser (:mod:`.web`); the API stays as it is.
+file, served at ``/model.onnx``, in the browser (:mod:`.web`); the API stays as it is. The
+page, its files and the model then come cross-origin isolated (COOP and COEP headers), which
+lets onnxruntime-web run on several threads; ``/docs``, whose script comes from a CDN, does not.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .batching import Batcher, Job, overall_labels
 from .metrics import Metrics
 from .stream import live_updates
 from .uploads import Guard, Rejected, decode, read_upload
-from .web import MODEL_FILE, STATIC, page
+from .web import ISOLATION_HEADERS, MODEL_FILE, STATIC, page
 
 __all__ = ["STATIC", "ServeSettings", "create_app"]
 
@@ -264,6 +266,16 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None, *, cl
         return HTMLResponse(page(client_side=True))
 
     if client_model is not None:
+        isolated = ("/", f"/{MODEL_FILE}", "/static/")
+
+        @app.middleware("http")
+        async def cross_origin_isolation(request: Request, call_next):
+            response = await call_next(request)
+            path = request.url.path
+            if path in isolated or path.startswith(isolated[-1]):
+                response.headers.update(ISOLATION_HEADERS)
+            return response
+
         @app.get(f"/{MODEL_FILE}", include_in_schema=False)
         async def model_file():
             # revalidated on every load (a 304 when unchanged): a restart with another checkpoint is never

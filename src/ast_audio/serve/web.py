@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..infer.events import PostProcessing
 from ..infer.frames import DEFAULT_HOP
 
-__all__ = ["MODEL_FILE", "RUNTIME", "RUNTIME_FILES", "STATIC", "cached_model", "check_runtime", "page",
+__all__ = ["ISOLATION_HEADERS", "MODEL_FILE", "RUNTIME", "RUNTIME_FILES", "STATIC", "cached_model", "check_runtime", "page",
            "read_metadata", "write_site"]  # fmt: skip
 
 STATIC = Path(__file__).resolve().parent / "static"  # the page: package data, no build step
@@ -47,6 +47,9 @@ PAGE_FILES = ("app.js", "client.js", "style.css")
 MODEL_FILE = "model.onnx"  # beside index.html, in the service and in a static folder alike
 METADATA_KEY = "ast_audio"
 _META = '<meta name="ast-audio-client" content="">'  # index.html's placeholder: empty means server mode
+# Cross-origin isolation: with these on the page and its files, the browser lets onnxruntime-web use
+# threads (SharedArrayBuffer); without them (a plain static host) the page runs on one thread.
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 
 
 def check_runtime() -> None:

@@ -47,7 +47,8 @@ async function loadHere() {
   try {
     const m = await client;
     $("model").textContent = `${clientSettings.model} · ${m.labels.length} labels · ${m.rate} Hz · ` +
-      `${Number((m.window / m.rate).toFixed(3))} s windows · in this browser (WebAssembly)`;
+      `${Number((m.window / m.rate).toFixed(3))} s windows · in this browser (WebAssembly, ` +
+      `${m.threads} thread${m.threads === 1 ? "" : "s"})`;
   } catch (e) {
     $("model").textContent = "the model could not be loaded";
     showError(e.message);

@@ -1,5 +1,5 @@
 // The page's client-side mode: the model runs here, in the visitor's browser, with onnxruntime-web
-// (WebAssembly, one thread; vendored under static/vendor/ort/ at build time, nothing from a CDN).
+// (WebAssembly; vendored under static/vendor/ort/ at build time, nothing from a CDN).
 // The model is a waveform-in ONNX file: mono samples at the input contract's rate in, calibrated
 // probabilities out; its labels, thresholds and contract are read from the file's own metadata.
 // Audio is decoded, resampled and downmixed with WebAudio, and the scores become the labels and
@@ -139,7 +139,8 @@ class ClientModel {
   // `settings`: the page's client-side settings (the model file's address, the timeline's defaults).
   static async load(settings) {
     const ort = await loadRuntime();
-    ort.env.wasm.numThreads = 1; // no cross-origin isolation needed
+    // threads need cross-origin isolation (serve --client-side sends its headers); else one thread
+    ort.env.wasm.numThreads = window.crossOriginIsolated ? Math.min(8, navigator.hardwareConcurrency || 1) : 1;
     ort.env.wasm.proxy = false;
     ort.env.wasm.wasmPaths = new URL(RUNTIME, document.baseURI).href;
     const response = await fetch(settings.model);
@@ -167,6 +168,7 @@ class ClientModel {
     this.labels = meta.labels;
     this.thresholds = meta.thresholds || null;
     this.rate = c.sample_rate;
+    this.threads = ort.env.wasm.numThreads;
     // samples of one model input: a Kaldi window plus target_length - 1 shifts (InputContract.samples)
     const size = Math.trunc(c.sample_rate * c.frame_length * 0.001);
     const shift = Math.trunc(c.sample_rate * c.frame_shift * 0.001);
