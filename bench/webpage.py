@@ -5,8 +5,8 @@ reports it beside ONNX Runtime and PyTorch).
 Chromium (Debian's ``chromium`` and ``chromium-driver``, driven through Selenium) with the vendored
 onnxruntime-web (``make vendor``; WebAssembly): the static page of the ONNX file
 (``ast_audio.serve.web.write_site``) is served from a temporary folder on 127.0.0.1 (with the
-cross-origin isolation headers ``serve --client-side`` sends, so the runtime uses up to 8 of the
-machine's threads; ``isolated=False``: a plain static host, one thread), and once it
+cross-origin isolation headers ``serve --client-side`` sends, so the runtime may use threads: half
+the machine's cores, at most 4; ``isolated=False``: a plain static host, one thread), and once it
 has loaded the model (not timed), each clip is decoded and resampled by WebAudio and scored by the
 model over its windows, as the page's top labels are (``ClientModel.decode`` then ``predict``).
 The page's timeline (a model window every 0.1 s) is left out: the figure compares with one

@@ -119,7 +119,7 @@ def fetched_by_page(chrome) -> list[str]:
 def test_a_file_is_tagged_in_the_browser_as_the_service_tags_it(server, browser, audio):
     open_page(browser, server.url + "/")
     # the service isolates the page (COOP/COEP), so onnxruntime-web may use the machine's threads
-    threads = min(8, browser.execute_script("return navigator.hardwareConcurrency"))
+    threads = min(4, -(-browser.execute_script("return navigator.hardwareConcurrency") // 2))  # the runtime's choice
     assert browser.execute_script("return crossOriginIsolated") is True
     assert browser.find_element("id", "model").text.endswith(f"(WebAssembly, {threads} thread{'s' * (threads > 1)})")
     assert not browser.find_element("id", "live").is_displayed()  # live streams to the service: not here

@@ -139,8 +139,8 @@ class ClientModel {
   // `settings`: the page's client-side settings (the model file's address, the timeline's defaults).
   static async load(settings) {
     const ort = await loadRuntime();
-    // threads need cross-origin isolation (serve --client-side sends its headers); else one thread
-    ort.env.wasm.numThreads = window.crossOriginIsolated ? Math.min(8, navigator.hardwareConcurrency || 1) : 1;
+    // threads: onnxruntime-web's own choice, half the cores (at most 4) where the page is cross-origin
+    // isolated (serve --client-side sends the headers), else one
     ort.env.wasm.proxy = false;
     ort.env.wasm.wasmPaths = new URL(RUNTIME, document.baseURI).href;
     const response = await fetch(settings.model);
@@ -168,7 +168,7 @@ class ClientModel {
     this.labels = meta.labels;
     this.thresholds = meta.thresholds || null;
     this.rate = c.sample_rate;
-    this.threads = ort.env.wasm.numThreads;
+    this.threads = ort.env.wasm.numThreads; // settled by the runtime when the session was made
     // samples of one model input: a Kaldi window plus target_length - 1 shifts (InputContract.samples)
     const size = Math.trunc(c.sample_rate * c.frame_length * 0.001);
     const shift = Math.trunc(c.sample_rate * c.frame_shift * 0.001);
