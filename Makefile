@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCHAUDIO_REF_VERSION := 2.11.0
 TORCHAUDIO_REF := $(VENV)/reference/torchaudio_kaldi.py
 
-.PHONY: install browser test lint bench demo docs clean
+.PHONY: install browser vendor test lint bench demo docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,38 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
 	fi
 
-install: $(STAMP) $(TORCHAUDIO_REF) $(HEARVALIDATOR) browser
+# The page's client-side mode (`serve --client-side`, `export --format web`) runs the model in
+# the visitor's browser with onnxruntime-web, fetched here from the npm registry (pinned, checked
+# by its sha256) and copied into the package (gitignored; package data), so nothing comes from a
+# CDN at run time. Only the WebAssembly bundle, its loader and the SIMD .wasm are taken: no
+# WebGPU/JSEP build, and the page runs it on one thread, so no cross-origin isolation is needed.
+# npm comes from apt-get (as the browser does) when it is not on PATH.
+ORT_WEB_VERSION := 1.31.1
+ORT_WEB_SHA256 := bdccdb9fbb9ab537247c0c734e9b1d2b1b338b4f2a09faa58f0dc1cfa27c312c
+ORT_WEB_FILES := ort.wasm.min.js ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
+ORT_VENDOR := src/ast_audio/serve/static/vendor/ort
+ORT_STAMP := $(ORT_VENDOR)/.onnxruntime-web-$(ORT_WEB_VERSION)
+ORT_PACK := build/ort-web
+
+vendor: $(ORT_STAMP)
+
+$(ORT_STAMP):
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; \
+	fi
+	rm -rf $(ORT_PACK) $(ORT_VENDOR).tmp
+	mkdir -p $(ORT_PACK) $(ORT_VENDOR).tmp
+	cd $(ORT_PACK) && npm pack --silent onnxruntime-web@$(ORT_WEB_VERSION) >/dev/null
+	echo "$(ORT_WEB_SHA256)  $(ORT_PACK)/onnxruntime-web-$(ORT_WEB_VERSION).tgz" | sha256sum --check --quiet
+	tar -xzf $(ORT_PACK)/onnxruntime-web-$(ORT_WEB_VERSION).tgz -C $(ORT_PACK) $(addprefix package/dist/,$(ORT_WEB_FILES))
+	cp $(addprefix $(ORT_PACK)/package/dist/,$(ORT_WEB_FILES)) $(ORT_VENDOR).tmp/
+	echo "onnxruntime-web $(ORT_WEB_VERSION) from the npm registry (MIT License, Copyright (c) Microsoft Corporation)" \
+	  > $(ORT_VENDOR).tmp/VERSION
+	touch $(ORT_VENDOR).tmp/$(notdir $(ORT_STAMP))
+	rm -rf $(ORT_VENDOR) $(ORT_PACK)
+	mv $(ORT_VENDOR).tmp $(ORT_VENDOR)
+
+install: $(STAMP) $(TORCHAUDIO_REF) $(HEARVALIDATOR) browser vendor
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -93,4 +124,4 @@ bench: demo
 	else echo "bench/device.py: no CUDA device here, skipped"; fi
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache $(ORT_VENDOR)

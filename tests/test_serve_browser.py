@@ -1,6 +1,6 @@
 """``ast-audio serve`` for real: a uvicorn server started as a subprocess on 127.0.0.1, driven
-by headless Chromium (Debian's ``chromium`` and ``chromium-driver``, which ``make install``
-puts in place) through Selenium, and loaded by 32 concurrent clients.
+by headless Chromium (:mod:`browsers`: Debian's ``chromium`` and ``chromium-driver``, which
+``make install`` puts in place) through Selenium, and loaded by 32 concurrent clients.
 
 The browser uploads real files and records nothing of its own: its microphone is Chromium's
 fake device playing a WAV of noise (``--use-file-for-fake-audio-capture``), which live mode
@@ -16,13 +16,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 
 import httpx
 import pytest
+from browsers import chromium, free_port, text_of, wait_for, wait_until_served
 from conftest import start_cli
 from factories import SR, toy_sequence, write_audio, write_text_as_audio
 
@@ -32,12 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 LOW, HIGH, NOISE = 0, 1, 2
 PHONE = (412, 915)  # CSS pixels of a common phone screen
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Running:
@@ -53,20 +46,7 @@ def server(toy_model):
     port = free_port()
     proc = start_cli("serve", "--checkpoint", toy_model, "--port", port, "--max-wait-ms", 10)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"ast-audio serve ended (exit {proc.returncode}):\n{proc.stderr.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("ast-audio serve did not answer /healthz within 120 s")
-        time.sleep(0.2)
+    wait_until_served(proc, url)
     yield Running(proc, url)
     if proc.poll() is None:
         proc.kill()
@@ -88,41 +68,9 @@ def audio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(audio):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.fail("chromium and chromedriver are not on PATH: `make install` installs them (Debian's "
-                    "chromium and chromium-driver packages)")  # fmt: skip
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={audio['mic']}", "--autoplay-policy=no-user-gesture-required",
-                 "--window-size=900,1100"):  # fmt: skip
-        options.add_argument(flag)
-    chrome = webdriver.Chrome(options=options, service=Service(driver))
-    chrome.set_page_load_timeout(60)
+    chrome = chromium(audio["mic"])
     yield chrome
     chrome.quit()
-
-
-def wait_for(condition, timeout: float = 60, what: str = "the page"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not appear within {timeout} s")
-        time.sleep(0.1)
-
-
-def text_of(chrome, css: str) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [e.text for e in chrome.find_elements(By.CSS_SELECTOR, css)]
 
 
 def test_an_uploaded_file_shows_its_top_label_and_timeline(server, browser, audio, toy_model, tmp_path):

@@ -289,10 +289,23 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 1 if on_error.count else 0
 
 
+def _cmd_export_web(args: argparse.Namespace) -> int:
+    from ..checkpoints.load import load_model
+    from ..serve.web import check_runtime, write_site
+
+    check_runtime()  # before the model is loaded and exported
+    out = write_site(args.out, load_model(args.checkpoint, input_tdim=args.input_tdim))
+    print(f"wrote {out}: a static page that tags audio in the browser (index.html, static/, model.onnx); "
+          "host the folder with any web server")  # fmt: skip
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..checkpoints.export import TOLERANCE, export_onnx, export_torchscript, verify_export
     from ..checkpoints.load import load_model
 
+    if args.format == "web":
+        return _cmd_export_web(args)
     out = Path(args.out)
     fmt = args.format or ("onnx" if out.suffix == ".onnx" or args.input == "waveform" else "torchscript")
     if fmt == "torchscript" and args.dynamic_time:
@@ -424,9 +437,10 @@ def add_commands(sub) -> None:
                        "thresholds in its metadata), which the torch-free `python -m ast_audio_onnx` runs; its "
                        "probabilities are checked against PyTorch within 1e-4 (--int8: agreement reported).")  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="file, Hugging Face folder or published name")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default=None,
-                   help="default: onnx for a .onnx file or --input waveform, else torchscript")  # fmt: skip
-    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--format", choices=["onnx", "torchscript", "web"], default=None,
+                   help="default: onnx for a .onnx file or --input waveform, else torchscript; web: a static "
+                   "folder (the page and the model from waveform) that tags audio in the browser")  # fmt: skip
+    p.add_argument("--out", required=True, help="the file to write (web: the folder)")
     p.add_argument("--dynamic-time", action="store_true",
                    help="ONNX: accept 16..input_tdim frames (positions cut by AST's rule); default fixed")  # fmt: skip
     p.add_argument("--input-tdim", type=number_arg(low=1, high=100_000, integer=True), default=None,

@@ -18,8 +18,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                           "pip install 'ast-audio[serve]'") from None  # fmt: skip
     from ..infer.engine import AudioTagger
 
+    if args.onnx is not None and not args.client_side:
+        raise ConfigError("--onnx is the model of the client-side page: it needs --client-side")
+    client_model = _client_model(args) if args.client_side else None
     tagger = AudioTagger(args.checkpoint, device=args.device, batch_size=args.batch_size, precision=args.precision,
                          compile=args.compile)  # fmt: skip
+    if client_model is not None:
+        _same_labels(client_model, tagger.labels)
     sock = listen(args.host, args.port)  # an address in use is one line, before the banner says it serves
     try:
         settings = ServeSettings(max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000,
@@ -27,10 +32,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                  timeout=args.timeout, max_streams=args.max_streams)  # fmt: skip
         print(f"ast-audio serve: http://{args.host}:{args.port}/ (API: /docs), {len(tagger.labels)} labels, "
               f"{tagger.device}, {tagger.precision} ({tagger.precision_reason}); Ctrl-C stops", flush=True)  # fmt: skip
-        run(create_app(tagger, settings), args.host, args.port, graceful_timeout=args.timeout, sock=sock)
+        if client_model is not None:
+            print(f"client-side: the page runs {client_model} in the browser (onnxruntime-web)", flush=True)
+        app = create_app(tagger, settings, client_model=client_model)
+        run(app, args.host, args.port, graceful_timeout=args.timeout, sock=sock)
     finally:
         sock.close()
     return 0
+
+
+def _client_model(args: argparse.Namespace):
+    """The waveform-in ONNX file the client-side page runs: ``--onnx``, or the checkpoint exported
+    once into the cache. The vendored runtime is checked first, before any model is loaded."""
+    from pathlib import Path
+
+    from ..serve.web import cached_model, check_runtime, read_metadata
+
+    check_runtime()
+    if len(args.checkpoint) > 1:
+        raise ConfigError(f"--client-side runs one checkpoint in the browser; got {len(args.checkpoint)}")
+    if args.onnx is not None:
+        read_metadata(args.onnx)
+        return Path(args.onnx)
+    return cached_model(args.checkpoint[0])
+
+
+def _same_labels(path, labels) -> None:
+    """The page's model and the API's checkpoint answer with the same labels, in the same order."""
+    from ..serve.web import read_metadata
+
+    if list(read_metadata(path)["labels"]) != list(labels):
+        raise ConfigError("its labels are not the checkpoint's (the page and the API would disagree); export it "
+                          "from this checkpoint, or leave --onnx out", path)  # fmt: skip
 
 
 def add_commands(sub) -> None:
@@ -60,4 +93,10 @@ def add_commands(sub) -> None:
                    "also the graceful-shutdown limit (60)")  # fmt: skip
     p.add_argument("--max-streams", type=number_arg(low=1, high=10_000, integer=True), default=16,
                    help="live WebSocket streams at once (16)")  # fmt: skip
+    p.add_argument("--client-side", action="store_true",
+                   help="the page runs the model in the visitor's browser (onnxruntime-web, WebAssembly): audio "
+                   "dropped or recorded there never leaves it; the model is exported once into the cache "
+                   "(or --onnx); needs `make vendor`")  # fmt: skip
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="--client-side: this waveform-in ONNX file (export --format onnx --input waveform) instead")
     p.set_defaults(func=_cmd_serve)

@@ -7,18 +7,27 @@
 - ``stream``: live scores and events, :meth:`AudioTagger.stream`'s updates as messages;
 - ``uploads``: the body size limit, reading uploads, decoding them through a private
   temporary file that is always removed; ``metrics``: the Prometheus text;
+- ``web``: the page's client-side mode (the model runs in the browser with the vendored
+  onnxruntime-web): the model file, its metadata, and a static folder for any file server;
 - ``static/``: the page (HTML, JS, CSS; package data, no build step, nothing from a CDN).
 
 :func:`listen` binds the address (an address in use is one line before anything starts) and
 :func:`run` serves on it with uvicorn. It needs the ``serve`` extra (``pip install
-'ast-audio[serve]'``: fastapi, uvicorn, python-multipart); the rest of the package does not.
+'ast-audio[serve]'``: fastapi, uvicorn, python-multipart); the rest of the package does not,
+:mod:`.web` included: the app's names are imported from :mod:`.app` when first asked for.
 """
 
 from __future__ import annotations
 
-from .app import STATIC, ServeSettings, create_app
-
 __all__ = ["STATIC", "ServeSettings", "create_app", "listen", "run"]
+
+
+def __getattr__(name: str):
+    if name in ("STATIC", "ServeSettings", "create_app"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def listen(host: str, port: int):

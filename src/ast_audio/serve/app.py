@@ -4,6 +4,11 @@
 all). Status codes: 413 (body over ``max_upload_mb``, answered before it is read whole),
 415 (not audio), 422 (corrupt or truncated audio, too long, empty, bad parameters), 503
 (not answered within ``timeout`` seconds). The answer is always JSON ``{"detail": reason}``.
+
+With ``client_model`` (``serve --client-side``) the page at ``/`` runs that waveform-in ONNX
+file, served at ``/model.onnx``, in the browser (:mod:`.web`); the API stays as it is. The
+page, its files and the model then come cross-origin isolated (COOP and COEP headers), which
+lets onnxruntime-web run on several threads; ``/docs``, whose script comes from a CDN, does not.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -39,10 +44,10 @@ from .batching import Batcher, Job, overall_labels
 from .metrics import Metrics
 from .stream import live_updates
 from .uploads import Guard, Rejected, decode, read_upload
+from .web import ISOLATION_HEADERS, MODEL_FILE, STATIC, page
 
 __all__ = ["STATIC", "ServeSettings", "create_app"]
 
-STATIC = Path(__file__).resolve().parent / "static"  # the page: package data, no build step
 MAX_MESSAGE = 2**20  # bytes of one WebSocket audio message
 MAX_TIMELINE_WINDOWS = 10_000
 _POST = PostProcessing()  # the post-processing defaults, the CLI's and the library's
@@ -76,8 +81,9 @@ _AUDIO_BODY = {  # what the OpenAPI description says of the body we read ourselv
 }
 
 
-def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
-    """The service as an ASGI app (run it with uvicorn, or test it with a client)."""
+def create_app(tagger: AudioTagger, settings: ServeSettings | None = None, *, client_model: Path | None = None):
+    """The service as an ASGI app (run it with uvicorn, or test it with a client). ``client_model``:
+    a waveform-in ONNX file that the page runs in the visitor's browser instead of calling the API."""
     settings = settings or ServeSettings()
     metrics = Metrics()
     batcher = Batcher(tagger, max_batch=settings.max_batch, max_wait=settings.max_wait, metrics=metrics)
@@ -254,10 +260,30 @@ def create_app(tagger: AudioTagger, settings: ServeSettings | None = None):
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html")
+    async def index():
+        if client_model is None:
+            return FileResponse(STATIC / "index.html")
+        return HTMLResponse(page(client_side=True))
 
-    routes = {"/", "/api/predict", "/api/embed", "/api/attention", "/api/info", "/healthz", "/metrics", "/docs", "/openapi.json"}
+    if client_model is not None:
+        isolated = ("/", f"/{MODEL_FILE}", "/static/")
+
+        @app.middleware("http")
+        async def cross_origin_isolation(request: Request, call_next):
+            response = await call_next(request)
+            path = request.url.path
+            if path in isolated or path.startswith(isolated[-1]):
+                response.headers.update(ISOLATION_HEADERS)
+            return response
+
+        @app.get(f"/{MODEL_FILE}", include_in_schema=False)
+        async def model_file():
+            # revalidated on every load (a 304 when unchanged): a restart with another checkpoint is never
+            # met by the browser's cached copy of the last one
+            return FileResponse(client_model, media_type="application/octet-stream",
+                                headers={"cache-control": "no-cache"})  # fmt: skip
+
+    routes = {"/", f"/{MODEL_FILE}", "/api/predict", "/api/embed", "/api/attention", "/api/info", "/healthz", "/metrics", "/docs", "/openapi.json"}
     guarded = Guard(app, limit_bytes=int(settings.max_upload_mb * 2**20), metrics=metrics, routes=routes,
                     body_timeout=settings.timeout)  # fmt: skip
     guarded.fastapi = app  # for callers that want the FastAPI object (routes, OpenAPI)

@@ -1,8 +1,13 @@
 // The ast-audio page: tag a file or a recording, or stream the microphone live.
 // Plain JavaScript, no build step, nothing loaded from elsewhere: it works offline.
+// Client-side mode (the ast-audio-client meta filled in, see serve/web.py): files and recordings
+// are tagged in this browser by client.js's ClientModel, with no request to the service.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const clientMeta = document.querySelector('meta[name="ast-audio-client"]');
+const clientSettings = clientMeta && clientMeta.content ? JSON.parse(clientMeta.content) : null;
+let client = null;    // client-side mode: a promise of the ClientModel (bench/webpage.py times it)
 let info = null;      // GET api/info
 let mic = null;       // the open microphone: {stream, ctx, proc}
 let recorded = null;  // Float32Array chunks while recording
@@ -33,6 +38,23 @@ async function loadInfo() {
   }
 }
 
+async function loadHere() {
+  $("live").hidden = true; // live mode streams to the service; client-side, audio stays here
+  $("attention-on").parentElement.hidden = true;
+  $("footer").textContent = "The model runs in this browser (onnxruntime-web, WebAssembly): audio does not leave it.";
+  $("model").textContent = "loading the model into this browser…";
+  client = ClientModel.load(clientSettings);
+  try {
+    const m = await client;
+    $("model").textContent = `${clientSettings.model} · ${m.labels.length} labels · ${m.rate} Hz · ` +
+      `${Number((m.window / m.rate).toFixed(3))} s windows · in this browser (WebAssembly, ` +
+      `${m.threads} thread${m.threads === 1 ? "" : "s"})`;
+  } catch (e) {
+    $("model").textContent = "the model could not be loaded";
+    showError(e.message);
+  }
+}
+
 // ------------------------------------------------------------------ results
 
 function renderLabels(labels) {
@@ -52,6 +74,7 @@ function renderLabels(labels) {
     const value = document.createElement("span");
     value.className = "score";
     value.textContent = score.toFixed(3);
+    value.dataset.score = String(score);
     row.append(name, bar, value);
     return row;
   });
@@ -121,6 +144,10 @@ async function tag(blob, name) {
   $("attention").hidden = true;
   setStatus(`tagging ${name}…`);
   drawFile(blob);
+  if (client) {
+    await tagHere(blob, name);
+    return;
+  }
   const form = new FormData();
   form.append("file", blob, name);
   const query = new URLSearchParams({ top_k: "5", timeline: "true" }); // frames and events: the service's defaults, predict --timeline's
@@ -138,10 +165,49 @@ async function tag(blob, name) {
     showError(`${response.status}: ${detail(body, response)}`);
     return;
   }
+  showTagged(name, body);
+  if ($("attention-on").checked) await showAttention(blob, name);
+}
+
+function showTagged(name, body) {
   renderLabels(body.labels);
   renderTimeline(body);
   setStatus(`${name}: ${body.duration.toFixed(2)} s, ${body.windows.length} frame(s), ${body.events.length} event(s)`);
-  if ($("attention-on").checked) await showAttention(blob, name);
+}
+
+// Client-side: decoded, resampled and scored here; the same labels and timeline as the service's.
+async function tagHere(blob, name) {
+  let model, samples, body;
+  try {
+    model = await client;
+  } catch (e) {
+    setStatus("");
+    showError(e.message);
+    return;
+  }
+  try {
+    samples = await model.decode(blob);
+  } catch (e) {
+    setStatus("");
+    showError(`${name}: this browser cannot decode it (${e.message})`);
+    return;
+  }
+  if (!samples.length) {
+    setStatus("");
+    showError(`${name}: no audio samples`);
+    return;
+  }
+  try {
+    body = await model.tag(samples, {
+      onLabels: renderLabels,
+      onProgress: (done, total) => setStatus(`tagging ${name} in this browser… ${done}/${total} windows`),
+    });
+  } catch (e) {
+    setStatus("");
+    showError(`${name}: ${e.message}`);
+    return;
+  }
+  showTagged(name, body);
 }
 
 async function showAttention(blob, name) {
@@ -312,4 +378,5 @@ $("record").addEventListener("click", toggleRecord);
 $("live").addEventListener("click", toggleLive);
 window.addEventListener("error", (e) => showError(`page error: ${e.message}`));
 window.addEventListener("unhandledrejection", (e) => showError(`page error: ${e.reason}`));
-loadInfo();
+if (clientSettings) loadHere();
+else loadInfo();
