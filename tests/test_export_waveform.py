@@ -269,3 +269,25 @@ def test_runner_errors_are_one_line(exported, tmp_path, checkpoints):
     assert out.returncode == 1 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("ast_audio_onnx: error: ") for line in lines), out.stderr
+
+
+def test_mean_pooling_and_the_clip_statistics_branch_are_in_the_graph(files, tmp_path):
+    """The from-scratch preset's model (mean pooling, clip statistics over the audio frames
+    only): its waveform graph equals the tagger, on a clip shorter than the input (padding)."""
+    from ast_audio.model.ast import ASTModel
+
+    torch.manual_seed(5)
+    model = ASTModel(3, 16, 16, 128, 128, imagenet_pretrain=False, model_size="tiny224", verbose=False, depth=1,
+                     pool="mean", clip_stats=True)  # fmt: skip
+    with torch.no_grad():
+        model.stats_head.linear.weight.normal_(0, 0.1)
+        model.stats_head.mean.normal_(0, 0.5)
+    model = labelled(model.eval(), ["a", "b", "c"], False)
+    path = export_waveform_onnx(model, tmp_path / "scratch.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tagger = AudioTagger(model, device="cpu", precision="fp32")
+    wave = load_audio(files["long"], 16000).numpy()
+    for length in (4_000, model.input_contract.samples):
+        batch = wave[None, 10_000 : 10_000 + length]
+        got = session.run(["probabilities"], {"waveform": batch})[0]
+        assert np.abs(got - tagger.predict(list(batch), sample_rate=16000)[0].scores).max() < PARITY, length

@@ -76,7 +76,7 @@ class WaveformModel(nn.Module):
         self.softmax = model.input_contract.activation == "softmax"
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        logits = self.model.forward_head(self.model.forward_features(self.front_end(waveform)))  # (B, C)
+        logits = self.model(self.front_end(waveform))  # (B, C), with any clip-statistics branch
         return torch.softmax(logits, -1) if self.softmax else torch.sigmoid(logits)
 
 
