@@ -23,6 +23,9 @@ file never imports :mod:`ast_audio.checkpoints`, yet the original constructor
 is the loading classmethod: the checkpoint module, when imported, hands its loaders to
 :func:`~ast_audio.model.weights.provide_weights` (a factory in place of the class would
 break ``isinstance`` and subclassing).
+
+Over 400 lines: the blocks, the model with the original's constructor, its surgery and its
+forward paths are one architecture that every loader, trainer and exporter shares.
 """
 
 from __future__ import annotations
