@@ -113,7 +113,7 @@ bench: demo
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/model.py --trained runs/demo/exp/models/best_audio_model.safetensors \
 	  --trained-data runs/demo/prepared/demo_test.json
-	$(BIN)/python bench/export.py
+	$(BIN)/python bench/export.py --browser
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/openset.py

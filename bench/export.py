@@ -12,9 +12,11 @@ itself:
 - ours: ``AudioTagger.predict`` on the paths, fp32 (the reference of every agreement column);
 - Hugging Face: soundfile + ``ASTFeatureExtractor`` + ``ASTForAudioClassification`` fp32,
   loaded from our weights (``export_hf``);
-- in the browser (onnxruntime-web, WASM, headless Chromium): a row filled from
-  ``--browser-timing JSON`` (``{"clips_per_s": ..., "max_abs_diff": ..., "top1": ...}``,
-  what the page's own timing writes), else marked as not measured in this run.
+- in the browser (onnxruntime-web, WASM, headless Chromium): with ``--browser`` (``make
+  bench`` passes it) the client-side page tags the same files and its median time per clip
+  is measured (:mod:`webpage`); ``--browser-timing JSON`` (``{"clips_per_s": ...,
+  "max_abs_diff": ..., "top1": ...}``) fills the row from elsewhere; else it is marked as not
+  measured in this run.
 
 onnxruntime gets as many intra-op threads as torch has, so both sides use the same cores.
 Then the install footprint: the bytes that onnxruntime, numpy, soundfile and soxr put in
@@ -103,11 +105,20 @@ def footprint_rows() -> list[str]:
     ]
 
 
-def browser_row(timing: Path | None, hf_rate: float) -> str:
-    """The in-browser row: from the page's timing file when given, else marked as not measured here."""
+def browser_timing(onnx_path: Path, paths: list[str]) -> dict:
+    """The page's own time per clip in headless Chromium (:func:`webpage.browser_seconds_per_clip`:
+    decode, resample, the model's windows; page load excluded)."""
+    import webpage
+
+    return {"clips_per_s": 1.0 / webpage.browser_seconds_per_clip(onnx_path, paths)}
+
+
+def browser_row(timing: Path | dict | None, hf_rate: float) -> str:
+    """The in-browser row: from the page's timing (measured here, or a file) when given, else
+    marked as not measured in this run."""
     if timing is None:
         return f"| {BROWSER_ROW} | not measured in this run | - | - | - |"
-    got = json.loads(timing.read_text())
+    got = timing if isinstance(timing, dict) else json.loads(timing.read_text())
     rate = float(got["clips_per_s"])
     top1 = got.get("top1")
     diff = got.get("max_abs_diff")
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="best of this many timings (2; --quick 1)")
     parser.add_argument("--browser-timing", type=Path, default=None,
                         help="JSON of the page's in-browser timing (clips_per_s, max_abs_diff, top1) for its row")  # fmt: skip
+    parser.add_argument("--browser", action="store_true",
+                        help="also time the page in headless Chromium (needs chromium and `make vendor`)")  # fmt: skip
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
@@ -198,7 +211,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     table = ["| path | clips/s | vs HF fp32 | top-1 agreement with our fp32 | max prob diff |",
              "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     table += [f"| {n} | {r:.3f} | {r / hf_rate:.2f}x | {a:.0%} | {d:.1e} |" for n, r, a, d in rows]
-    table.append(browser_row(args.browser_timing, hf_rate))
+    timing = browser_timing(fp32_path, paths) if args.browser else args.browser_timing
+    table.append(browser_row(timing, hf_rate))
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     name = "tiny224 with two blocks (--quick)" if args.quick else "base384"
     mib = 2**20
