@@ -61,6 +61,7 @@ SCRATCH = ROOT / "src" / "ast_audio" / "recipes" / "scratch.toml"
 BEST: dict[str, dict[str, dict]] = {
     "drums": {"noise=true (best validation on split 0, not on the mean of splits)": {"noise": True}},
     "speech": {"the preset itself": {}},
+    "voices": {"the preset itself": {}},  # not searched: a set that checks the choice
 }
 
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=realsets.DEFAULT_CACHE, help="where packages and sets are kept")
     parser.add_argument("--quick", action="store_true", help="one split, the default and the baseline")
-    parser.add_argument("--datasets", default="drums,speech", help="comma-separated: " + ", ".join(realsets.SETS))
+    parser.add_argument("--datasets", default="drums,speech,voices", help="comma-separated: " + ", ".join(realsets.SETS))
     parser.add_argument("--seeds", default="0,1,2", help="splits (held-out groups) to average over")
     parser.add_argument("--variant", action="append", default=[], type=parse_variant,
                         help='another setting to measure: "name: key=value ..." (repeatable)')

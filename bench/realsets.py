@@ -21,6 +21,11 @@ The sets (each file's *group* is what never straddles train and test, nor train 
   five languages; class: the language. Group: the prompt (its path under the voice's folder,
   such as ``digits/1``), so one prompt's recordings in every language go to the same side.
   Subsampled (seeded) to ``per_class`` training and ``test_per_class`` test clips a language.
+- **voices** (``hedgewars-data``): the game's fifteen voice packs (characters and languages:
+  "Pirate", "Robot", "Default_pl"...), each the same few dozen exclamations acted by one voice,
+  with the game's effects on some; class: the voice pack. Group: the line without its take
+  number (``Ow2`` -> ``ow``), so a line is held out in every voice at once and the model must
+  know a voice from lines it never heard.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "ast-audio" / "real"
 DRUM_PACKAGES = ("hydrogen-drumkits", "hydrogen-drumkits-effects")
 LANGUAGES = ("en", "es", "fr", "it", "ru")
 SPEECH_PACKAGES = tuple(f"asterisk-core-sounds-{lang}-wav" for lang in LANGUAGES)
+VOICE_PACKAGES = ("hedgewars-data",)
 AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg", ".mp3")
 
 # Instrument name -> class: the first rule with a keyword at the start of a word of the
@@ -179,6 +185,14 @@ def speech_clips(roots: dict[str, Path]) -> list[Clip]:
     return clips
 
 
+def voice_clips(root: Path) -> list[Clip]:
+    """The voice packs of the unpacked ``hedgewars-data`` (``.../Sounds/voices/<pack>/<Line>.ogg``);
+    group: the line's name without a trailing take number, lower-cased."""
+    packs = sorted(p for p in root.glob("usr/share/games/hedgewars/Data/Sounds/voices/*") if p.is_dir())
+    return [Clip(path, pack.name, re.sub(r"\d+$", "", path.stem).lower() or path.stem)
+            for pack in packs for path in sorted(pack.glob("*.ogg"))]  # fmt: skip
+
+
 # --------------------------------------------------------------------------- splits
 
 
@@ -259,6 +273,7 @@ class RealSet:
 SETS = {
     "drums": RealSet("drums", DRUM_PACKAGES, "kit", 0.25, None, None),
     "speech": RealSet("speech", SPEECH_PACKAGES, "prompt", 0.3, 60, 40),
+    "voices": RealSet("voices", VOICE_PACKAGES, "line", 0.3, None, None),
 }
 
 
@@ -268,6 +283,8 @@ def build(spec: RealSet, cache: Path, seed: int) -> dict[str, list[Clip]]:
     roots = fetch(spec.packages, cache)
     if spec.name == "drums":
         clips = drum_clips(list(roots.values()))
+    elif spec.name == "voices":
+        clips = voice_clips(roots["hedgewars-data"])
     else:
         clips = speech_clips({p.split("-")[3]: r for p, r in roots.items()})
     train, test = split(clips, spec.test_share, seed)

@@ -109,3 +109,19 @@ def _counts(clips):
     for c in clips:
         out[c.label] = out.get(c.label, 0) + 1
     return out
+
+
+def test_voice_packs_are_classes_and_a_line_is_held_out_in_every_voice(tmp_path):
+    root = tmp_path / "hedgewars-data"
+    voices = root / "usr/share/games/hedgewars/Data/Sounds/voices"
+    for pack in ("Pirate", "Robot", "Default_pl"):
+        for line in ("Amazing", "Ow1", "Ow2", "Hello", "Boring"):
+            _wav(voices / pack / f"{line}.ogg")
+    (voices / "Robot" / "notes.txt").write_text("not a clip")
+    clips = realsets.voice_clips(root)
+    assert len(clips) == 15 and {c.label for c in clips} == {"Pirate", "Robot", "Default_pl"}
+    assert {c.group for c in clips} == {"amazing", "ow", "hello", "boring"}  # Ow1 and Ow2: takes of one line
+    train, test = realsets.split(clips, 0.3, 0)
+    for group in {c.group for c in test}:
+        assert {c.label for c in test if c.group == group} == {"Pirate", "Robot", "Default_pl"}
+    assert not {c.group for c in train} & {c.group for c in test}
