@@ -36,7 +36,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -47,8 +46,9 @@ from pathlib import Path
 import numpy as np
 import realsets
 from common import BENCHMARKS, ROOT, machine, publish
+from realsets import frames_for
 
-from ast_audio.audio.io import audio_info, load_audio
+from ast_audio.audio.io import load_audio
 from ast_audio.data.datafiles import read_datafile, write_datafile
 from ast_audio.data.dataset import AudioDataset, norm_stats
 from ast_audio.data.labels import LabelTable, read_label_csv, write_label_table
@@ -67,15 +67,6 @@ BEST: dict[str, dict[str, dict]] = {
     "drums": {"noise=true (best validation on split 0, not on the mean of splits)": {"noise": True}},
     "speech": {"the preset itself": {}},
 }
-
-
-def frames_for(paths: list[Path]) -> int:
-    """Input length for clips: frames covering the 90th percentile of their durations
-    (100 frames a second), rounded up to a multiple of 16, within 96..1024."""
-    infos = [audio_info(p) for p in paths]
-    seconds = [info.frames / info.sample_rate for info in infos]
-    frames = math.ceil(float(np.percentile(seconds, 90)) * 100 / 16) * 16
-    return int(min(max(frames, 96), 1024))
 
 
 def write_run_files(folder: Path, train_clips, test_clips, seed: int) -> dict[str, Path]:

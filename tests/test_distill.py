@@ -94,6 +94,18 @@ def test_students_are_listed_smallest_first_with_non_overlapping_patches():
     assert "{" + ",".join(STUDENTS) + "}" in out.stdout.replace("\n", "").replace(" ", "")
 
 
+def test_the_documented_preset_table_is_what_the_code_computes():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "distill.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|") for line in text.splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    assert list(rows) == list(STUDENTS)  # every preset, smallest first
+    for name, cells in rows.items():
+        parameters, flops = student_cost(name)
+        assert cells[4].strip() == f"{parameters / 1e6:.2f}M" and cells[5].strip() == f"{flops / 1e9:.2f}"
+        preset = STUDENTS[name]
+        assert int(cells[3]) == preset.depth
+
+
 # --------------------------------------------------------------------------- the loss
 
 
