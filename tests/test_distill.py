@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ok, run_main
+from conftest import ok, run_main, run_torchrun
 from factories import (
     TOY_CLASSES,
     labelled,
@@ -283,6 +283,28 @@ def test_multi_label_student_from_labels_and_unlabelled_audio_calibrates_and_tag
                                   "--format", "json")).stdout)  # fmt: skip
     assert tags[0]["labels"]
     datafile_from(toy / "val.json", exp / "labels.csv")  # the run's label table reads back
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_process_fills_its_share_and_all_train_on_the_whole_store(toy, single_teacher, tmp_path):
+    exp = tmp_path / "exp"
+    res = run_torchrun("distill", "--teacher", single_teacher, "--data-train", toy / "train.json", "--data-val",
+                       toy / "val.json", "--student", "tiny2", "--exp-dir", exp, "--n-epochs", 2, "-b", 6,
+                       "--amp", "off", "--draws", 15, "--mixup", 0.5, "--device", "cpu")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(np.loadtxt(exp / "result.csv", delimiter=",", ndmin=2)) == 2
+    meta = json.loads((exp / "teacher" / "store.json").read_text())
+    assert meta["rows"] == 18 * 15 and sorted(p.name for p in (exp / "teacher").glob("chunk-*")) == [
+        "chunk-00000.npz", "chunk-00001.npz"]  # 270 draws: rank 0 filled the first chunk, rank 1 the second
+    stored = TeacherStore(exp / "teacher", {}, meta["rows"], meta["k"]).read(3, "softmax")
+    teacher = Teacher([("t", load_model(single_teacher))])
+    replay = _replay(toy, teacher, 15, Augmentation(**{k: meta["augmentation"][k] for k in ("freqm", "timem", "mixup",
+                                                                                             "noise")}))  # fmt: skip
+    replay.seeds = stored.seeds.reshape(18, 15)
+    rows = torch.tensor([0, 100, 255, 256, 269])  # both chunks
+    batch = replay.collate([replay[int(r)] for r in rows])
+    expected = teacher(replay.model_input(batch, "cpu")[0])
+    assert torch.allclose(stored.targets(rows, "cpu"), expected, atol=2e-3)
 
 
 def test_bad_input_is_one_line(toy, single_teacher, tmp_path):
