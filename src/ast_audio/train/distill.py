@@ -51,6 +51,7 @@ from ..model.info import ModelInfo
 from ..model.students import STUDENTS, student_config
 from .config import STUDENT_TRAINING, TrainConfig
 from .loop import Run, RunState, TrainingError, _bar_disabled, train
+from .resume import RESUME_FILE, load_resume
 from .teacher_store import ReplayDataset, StoredOutputs, Teacher, TeacherStore, clip_digest, draw_seeds
 
 __all__ = ["DistillConfig", "DistillRun", "distill", "distill_loss"]
@@ -149,8 +150,6 @@ class DistillRun(Run):
     def build_with(cls, settings: DistillConfig, teacher: Teacher, cfg: TrainConfig, device: torch.device, ctx: Dist,
                    exp: Path) -> DistillRun:  # fmt: skip
         """Fill (or finish filling) the teacher store, then build the student's run on it."""
-        from .resume import RESUME_FILE, load_resume
-
         labels, contract = teacher.labels, teacher.contract
         if ctx.main:
             write_label_table(labels, cfg.label_csv)
@@ -170,7 +169,7 @@ class DistillRun(Run):
         for model in teacher.models:
             model.to(device)
         store.fill(teacher, replay, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers, rank=ctx.rank,
-                   world=ctx.world, progress=None if cfg.progress is None else cfg.progress and ctx.main)  # fmt: skip
+                   world=ctx.world, progress=cfg.progress if ctx.main else False)  # fmt: skip
         ctx.barrier()
         outputs = store.read(len(labels), contract.activation)
         replay.seeds = outputs.seeds.reshape(len(clips), draws)  # the student replays the stored draws
@@ -184,9 +183,10 @@ class DistillRun(Run):
         torch.manual_seed(cfg.seed)
         model = ASTModel.from_config(student_config(settings.student, len(labels), contract.num_mel_bins,
                                                     contract.target_length))  # fmt: skip
-        model.info = ModelInfo(labels=labels.names, label_ids=labels.mids, contract=contract,
-                               extra={"distilled_from": [Path(s).name for s in teacher.sources],
-                                      "student": settings.student})  # fmt: skip
+        extra = {"distilled_from": [Path(s).name for s in teacher.sources], "student": settings.student}
+        if "none_label" in teacher.models[0].info.extra:  # the teacher's "none of these" class is the student's
+            extra["none_label"] = teacher.models[0].info.extra["none_label"]
+        model.info = ModelInfo(labels=labels.names, label_ids=labels.mids, contract=contract, extra=extra)
         model.to(device)
         net, optimizer, scheduler, scaler, amp_dtype = cls._optimiser(cfg, device, ctx, model)
         run = cls(cfg, device, ctx, exp, contract, data, {"train": clips, "valid": valid}, val_set, loader, model, net,

@@ -235,7 +235,7 @@ class TeacherStore:
         from tqdm.auto import tqdm
 
         todo = self.missing(rank, world)
-        bar = tqdm(todo, desc="teacher", leave=False, disable=None if progress is None else not progress)
+        bar = tqdm(todo, desc="teacher", leave=False, disable=None if progress is None else not progress)  # None: a terminal
         for chunk in bar:
             rows = list(range(chunk * CHUNK_ROWS, min((chunk + 1) * CHUNK_ROWS, self.rows)))
             loader = dataset.loader(batch_size, sampler=rows, num_workers=num_workers)
