@@ -192,10 +192,14 @@ def _model(spec: dict) -> torch.nn.Module:
     return ASTModel.from_config(cfg).eval()
 
 
-def measure(specs: list[dict], batch: int, repeats: int) -> dict:
-    """Clips per second and FLOPs of each model of ``specs``, and the matmul peak (this process)."""
+def measure(specs: list[dict], batch: int, repeats: int, threads: int = 0) -> dict:
+    """Clips per second and FLOPs of each model of ``specs``, and the matmul peak (this process,
+    ``threads`` torch threads; 0: torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
     peak = matmul_peak()
-    out = {"peak_gflops": peak, "capability": torch.backends.cpu.get_cpu_capability(), "models": []}
+    out = {"peak_gflops": peak, "capability": torch.backends.cpu.get_cpu_capability(), "models": [],
+           "threads": torch.get_num_threads()}  # fmt: skip
     for spec in specs:
         model = _model(spec)
         x = torch.randn(spec.get("batch", batch), spec["frames"], 128)
@@ -206,14 +210,15 @@ def measure(specs: list[dict], batch: int, repeats: int) -> dict:
     return out
 
 
-def measure_in_process(specs: list[dict], batch: int, repeats: int, avx2: bool) -> dict:
+def measure_in_process(specs: list[dict], batch: int, repeats: int, avx2: bool, threads: int = 0) -> dict:
     """:func:`measure` in a fresh interpreter, with ATen's CPU kernels pinned to AVX2 where asked."""
     env = {**os.environ, **({"ATEN_CPU_CAPABILITY": "avx2"} if avx2 else {})}
     if not avx2:
         env.pop("ATEN_CPU_CAPABILITY", None)
     with tempfile.TemporaryDirectory() as tmp:
         spec_file, out_file = Path(tmp) / "specs.json", Path(tmp) / "out.json"
-        spec_file.write_text(json.dumps({"specs": specs, "batch": batch, "repeats": repeats}, default=str))
+        spec_file.write_text(json.dumps({"specs": specs, "batch": batch, "repeats": repeats, "threads": threads},
+                                        default=str))  # fmt: skip
         subprocess.run([sys.executable, __file__, "--measure", str(spec_file), str(out_file)], check=True, env=env,
                        cwd=Path(__file__).parent)  # fmt: skip
         return json.loads(out_file.read_text())
@@ -277,15 +282,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=100, help="synthetic clips a class")
     parser.add_argument("--presets", default=",".join(STUDENTS), help="the presets of the 10-s table, comma-separated")
     parser.add_argument("--batch", type=int, default=8, help="clips a forward pass when timing")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads when timing (default: torch's own; 1 on a machine shared with other jobs)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--measure", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--note", default="", help="a line under the title, e.g. about the machine's load")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
     if args.measure:
         spec = json.loads(args.measure[0].read_text())
-        args.measure[1].write_text(json.dumps(measure(spec["specs"], spec["batch"], spec["repeats"])))
+        args.measure[1].write_text(json.dumps(measure(spec["specs"], spec["batch"], spec["repeats"], spec["threads"])))
         return 0
     if args.quick:
         args.teacher_depth, args.teacher_epochs, args.epochs, args.per_class, args.repeats = 2, 2, 2, 10, 1
@@ -311,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                      for row, r in rows.items()]  # fmt: skip
             specs += [{"name": BASE, "kind": "base", "classes": classes, "frames": frames},
                       {"name": HF, "kind": "hf", "classes": classes, "frames": frames}]  # fmt: skip
-            runs = [measure_in_process(specs, args.batch, args.repeats, avx2) for avx2 in (False, True)]
+            runs = [measure_in_process(specs, args.batch, args.repeats, avx2, args.threads) for avx2 in (False, True)]
             sections += dataset_table(title, files, rows, runs, args.batch)
         specs = [{"name": f"`{p}` student", "kind": "preset", "preset": p, "classes": 527, "frames": 1024,
                   "parameters": student_cost(p)[0], "batch": 1}
@@ -321,15 +329,17 @@ def main(argv: list[str] | None = None) -> int:
                    "batch": 1, "repeats": 1},
                   {"name": HF, "kind": "hf", "classes": 527, "frames": 1024, "parameters": base_params, "batch": 1,
                    "repeats": 1}]  # fmt: skip
-        presets = [measure_in_process(specs, 1, args.repeats, avx2) for avx2 in (False, True)]
+        presets = [measure_in_process(specs, 1, args.repeats, avx2, args.threads) for avx2 in (False, True)]
     minutes = (time.time() - began) / 60
     first = presets[0]
-    lines = [START, "## Distillation (`bench/distill.py`)", "",
+    trained = (f"Teacher: tiny224, {args.teacher_depth} blocks, strides 10, {args.teacher_epochs} epochs on the "
+               f"labelled clips; students: `{args.student}`, {args.epochs} epochs (`distill` defaults otherwise). Test "
+               "accuracy of the best-on-validation epoch. ") if sections else ""  # fmt: skip
+    lines = [START, "## Distillation (`bench/distill.py`)", "", *([args.note, ""] if args.note else []),
              f"{'`--quick`: a smoke run, not a measurement of what distillation reaches. ' if args.quick else ''}"
-             f"Teacher: tiny224, {args.teacher_depth} blocks, strides 10, {args.teacher_epochs} epochs on the labelled "
-             f"clips; students: `{args.student}`, {args.epochs} epochs (`distill` defaults otherwise). Test accuracy "
-             f"of the best-on-validation epoch. Speed: fp32 forward passes, best of {args.repeats}; the CPU's measured "
-             f"fp32 matmul peak {first['peak_gflops']:.0f} GFLOP/s (kernels {first['capability']}), "
+             f"{trained}Speed: fp32 forward passes, best of {args.repeats}; the CPU's measured "
+             f"fp32 matmul peak {first['peak_gflops']:.0f} GFLOP/s on the {first['threads']} timing threads (kernels "
+             f"{first['capability']}), "
              f"{presets[1]['peak_gflops']:.0f} GFLOP/s pinned to AVX2. {avx2_note}. Run "
              f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}, {minutes:.1f} minutes in all; the machine may "
              "have been shared with other jobs, which slows every row alike only roughly.", "",
