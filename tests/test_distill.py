@@ -174,9 +174,11 @@ def test_the_student_replays_exactly_the_input_the_teacher_saw(toy, single_teach
     store.fill(recording, replay, torch.device("cpu"), batch_size=5)
     seen = torch.cat(recording.inputs)  # row order
     assert len(seen) == len(replay) * 2
+    for clip in range(len(replay)):  # each draw of a clip is augmented afresh
+        assert not torch.equal(seen[2 * clip], seen[2 * clip + 1])
     outputs = store.read(3, "softmax")
     assert np.array_equal(outputs.seeds, replay.seeds.reshape(-1))
-    mixed = 0
+    unlabelled_draws = 0
     for epoch in (1, 2, 3):  # epoch 3 takes the first draw again
         sampler = torch.utils.data.RandomSampler(range(len(replay)))  # another order, other batches
         draws = [(i, epoch, p) for p, i in enumerate(sampler)]
@@ -188,8 +190,8 @@ def test_the_student_replays_exactly_the_input_the_teacher_saw(toy, single_teach
             assert torch.equal(features, seen[rows])
             # what the student learns from is what the teacher said of that input (fp16, all 3 classes kept)
             assert torch.allclose(outputs.targets(rows, "cpu"), teacher(features), atol=1e-3)
-            mixed += int((batch["labelled"] == 0).sum())
-    assert mixed  # unlabelled clips (and mixes with them) were among the draws
+            unlabelled_draws += int((batch["labelled"] == 0).sum())
+    assert unlabelled_draws  # unlabelled clips (and mixes with them) were among the draws
 
 
 def test_an_interrupted_fill_resumes_and_gives_the_uninterrupted_store(toy, multi_teacher, tmp_path, monkeypatch):
