@@ -48,7 +48,7 @@ from ast_audio.audio.synth import CLASSES, write_dataset
 from ast_audio.checkpoints.load import load_model
 from ast_audio.data.datafiles import read_datafile, write_datafile
 from ast_audio.data.dataset import AudioDataset, norm_stats
-from ast_audio.data.labels import LabelTable, write_label_table
+from ast_audio.data.labels import LabelTable, read_label_csv, write_label_table
 from ast_audio.features.contract import InputContract
 from ast_audio.model.ast import ASTModel
 from ast_audio.model.config import ASTConfig
@@ -162,8 +162,6 @@ def models(files: dict, work: Path, args) -> dict[str, dict]:
 
 
 def _labels(files: dict) -> LabelTable:
-    from ast_audio.data.labels import read_label_csv
-
     return read_label_csv(files["labels"])
 
 
