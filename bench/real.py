@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -46,8 +45,9 @@ from pathlib import Path
 import numpy as np
 import realsets
 from common import BENCHMARKS, ROOT, machine, publish
+from realsets import frames_for
 
-from ast_audio.audio.io import audio_info, load_audio
+from ast_audio.audio.io import load_audio
 from ast_audio.checkpoints.load import load_model
 from ast_audio.features.kaldi import fbank
 from ast_audio.recipes import run_recipe
@@ -65,13 +65,6 @@ BEST: dict[str, dict[str, dict]] = {
 }
 
 
-def frames_for(paths: list[Path]) -> int:
-    """Input length for clips: frames covering the 90th percentile of their durations
-    (100 frames a second), rounded up to a multiple of 16, within 96..1024."""
-    infos = [audio_info(p) for p in paths]
-    seconds = [info.frames / info.sample_rate for info in infos]
-    frames = math.ceil(float(np.percentile(seconds, 90)) * 100 / 16) * 16
-    return int(min(max(frames, 96), 1024))
 
 
 def scratch_settings() -> dict:

@@ -31,6 +31,7 @@ The sets (each file's *group* is what never straddles train and test, nor train 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 import shutil
@@ -40,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ast_audio.audio.io import audio_info
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ast-audio" / "real"
 DRUM_PACKAGES = ("hydrogen-drumkits", "hydrogen-drumkits-effects")
@@ -290,3 +293,21 @@ def build(spec: RealSet, cache: Path, seed: int) -> dict[str, list[Clip]]:
     train, test = split(clips, spec.test_share, seed)
     sides = {"train": subsample(train, spec.per_class, seed), "test": subsample(test, spec.test_per_class, seed)}
     return materialise(cache / "sets" / f"{spec.name}-s{seed}", sides)
+
+
+def read_set(folder: Path) -> dict[str, list[Clip]]:
+    """The sides of a set :func:`materialise` laid out before (``folder/<side>/<class>/<group>__<file>``)."""
+    sides: dict[str, list[Clip]] = {}
+    for side in ("train", "test"):
+        sides[side] = [Clip(link, link.parent.name, link.name.split("__", 1)[0])
+                       for link in sorted((folder / side).glob("*/*"))]  # fmt: skip
+    return sides
+
+
+def frames_for(paths: list[Path]) -> int:
+    """Input length for clips: frames covering the 90th percentile of their durations
+    (100 frames a second), rounded up to a multiple of 16, within 96..1024."""
+    infos = [audio_info(p) for p in paths]
+    seconds = [info.frames / info.sample_rate for info in infos]
+    frames = math.ceil(float(np.percentile(seconds, 90)) * 100 / 16) * 16
+    return int(min(max(frames, 96), 1024))

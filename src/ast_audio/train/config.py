@@ -154,6 +154,13 @@ def load_config_file(path: str | Path) -> dict:
     return check_train_table(data.get("train", data), path)
 
 
+# A student's training settings where the user gives none: the from-scratch preset's
+# (recipes/scratch.toml: a small AST learning from a few hundred clips), with mixup on, since
+# the teacher labels each mix.
+STUDENT_TRAINING = {"lr": 3e-4, "batch_size": 16, "n_epochs": 20, "freqm": 24, "timem": 48, "mixup": 0.5,
+                    "lrscheduler_start": 10, "lrscheduler_step": 5, "lrscheduler_decay": 0.5}  # fmt: skip
+
+
 @dataclass
 class TrainConfig:
     """The original ``run.py`` options (same names), plus ours at the end."""

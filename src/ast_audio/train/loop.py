@@ -21,6 +21,7 @@ import logging
 import math
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -439,8 +440,10 @@ class Run:
                  len(self.datafiles["train"]), len(self.datafiles["valid"]), self.ctx.world, self.device)  # fmt: skip
 
 
-def train(cfg: TrainConfig) -> RunState:
+def train(cfg: TrainConfig, *, command: str = "ast-audio train", build: Callable[..., Run] | None = None) -> RunState:
     """Train (or resume) the run described by ``cfg`` in ``cfg.exp_dir``; returns the final state.
+    ``build(cfg, device, ctx, exp)`` makes the run (default :meth:`Run.build`; distillation
+    gives its own); ``command`` names the holder of the folder's lock.
 
     The experiment folder is locked for the run (:mod:`ast_audio.base.lock`): a second run in
     it is refused with one line naming the holder. Under ``torchrun`` rank 0 takes the lock and
@@ -458,16 +461,16 @@ def train(cfg: TrainConfig) -> RunState:
         refusal = None
         if ctx.main:
             try:
-                held.enter_context(folder_lock(exp, "ast-audio train"))
+                held.enter_context(folder_lock(exp, command))
             except FolderLocked as err:
                 refusal = [err.reason, err.path]
         refusal = ctx.from_main([refusal])[0]
         if refusal is not None:
             raise FolderLocked(*refusal)
-        return _train_locked(cfg, device, ctx, exp)
+        return _train_locked(cfg, device, ctx, exp, build or Run.build)
 
 
-def _train_locked(cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path) -> RunState:
+def _train_locked(cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path, build: Callable[..., Run]) -> RunState:
     package_log = logging.getLogger("ast_audio")
     level, handler = package_log.level, None
     if ctx.main:  # the run's log file gets INFO and up, whatever the console shows
@@ -480,7 +483,7 @@ def _train_locked(cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path) 
         if package_log.getEffectiveLevel() > logging.INFO:
             package_log.setLevel(logging.INFO)
     try:
-        return Run.build(cfg, device, ctx, exp).fit()
+        return build(cfg, device, ctx, exp).fit()
     finally:
         package_log.setLevel(level)
         if handler is not None:
