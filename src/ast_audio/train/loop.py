@@ -52,7 +52,7 @@ from .metrics import calculate_stats, d_prime
 from .resume import RESUME_FILE, RunState, TrainingError, load_resume, save_resume
 from .step import bucket_length, parameter_groups, train_step
 
-__all__ = ["Run", "RunState", "TrainingError", "train"]
+__all__ = ["Run", "RunState", "TrainingError", "run_device", "run_folder", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -418,47 +418,57 @@ class Run:
 def train(cfg: TrainConfig) -> RunState:
     """Train (or resume) the run described by ``cfg`` in ``cfg.exp_dir``; returns the final state.
 
-    The experiment folder is locked for the run (:mod:`ast_audio.base.lock`): a second run in
-    it is refused with one line naming the holder. Under ``torchrun`` rank 0 takes the lock and
-    every rank refuses together."""
+    The experiment folder is held for the run (:func:`run_folder`)."""
     cfg.check()
-    device = pick_device(cfg.device)
+    device, ctx = run_device(cfg.device)
+    if ctx.enabled and cfg.batch_size % ctx.world:
+        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {ctx.world} processes")
+    exp = Path(cfg.exp_dir)
+    with run_folder(exp, ctx, "ast-audio train", (exp, exp / "models", exp / PREDICTIONS)):
+        return Run.build(cfg, device, ctx, exp).fit()
+
+
+def run_device(device: str | None) -> tuple[torch.device, Dist]:
+    """The device of a run and its place among ``torchrun``'s processes (each rank its own GPU)."""
+    device = pick_device(device)
     ctx = init_distributed(device.type)
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    if ctx.enabled and cfg.batch_size % ctx.world:
-        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {ctx.world} processes")
-    exp = Path(cfg.exp_dir)
+    return device, ctx
+
+
+@contextlib.contextmanager
+def run_folder(exp: Path, ctx: Dist, command: str, folders: tuple[Path, ...]):
+    """An experiment folder held for a run: locked (:mod:`ast_audio.base.lock`: a second run in
+    it is refused with one line naming the holder; under ``torchrun`` rank 0 takes the lock and
+    every rank refuses together), the temporaries a killed run left in ``folders`` removed, and
+    the package's INFO messages and up written to ``log.txt``, whatever the console shows."""
     with contextlib.ExitStack() as held:
         refusal = None
         if ctx.main:
             try:
-                held.enter_context(folder_lock(exp, "ast-audio train"))
+                held.enter_context(folder_lock(exp, command))
             except FolderLocked as err:
                 refusal = [err.reason, err.path]
         refusal = ctx.from_main([refusal])[0]
         if refusal is not None:
             raise FolderLocked(*refusal)
-        return _train_locked(cfg, device, ctx, exp)
-
-
-def _train_locked(cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path) -> RunState:
-    package_log = logging.getLogger("ast_audio")
-    level, handler = package_log.level, None
-    if ctx.main:  # the run's log file gets INFO and up, whatever the console shows
-        (exp / "models").mkdir(parents=True, exist_ok=True)
-        for folder in (exp, exp / "models", exp / PREDICTIONS):  # what a kill -9 mid-write left
-            clean_stale_temporaries(folder)
-        handler = logging.FileHandler(exp / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        package_log.addHandler(handler)
-        if package_log.getEffectiveLevel() > logging.INFO:
-            package_log.setLevel(logging.INFO)
-    try:
-        return Run.build(cfg, device, ctx, exp).fit()
-    finally:
-        package_log.setLevel(level)
-        if handler is not None:
-            package_log.removeHandler(handler)
-            handler.close()
+        package_log = logging.getLogger("ast_audio")
+        level, handler = package_log.level, None
+        if ctx.main:
+            (exp / "models").mkdir(parents=True, exist_ok=True)
+            for folder in folders:  # what a kill -9 mid-write left
+                clean_stale_temporaries(folder)
+            handler = logging.FileHandler(exp / "log.txt")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            package_log.addHandler(handler)
+            if package_log.getEffectiveLevel() > logging.INFO:
+                package_log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            package_log.setLevel(level)
+            if handler is not None:
+                package_log.removeHandler(handler)
+                handler.close()
