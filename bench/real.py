@@ -36,7 +36,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -47,13 +46,12 @@ from pathlib import Path
 import numpy as np
 import realsets
 from common import BENCHMARKS, ROOT, machine, publish
+from realsets import baseline, frames_for
 
-from ast_audio.audio.io import audio_info, load_audio
 from ast_audio.data.datafiles import read_datafile, write_datafile
 from ast_audio.data.dataset import AudioDataset, norm_stats
 from ast_audio.data.labels import LabelTable, read_label_csv, write_label_table
 from ast_audio.features.contract import InputContract
-from ast_audio.features.kaldi import fbank
 from ast_audio.train.config import TrainConfig, coerce, load_config_file
 from ast_audio.train.loop import train
 
@@ -67,15 +65,6 @@ BEST: dict[str, dict[str, dict]] = {
     "drums": {"noise=true (best validation on split 0, not on the mean of splits)": {"noise": True}},
     "speech": {"the preset itself": {}},
 }
-
-
-def frames_for(paths: list[Path]) -> int:
-    """Input length for clips: frames covering the 90th percentile of their durations
-    (100 frames a second), rounded up to a multiple of 16, within 96..1024."""
-    infos = [audio_info(p) for p in paths]
-    seconds = [info.frames / info.sample_rate for info in infos]
-    frames = math.ceil(float(np.percentile(seconds, 90)) * 100 / 16) * 16
-    return int(min(max(frames, 96), 1024))
 
 
 def write_run_files(folder: Path, train_clips, test_clips, seed: int) -> dict[str, Path]:
@@ -113,45 +102,6 @@ def ours(files: dict[str, Path], exp: Path, frames: int, seed: int, overrides: d
         values = [float(v) for row in csv.reader(fh) for v in row]
     return {"valid": values[0], "test": values[2], "seconds": time.perf_counter() - begin,
             "epochs": state.epoch, "best_epoch": state.best_epoch}  # fmt: skip
-
-
-# --------------------------------------------------------------------------- the baseline
-
-_FEATURES: dict[Path, np.ndarray] = {}
-
-
-def clip_statistics(path: Path) -> np.ndarray:
-    """Mean and std of each log-mel band and of its frame-to-frame difference (4 x 128 values)."""
-    if path not in _FEATURES:
-        wave = load_audio(path, 16000)
-        x = fbank(wave - wave.mean(), 16000, 128).double().numpy()  # (T, 128)
-        if len(x) < 2:
-            x = np.vstack([x, x, np.zeros((2, 128))])[:2]
-        d = np.diff(x, axis=0)
-        _FEATURES[path] = np.concatenate([x.mean(0), x.std(0), d.mean(0), d.std(0)])
-    return _FEATURES[path]
-
-
-def baseline(train_clips, test_clips) -> dict:
-    """Log-mel statistics + logistic regression, C by grouped cross-validation on train."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    begin = time.perf_counter()
-    known = {c.label for c in train_clips}
-    test_clips = [c for c in test_clips if c.label in known]
-    x = np.stack([clip_statistics(c.path) for c in train_clips])
-    y = [c.label for c in train_clips]
-    groups = [c.group for c in train_clips]
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    folds = GroupKFold(n_splits=min(5, len(set(groups))))
-    search = GridSearchCV(model, {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]}, cv=folds)
-    search.fit(x, y, groups=groups)
-    test = float(search.score(np.stack([clip_statistics(c.path) for c in test_clips]), [c.label for c in test_clips]))
-    return {"valid": float(search.best_score_), "test": test, "seconds": time.perf_counter() - begin,
-            "C": search.best_params_["logisticregression__C"]}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the run
