@@ -7,7 +7,7 @@ import csv
 
 import pytest
 import torch
-from conftest import ok, run_main
+from conftest import ok, run_main, run_torchrun
 from factories import as_flags, noise, ssast_state, tone, write_audio, write_toy_dataset
 from factories import toy_train_settings as base_args
 
@@ -253,6 +253,18 @@ def test_resume_continues_where_an_uninterrupted_run_would_end(run, tmp_path):
     assert [r[:6] for r in a["state"]["rows"]] == [r[:6] for r in b["state"]["rows"]]
     for key, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][key], tensor, rtol=0, atol=0)
+
+
+def test_runs_under_torchrun(run, tmp_path):
+    """Two CPU processes: each draws its own crops and masks, the epoch's figures are gathered
+    from both, rank 0 writes."""
+    root, toy, _, _ = run
+    exp = tmp_path / "ddp"
+    ok(run_torchrun("pretrain", root / "recordings", toy / "train.json", "--exp-dir", exp, *TINY, "--n-epochs", "2"))
+    with open(exp / "pretrain_result.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert load_model(exp / "models" / "pretrained.safetensors", label_dim=2).config.grid == (8, 6)
 
 
 def test_bad_inputs_are_one_line(tmp_path):

@@ -137,7 +137,7 @@ class SSAST(nn.Module):
         B, N, D = tokens.shape
         hidden = torch.zeros(B, N, dtype=torch.bool, device=x.device).scatter_(1, masked, True)
         tokens = torch.where(hidden.unsqueeze(-1), self.mask_embed.to(tokens.dtype), tokens)
-        prefix = torch.cat([v.cls_token, v.dist_token], dim=1).expand(B, -1, -1)  # (B, 2, D)
+        prefix = torch.cat([v.cls_token.expand(B, -1, -1), v.dist_token.expand(B, -1, -1)], dim=1)  # (B, 2, D)
         tokens = torch.cat([prefix, tokens], dim=1) + v.pos_embed  # (B, 2+N, D)
         for block in v.blocks:
             if model.grad_checkpointing and torch.is_grad_enabled():
