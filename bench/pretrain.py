@@ -103,13 +103,14 @@ def write_files(folder: Path, fit: list[Clip], valid: list[Clip], test: list[Cli
     return files
 
 
-def finetune(files: dict[str, Path], exp: Path, settings: dict, init: str | bool) -> dict:
+def finetune(files: dict[str, Path], exp: Path, settings: dict, init: str | bool, cache_dir: Path) -> dict:
     """Train the preset on the split (trunk from ``init``); test accuracy of the best-on-valid model."""
     shutil.rmtree(exp, ignore_errors=True)
     begin = time.perf_counter()
     cfg = TrainConfig(**{**settings, "audioset_pretrain": init}, data_train=str(files["train"]), data_val=str(files["valid"]),
                       data_eval=str(files["test"]), label_csv=str(files["label_csv"]),
-                      n_class=len(read_label_csv(files["label_csv"])), exp_dir=str(exp), progress=False)  # fmt: skip
+                      n_class=len(read_label_csv(files["label_csv"])), exp_dir=str(exp), progress=False,
+                      cache_dir=str(cache_dir))  # fmt: skip
     state = train(cfg)
     with open(exp / "eval_result.csv", newline="") as fh:  # val acc, val mAUC, eval acc, eval mAUC
         values = [float(v) for row in csv.reader(fh) for v in row]
@@ -184,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = pretrain_exp / "models" / CHECKPOINT
 
     results = {}
-    results["from scratch"] = finetune(files, work / "scratch", settings, False)
-    results["pretrained + fine-tuned"] = finetune(files, work / "finetuned", settings, str(pretrained))
+    results["from scratch"] = finetune(files, work / "scratch", settings, False, cache / "waves")
+    results["pretrained + fine-tuned"] = finetune(files, work / "finetuned", settings, str(pretrained), cache / "waves")
     results["pretrained + linear probe"] = probe(load_model(pretrained), fit + valid, test_clips, contract)
     untrained = ASTModel(527, 16, 16, 128, frames, imagenet_pretrain=False, model_size=preset["model_size"],
                          verbose=False, depth=preset["depth"], pool=preset.get("pool", "cls"))  # fmt: skip
