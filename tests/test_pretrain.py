@@ -4,12 +4,14 @@ on real files, its checkpoint through load_model / train / convert, and resume."
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
 from conftest import ok, run_main, run_torchrun
 from factories import as_flags, noise, ssast_state, tone, write_audio, write_toy_dataset
 from factories import toy_train_settings as base_args
+from layouts import write_class_folders
 
 from ast_audio import load_model
 from ast_audio.checkpoints.read import read_checkpoint
@@ -196,6 +198,24 @@ def test_train_takes_it_as_the_trunk(run, tmp_path):
     # positions: the 8x6 pretraining grid interpolated to the 12x9 grid of strides 10/10
     assert tuned["v.pos_embed"].shape == (1, 2 + 12 * 9, 192)
     torch.testing.assert_close(tuned["v.pos_embed"][:, :2], pretrained["v.pos_embed"][:, :2], rtol=0, atol=1e-4)
+
+
+def test_a_recipe_takes_it_as_the_trunk(run, tmp_path):
+    """``recipe folder --set preset=scratch audioset_pretrain=PATH``: the from-scratch preset's
+    tiny model (what the pretraining above trained) starts from the pretrained trunk."""
+    _, _, exp, _ = run
+    path = exp / "models" / "pretrained.safetensors"
+    root = tmp_path / "mine"
+    write_class_folders(root)
+    out = tmp_path / "tuned"
+    ok(run_main("recipe", "folder", root, "--exp-dir", out, "--set", "preset=scratch", f"audioset_pretrain={path}",
+                "n_epochs=1", "lr=1e-7", "batch_size=8", "progress=false", "device=cpu", timeout=300))  # fmt: skip
+    recorded = json.loads((out / "recipe.json").read_text())
+    assert recorded["preset"] == "scratch" and recorded["train"]["audioset_pretrain"] == str(path)
+    tuned = load_model(out / "models" / "best_audio_model.safetensors").state_dict()
+    pretrained = load_model(path).state_dict()
+    for key in ("v.blocks.1.attn.qkv.weight", "v.patch_embed.proj.weight", "v.norm.bias"):
+        torch.testing.assert_close(tuned[key], pretrained[key], rtol=0, atol=1e-4)
 
 
 def test_convert_writes_the_ssast_layout(run, tmp_path):
