@@ -73,7 +73,7 @@ def task_clips(folder: Path) -> list[Clip]:
     for path in sorted(folder.glob("*/*")):
         if path.suffix.lower() in AUDIO_EXTENSIONS:
             group = path.name.split("__")[0] if "__" in path.name else path.stem
-            clips.append(Clip(path, path.parent.name, group))
+            clips.append(Clip(path.resolve(), path.parent.name, group))  # the file, not a link a re-made set replaces
     if not clips:
         raise SystemExit(f"bench/pretrain.py: no clips in {folder}/<class>/")
     return clips
@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except realsets.FetchError as err:
         print(f"bench/pretrain.py: {err}", file=sys.stderr)
         return 2
-    work = cache / "runs" / f"pretrain-{realsets.safe_name(task)}"
-    shutil.rmtree(work, ignore_errors=True)
+    work = cache / "runs" / f"pretrain-{realsets.safe_name(task)}"  # a killed run's pretraining resumes here
     fit, valid = realsets.split(train_clips, VALID_SHARE, args.seed + 1000)
     files = write_files(work, fit, valid, test_clips)
     frames = frames_for([c.path for c in train_clips])
