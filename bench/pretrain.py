@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                         "game-data packages in the cache)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch each, few crops")
-    parser.add_argument("--crops", type=int, default=3000, help="unlabelled crops an epoch (the files chosen to give them)")
-    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument("--crops", type=int, default=800, help="unlabelled crops an epoch (the files chosen to give them)")
+    parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the preset's)")
     parser.add_argument("--depth", type=int, default=None, help="transformer blocks (default: the preset's)")
     parser.add_argument("--note", default="", help="a line under the table, e.g. about the machine's load")
@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except realsets.FetchError as err:
         print(f"bench/pretrain.py: {err}", file=sys.stderr)
         return 2
-    work = cache / "runs" / f"pretrain-{realsets.safe_name(task)}"  # a killed run's pretraining resumes here
+    crops = 24 if args.quick else args.crops
+    # a killed run's pretraining resumes here; other unlabelled data or another model is another folder
+    work = cache / "runs" / f"pretrain-{realsets.safe_name(task)}-c{crops}-d{args.depth or 0}{'-quick' if args.quick else ''}"
     fit, valid = realsets.split(train_clips, VALID_SHARE, args.seed + 1000)
     files = write_files(work, fit, valid, test_clips)
     frames = frames_for([c.path for c in train_clips])
@@ -176,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         preset["n_epochs"] = 1 if args.quick else args.epochs
     settings = {**preset, "audio_length": frames, "dataset_mean": mean, "dataset_std": std, "seed": args.seed}
 
-    crops = 24 if args.quick else args.crops
     chosen, hours = unlabelled_files(roots, crops, contract.samples / contract.sample_rate, args.seed)
     pool = write_datafile(work / "unlabelled.json", [(p, []) for p in chosen])
     pretrain_exp = work / "pretrain"
