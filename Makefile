@@ -119,6 +119,7 @@ bench: demo
 	$(BIN)/python bench/openset.py
 	$(BIN)/python bench/train.py --jobs 2
 	$(BIN)/python bench/real.py
+	$(BIN)/python bench/pretrain.py
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	  $(BIN)/python bench/device.py; \
 	else echo "bench/device.py: no CUDA device here, skipped"; fi

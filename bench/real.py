@@ -45,11 +45,9 @@ from pathlib import Path
 import numpy as np
 import realsets
 from common import BENCHMARKS, ROOT, machine, publish
-from realsets import frames_for
+from realsets import baseline, frames_for
 
-from ast_audio.audio.io import load_audio
 from ast_audio.checkpoints.load import load_model
-from ast_audio.features.kaldi import fbank
 from ast_audio.recipes import run_recipe
 from ast_audio.train.config import TrainConfig, coerce, load_config_file
 
@@ -95,45 +93,6 @@ def ours(split_dir: Path, exp: Path, seed: int, overrides: dict, cache_dir: Path
     return {"valid": valid, "test": result["test_acc"], "seconds": time.perf_counter() - begin,
             "best_epoch": result["best_epoch"], "audio_length": result["audio_length"],
             **({"clip_stats": choice} if choice else {})}  # fmt: skip
-
-
-# --------------------------------------------------------------------------- the baseline
-
-_FEATURES: dict[Path, np.ndarray] = {}
-
-
-def clip_statistics(path: Path) -> np.ndarray:
-    """Mean and std of each log-mel band and of its frame-to-frame difference (4 x 128 values)."""
-    if path not in _FEATURES:
-        wave = load_audio(path, 16000)
-        x = fbank(wave - wave.mean(), 16000, 128).double().numpy()  # (T, 128)
-        if len(x) < 2:
-            x = np.vstack([x, x, np.zeros((2, 128))])[:2]
-        d = np.diff(x, axis=0)
-        _FEATURES[path] = np.concatenate([x.mean(0), x.std(0), d.mean(0), d.std(0)])
-    return _FEATURES[path]
-
-
-def baseline(train_clips, test_clips) -> dict:
-    """Log-mel statistics + logistic regression, C by grouped cross-validation on train."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    begin = time.perf_counter()
-    known = {c.label for c in train_clips}
-    test_clips = [c for c in test_clips if c.label in known]
-    x = np.stack([clip_statistics(c.path) for c in train_clips])
-    y = [c.label for c in train_clips]
-    groups = [c.group for c in train_clips]
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    folds = GroupKFold(n_splits=min(5, len(set(groups))))
-    search = GridSearchCV(model, {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]}, cv=folds)
-    search.fit(x, y, groups=groups)
-    test = float(search.score(np.stack([clip_statistics(c.path) for c in test_clips]), [c.label for c in test_clips]))
-    return {"valid": float(search.best_score_), "test": test, "seconds": time.perf_counter() - begin,
-            "C": search.best_params_["logisticregression__C"]}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the run

@@ -124,3 +124,26 @@ def plot_attention(att: AttentionLike, path: str | os.PathLike, *, title: str | 
     ax_top.barh(names, [score for _, score in att.labels][::-1], color="tab:blue")
     ax_top.set(xlim=(0, 1), xlabel="probability", title="top labels")
     return _save(fig, path)
+
+
+def plot_pretraining(rows: Sequence[Sequence[float]], path: str | os.PathLike) -> Path:
+    """Pretraining curves as a PNG: the losses (left); the masked-patch accuracy and the linear
+    probe's accuracy where it was scored (right). ``rows``: epoch, loss, discriminative loss,
+    generative loss, masked-patch accuracy, lr, probe accuracy (NaN where not scored)."""
+    data = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)  # (epochs, columns)
+    epochs = data[:, 0]
+    fig = _figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    left.plot(epochs, data[:, 2], "o-", label="discriminative (InfoNCE)")
+    left.plot(epochs, data[:, 3], "o-", label="generative (MSE)")
+    left.set_xlabel("epoch")
+    left.legend()
+    right.plot(epochs, data[:, 4], "o-", label="masked-patch accuracy")
+    probed = ~np.isnan(data[:, 6])
+    if probed.any():
+        right.plot(epochs[probed], data[probed, 6], "s--", label="linear probe accuracy")
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1)
+    right.legend()
+    fig.tight_layout()
+    return _save(fig, path)

@@ -25,9 +25,10 @@ from ..model.ast import ASTModel
 from ..model.config import ASTConfig
 from ..model.info import missing_statistics
 from ..model.pos_embed import adapt_pos_embed
+from ..model.ssast import SSAST
 from ..model.weights import provide_weights
 from .hub import DEFAULT_AUDIOSET, IMAGENET_FOR_SIZE
-from .layouts import ORIGINAL, config_to_hf, from_ours, original_to_hf
+from .layouts import ORIGINAL, SSAST_INPUT, UNUSED, config_to_hf, from_ours, original_to_hf
 from .read import FORMAT_NAME, FORMAT_VERSION, check_finite, check_fits, checkpoint_config, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,16 @@ def _cpu_state(model: ASTModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
+def _metadata(model: ASTModel) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "info": {"labels": model.info.labels, "label_ids": model.info.label_ids, "extra": model.info.extra},
+        "input_contract": model.input_contract.to_dict(),
+    }
+
+
 def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
     """Write ``model`` in the self-describing format, atomically.
 
@@ -242,13 +253,7 @@ def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | N
     "state_dict", **extra}``.
     """
     path = Path(path)
-    meta = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "info": {"labels": model.info.labels, "label_ids": model.info.label_ids, "extra": model.info.extra},
-        "input_contract": model.input_contract.to_dict(),
-    }
+    meta = _metadata(model)
     state = _cpu_state(model)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
@@ -301,3 +306,46 @@ def export_hf(model: ASTModel, folder: str | os.PathLike) -> Path:
                 lambda tmp, d=data: tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8"),
             )
     return folder
+
+
+# --------------------------------------------------------------------------- SSAST pretraining files
+
+
+def save_pretrained(ssast: SSAST, path: str | os.PathLike) -> Path:
+    """Write a pretrained SSAST (``ast-audio pretrain``) as an ``ast-audio`` safetensors file:
+    the trunk (``v.*``) and SSAST's pretraining parts, no classifier; config, contract and
+    ``info.extra`` in the metadata. :func:`load_model` reads it as it reads a published SSAST
+    file (a fresh head), and ``audioset_pretrain`` takes its trunk."""
+    from safetensors.torch import save_file
+
+    model = ssast.model
+    state = {k: v for k, v in _cpu_state(model).items() if k.startswith("v.")}
+    state.update({k: v.detach().cpu().contiguous() for k, v in ssast.pretraining_state().items()})
+    meta = json.dumps(_metadata(model))
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={FORMAT_NAME: meta, "format": "pt"}))
+
+
+def export_ssast(source: str | os.PathLike, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Path:
+    """An SSAST pretraining checkpoint (ours or a published one) in the original SSAST layout,
+    what the SSAST repository's fine-tuning code loads: a DataParallel state dict
+    (``module.``) of the trunk, the unused DeiT heads (``v.head``, ``v.head_dist``: zeros),
+    ``cpredlayer``/``gpredlayer``/``mask_embed`` and the pretraining input size
+    (``p_input_fdim``/``p_input_tdim``)."""
+    raw = read_checkpoint(source)
+    if not allow_nonfinite:
+        check_finite(raw.state, raw.path)
+    if raw.layout != "ssast" or not raw.pretraining:
+        raise CheckpointError("not an SSAST pretraining checkpoint (no cpredlayer/gpredlayer/mask_embed): only "
+                              "`ast-audio pretrain` files and SSAST's own convert to the SSAST layout", raw.path)  # fmt: skip
+    cfg, _ = checkpoint_config(raw)
+    if (cfg.fstride, cfg.tstride) != (16, 16):
+        raise CheckpointError(f"SSAST pretraining checkpoints cut patches without overlap (strides 16/16); this one "
+                              f"has {cfg.fstride}/{cfg.tstride}", raw.path)  # fmt: skip
+    state = {k: v for k, v in raw.state.items() if k.startswith("v.")}
+    dim = cfg.embed_dim
+    for prefix in UNUSED:  # the DeiT ImageNet heads SSAST's files carry (1000 classes, unused)
+        state[prefix + "weight"], state[prefix + "bias"] = torch.zeros(1000, dim), torch.zeros(1000)
+    state.update(raw.pretraining)
+    fdim, tdim = SSAST_INPUT
+    state[fdim], state[tdim] = torch.tensor(cfg.input_fdim), torch.tensor(cfg.input_tdim)
+    return save_torch({"module." + k: v.contiguous() for k, v in state.items()}, path)

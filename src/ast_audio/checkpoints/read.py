@@ -6,7 +6,9 @@ the rename tables of :mod:`ast_audio.checkpoints.layouts`):
 - ``ast``: the original AST ``.pth`` (``module.`` prefix from DataParallel or not);
 - ``deit``: timm / facebookresearch DeiT distilled ImageNet weights (``{"model": sd}`` or sd);
 - ``ssast``: SSAST's self-supervised pretraining checkpoints (``module.``, patch-based, no
-  classifier: loading puts a fresh head on; the pretraining heads are dropped);
+  classifier: loading puts a fresh head on; the pretraining heads and mask token are kept
+  apart in :attr:`RawCheckpoint.pretraining`), and ours of ``ast-audio pretrain`` (an
+  ``ast-audio`` file holding those parts), read the same way;
 - ``hf``: Hugging Face ``ASTForAudioClassification`` / ``ASTModel``, with the key names of
   transformers 4 (``encoder.layer.N.attention.attention.query``, what the hub files hold)
   or transformers 5 (``layers.N.attention.q_proj``), plus ``config.json``;
@@ -41,6 +43,7 @@ from .hub import PublishedCheckpoint, name_hint, published_entry, resolve
 from .layouts import (
     DEIT,
     ORIGINAL,
+    SSAST_PRETRAINING,
     config_from_hf,
     drop_ssast_pretraining,
     drop_unused,
@@ -114,6 +117,11 @@ class RawCheckpoint:
     config: ASTConfig | None = None  # known exactly (ours, HF config) or None (infer)
     info: ModelInfo | None = None
     published: PublishedCheckpoint | None = None
+    pretraining: dict[str, torch.Tensor] | None = None  # SSAST's heads and mask token (layout "ssast")
+
+
+def _pretraining_parts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith(SSAST_PRETRAINING)}
 
 
 def read_checkpoint(source: str | os.PathLike) -> RawCheckpoint:
@@ -159,6 +167,9 @@ def _ours(state: dict[str, torch.Tensor], meta: dict, path: Path) -> RawCheckpoi
             info = replace(info, contract=contract, statistics=True)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ConfigError) as err:
         raise CheckpointError(f"ast-audio checkpoint with a broken config: {err}", path) from None
+    pretraining = _pretraining_parts(state)
+    if pretraining:  # written by `ast-audio pretrain`: read as an SSAST checkpoint (no classifier)
+        return RawCheckpoint(drop_ssast_pretraining(state), "ssast", path, config, info, pretraining=pretraining)
     return RawCheckpoint(state, FORMAT_NAME, path, config, info)
 
 
@@ -178,7 +189,8 @@ def _classify(
         state = to_ours(state, ORIGINAL, path=path)
     keys = set(state)
     if "v.cls_token" in keys and is_ssast(state):
-        return RawCheckpoint(drop_unused(drop_ssast_pretraining(state)), "ssast", path, published=published)
+        return RawCheckpoint(drop_unused(drop_ssast_pretraining(state)), "ssast", path, published=published,
+                             pretraining=_pretraining_parts(state))  # fmt: skip
     if "v.cls_token" in keys:
         return RawCheckpoint(drop_unused(state), "ast", path, published=published)
     if "cls_token" in keys and "dist_token" in keys:

@@ -90,8 +90,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..checkpoints.load import export_hf, export_original, load_model, save_checkpoint
+    from ..checkpoints.load import export_hf, export_original, export_ssast, load_model, save_checkpoint
 
+    if args.format == "ssast":  # the pretraining checkpoint as it is: heads, mask token, no adaptation
+        adapted = [flag for flag in ("label_dim", "fstride", "tstride", "input_tdim", "input_fdim")
+                   if getattr(args, flag) is not None]  # fmt: skip
+        if adapted:
+            raise CheckpointError(f"--format ssast writes the pretraining checkpoint as it is; --{adapted[0].replace('_', '-')} "
+                                  "does not apply", args.source)  # fmt: skip
+        print(export_ssast(args.source, args.out, allow_nonfinite=args.allow_nonfinite))
+        return 0
     model = load_model(
         args.source, label_dim=args.label_dim, fstride=args.fstride, tstride=args.tstride,
         input_tdim=args.input_tdim, input_fdim=args.input_fdim, allow_nonfinite=args.allow_nonfinite,
@@ -128,10 +136,13 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default=None, help="the device the runtime entry is about (default: cuda if available)")
     p.add_argument("--allow-nonfinite", action="store_true", help="load NaN/Inf weights anyway (forensics)")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("convert", help="rewrite a checkpoint in another layout")
+    p = sub.add_parser("convert", help="rewrite a checkpoint in another layout",
+                       description="Rewrite a checkpoint: ast-audio (ours), hf (a Hugging Face folder), original "
+                       "(the AST repository's .pth) or ssast (an SSAST pretraining checkpoint, ours from `ast-audio "
+                       "pretrain` or a published one, in the SSAST repository's layout for its fine-tuning code).")  # fmt: skip
     p.add_argument("source", help="file, Hugging Face folder or published name")
-    p.add_argument("out", help="output file (ast-audio, original) or folder (hf)")
-    p.add_argument("--format", choices=["ast-audio", "hf", "original"], default="ast-audio")
+    p.add_argument("out", help="output file (ast-audio, original, ssast) or folder (hf)")
+    p.add_argument("--format", choices=["ast-audio", "hf", "original", "ssast"], default="ast-audio")
     for flag in ("label-dim", "fstride", "tstride", "input-tdim", "input-fdim"):
         p.add_argument(f"--{flag}", type=number_arg(low=1, high=100_000, integer=True), default=None, help="adapt the model (see load_model)")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert NaN/Inf weights anyway (forensics)")

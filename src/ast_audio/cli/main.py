@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from . import checkpoints, data, demo, distill, events, infer, recipes, serve, shards, train
+    from . import checkpoints, data, demo, distill, events, infer, pretrain, recipes, serve, shards, train
 
-    for group in (checkpoints, data, demo, train, distill, recipes, infer, serve, shards, events):  # the order in --help
+    for group in (checkpoints, data, demo, train, pretrain, distill, recipes, infer, serve, shards, events):  # the order in --help
         group.add_commands(sub)
     return parser
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ast-audio: {describe_os_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        hint = "; run the same command to resume after the last completed epoch" if args.command in ("train", "distill", "recipe") else ""
+        hint = "; run the same command to resume after the last completed epoch" if args.command in ("train", "pretrain", "distill", "recipe") else ""
         print(f"ast-audio: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -34,7 +34,7 @@ from ..model.ast import ASTModel
 from ..model.clipstats import clip_statistics
 from .metrics import calculate_stats
 
-__all__ = ["C_GRID", "WEIGHTS", "fit_clip_stats", "fit_linear"]
+__all__ = ["C_GRID", "WEIGHTS", "batches_of", "fit_clip_stats", "fit_linear"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,13 @@ def fit_linear(features: torch.Tensor, targets: torch.Tensor, c: float, multi_la
     with torch.enable_grad():
         opt.step(closure)
     return weight.detach(), bias.detach()
+
+
+def batches_of(dataset, batch_size: int, device, num_workers: int = 0):
+    """``(model input, targets)`` batches of an :class:`~ast_audio.data.dataset.AudioDataset`
+    as it gives them (a dataset without augmentation: every clip as it is)."""
+    for batch in dataset.loader(batch_size, num_workers=num_workers):
+        yield dataset.model_input(batch, device)
 
 
 @torch.no_grad()

@@ -47,14 +47,14 @@ from ..model.ast import ASTModel
 from ..model.config import patch_grid
 from ..model.info import ModelInfo
 from ..model.patchout import draw_patchout
-from .clipstats import fit_clip_stats
+from .clipstats import batches_of, fit_clip_stats
 from .config import TrainConfig, contract_of, patchout_drops
 from .evaluate import Predictions, predict_dataset
 from .metrics import calculate_stats, d_prime
 from .resume import RESUME_FILE, RunState, TrainingError, load_resume, save_resume
 from .step import bucket_length, parameter_groups, train_step
 
-__all__ = ["Run", "RunState", "TrainingError", "train"]
+__all__ = ["Run", "RunState", "TrainingError", "run_device", "run_folder", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -412,13 +412,9 @@ class Run:
         best = load_model(path, device=self.device)
         train_set = AudioDataset(self.datafiles["train"], self.contract, fbank_on=self.val_set.fbank_on,
                                  cache_dir=self.cfg.cache_dir, skip_bad=self.cfg.skip_bad)  # fmt: skip
-
-        def batches(dataset: AudioDataset):
-            for batch in dataset.loader(self.cfg.batch_size, num_workers=self.cfg.num_workers):
-                yield dataset.model_input(batch, self.device)
-
-        fit_clip_stats(best, batches(train_set), batches(self.val_set), multi_label=self.cfg.loss == "BCE",
-                       metric=self.cfg.metrics)  # fmt: skip
+        sizes = {"batch_size": self.cfg.batch_size, "device": self.device, "num_workers": self.cfg.num_workers}
+        fit_clip_stats(best, batches_of(train_set, **sizes), batches_of(self.val_set, **sizes),
+                       multi_label=self.cfg.loss == "BCE", metric=self.cfg.metrics)  # fmt: skip
         if self.ctx.main:
             save_checkpoint(best, path)
         self.ctx.barrier()
@@ -445,18 +441,32 @@ def train(cfg: TrainConfig, *, command: str = "ast-audio train", build: Callable
     ``build(cfg, device, ctx, exp)`` makes the run (default :meth:`Run.build`; distillation
     gives its own); ``command`` names the holder of the folder's lock.
 
-    The experiment folder is locked for the run (:mod:`ast_audio.base.lock`): a second run in
-    it is refused with one line naming the holder. Under ``torchrun`` rank 0 takes the lock and
-    every rank refuses together."""
+    The experiment folder is held for the run (:func:`run_folder`)."""
     cfg.check()
-    device = pick_device(cfg.device)
+    device, ctx = run_device(cfg.device)
+    if ctx.enabled and cfg.batch_size % ctx.world:
+        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {ctx.world} processes")
+    exp = Path(cfg.exp_dir)
+    with run_folder(exp, ctx, command, (exp, exp / "models", exp / PREDICTIONS)):
+        return (build or Run.build)(cfg, device, ctx, exp).fit()
+
+
+def run_device(device: str | None) -> tuple[torch.device, Dist]:
+    """The device of a run and its place among ``torchrun``'s processes (each rank its own GPU)."""
+    device = pick_device(device)
     ctx = init_distributed(device.type)
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    if ctx.enabled and cfg.batch_size % ctx.world:
-        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {ctx.world} processes")
-    exp = Path(cfg.exp_dir)
+    return device, ctx
+
+
+@contextlib.contextmanager
+def run_folder(exp: Path, ctx: Dist, command: str, folders: tuple[Path, ...]):
+    """An experiment folder held for a run: locked (:mod:`ast_audio.base.lock`: a second run in
+    it is refused with one line naming the holder; under ``torchrun`` rank 0 takes the lock and
+    every rank refuses together), the temporaries a killed run left in ``folders`` removed, and
+    the package's INFO messages and up written to ``log.txt``, whatever the console shows."""
     with contextlib.ExitStack() as held:
         refusal = None
         if ctx.main:
@@ -467,25 +477,21 @@ def train(cfg: TrainConfig, *, command: str = "ast-audio train", build: Callable
         refusal = ctx.from_main([refusal])[0]
         if refusal is not None:
             raise FolderLocked(*refusal)
-        return _train_locked(cfg, device, ctx, exp, build or Run.build)
-
-
-def _train_locked(cfg: TrainConfig, device: torch.device, ctx: Dist, exp: Path, build: Callable[..., Run]) -> RunState:
-    package_log = logging.getLogger("ast_audio")
-    level, handler = package_log.level, None
-    if ctx.main:  # the run's log file gets INFO and up, whatever the console shows
-        (exp / "models").mkdir(parents=True, exist_ok=True)
-        for folder in (exp, exp / "models", exp / PREDICTIONS):  # what a kill -9 mid-write left
-            clean_stale_temporaries(folder)
-        handler = logging.FileHandler(exp / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        package_log.addHandler(handler)
-        if package_log.getEffectiveLevel() > logging.INFO:
-            package_log.setLevel(logging.INFO)
-    try:
-        return build(cfg, device, ctx, exp).fit()
-    finally:
-        package_log.setLevel(level)
-        if handler is not None:
-            package_log.removeHandler(handler)
-            handler.close()
+        package_log = logging.getLogger("ast_audio")
+        level, handler = package_log.level, None
+        if ctx.main:
+            (exp / "models").mkdir(parents=True, exist_ok=True)
+            for folder in folders:  # what a kill -9 mid-write left
+                clean_stale_temporaries(folder)
+            handler = logging.FileHandler(exp / "log.txt")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            package_log.addHandler(handler)
+            if package_log.getEffectiveLevel() > logging.INFO:
+                package_log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            package_log.setLevel(level)
+            if handler is not None:
+                package_log.removeHandler(handler)
+                handler.close()
