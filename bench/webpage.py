@@ -1,4 +1,4 @@
-"""The page's in-browser time per clip, shared by the benchmarks (no ``__main__``; bench/export.py
+"""The page's in-browser time per clip, shared by the benchmarks (no main block; bench/export.py
 reports it beside ONNX Runtime and PyTorch).
 
 :func:`browser_seconds_per_clip` does what a visitor of the client-side page does, in headless

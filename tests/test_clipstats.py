@@ -19,10 +19,10 @@ from ast_audio.train import TrainConfig, train
 from ast_audio.train.clipstats import fit_clip_stats
 
 
-def tiny(label_dim: int = 3, clip_stats: bool = True, seed: int = 0) -> ASTModel:
+def tiny(label_dim: int = 3, clip_stats: bool = True, seed: int = 0, pool: str = "mean") -> ASTModel:
     torch.manual_seed(seed)
     return ASTModel(label_dim, 16, 16, 32, 64, imagenet_pretrain=False, model_size="tiny224", verbose=False,
-                    depth=1, pool="mean", clip_stats=clip_stats)  # fmt: skip
+                    depth=1, pool=pool, clip_stats=clip_stats)  # fmt: skip
 
 
 def test_statistics_leave_out_padding_silence_and_masked_frames():
@@ -94,7 +94,7 @@ def test_multilabel_fit_uses_sigmoids():
 
 
 def test_checkpoint_round_trip_and_layouts_that_cannot_hold_it(tmp_path):
-    model = tiny()
+    model = tiny(pool="cls")  # the branch alone is what the other layouts cannot hold
     x_train, y_train = band_data(60, 0)
     fit_clip_stats(model, [(x_train, y_train)], [(x_train[:30], y_train[:30])], multi_label=False, metric="acc")
     path = save_checkpoint(model, tmp_path / "m.safetensors")

@@ -273,12 +273,22 @@ def config_from_hf(
     return config, ModelInfo(labels=labels, contract=InputContract(**contract), statistics=stats is not None)
 
 
+def require_plain_ast(cfg: ASTConfig, layout: str) -> None:
+    """The original and Hugging Face layouts hold AST as published: a head over the cls and dist
+    tokens and nothing beside it. A model pooling its patch tokens, or with a clip-statistics
+    branch, would load there as another function, so it is refused."""
+    if cfg.pool != "cls":
+        raise CheckpointError(f"a model with pool={cfg.pool!r} has no {layout} form (its head pools the cls and "
+                              "dist tokens); export it as a safetensors checkpoint or ONNX")  # fmt: skip
+    if cfg.clip_stats:
+        raise CheckpointError(f"a model with a clip-statistics branch has no {layout} form (it has no such "
+                              "branch); export it as a safetensors checkpoint or ONNX")  # fmt: skip
+
+
 def config_to_hf(cfg: ASTConfig, info: ModelInfo) -> tuple[dict, dict]:
     """``config.json`` and ``preprocessor_config.json`` of a Hugging Face ``ASTForAudioClassification``
-    (whose head reads the cls and dist tokens: a model pooling its patch tokens has no such form)."""
-    if cfg.pool != "cls":
-        raise CheckpointError(f"a model with pool={cfg.pool!r} has no Hugging Face form (ASTForAudioClassification "
-                              "pools the cls and dist tokens); export it as a safetensors checkpoint or ONNX")  # fmt: skip
+    (:func:`require_plain_ast`)."""
+    require_plain_ast(cfg, "Hugging Face")
     labels = info.labels or [f"LABEL_{i}" for i in range(cfg.label_dim)]
     contract, stats = info.contract, info.statistics
     multilabel = contract.activation == "sigmoid"

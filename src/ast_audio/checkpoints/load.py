@@ -28,7 +28,7 @@ from ..model.pos_embed import adapt_pos_embed
 from ..model.ssast import SSAST
 from ..model.weights import provide_weights
 from .hub import DEFAULT_AUDIOSET, IMAGENET_FOR_SIZE
-from .layouts import ORIGINAL, SSAST_INPUT, UNUSED, config_to_hf, from_ours, original_to_hf
+from .layouts import ORIGINAL, SSAST_INPUT, UNUSED, config_to_hf, from_ours, original_to_hf, require_plain_ast
 from .read import FORMAT_NAME, FORMAT_VERSION, check_finite, check_fits, checkpoint_config, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -265,21 +265,9 @@ def save_checkpoint(model: ASTModel, path: str | os.PathLike, *, extra: dict | N
     return save_torch({**meta, **(extra or {}), "state_dict": state}, path)
 
 
-def _plain_ast(model: ASTModel, layout: str) -> None:
-    """The original and Hugging Face layouts hold AST as published: the head reads the cls and
-    dist tokens and there is no clip-statistics branch. Anything else would load there as a
-    different function, so it is refused."""
-    cfg = model.config
-    parts = ["mean pooling"] * (cfg.pool != "cls") + ["a clip-statistics branch"] * cfg.clip_stats
-    if parts:
-        what = " and ".join(parts)
-        raise CheckpointError(f"this model has {what}, which the {layout} layout cannot hold (its code would compute "
-                              "something else); keep the ast-audio format or export it to ONNX")  # fmt: skip
-
-
 def export_original(model: ASTModel, path: str | os.PathLike) -> Path:
     """The original AST layout: a plain state dict with ``module.`` prefixes (as DataParallel saved it)."""
-    _plain_ast(model, "original AST")
+    require_plain_ast(model.config, "original AST")
     state = from_ours(_cpu_state(model), ORIGINAL)
     return save_torch(state, path)
 
@@ -289,7 +277,6 @@ def export_hf(model: ASTModel, folder: str | os.PathLike) -> Path:
     preprocessor_config.json), loadable by transformers' ``from_pretrained``."""
     from safetensors.torch import save_file
 
-    _plain_ast(model, "Hugging Face")
     folder = Path(folder)
     cfg, info = model.config, model.info
     config, preprocessor = config_to_hf(cfg, info)
