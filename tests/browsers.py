@@ -13,12 +13,12 @@ import http.server
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import LocalServer
 
 
 def free_port() -> int:
@@ -83,7 +83,7 @@ def wait_until_served(proc: subprocess.Popen, url: str, timeout: float = 120) ->
         time.sleep(0.2)
 
 
-class StaticFolder:
+class StaticFolder(LocalServer):
     """``folder`` served over HTTP on 127.0.0.1 by the standard library's file server, as any
     static host would; ``requests`` lists the paths asked for."""
 
@@ -95,15 +95,4 @@ class StaticFolder:
             def log_message(self, *args):
                 outer.requests.append(self.path)
 
-        handler = functools.partial(Handler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(functools.partial(Handler, directory=str(folder)))

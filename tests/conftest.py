@@ -217,7 +217,24 @@ def cli_in_process(*args: object) -> int:
 # --------------------------------------------------------------------------- a local HTTP server
 
 
-class Server:
+class LocalServer:
+    """An HTTP server on 127.0.0.1 (a free port) in a thread, for a ``with`` block; ``url`` is its root."""
+
+    def _serve(self, handler) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Server(LocalServer):
     """Serves ``files`` on 127.0.0.1; ``/cut/NAME`` announces the full length but stops halfway."""
 
     def __init__(self, files: dict[str, bytes]):
@@ -246,17 +263,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler)
 
 
 # --------------------------------------------------------------------------- fixtures
