@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..base.distributed import Dist
@@ -50,7 +49,7 @@ from ..model.ast import ASTModel
 from ..model.info import ModelInfo
 from ..model.students import STUDENTS, student_config
 from .config import STUDENT_TRAINING, TrainConfig
-from .loop import Run, RunState, TrainingError, _bar_disabled, train
+from .loop import Run, RunState, _bar_disabled, train
 from .resume import RESUME_FILE, load_resume
 from .teacher_store import ReplayDataset, StoredOutputs, Teacher, TeacherStore, clip_digest, draw_seeds
 
@@ -219,18 +218,8 @@ class DistillRun(Run):
             seen += len(features)
             self.state.global_step += 1
             if step_in_epoch % 20 == 0:  # one host sync every 20 steps
-                current = float(loss)
-                if not math.isfinite(current):
-                    raise TrainingError(f"loss became {current} at epoch {epoch}; lower --lr (the run can resume "
-                                        "from the last completed epoch)", cfg.exp_dir)  # fmt: skip
-                bar.set_postfix(loss=f"{current:.4f}", clips_s=f"{seen * ctx.world / (time.time() - started):.1f}")
-        totals = torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)])
-        if ctx.enabled:
-            dist.all_reduce(totals)
-        mean = float(totals[0] / totals[1])
-        if not math.isfinite(mean):
-            raise TrainingError(f"the distillation loss of epoch {epoch} is {mean}; lower --lr", cfg.exp_dir)
-        return mean
+                self.watch(bar, loss, epoch, seen, started)
+        return self.epoch_mean(loss_sum, seen, epoch, "distillation")
 
 
 def _store(settings: DistillConfig, teacher: Teacher, exp: Path, clips: Datafile, flags: np.ndarray,

@@ -15,7 +15,6 @@ to bottom in one class.)
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -29,11 +28,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..base.distributed import Dist, init_distributed
-from ..base.fileio import atomic_write, clean_stale_temporaries
-from ..base.lock import FolderLocked, folder_lock
+from ..base.distributed import Dist
+from ..base.fileio import atomic_write
 from ..base.plots import plot_curves
-from ..base.runtime import pick_device, training_amp
+from ..base.runtime import training_amp
 from ..checkpoints.load import load_model, save_checkpoint
 from ..data.datafiles import Datafile, read_datafile
 from ..data.dataset import AudioDataset, SkippedLog
@@ -52,6 +50,7 @@ from .config import TrainConfig, contract_of, patchout_drops
 from .evaluate import Predictions, predict_dataset
 from .metrics import calculate_stats, d_prime
 from .resume import RESUME_FILE, RunState, TrainingError, load_resume, save_resume
+from .runs import run_device, run_folder
 from .step import bucket_length, parameter_groups, train_step
 
 __all__ = ["Run", "RunState", "TrainingError", "run_device", "run_folder", "train"]
@@ -268,21 +267,28 @@ class Run:
             seen += len(features)
             state.global_step += 1
             if step_in_epoch % 20 == 0:  # one host sync every 20 steps, not every step
-                current = float(loss)
-                if not math.isfinite(current):
-                    raise TrainingError(
-                        f"loss became {current} at epoch {epoch}, step {state.global_step}; lower --lr or check the "
-                        f"data (the run can resume from the last completed epoch)",
-                        cfg.exp_dir,
-                    )
-                bar.set_postfix(loss=f"{current:.4f}", clips_s=f"{seen * ctx.world / (time.time() - started):.1f}")
-        totals = torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)])
-        if ctx.enabled:
+                self.watch(bar, loss, epoch, seen, started)
+        return self.epoch_mean(loss_sum, seen, epoch, "training")
+
+    def watch(self, bar, loss: torch.Tensor, epoch: int, seen: int, started: float) -> None:
+        """Every few steps: a loss that is no longer finite stops the run (it resumes after the
+        last completed epoch), else the progress bar shows it and the clips a second."""
+        current = float(loss)
+        if not math.isfinite(current):
+            raise TrainingError(f"loss became {current} at epoch {epoch}, step {self.state.global_step}; lower "
+                                "--lr or check the data (the run can resume from the last completed epoch)",
+                                self.cfg.exp_dir)  # fmt: skip
+        bar.set_postfix(loss=f"{current:.4f}", clips_s=f"{seen * self.ctx.world / (time.time() - started):.1f}")
+
+    def epoch_mean(self, loss_sum: torch.Tensor, seen: int, epoch: int, what: str) -> float:
+        """The epoch's mean loss over every process's clips (a non-finite one stops the run)."""
+        totals = torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
+        if self.ctx.enabled:
             dist.all_reduce(totals)
         mean = float(totals[0] / totals[1])
         if not math.isfinite(mean):
-            raise TrainingError(f"the training loss of epoch {epoch} is {mean}; lower --lr or check the data",
-                                cfg.exp_dir)  # fmt: skip
+            raise TrainingError(f"the {what} loss of epoch {epoch} is {mean}; lower --lr or check the data",
+                                self.cfg.exp_dir)  # fmt: skip
         return mean
 
     def step_input(self, features: torch.Tensor, frames: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
@@ -449,49 +455,3 @@ def train(cfg: TrainConfig, *, command: str = "ast-audio train", build: Callable
     exp = Path(cfg.exp_dir)
     with run_folder(exp, ctx, command, (exp, exp / "models", exp / PREDICTIONS)):
         return (build or Run.build)(cfg, device, ctx, exp).fit()
-
-
-def run_device(device: str | None) -> tuple[torch.device, Dist]:
-    """The device of a run and its place among ``torchrun``'s processes (each rank its own GPU)."""
-    device = pick_device(device)
-    ctx = init_distributed(device.type)
-    if device.type == "cuda" and ctx.enabled:
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    return device, ctx
-
-
-@contextlib.contextmanager
-def run_folder(exp: Path, ctx: Dist, command: str, folders: tuple[Path, ...]):
-    """An experiment folder held for a run: locked (:mod:`ast_audio.base.lock`: a second run in
-    it is refused with one line naming the holder; under ``torchrun`` rank 0 takes the lock and
-    every rank refuses together), the temporaries a killed run left in ``folders`` removed, and
-    the package's INFO messages and up written to ``log.txt``, whatever the console shows."""
-    with contextlib.ExitStack() as held:
-        refusal = None
-        if ctx.main:
-            try:
-                held.enter_context(folder_lock(exp, command))
-            except FolderLocked as err:
-                refusal = [err.reason, err.path]
-        refusal = ctx.from_main([refusal])[0]
-        if refusal is not None:
-            raise FolderLocked(*refusal)
-        package_log = logging.getLogger("ast_audio")
-        level, handler = package_log.level, None
-        if ctx.main:
-            (exp / "models").mkdir(parents=True, exist_ok=True)
-            for folder in folders:  # what a kill -9 mid-write left
-                clean_stale_temporaries(folder)
-            handler = logging.FileHandler(exp / "log.txt")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            package_log.addHandler(handler)
-            if package_log.getEffectiveLevel() > logging.INFO:
-                package_log.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            package_log.setLevel(level)
-            if handler is not None:
-                package_log.removeHandler(handler)
-                handler.close()

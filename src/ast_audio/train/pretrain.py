@@ -4,8 +4,8 @@ shards (:mod:`ast_audio.data.unlabelled`: labels ignored, random crops of long r
 new crops every epoch).
 
 A run is a training run without labels: the same experiment folder (locked, ``log.txt``,
-``config.json``), device and ``torchrun`` DDP (:func:`~ast_audio.train.loop.run_device`,
-:func:`~ast_audio.train.loop.run_folder`), precision (``--amp``), epoch sampler and progress
+``config.json``), device and ``torchrun`` DDP (:func:`~ast_audio.train.runs.run_device`,
+:func:`~ast_audio.train.runs.run_folder`), precision (``--amp``), epoch sampler and progress
 bar. It writes, after every epoch (rank 0):
 
 - ``models/pretrained.safetensors``: the pretrained model, an ``ast-audio`` file that
@@ -49,9 +49,10 @@ from ..model.ast import ASTModel
 from ..model.config import PATCH, SIZES, patch_grid
 from ..model.info import ModelInfo
 from ..model.ssast import MASKINGS, SSAST, draw_masks, mask_count
-from .loop import _bar_disabled, _git_revision, run_device, run_folder
+from .loop import _bar_disabled, _git_revision
 from .probe import probe_accuracy, read_labelled
 from .resume import RESUME_FILE, RunRefused, TrainingError
+from .runs import run_device, run_folder
 
 __all__ = ["CHECKPOINT", "PretrainConfig", "PretrainState", "pretrain"]
 
