@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from ast_audio import load_model
 from ast_audio.checkpoints.load import save_checkpoint
-from ast_audio.errors import CheckpointError
+from ast_audio.errors import CheckpointError, ConfigError
 from ast_audio.model.ast import ASTModel
 from ast_audio.model.clipstats import clip_statistics
 from ast_audio.train import TrainConfig, train
@@ -131,5 +131,5 @@ def test_shards_are_refused_up_front(tmp_path):
     (tmp_path / "shards").mkdir()
     cfg = TrainConfig(**toy_train_settings(tmp_path, tmp_path / "exp", data_train=str(tmp_path / "shards"),
                                            clip_stats=True))  # fmt: skip
-    with pytest.raises(Exception, match="clip_stats needs a training datafile"):
+    with pytest.raises(ConfigError, match="clip_stats needs a training datafile"):
         cfg.check()

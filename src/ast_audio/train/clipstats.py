@@ -108,10 +108,9 @@ def fit_clip_stats(model: ASTModel, train_batches, valid_batches, *, multi_label
         return model.info.extra["clip_stats"]
     was_training = model.training
     model.eval()
-    head.reset_parameters()
     s_train, _, y_train = _inputs(model, train_batches)
     s_valid, z_valid, y_valid = _inputs(model, valid_batches)
-    mean, std = s_train.mean(0), s_train.std(0).clamp(min=1e-6)
+    mean, std = s_train.mean(0), s_train.std(0, unbiased=False).clamp(min=1e-6)
     x_train, x_valid = (s_train - mean) / std, (s_valid - mean) / std
 
     fits = {}
@@ -125,7 +124,7 @@ def fit_clip_stats(model: ASTModel, train_batches, valid_batches, *, multi_label
     mixed = _score((1 - w) * z_valid + w * z_stats, y_valid, multi_label, metric)[0]
     alone = _score(z_valid, y_valid, multi_label, metric)[0]
     s_all = torch.cat([s_train, s_valid])
-    mean, std = s_all.mean(0), s_all.std(0).clamp(min=1e-6)
+    mean, std = s_all.mean(0), s_all.std(0, unbiased=False).clamp(min=1e-6)
     weight, bias = fit_linear((s_all - mean) / std, torch.cat([y_train, y_valid]), c, multi_label)
 
     with torch.no_grad():
