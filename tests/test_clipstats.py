@@ -16,7 +16,7 @@ from ast_audio.errors import CheckpointError, ConfigError
 from ast_audio.model.ast import ASTModel
 from ast_audio.model.clipstats import clip_statistics
 from ast_audio.train import TrainConfig, train
-from ast_audio.train.clipstats import fit_clip_stats
+from ast_audio.train.clipstats import WEIGHTS, _cross_validated_c, _one_standard_error, batches_of, fit_clip_stats
 
 
 def tiny(label_dim: int = 3, clip_stats: bool = True, seed: int = 0, pool: str = "mean") -> ASTModel:
@@ -82,6 +82,64 @@ def test_fit_mixes_on_validation_and_folds_the_weight_into_the_heads():
     assert again == choice
     with torch.no_grad():
         torch.testing.assert_close(model(x_valid), logits)  # not fitted (nor folded) twice
+
+
+def test_the_weight_leans_to_the_statistics_unless_validation_tells_them_apart():
+    g = torch.Generator().manual_seed(0)
+    y = torch.nn.functional.one_hot(torch.arange(60) % 3, 3).double()
+    noisy = torch.randn(60, 3, generator=g, dtype=torch.float64)
+    # the same logits on both sides: every weight has the same loss, the statistics side wins
+    assert _one_standard_error(noisy, noisy, y, multi_label=False) == (1.0, 0.0)
+    # a transformer right with confidence, statistics that are noise: the lowest loss is at
+    # w = 0 and the weights near 1 are many standard errors worse
+    w, lowest = _one_standard_error(8 * y - 4, noisy, y, multi_label=False)
+    assert lowest == 0.0 and w < 0.5
+    losses = {k: torch.nn.functional.cross_entropy((1 - k) * (8 * y - 4) + k * noisy, y.argmax(1), reduction="none")
+              for k in WEIGHTS}  # fmt: skip
+    diff = losses[w] - losses[0.0]
+    assert float(diff.mean()) <= float(diff.std()) / 60**0.5  # the chosen one is within one standard error
+    above = min(k for k in WEIGHTS if k > w)
+    diff = losses[above] - losses[0.0]
+    assert float(diff.mean()) > float(diff.std()) / 60**0.5  # and the next one is not
+
+
+def test_cross_validation_keeps_each_group_out_of_its_own_fold():
+    # 12 groups of 5 near-copies; the label is the group's, drawn at random: nothing carries
+    # over from one group to another, so grouped out-of-fold accuracy stays near chance,
+    # while clip by clip the copies give the answer away
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(12, 8, generator=g, dtype=torch.float64)
+    stats = centres.repeat_interleave(5, 0) + 0.01 * torch.randn(60, 8, generator=g, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.randint(0, 2, (12,), generator=g).repeat_interleave(5), 2).double()
+    groups = [f"g{i // 5}" for i in range(60)]
+    _, grouped, folds = _cross_validated_c(stats, y, groups, multi_label=False, metric="acc")
+    _, by_clip, _ = _cross_validated_c(stats, y, [str(i) for i in range(60)], multi_label=False, metric="acc")
+    assert folds == 5
+    assert max(acc for acc, _ in by_clip.values()) > 0.95
+    assert max(acc for acc, _ in grouped.values()) < 0.8
+
+
+def test_batches_carry_the_datafile_groups_and_leave_out_bad_clips(tmp_path):
+    import json
+
+    from ast_audio.data.dataset import AudioDataset
+    from ast_audio.data.datafiles import read_datafile
+    from ast_audio.features.contract import InputContract
+
+    toy = write_toy_dataset(tmp_path / "toy", per_class_train=3, per_class_val=1)
+    doc = json.loads((toy / "train.json").read_text())
+    for i, item in enumerate(doc["data"]):
+        if i % 2 == 0:
+            item["group"] = f"session {i // 4}"
+    (toy / "broken.wav").write_bytes(b"RIFF not really")
+    doc["data"].insert(3, {"wav": str(toy / "broken.wav"), "labels": doc["data"][3]["labels"], "group": "lost"})
+    (toy / "train.json").write_text(json.dumps(doc))
+    datafile = read_datafile(toy / "train.json", toy / "labels.csv", check_files=False)
+    dataset = AudioDataset(datafile, InputContract(target_length=100, mean=0.0, std=1.0), skip_bad=True)
+    got = [(y.shape[0], groups) for _, y, groups in batches_of(dataset, 4, "cpu")]
+    groups = [g for _, batch in got for g in batch]
+    expected = [e.group or str(e.wav) for e in datafile.entries if e.wav.name != "broken.wav"]
+    assert groups == expected and sum(n for n, _ in got) == len(expected)
 
 
 def test_multilabel_fit_uses_sigmoids():

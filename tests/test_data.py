@@ -37,6 +37,19 @@ def test_reads_entries_with_relative_paths_beside_the_datafile(dataset):
     assert [e.labels for e in df.entries] == [(0,), (0, 1)]
     np.testing.assert_array_equal(df.targets(), [[1, 0, 0], [1, 1, 0]])
     assert df.labels.names[1] == "Cat, domestic"
+    assert [e.group for e in df.entries] == [None, None]
+
+
+def test_an_entry_may_name_its_group_and_keeps_it_when_matched_by_name(dataset):
+    from ast_audio.data.datafiles import match_datafile, write_datafile
+
+    path = write_datafile(dataset / "g.json", [(dataset / "audio" / "a.wav", ["/m/dog"], "session 1"),
+                                               (dataset / "audio" / "b.wav", ["/m/cat"])])  # fmt: skip
+    assert json.loads(path.read_text())["data"][1] == {"wav": str(dataset / "audio" / "b.wav"), "labels": "/m/cat"}
+    df = read_datafile(path, dataset / "labels.csv")
+    assert [e.group for e in df.entries] == ["session 1", None]
+    matched = match_datafile(df, ["Cat, domestic", "Dog", "Bird"], None, 3)
+    assert [(e.labels, e.group) for e in matched.entries] == [((1,), "session 1"), ((0,), None)]
 
 
 @pytest.mark.parametrize(
@@ -48,6 +61,7 @@ def test_reads_entries_with_relative_paths_beside_the_datafile(dataset):
         ('{"data": [{"wav": "audio/a.wav", "labels": "/m/cow"}]}', r"entry 0 \(audio/a.wav\): label '/m/cow' is not in the label CSV"),
         ('{"data": [{"wav": "audio/zz.wav", "labels": "/m/dog"}]}', "entry 0: audio file not found: .*zz.wav"),
         ('{"data": []}', "no usable entries"),
+        ('{"data": [{"wav": "audio/a.wav", "labels": "/m/dog", "group": 3}]}', r"entry 0 \(audio/a.wav\): group must be a string, got 3"),
     ],
 )
 def test_every_problem_names_the_file_and_the_entry(dataset, content, message):

@@ -15,8 +15,8 @@ from layouts import EMOTIONS, TINY, report, write_csv_dataset
 from ast_audio.data import read_datafile
 from ast_audio.data.dataset import AudioDataset, norm_stats
 from ast_audio.data.labels import read_label_csv
+from ast_audio.data.splits import stratified_split
 from ast_audio.features import InputContract
-from ast_audio.recipes.splits import stratified_split
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from layouts import TINY, write_table
 
 from ast_audio.data import balanced_weights, read_datafile
 from ast_audio.data.dataset import EpochSampler
+from ast_audio.data.splits import stratified_folds
 from ast_audio.recipes.csvdata import prepare
-from ast_audio.recipes.splits import stratified_folds
 from ast_audio.train.metrics import f1_thresholds
 
 LOW, HIGH = 300.0, 2700.0

@@ -24,10 +24,10 @@ from ast_audio.checkpoints.load import load_model
 from ast_audio.data import read_datafile
 from ast_audio.data.folders import take_stem
 from ast_audio.data.labels import read_label_csv
+from ast_audio.data.splits import grouped_folds, grouped_split
 from ast_audio.errors import ConfigError
 from ast_audio.recipes import RecipeContext, resolve_config
 from ast_audio.recipes.folder import audio_length_for, choose_preset, fold_datafile, prepare
-from ast_audio.recipes.splits import grouped_folds, grouped_split
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,10 @@ def test_prepare_folder_labels_from_folders_and_groups_never_straddle(mine, tmp_
     for path, group in info["group"].items():
         by_group[group].add(side[path])
     assert all(len(s) == 1 for s in by_group.values()), by_group  # takes and sessions on one side
+    with open(out / "split.csv", newline="") as fh:
+        group_of = {row["filename"]: row["group"] for row in csv.DictReader(fh)}
+    for name in ("train.json", "valid.json"):  # the datafiles name each clip's group, for the trainer's own splits
+        assert all(item["group"] == group_of[item["wav"]] for item in json.loads((out / name).read_text())["data"])
     for name in CLASS_FOLDERS:  # each class has clips on both sides
         assert name in train.values() and name in valid.values()
 

@@ -2,7 +2,10 @@
 
 A datafile is JSON ``{"data": [{"wav": "path/to/clip.wav", "labels": "mid1,mid2"}, ...]}``
 and its labels refer to the ``mid`` column of a label CSV (``index,mid,display_name``), or,
-read without one, to a checkpoint's labels by name (:func:`match_datafile`).
+read without one, to a checkpoint's labels by name (:func:`match_datafile`). An entry may also
+name its ``"group"`` (a string: the recording session, the kit, the speaker), as ``recipe
+folder`` writes it: clips of one group are kept together wherever the trainer itself splits
+clips (the clip-statistics branch's cross-validation); the original ignores the field.
 Everything is checked when the file is read, so a run fails at start, naming the entry at
 fault, rather than after an hour on entry 51 000; ``skip_bad=True`` instead leaves bad
 entries out and reports them.
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 class Entry:
     wav: Path
     labels: tuple[int, ...]  # indices into the label table
+    group: str | None = None  # related clips share one (optional ``"group"`` field)
 
     def target(self, num_classes: int) -> np.ndarray:
         vector = np.zeros(num_classes, dtype=np.float32)
@@ -116,7 +120,7 @@ def match_datafile(
     if not names and not ids:
         return datafile
     table = LabelTable(mids=list(ids or names), names=list(names or ids), source=datafile.labels.source)
-    entries = [Entry(e.wav, tuple(sorted(order[i] for i in e.labels))) for e in datafile.entries]
+    entries = [Entry(e.wav, tuple(sorted(order[i] for i in e.labels)), e.group) for e in datafile.entries]
     return Datafile(datafile.path, table, entries, datafile.skipped)
 
 
@@ -166,9 +170,12 @@ def _entry(i: int, item: object, index: dict[str, int], base: Path, check_files:
         raise DataError(f"entry {i} ({item['wav']}): label {unknown[0]!r} is not in the label CSV")
     if not mids:
         raise DataError(f"entry {i} ({item['wav']}): no labels")
+    group = item.get("group")
+    if group is not None and not isinstance(group, str):
+        raise DataError(f"entry {i} ({item['wav']}): group must be a string, got {group!r}")
     if check_files and (problem := file_problem(wav)):
         raise DataError(f"entry {i}: audio {problem}: {wav}" if problem == "file not found" else f"entry {i}: {wav}: {problem}")
-    return Entry(wav, tuple(sorted({index[m] for m in mids})))
+    return Entry(wav, tuple(sorted({index[m] for m in mids})), group)
 
 
 # --------------------------------------------------------------------------- the full decode check
@@ -229,9 +236,11 @@ def check_datafile(
     return total, problems + [f"{wav}: {reason}" for wav, reason in bad.items()]
 
 
-def write_datafile(path: str | os.PathLike, rows: list[tuple[str | os.PathLike, list[str]]]) -> Path:
-    """Write ``[(wav, [mid, ...]), ...]`` as a datafile (atomically)."""
-    data = {"data": [{"wav": str(wav), "labels": ",".join(mids)} for wav, mids in rows]}
+def write_datafile(path: str | os.PathLike, rows: list[tuple]) -> Path:
+    """Write ``[(wav, [mid, ...]), ...]`` as a datafile (atomically); a row's optional third
+    item is the clip's group."""
+    data = {"data": [{"wav": str(wav), "labels": ",".join(mids), **({"group": str(rest[0])} if rest else {})}
+                     for wav, mids, *rest in rows]}  # fmt: skip
     text = json.dumps(data, indent=1) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

@@ -239,7 +239,7 @@ class AudioDataset(torch.utils.data.Dataset):
             waveform, rate, target = self._mixed(draw.index, rng)
         except AudioError as err:  # the clip (or its mixup partner) cannot be read: collate decides
             return {"bad": (err.path or str(self.datafile.entries[draw.index].wav), err.reason)}
-        return draw_item(waveform, rate, target, rng, self.contract, self.augmentation)
+        return {**draw_item(waveform, rate, target, rng, self.contract, self.augmentation), "index": draw.index}
 
     def collate(self, items: list[dict]) -> dict:
         """:func:`collate` with this dataset's contract and settings."""

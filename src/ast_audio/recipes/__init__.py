@@ -56,12 +56,12 @@ from pathlib import Path
 from ..base.checks import checked_arg, number_arg
 from ..base.fileio import read_toml
 from ..base.lock import FolderLocked, folder_lock
+from ..data.splits import check_valid_fraction
 from ..errors import ConfigError, DataError
 from ..train.config import coerce
 from ..train.resume import RunRefused
 from . import audioset, csvdata, esc50, folder, hack, hf, speechcommands
 from .common import replacing_data, write_text_atomic
-from .splits import check_valid_fraction
 
 __all__ = ["RECIPES", "Flag", "Recipe", "RecipeContext", "config_path", "flag", "resolve_config", "run_recipe"]
 

@@ -69,6 +69,7 @@ from ..audio.io import load_audio
 from ..base.checks import is_int
 from ..data.datafiles import read_datafile, write_datafile
 from ..data.labels import LabelTable, read_label_csv, write_label_table
+from ..data.splits import check_valid_fraction, stratified_folds, stratified_split
 from ..errors import AudioError, ConfigError, DataError
 from .common import (
     check_clips,
@@ -79,7 +80,6 @@ from .common import (
     write_report,
     write_text_atomic,
 )
-from .splits import check_valid_fraction, stratified_folds, stratified_split
 from .submission import majority_label, predict_test_list, write_thresholds
 
 log = logging.getLogger(__name__)

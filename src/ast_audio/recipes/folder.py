@@ -17,10 +17,10 @@ Prepare:
   removed (:func:`~ast_audio.data.folders.take_stem`: ``dog_01.wav``, ``dog-take3.flac``,
   ``Dog (2).wav`` -> ``dog``);
 - **grouped, stratified validation split**: about ``valid_fraction`` of each class's clips, whole
-  groups at a time (:func:`~ast_audio.recipes.splits.grouped_split`, seeded by ``split_seed``);
+  groups at a time (:func:`~ast_audio.data.splits.grouped_split`, seeded by ``split_seed``);
   or ``valid_dir``: a second folder of the same layout is the validation set, no split;
 - **cross-validation** (``folds = K``): K folds of whole groups
-  (:func:`~ast_audio.recipes.splits.grouped_folds`); one run per fold in ``EXP/fold{k}``, then
+  (:func:`~ast_audio.data.splits.grouped_folds`); one run per fold in ``EXP/fold{k}``, then
   ``acc_fold.csv`` as the ESC-50 recipe;
 - **input length from the data**: ``audio_length`` is the number of frames (10 ms each) that
   covers the 90th percentile of the training clips' durations, rounded up to a multiple of 16
@@ -60,6 +60,7 @@ from ..base.fileio import read_toml
 from ..data.datafiles import read_datafile, write_datafile
 from ..data.folders import Clip, background_label, listing_digest, read_groups, scan
 from ..data.labels import LabelTable, write_label_table
+from ..data.splits import check_valid_fraction, grouped_folds, grouped_split
 from ..errors import AudioError, ConfigError, DataError
 from .common import (
     check_clips,
@@ -71,7 +72,6 @@ from .common import (
     write_text_atomic,
 )
 from .deliver import calibrate_open_set, evaluate_splits
-from .splits import check_valid_fraction, grouped_folds, grouped_split
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,8 @@ def prepare(
     return ensure_prepared(out, "folder", inputs, work, force=force)
 
 
-def _rows(clips: list[Clip]) -> list[tuple[Path, list[str]]]:
-    return [(c.path, [c.label]) for c in clips]
+def _rows(clips: list[Clip]) -> list[tuple[Path, list[str], str]]:
+    return [(c.path, [c.label], c.group) for c in clips]
 
 
 def _prepare(root, out, valid_dir, test_dir, valid_fraction, seed, folds, audio_length, num_mel_bins, workers,

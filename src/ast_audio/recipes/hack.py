@@ -50,6 +50,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..data.datafiles import write_datafile
+from ..data.splits import check_valid_fraction, stratified_split
 from ..errors import ConfigError, DataError
 from .common import ensure_prepared, fingerprint, write_report
 from .csvdata import (
@@ -57,7 +58,6 @@ from .csvdata import (
     read_labelled,
     write_labels,
 )
-from .splits import check_valid_fraction, stratified_split
 from .submission import majority_label, predict_test_list
 
 log = logging.getLogger(__name__)

@@ -41,10 +41,10 @@ from pathlib import Path
 from ..audio.io import load_audio
 from ..base.fileio import atomic_write
 from ..data.datafiles import read_datafile, write_datafile
+from ..data.splits import check_valid_fraction, stratified_split
 from ..errors import AudioError, ConfigError, DataError
 from .common import default_workers, ensure_prepared, fingerprint, write_report, write_text_atomic
 from .csvdata import LABEL_CSV, write_labels
-from .splits import check_valid_fraction, stratified_split
 
 log = logging.getLogger(__name__)
 

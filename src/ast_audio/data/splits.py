@@ -1,6 +1,6 @@
 """Seeded, stratified validation splits and cross-validation folds of labelled clips (the csv,
-hack and Hugging Face recipes share them), and their grouped forms (the folder recipe), which
-keep related clips on one side."""
+hack and Hugging Face recipes share them), and their grouped forms (the folder recipe, and the
+clip-statistics fit's cross-validation), which keep related clips on one side."""
 
 from __future__ import annotations
 
