@@ -16,7 +16,13 @@ from ast_audio.errors import CheckpointError, ConfigError
 from ast_audio.model.ast import ASTModel
 from ast_audio.model.clipstats import clip_statistics
 from ast_audio.train import TrainConfig, train
-from ast_audio.train.clipstats import WEIGHTS, _cross_validated_c, _one_standard_error, batches_of, fit_clip_stats
+from ast_audio.train.clipstats import (
+    WEIGHTS,
+    _cross_validated_c,
+    _one_standard_error,
+    batches_of,
+    fit_clip_stats,
+)
 
 
 def tiny(label_dim: int = 3, clip_stats: bool = True, seed: int = 0, pool: str = "mean") -> ASTModel:
@@ -122,8 +128,8 @@ def test_cross_validation_keeps_each_group_out_of_its_own_fold():
 def test_batches_carry_the_datafile_groups_and_leave_out_bad_clips(tmp_path):
     import json
 
-    from ast_audio.data.dataset import AudioDataset
     from ast_audio.data.datafiles import read_datafile
+    from ast_audio.data.dataset import AudioDataset
     from ast_audio.features.contract import InputContract
 
     toy = write_toy_dataset(tmp_path / "toy", per_class_train=3, per_class_val=1)

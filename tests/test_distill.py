@@ -23,10 +23,13 @@ from factories import (
 )
 
 from ast_audio.checkpoints.load import load_model, save_checkpoint
+from ast_audio.data.dataset import AudioDataset
 from ast_audio.data.labelled import datafile_from
 from ast_audio.features.pipeline import Augmentation
+from ast_audio.model.clipstats import clip_statistics
 from ast_audio.model.students import STUDENTS, student_config, student_cost
 from ast_audio.train import teacher_store
+from ast_audio.train.clipstats import batches_of
 from ast_audio.train.config import TrainConfig
 from ast_audio.train.distill import DistillConfig, distill_loss, training_clips
 from ast_audio.train.loop import train
@@ -271,12 +274,19 @@ def test_multi_label_student_from_labels_and_unlabelled_audio_calibrates_and_tag
     for i in range(4):
         write_audio(unlabelled / "sub" / f"u{i}.flac", toy_clip(i % 3, rng, seconds=2.5), 16000)
     exp = tmp_path / "exp"
-    ok(_distill(multi_teacher, toy, exp, "--unlabelled", unlabelled, "--top-k", 2))
+    ok(_distill(multi_teacher, toy, exp, "--unlabelled", unlabelled, "--top-k", 2, "--clip-stats", "True"))
     meta = json.loads((exp / "teacher" / "store.json").read_text())
     assert (meta["rows"], meta["k"], meta["draws"]) == ((18 + 4) * 2, 2, 2)
     student_path = exp / "models" / "best_audio_model.safetensors"
     student = load_model(student_path)
     assert student.input_contract.activation == "sigmoid" and student.info.labels == NAMES
+    # the student's clip-statistics branch is fitted on the labelled clips alone (training and
+    # validation): the unlabelled ones have no labels to fit
+    assert student.config.clip_stats and "mAP" in student.info.extra["clip_stats"]["valid"]
+    stats = [clip_statistics(x) for name in ("train.json", "val.json")
+             for x, _, _ in batches_of(AudioDataset(datafile_from(toy / name, exp / "labels.csv"),
+                                                    student.input_contract), 64, "cpu")]  # fmt: skip
+    torch.testing.assert_close(student.stats_head.mean, torch.cat(stats).mean(0).float(), rtol=1e-4, atol=1e-4)
     calibrated = tmp_path / "calibrated.safetensors"
     ok(run_main("calibrate", "--checkpoint", student_path, "--data", toy / "val.json", "--label-csv",
                 toy / "labels.csv", "--out", calibrated))  # fmt: skip

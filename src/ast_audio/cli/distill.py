@@ -23,7 +23,10 @@ _TRAINING_FLAGS = [  # (flags, TrainConfig field, type): the train command's nam
     (["--amp"], "amp", str),
     (["--cache-dir"], "cache_dir", str),
     (["--device"], "device", str),
+    (["--clip-stats"], "clip_stats", lambda value: _bool(value)),
 ]
+_HELP = {"clip_stats": "True: the student also gets the clip-statistics branch, fitted on the labelled clips once "
+                       "distillation ends, as recipe folder's from-scratch preset has it "}  # fmt: skip
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
@@ -79,7 +82,7 @@ def add_commands(sub) -> None:
     p.add_argument("--metrics", choices=("mAP", "acc"), default=None,
                    help="validation metric (default: acc for a single-label teacher, mAP for a multi-label one)")  # fmt: skip
     for flags, name, kind in _TRAINING_FLAGS:
-        p.add_argument(*flags, dest=name, type=kind, default=None, help=f"(default {defaults[name]!r})")
+        p.add_argument(*flags, dest=name, type=kind, default=None, help=f"{_HELP.get(name, '')}(default {defaults[name]!r})")
     p.add_argument("--progress", type=_bool, nargs="?", const=True, default=None, help="progress bars (default: on a terminal)")
     p.set_defaults(func=_cmd_distill)
 

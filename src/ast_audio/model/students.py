@@ -39,14 +39,16 @@ STUDENTS: dict[str, StudentPreset] = {
 }
 
 
-def student_config(name: str, label_dim: int, input_fdim: int = 128, input_tdim: int = 1024) -> ASTConfig:
-    """The architecture of student ``name`` for ``label_dim`` classes and this input size."""
+def student_config(name: str, label_dim: int, input_fdim: int = 128, input_tdim: int = 1024,
+                   clip_stats: bool = False) -> ASTConfig:  # fmt: skip
+    """The architecture of student ``name`` for ``label_dim`` classes and this input size
+    (``clip_stats``: with the clip-statistics branch, :mod:`ast_audio.model.clipstats`)."""
     if name not in STUDENTS:
         raise ConfigError(f"unknown student {name!r}; choose one of {', '.join(STUDENTS)}")
     preset = STUDENTS[name]
     return ASTConfig(label_dim=label_dim, fstride=STRIDE, tstride=STRIDE, input_fdim=input_fdim,
                      input_tdim=input_tdim, model_size=preset.model_size, depth=preset.depth,
-                     pool=preset.pool)  # fmt: skip
+                     pool=preset.pool, clip_stats=clip_stats)  # fmt: skip
 
 
 def student_cost(name: str, label_dim: int = 527, input_fdim: int = 128, input_tdim: int = 1024) -> tuple[int, int]:

@@ -181,7 +181,7 @@ class DistillRun(Run):
                              persistent_workers=cfg.num_workers > 0)  # fmt: skip
         torch.manual_seed(cfg.seed)
         model = ASTModel.from_config(student_config(settings.student, len(labels), contract.num_mel_bins,
-                                                    contract.target_length))  # fmt: skip
+                                                    contract.target_length, clip_stats=cfg.clip_stats))  # fmt: skip
         extra = {"distilled_from": [Path(s).name for s in teacher.sources], "student": settings.student}
         if "none_label" in teacher.models[0].info.extra:  # the teacher's "none of these" class is the student's
             extra["none_label"] = teacher.models[0].info.extra["none_label"]

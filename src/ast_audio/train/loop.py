@@ -416,7 +416,9 @@ class Run:
         same (deterministic) model, rank 0 saves it in place of the best model."""
         path = self.models_dir / "best_audio_model.safetensors"
         best = load_model(path, device=self.device)
-        train_set = AudioDataset(self.datafiles["train"], self.contract, fbank_on=self.val_set.fbank_on,
+        clips = self.datafiles["train"]  # a distillation's unlabelled clips (no labels) have nothing to fit
+        labelled = dataclasses.replace(clips, entries=[e for e in clips.entries if e.labels])
+        train_set = AudioDataset(labelled, self.contract, fbank_on=self.val_set.fbank_on,
                                  cache_dir=self.cfg.cache_dir, skip_bad=self.cfg.skip_bad)  # fmt: skip
         sizes = {"batch_size": self.cfg.batch_size, "device": self.device, "num_workers": self.cfg.num_workers}
         fit_clip_stats(best, batches_of(train_set, **sizes), batches_of(self.val_set, **sizes),
