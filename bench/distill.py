@@ -111,8 +111,10 @@ def real(work: Path, cache: Path, name: str) -> tuple[dict, str]:
     classes = sorted({c.label for c in sides["train"]})
     pick = {"labelled": labelled, "unlabelled": unlabelled, "valid": valid,
             "test": [c for c in sides["test"] if c.label in classes]}  # fmt: skip
-    files = _files(work / f"{name}-run", LabelTable(classes, classes), {k: [(c.path, [c.label]) for c in v]
-                                                                         for k, v in pick.items()})  # fmt: skip
+    # each clip's group (kit, prompt, line) goes into the datafiles, as recipe folder writes it: the
+    # clip-statistics fit cross-validates by group
+    files = _files(work / f"{name}-run", LabelTable(classes, classes),
+                   {k: [(c.path, [c.label], c.group) for c in v] for k, v in pick.items()})  # fmt: skip
     frames = realsets.frames_for([c.path for c in labelled])
     group = realsets.SETS[name].group_kind
     return {**files, "frames": frames}, (f"{name} (real recordings, held out by {group}): {len(classes)} classes, "
@@ -125,7 +127,7 @@ def _files(folder: Path, labels: LabelTable, sides: dict[str, list]) -> dict:
     for side, rows in sides.items():
         files["counts"][side] = len(rows)
         if side == "unlabelled":
-            files[side] = _link(folder / "unlabelled", [path for path, _ in rows])
+            files[side] = _link(folder / "unlabelled", [row[0] for row in rows])
         else:
             files[side] = write_datafile(folder / f"{side}.json", rows)
     return files
