@@ -134,7 +134,7 @@ def prepare(
         "valid_dir": [str(valid_dir), listing_digest(valid_dir)] if valid_dir else None,
         "test_dir": [str(test_dir), listing_digest(test_dir)] if test_dir else None,
         "valid_fraction": valid_fraction, "seed": seed, "folds": folds, "audio_length": audio_length,
-        "num_mel_bins": num_mel_bins,
+        "num_mel_bins": num_mel_bins, "groups_in_datafiles": True,  # a preparation from before they were is redone
     }  # fmt: skip
 
     def work() -> dict:
