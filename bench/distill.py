@@ -347,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         presets = [measure_in_process(specs, 1, args.repeats, avx2, args.threads) for avx2 in (False, True)]
     minutes = (time.time() - began) / 60
     first = presets[0]
+    branch = "its clip-statistics branch included" if args.clip_stats else "without its clip-statistics branch"
     trained = (f"Teacher: tiny224, {args.teacher_depth} blocks, strides 10, {args.teacher_epochs} epochs on the "
                f"labelled clips; students: `{args.student}`, {args.epochs} epochs; all four with the from-scratch "
-               f"preset's settings (`scratch.toml`){', its clip-statistics branch included' if args.clip_stats else ', without its clip-statistics branch'}. Test "
+               f"preset's settings (`scratch.toml`), {branch}. Test "
                "accuracy of the best-on-validation epoch. ") if sections else ""  # fmt: skip
     lines = [START, "## Distillation (`bench/distill.py`)", "", *([args.note, ""] if args.note else []),
              f"{'`--quick`: a smoke run, not a measurement of what distillation reaches. ' if args.quick else ''}"

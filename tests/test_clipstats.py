@@ -125,6 +125,19 @@ def test_cross_validation_keeps_each_group_out_of_its_own_fold():
     assert max(acc for acc, _ in grouped.values()) < 0.8
 
 
+def test_one_group_leaves_nothing_to_cross_validate_and_the_choice_stays_valid_json():
+    import json
+
+    x_train, y_train = band_data(60, 0)
+    x_valid, y_valid = band_data(30, 1)
+    assert _cross_validated_c(clip_statistics(x_train).double(), y_train.double(), ["one"] * 60, multi_label=False,
+                              metric="acc") == (10.0, {}, 0)  # fmt: skip
+    choice = fit_clip_stats(tiny(), [(x_train, y_train, ["one"] * 60)], [(x_valid, y_valid, ["one"] * 30)],
+                            multi_label=False, metric="acc")  # fmt: skip
+    assert choice["folds"] == 0 and choice["cross_validated"] == {"acc": None} and choice["C"] == 10.0
+    json.dumps(choice, allow_nan=False)  # saved in the checkpoint's metadata: no bare NaN
+
+
 def test_batches_carry_the_datafile_groups_and_leave_out_bad_clips(tmp_path):
     import json
 

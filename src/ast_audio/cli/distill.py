@@ -8,6 +8,16 @@ import dataclasses
 from ..base.checks import number_arg
 from ..model.students import STUDENTS
 
+
+def _bool(value: str) -> bool:
+    from ..train.config import parse_bool
+
+    flag = parse_bool(value)
+    if flag is None:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    return flag
+
+
 _TRAINING_FLAGS = [  # (flags, TrainConfig field, type): the train command's names and ranges
     (["--lr"], "lr", number_arg(above=0, high=10)),
     (["-b", "--batch-size"], "batch_size", number_arg(low=1, high=65_536, integer=True)),
@@ -23,7 +33,7 @@ _TRAINING_FLAGS = [  # (flags, TrainConfig field, type): the train command's nam
     (["--amp"], "amp", str),
     (["--cache-dir"], "cache_dir", str),
     (["--device"], "device", str),
-    (["--clip-stats"], "clip_stats", lambda value: _bool(value)),
+    (["--clip-stats"], "clip_stats", _bool),
 ]
 _HELP = {"clip_stats": "True: the student also gets the clip-statistics branch, fitted on the labelled clips once "
                        "distillation ends, as recipe folder's from-scratch preset has it "}  # fmt: skip
@@ -85,12 +95,3 @@ def add_commands(sub) -> None:
         p.add_argument(*flags, dest=name, type=kind, default=None, help=f"{_HELP.get(name, '')}(default {defaults[name]!r})")
     p.add_argument("--progress", type=_bool, nargs="?", const=True, default=None, help="progress bars (default: on a terminal)")
     p.set_defaults(func=_cmd_distill)
-
-
-def _bool(value: str) -> bool:
-    from ..train.config import parse_bool
-
-    flag = parse_bool(value)
-    if flag is None:
-        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
-    return flag

@@ -101,8 +101,7 @@ def _inputs(model: ASTModel, batches: Iterable[tuple]):
         stats.append(clip_statistics(x).cpu().double())
         logits.append(model.forward_head(model.forward_features(x)).float().cpu().double())
         targets.append(y.float().cpu().double())
-        first = sum(len(t) for t in targets[:-1])
-        groups += list(rest[0]) if rest else [f"clip {first + i}" for i in range(len(x))]
+        groups += list(rest[0]) if rest else [f"clip {len(groups) + i}" for i in range(len(x))]
     return torch.cat(stats), torch.cat(logits), torch.cat(targets), groups
 
 
@@ -113,20 +112,24 @@ def _score(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool, metri
     return float(np.nan_to_num(main, nan=0.0)), -float(_loss(logits, targets, multi_label))
 
 
+def _moments(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and (population) standard deviation each statistic is standardised with."""
+    return stats.mean(0), stats.std(0, unbiased=False).clamp(min=1e-6)
+
+
 def _standardised(fit_on: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    mean, std = fit_on.mean(0), fit_on.std(0, unbiased=False).clamp(min=1e-6)
+    mean, std = _moments(fit_on)
     return tuple((x - mean) / std for x in (fit_on, *others))
 
 
 def _cross_validated_c(stats: torch.Tensor, targets: torch.Tensor, groups: list[str], multi_label: bool,
                        metric: str) -> tuple[float, dict[float, tuple[float, float]], int]:  # fmt: skip
     """The ``C`` of best out-of-fold (metric, -loss) over grouped folds; every ``C``'s score
-    and the number of folds. Fewer than two groups: no folds, the largest ``C`` of the grid
-    whose in-sample fit is the only one there is (reported with a score of nan)."""
-    n_groups = len(set(groups))
-    folds = min(FOLDS, n_groups)
+    and the number of folds. Fewer than two groups leave nothing to cross-validate: the
+    largest ``C`` of the grid, no scores and no folds."""
+    folds = min(FOLDS, len(set(groups)))
     if folds < 2:
-        return C_GRID[-1], {c: (float("nan"), float("nan")) for c in C_GRID}, 0
+        return C_GRID[-1], {}, 0
     fold = torch.tensor(grouped_folds(targets.argmax(1).tolist(), groups, folds, seed=0))
     scores = {}
     for c in C_GRID:
@@ -184,9 +187,8 @@ def fit_clip_stats(model: ASTModel, train_batches, valid_batches, *, multi_label
     mixed = _score((1 - w) * z_valid + w * z_stats, y_valid, multi_label, metric)[0]
     alone = _score(z_valid, y_valid, multi_label, metric)[0]
     statistics = _score(z_stats, y_valid, multi_label, metric)[0]
-    (x_all,) = _standardised(s_all)
-    weight, bias = fit_linear(x_all, y_all, c, multi_label)
-    mean, std = s_all.mean(0), s_all.std(0, unbiased=False).clamp(min=1e-6)
+    mean, std = _moments(s_all)
+    weight, bias = fit_linear((s_all - mean) / std, y_all, c, multi_label)
 
     with torch.no_grad():
         final = model.mlp_head[-1]
@@ -196,12 +198,14 @@ def fit_clip_stats(model: ASTModel, train_batches, valid_batches, *, multi_label
         head.std.copy_(std.to(head.std))
         head.linear.weight.copy_((w * weight).T.to(head.linear.weight))
         head.linear.bias.copy_((w * bias).to(head.linear.bias))
+    cross_validated = cv_scores[c][0] if folds else None  # None, not NaN: the choice is saved as JSON
     choice = {"C": c, "weight": w, "lowest_loss_weight": lowest, "folds": folds,
-              "cross_validated": {metric: cv_scores[c][0]},
+              "cross_validated": {metric: cross_validated},
               "valid": {metric: mixed, f"{metric}_transformer": alone, f"{metric}_statistics": statistics}}  # fmt: skip
     model.info = replace(model.info, extra={**model.info.extra, "clip_stats": choice})
     model.train(was_training)
-    log.info("clip statistics: C %g (%d grouped folds: %s %.4f), weight %.1f (lowest validation loss at %.1f); "
-             "validation %s %.4f (transformer alone %.4f, statistics alone %.4f)", c, folds, metric, cv_scores[c][0],
-             w, lowest, metric, mixed, alone, statistics)  # fmt: skip
+    log.info("clip statistics: C %g (%d grouped folds: %s %s), weight %.1f (lowest validation loss at %.1f); "
+             "validation %s %.4f (transformer alone %.4f, statistics alone %.4f)", c, folds, metric,
+             "-" if cross_validated is None else f"{cross_validated:.4f}", w, lowest, metric, mixed, alone,
+             statistics)  # fmt: skip
     return choice

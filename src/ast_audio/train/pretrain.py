@@ -51,7 +51,7 @@ from ..model.info import ModelInfo
 from ..model.ssast import MASKINGS, SSAST, draw_masks, mask_count
 from .loop import _bar_disabled, _git_revision
 from .probe import probe_accuracy, read_labelled
-from .resume import RESUME_FILE, RunRefused, TrainingError
+from .resume import RESUME_FILE, TrainingError, read_run_file
 from .runs import run_device, run_folder
 
 __all__ = ["CHECKPOINT", "PretrainConfig", "PretrainState", "pretrain"]
@@ -327,21 +327,11 @@ class Pretraining:
 
 def _read_resume(path: Path, cfg: PretrainConfig) -> dict:
     """The resume file of a pretraining run with the same settings (else refused)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable resume file gets the same message
-        raise RunRefused(f"cannot read the resume checkpoint ({type(err).__name__}: {err})"[:300], path) from None
-    if not isinstance(saved, dict) or saved.get("format") != "ast-audio-pretrain-run":
-        raise RunRefused("not an ast-audio pretraining run checkpoint (this folder holds another kind of run)", path)
-    new, defaults = dataclasses.asdict(cfg), dataclasses.asdict(PretrainConfig())
-    old = {**defaults, **saved["config"]}
-    old["betas"] = tuple(old["betas"])
-    changed = [k for k in new if k not in _MAY_CHANGE_ON_RESUME and old.get(k) != new[k]]
-    if changed:
-        k = changed[0]
-        raise RunRefused(f"this experiment folder holds a pretraining run with other settings ({k}: {old.get(k)!r} "
-                         f"there, {new[k]!r} now); use another --exp-dir to start a new run", cfg.exp_dir)  # fmt: skip
-    return saved
+
+    def normalise(old: dict) -> None:
+        old["betas"] = tuple(old["betas"])
+
+    return read_run_file(path, cfg, "ast-audio-pretrain-run", "pretraining run", _MAY_CHANGE_ON_RESUME, normalise)
 
 
 def _measure_stats(dataset: UnlabelledDataset) -> tuple[float, float]:

@@ -70,6 +70,32 @@ def save_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer:
     save_torch(state_dict, path)
 
 
+def read_run_file(path: Path, cfg, fmt: str, kind: str, may_change: set[str], normalise=None) -> dict:
+    """The resume file at ``path`` (no code executed) if it is a ``fmt`` file of a ``kind`` with
+    ``cfg``'s settings, those in ``may_change`` aside; else :class:`RunRefused`, one line.
+    ``cfg`` is a settings dataclass; a setting added since the file was written counts as its
+    default; ``normalise(old)`` turns the saved settings back into their types (JSON-like
+    lists where ``cfg`` has tuples)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable resume file gets the same message
+        raise RunRefused(f"cannot read the resume checkpoint ({type(err).__name__}: {err})"[:300], path) from None
+    if not isinstance(saved, dict) or saved.get("format") != fmt:
+        other = isinstance(saved, dict) and str(saved.get("format", "")).startswith("ast-audio-")
+        raise RunRefused(f"not an ast-audio {kind} checkpoint" + (" (this folder holds another kind of run)"
+                                                                 if other else ""), path)  # fmt: skip
+    new = dataclasses.asdict(cfg)
+    old = {**dataclasses.asdict(type(cfg)()), **saved["config"]}
+    if normalise is not None:
+        normalise(old)
+    changed = [k for k in new if k not in may_change and old.get(k) != new[k]]
+    if changed:
+        k = changed[0]
+        raise RunRefused(f"this experiment folder holds a {kind} with other settings ({k}: {old.get(k)!r} there, "
+                         f"{new[k]!r} now); use another --exp-dir to start a new run", cfg.exp_dir)  # fmt: skip
+    return saved
+
+
 def load_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler, scaler: torch.amp.GradScaler) -> RunState:  # fmt: skip
     """The state after the last completed epoch, loaded into the model, optimiser, scheduler
@@ -77,22 +103,7 @@ def load_resume(path: Path, cfg: TrainConfig, model: torch.nn.Module, optimizer:
     parameter groups, is refused: it belongs to another experiment folder."""
     if not path.exists():
         return RunState()
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable resume file gets the same message
-        raise RunRefused(f"cannot read the resume checkpoint ({type(err).__name__}: {err})"[:300], path) from None
-    if not isinstance(saved, dict) or saved.get("format") != "ast-audio-run":
-        raise RunRefused("not an ast-audio run checkpoint", path)
-    new, defaults = dataclasses.asdict(cfg), dataclasses.asdict(TrainConfig())
-    old = {**defaults, **saved["config"]}  # a setting added since that run had its default there
-    changed = [k for k in new if k not in _MAY_CHANGE_ON_RESUME and old.get(k) != new[k]]
-    if changed:
-        k = changed[0]
-        raise RunRefused(
-            f"this experiment folder holds a run with other settings ({k}: {old.get(k)!r} there, {new[k]!r} now); "
-            "use another --exp-dir to start a new run",
-            cfg.exp_dir,
-        )
+    saved = read_run_file(path, cfg, "ast-audio-run", "run", _MAY_CHANGE_ON_RESUME)
     if "labels" in saved and saved["labels"] != _labels(model):
         raise RunRefused(
             f"the label CSV {cfg.label_csv} holds other labels (or another order) than when this run started; "
