@@ -4,6 +4,7 @@ calibrate and predict like any checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -295,6 +296,37 @@ def test_multi_label_student_from_labels_and_unlabelled_audio_calibrates_and_tag
                                   "--format", "json")).stdout)  # fmt: skip
     assert tags[0]["labels"]
     datafile_from(toy / "val.json", exp / "labels.csv")  # the run's label table reads back
+
+
+def test_a_student_with_the_branch_is_taught_by_the_teachers_transformer_alone(toy, tmp_path):
+    """A teacher's whole output includes its clip-statistics branch; a student that fits its
+    own branch learns from the teacher's transformer alone, at the scale it trained to."""
+    path = tmp_path / "teacher" / "models" / "best_audio_model.safetensors"
+    train(TrainConfig(**toy_train_settings(toy, tmp_path / "teacher", n_epochs=2, clip_stats=True)))
+    model = load_model(path)
+    model.info = dataclasses.replace(model.info, extra={**model.info.extra,
+                                                         "clip_stats": {**model.info.extra["clip_stats"], "weight": 0.3}})  # fmt: skip
+    with torch.no_grad():  # a branch that counts: known weights, mixed at 0.3
+        torch.manual_seed(0)
+        model.stats_head.linear.weight.normal_()
+    x = torch.randn(4, 100, 128)
+    with torch.no_grad():
+        alone = model.forward_head(model.forward_features(x)) / 0.7
+        whole = model(x)
+    assert not torch.allclose(whole, alone * 0.7)  # the branch adds something
+    torch.testing.assert_close(Teacher([("t", model)], transformers_only=True)(x), alone.softmax(-1))
+    torch.testing.assert_close(Teacher([("t", model)])(x), whole.softmax(-1))
+    model.info = dataclasses.replace(model.info, extra={**model.info.extra,
+                                                         "clip_stats": {**model.info.extra["clip_stats"], "weight": 1.0}})  # fmt: skip
+    torch.testing.assert_close(Teacher([("t", model)], transformers_only=True)(x), whole.softmax(-1))
+
+    exp = tmp_path / "exp"
+    ok(_distill(path, toy, exp, "--draws", 1, "--clip-stats", "True"))
+    assert json.loads((exp / "teacher" / "store.json").read_text())["teaching"] == "transformers"
+    student = load_model(exp / "models" / "best_audio_model.safetensors")
+    assert "acc" in student.info.extra["clip_stats"]["valid"]  # its own branch, fitted after training
+    refused = _distill(path, toy, exp, "--draws", 1)  # a student without the branch is taught the whole output
+    assert refused.returncode == 2 and "other settings (teaching: 'transformers' there, None now)" in refused.stderr
 
 
 @pytest.mark.slow

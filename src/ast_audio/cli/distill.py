@@ -35,8 +35,9 @@ _TRAINING_FLAGS = [  # (flags, TrainConfig field, type): the train command's nam
     (["--device"], "device", str),
     (["--clip-stats"], "clip_stats", _bool),
 ]
-_HELP = {"clip_stats": "True: the student also gets the clip-statistics branch, fitted on the labelled clips once "
-                       "distillation ends, as recipe folder's from-scratch preset has it "}  # fmt: skip
+_HELP = {"clip_stats": "True: the student also gets the clip-statistics branch of recipe folder's from-scratch "
+                       "preset: the teacher's own where one teacher has it fitted, else fitted on the labelled clips "
+                       "once distillation ends "}  # fmt: skip
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:

@@ -14,6 +14,13 @@ scaled by ``T**2``); where the draw has labels, ``(1 - lambda) * teacher + lambd
 (EfficientAT's weighting, lambda 0.1). The teacher saw the draw's mixed audio, so its
 target already is the mix's; the labels of a mix are mixed with the mix's weight.
 
+A student with the clip-statistics branch (``clip_stats``) is taught by the teachers'
+transformers alone (each teacher's branch left out,
+:func:`~ast_audio.train.teacher_store.transformer_logits`), and its own branch is fitted on
+the labelled clips once it has trained, as ``train`` fits one: transformer teaches
+transformer, and the statistics are not counted twice. A student without the branch is
+taught by the teachers' whole output.
+
 The student is an ordinary checkpoint: the teacher's input contract (rate, bins, length,
 statistics, activation), the teacher's labels in the teacher's order, and ``extra``
 naming the teachers and the preset.
@@ -185,6 +192,8 @@ class DistillRun(Run):
         extra = {"distilled_from": [Path(s).name for s in teacher.sources], "student": settings.student}
         if "none_label" in teacher.models[0].info.extra:  # the teacher's "none of these" class is the student's
             extra["none_label"] = teacher.models[0].info.extra["none_label"]
+        if model.stats_head is not None:  # fitted after training (train/clipstats.py), not by the optimiser
+            model.stats_head.requires_grad_(False)
         model.info = ModelInfo(labels=labels.names, label_ids=labels.mids, contract=contract, extra=extra)
         model.to(device)
         net, optimizer, scheduler, scaler, amp_dtype = cls._optimiser(cfg, device, ctx, model)
@@ -235,6 +244,8 @@ def _store(settings: DistillConfig, teacher: Teacher, exp: Path, clips: Datafile
         "contract": teacher.contract.to_dict(), "student": settings.student, "temperature": settings.temperature,
         "label_weight": settings.label_weight,
     }  # fmt: skip
+    if teacher.transformers_only:  # named only then: a store of whole outputs reads as before
+        described["teaching"] = "transformers"
     return TeacherStore(exp / "teacher", described, rows, min(settings.top_k, len(teacher.labels)))
 
 
@@ -259,7 +270,8 @@ def distill(settings: DistillConfig) -> RunState:
     """Distil ``settings.teachers`` into a ``settings.student`` in ``settings.train.exp_dir``
     (run again: resumes the store's fill, then the student's training); returns the final state."""
     settings.check()
-    teacher = Teacher([(str(s), load_model(s, device="cpu")) for s in settings.teachers])
+    teacher = Teacher([(str(s), load_model(s, device="cpu")) for s in settings.teachers],
+                      transformers_only=settings.train.clip_stats)  # fmt: skip
     cfg = student_train_config(settings, teacher)
     settings = dataclasses.replace(settings, train=cfg)
     build = functools.partial(DistillRun.build_with, settings, teacher)

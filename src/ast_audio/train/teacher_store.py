@@ -8,7 +8,9 @@ kept on disk, and the exact draw replayed for the student.
   of loader workers or processes).
 - :class:`Teacher` is one checkpoint or an ensemble: the mean of the members' scores
   (sigmoid or softmax as the first member says), each member's columns matched to the
-  first one's by label name, as ``evaluate`` averages an ensemble.
+  first one's by label name, as ``evaluate`` averages an ensemble; with
+  ``transformers_only``, each member's clip-statistics branch is left out
+  (:func:`transformer_logits`).
 - :class:`TeacherStore` is a folder: ``store.json`` (what the store was made from) and
   ``chunk-NNNNN.npz`` files of :data:`CHUNK_ROWS` draws each, written atomically. Row
   ``clip * draws + draw`` holds the draw's seed (uint64), the teacher's top-k scores
@@ -40,7 +42,8 @@ from ..features.pipeline import Augmentation
 from ..model.ast import ASTModel
 from .resume import RunRefused
 
-__all__ = ["CHUNK_ROWS", "ReplayDataset", "StoredOutputs", "Teacher", "TeacherStore", "draw_seeds", "soft_targets"]
+__all__ = ["CHUNK_ROWS", "ReplayDataset", "StoredOutputs", "Teacher", "TeacherStore", "draw_seeds", "soft_targets",
+           "transformer_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +116,11 @@ class Teacher:
     """One or several checkpoints scoring model input ``[B, T, F]``: the mean of their scores
     (probabilities), in the first member's output order. The members must take the same input."""
 
-    def __init__(self, models: list[tuple[str, ASTModel]]):
+    def __init__(self, models: list[tuple[str, ASTModel]], transformers_only: bool = False):
         first_source, first = models[0]
         self.sources = [source for source, _ in models]
         self.models = [model.eval() for _, model in models]
+        self.transformers_only = transformers_only
         self.labels = LabelTable(mids=list(first.info.label_ids or first.info.labels or []),
                                  names=list(first.info.labels or []))  # fmt: skip
         if not first.info.labels:
@@ -141,11 +145,23 @@ class Teacher:
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         total = None
         for model, order in zip(self.models, self.orders, strict=True):
-            logits = model(features).float()
+            logits = transformer_logits(model, features) if self.transformers_only else model(features).float()
             scores = logits.softmax(-1) if self.activation == "softmax" else logits.sigmoid()
             scores = scores if order is None else scores[:, order]
             total = scores if total is None else total + scores
         return total / len(self.models)
+
+
+def transformer_logits(model: ASTModel, features: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits without its clip-statistics branch, at the scale its transformer
+    trained to: the fit folds the branch's weight ``w`` into the transformer's head as
+    ``1 - w`` (:mod:`~ast_audio.train.clipstats`), which is undone here. A model without a
+    fitted branch, or whose branch took the whole weight (``w = 1``: its transformer's head
+    is zero), gives its whole output."""
+    weight = (model.info.extra.get("clip_stats") or {}).get("weight", 0.0) if model.stats_head is not None else 0.0
+    if weight >= 1:
+        return model(features).float()
+    return model.forward_head(model.forward_features(features)).float() / (1 - weight)
 
 
 def soft_targets(scores: torch.Tensor, top: torch.Tensor, num_classes: int, activation: str) -> torch.Tensor:
@@ -213,11 +229,11 @@ class TeacherStore:
                 raise DataError(f"cannot read the teacher store ({err})", meta) from None
             if found.get("format") != STORE_FORMAT:
                 raise DataError("not an ast-audio teacher store", meta)
-            changed = [key for key in wanted if found.get(key) != wanted[key]]
+            changed = [key for key in {**wanted, **found} if found.get(key) != wanted.get(key)]
             if changed:
                 key = changed[0]
                 raise RunRefused(f"this experiment folder holds a distillation with other settings ({key}: "
-                                 f"{found.get(key)!r} there, {wanted[key]!r} now); use another --exp-dir",
+                                 f"{found.get(key)!r} there, {wanted.get(key)!r} now); use another --exp-dir",
                                  self.folder.parent)  # fmt: skip
             return
         self.folder.mkdir(parents=True, exist_ok=True)
