@@ -326,7 +326,7 @@ def test_a_student_with_the_branch_is_taught_by_the_teachers_transformer_alone(t
     student = load_model(exp / "models" / "best_audio_model.safetensors")
     assert "acc" in student.info.extra["clip_stats"]["valid"]  # its own branch, fitted after training
     refused = _distill(path, toy, exp, "--draws", 1)  # a student without the branch is taught the whole output
-    assert refused.returncode == 2 and "other settings (teaching: 'transformers' there, None now)" in refused.stderr
+    assert refused.returncode == 2 and "other settings (teaching: 'transformers' there, not set now)" in refused.stderr
 
 
 @pytest.mark.slow

@@ -36,8 +36,8 @@ _TRAINING_FLAGS = [  # (flags, TrainConfig field, type): the train command's nam
     (["--clip-stats"], "clip_stats", _bool),
 ]
 _HELP = {"clip_stats": "True: the student also gets the clip-statistics branch of recipe folder's from-scratch "
-                       "preset: the teacher's own where one teacher has it fitted, else fitted on the labelled clips "
-                       "once distillation ends "}  # fmt: skip
+                       "preset, fitted on the labelled clips once distillation ends; its transformer is then taught "
+                       "by the teachers' transformers alone (their branches left out) "}  # fmt: skip
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:

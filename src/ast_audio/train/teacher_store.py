@@ -232,8 +232,9 @@ class TeacherStore:
             changed = [key for key in {**wanted, **found} if found.get(key) != wanted.get(key)]
             if changed:
                 key = changed[0]
+                there, now = (repr(side[key]) if key in side else "not set" for side in (found, wanted))
                 raise RunRefused(f"this experiment folder holds a distillation with other settings ({key}: "
-                                 f"{found.get(key)!r} there, {wanted.get(key)!r} now); use another --exp-dir",
+                                 f"{there} there, {now} now); use another --exp-dir",
                                  self.folder.parent)  # fmt: skip
             return
         self.folder.mkdir(parents=True, exist_ok=True)
