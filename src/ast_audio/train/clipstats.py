@@ -42,7 +42,7 @@ from ..model.ast import ASTModel
 from ..model.clipstats import clip_statistics
 from .metrics import calculate_stats
 
-__all__ = ["C_GRID", "FOLDS", "WEIGHTS", "batches_of", "fit_clip_stats", "fit_linear"]
+__all__ = ["C_GRID", "FOLDS", "WEIGHTS", "batches_of", "fit_clip_stats", "fit_linear", "transformer_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,18 @@ def batches_of(dataset, batch_size: int, device, num_workers: int = 0):
         yield x, y, [entries[i].group or str(entries[i].wav) for i in batch["index"].tolist()]
 
 
+def transformer_logits(model: ASTModel, features: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits without its clip-statistics branch, at the scale its transformer
+    trained to: the fit folds the branch's weight ``w`` into the transformer's head as
+    ``1 - w`` (:func:`fit_clip_stats`), which is undone here. A model without a
+    fitted branch, or whose branch took the whole weight (``w = 1``: its transformer's head
+    is zero), gives its whole output."""
+    weight = (model.info.extra.get("clip_stats") or {}).get("weight", 0.0) if model.stats_head is not None else 0.0
+    if weight >= 1:
+        return model(features).float()
+    return model.forward_head(model.forward_features(features)).float() / (1 - weight)
+
+
 @torch.no_grad()
 def _inputs(model: ASTModel, batches: Iterable[tuple]):
     """Clip statistics, transformer logits (the branch left out), targets and groups of
@@ -99,7 +111,7 @@ def _inputs(model: ASTModel, batches: Iterable[tuple]):
     stats, logits, targets, groups = [], [], [], []
     for x, y, *rest in batches:
         stats.append(clip_statistics(x).cpu().double())
-        logits.append(model.forward_head(model.forward_features(x)).float().cpu().double())
+        logits.append(transformer_logits(model, x).cpu().double())  # not fitted yet: the head as trained
         targets.append(y.float().cpu().double())
         groups += list(rest[0]) if rest else [f"clip {len(groups) + i}" for i in range(len(x))]
     return torch.cat(stats), torch.cat(logits), torch.cat(targets), groups

@@ -16,7 +16,7 @@ target already is the mix's; the labels of a mix are mixed with the mix's weight
 
 A student with the clip-statistics branch (``clip_stats``) is taught by the teachers'
 transformers alone (each teacher's branch left out,
-:func:`~ast_audio.train.teacher_store.transformer_logits`), and its own branch is fitted on
+:func:`~ast_audio.train.clipstats.transformer_logits`), and its own branch is fitted on
 the labelled clips once it has trained, as ``train`` fits one: transformer teaches
 transformer, and the statistics are not counted twice. A student without the branch is
 taught by the teachers' whole output.

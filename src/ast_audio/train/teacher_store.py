@@ -10,7 +10,7 @@ kept on disk, and the exact draw replayed for the student.
   (sigmoid or softmax as the first member says), each member's columns matched to the
   first one's by label name, as ``evaluate`` averages an ensemble; with
   ``transformers_only``, each member's clip-statistics branch is left out
-  (:func:`transformer_logits`).
+  (:func:`~ast_audio.train.clipstats.transformer_logits`).
 - :class:`TeacherStore` is a folder: ``store.json`` (what the store was made from) and
   ``chunk-NNNNN.npz`` files of :data:`CHUNK_ROWS` draws each, written atomically. Row
   ``clip * draws + draw`` holds the draw's seed (uint64), the teacher's top-k scores
@@ -40,10 +40,10 @@ from ..features.augment import mixup_lambda
 from ..features.contract import InputContract
 from ..features.pipeline import Augmentation
 from ..model.ast import ASTModel
+from .clipstats import transformer_logits
 from .resume import RunRefused
 
-__all__ = ["CHUNK_ROWS", "ReplayDataset", "StoredOutputs", "Teacher", "TeacherStore", "draw_seeds", "soft_targets",
-           "transformer_logits"]
+__all__ = ["CHUNK_ROWS", "ReplayDataset", "StoredOutputs", "Teacher", "TeacherStore", "draw_seeds", "soft_targets"]
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +150,6 @@ class Teacher:
             scores = scores if order is None else scores[:, order]
             total = scores if total is None else total + scores
         return total / len(self.models)
-
-
-def transformer_logits(model: ASTModel, features: torch.Tensor) -> torch.Tensor:
-    """``model``'s logits without its clip-statistics branch, at the scale its transformer
-    trained to: the fit folds the branch's weight ``w`` into the transformer's head as
-    ``1 - w`` (:mod:`~ast_audio.train.clipstats`), which is undone here. A model without a
-    fitted branch, or whose branch took the whole weight (``w = 1``: its transformer's head
-    is zero), gives its whole output."""
-    weight = (model.info.extra.get("clip_stats") or {}).get("weight", 0.0) if model.stats_head is not None else 0.0
-    if weight >= 1:
-        return model(features).float()
-    return model.forward_head(model.forward_features(features)).float() / (1 - weight)
 
 
 def soft_targets(scores: torch.Tensor, top: torch.Tensor, num_classes: int, activation: str) -> torch.Tensor:
